@@ -1,0 +1,105 @@
+"""Typed config: one TOML file, environment overrides, unknown keys refused, frozen after load.
+
+An environment variable ``<PREFIX><SECTION>__<KEY>`` overrides ``[section] key`` in the file,
+for example ``SPOKE_HUB__HEARTBEAT_INTERVAL_S=5``. Values from the environment are parsed as
+TOML values when they can be (numbers, booleans), else taken as strings.
+"""
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from appliance.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSection(Section):
+    log_json: bool = False
+    log_level: str = "info"
+    stop_timeout_s: float = Field(10.0, gt=0)
+
+
+class HubLinkSection(Section):
+    heartbeat_interval_s: float = Field(30.0, gt=0)
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_cap_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    enroll_timeout_s: float = Field(30.0, gt=0)
+
+
+class DaemonConfig(Section):
+    daemon: DaemonSection = DaemonSection()
+    hub: HubLinkSection = HubLinkSection()
+
+
+class HubSection(Section):
+    public_host: str = "localhost"
+    bind_host: str = "0.0.0.0"
+    mqtt_port: int = Field(8883, gt=0, lt=65536)
+    http_port: int = Field(8443, gt=0, lt=65536)
+    log_json: bool = False
+    log_level: str = "info"
+
+
+class BrokerSection(Section):
+    mode: str = Field("managed", pattern="^(managed|external)$")
+    host: str = "localhost"
+    port: int | None = None
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    mosquitto: str = "mosquitto"
+
+
+class EnrollmentSection(Section):
+    max_request_bytes: int = Field(64 * 1024, gt=0)
+    device_cert_days: int = Field(825, gt=0)
+
+
+class HubConfig(Section):
+    hub: HubSection = HubSection()
+    broker: BrokerSection = BrokerSection()
+    enrollment: EnrollmentSection = EnrollmentSection()
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], prefix: str) -> None:
+    for name, raw in os.environ.items():
+        if not name.startswith(prefix) or "__" not in name[len(prefix) :]:
+            continue
+        section, key = name[len(prefix) :].lower().split("__", 1)
+        data.setdefault(section, {})[key] = _env_value(raw)
+
+
+def load_config(model: type[C], path: Path | None, env_prefix: str) -> C:
+    """Read ``path`` (missing is fine: defaults), apply the environment, validate."""
+    data: dict[str, Any] = {}
+    if path is not None and path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    _apply_env(data, env_prefix)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        where = str(path) if path else "config"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from exc

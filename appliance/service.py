@@ -1,0 +1,111 @@
+"""Service lifecycle: every long-lived part has ``start()``/``stop()``; one supervisor runs them.
+
+The supervisor starts services in dependency order and stops them in reverse, each stop with a
+timeout that logs what is still running (Home Assistant's staged shutdown).
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Supervisor:
+    """Starts services in order, watches their background tasks, stops them in reverse."""
+
+    def __init__(self, stop_timeout: float = 10.0) -> None:
+        self.stop_timeout = stop_timeout
+        self._stack = contextlib.AsyncExitStack()
+        self._started: list[str] = []
+        self.failed = asyncio.Event()
+        self.failure: BaseException | None = None
+
+    async def add(self, service: Service) -> None:
+        await service.start()
+        self._started.append(service.name)
+        self._stack.push_async_callback(self._stop_one, service)
+        log.info("service started", extra={"service": service.name})
+
+    async def _stop_one(self, service: Service) -> None:
+        try:
+            await asyncio.wait_for(service.stop(), self.stop_timeout)
+            log.info("service stopped", extra={"service": service.name})
+        except TimeoutError:
+            log.error(
+                "service did not stop in time",
+                extra={"service": service.name, "timeout_s": self.stop_timeout},
+            )
+        except Exception:
+            log.exception("service failed while stopping", extra={"service": service.name})
+
+    def report_failure(self, exc: BaseException) -> None:
+        """A background task of a service died: the whole process stops (systemd restarts it)."""
+        if self.failure is None:
+            self.failure = exc
+        self.failed.set()
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> "Supervisor":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class TaskGroupService:
+    """Base for a service made of background coroutines; a crash in one is reported upstream."""
+
+    name = "service"
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+        self.on_failure: Callable[[BaseException], None] | None = None
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"{self.name}:{name}")
+        task.add_done_callback(self._done)
+        self._tasks.append(task)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background task crashed", exc_info=exc, extra={"task": task.get_name()})
+            if self.on_failure is not None:
+                self.on_failure(exc)
+
+    async def cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._tasks.clear()
+
+
+async def run_until_signal(
+    main: Callable[[asyncio.Event], Awaitable[int]],
+) -> int:
+    """Run ``main(stop_event)``; SIGTERM and SIGINT set the event so main can shut down cleanly."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await main(stop)

@@ -1,0 +1,1 @@
+"""The ``spoke`` edge daemon and its command line."""

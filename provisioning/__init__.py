@@ -1,0 +1,1 @@
+"""The ``spoke-hub``: CA, enrollment, device registry, placement, model repository, fleet view."""

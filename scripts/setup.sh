@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything `make demo` and `make test` need on a fresh Debian or Ubuntu machine:
+# mosquitto (the managed broker) from apt when missing, then a virtual environment with the project.
+set -eu
+venv="${1:-.venv}"
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]} with apt-get"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The packaged mosquitto service is not ours: the hub runs its own broker.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+    systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating the virtual environment in $venv"
+    python3 -m venv "$venv"
+fi
+echo "setup: installing the project and its test tools (torch is pinned to 2.13.0, CPU)"
+"$venv/bin/pip" install -q --upgrade pip >/dev/null
+"$venv/bin/pip" install -q -e ".[dev]"

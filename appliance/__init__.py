@@ -1,3 +1,3 @@
-"""What the appliance daemon and the hub share: config, errors, topics, payloads, identity, storage."""
+"""What the daemon and the hub share: config, errors, topics, payloads, identity, storage."""
 
 __version__ = "0.1.0"

@@ -9,11 +9,14 @@ COMMAND_MODULES = [
     "provisioning.commands.serve",
     "provisioning.commands.bundle",
     "provisioning.commands.devices",
+    "provisioning.commands.data",
 ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser("spoke-hub", "The Spoke hub: enrollment, fleet and models.", COMMAND_MODULES)
+    parser = build_parser(
+        "spoke-hub", "The Spoke hub: enrollment, fleet and models.", COMMAND_MODULES
+    )
     return run_cli(parser, argv)
 
 

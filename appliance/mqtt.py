@@ -1,0 +1,77 @@
+"""MQTT plumbing both sides share: TLS contexts, MQTT 5 clients, and reconnect backoff."""
+
+import random
+import ssl
+from pathlib import Path
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+# MQTT 5 reason codes at or above this are failures (e.g. 0x87 "not authorized").
+FAILURE_REASON = 0x80
+
+
+def tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """Mutual TLS: we verify the broker against the hub CA and present our own certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def client(
+    host: str,
+    port: int,
+    identifier: str,
+    tls: ssl.SSLContext,
+    will: aiomqtt.Will | None = None,
+    keepalive: int = 30,
+    timeout: float = 10.0,
+) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        hostname=host,
+        port=port,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=tls,
+        will=will,
+        keepalive=keepalive,
+        timeout=timeout,
+        clean_start=True,
+    )
+
+
+def publish_properties(
+    response_topic: str | None = None, correlation: bytes | None = None
+) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
+
+
+def granted(result: object) -> bool:
+    """True if every reason code a SUBACK carried is a success."""
+    codes = result if isinstance(result, list | tuple) else [result]
+    return all(int(getattr(c, "value", c)) < FAILURE_REASON for c in codes)  # type: ignore[call-overload]
+
+
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog), capped."""
+
+    def __init__(self, initial: float, cap: float, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0

@@ -1,0 +1,64 @@
+"""Payload schemas of the MQTT contract. Every message is validated on arrival; extras refused."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL: Literal[1] = 1
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnrollRequest(Payload):
+    """Sent by a device with its claim credential. Hardware facts travel inside the CSR."""
+
+    protocol: Literal[1] = PROTOCOL
+    claim_id: str = Field(min_length=1, max_length=64)
+    claim_token: str = Field(min_length=16, max_length=128)
+    csr: str = Field(min_length=1, max_length=16384)
+    software_version: str = Field(max_length=64)
+
+
+class EnrollAccepted(Payload):
+    status: Literal["accepted"] = "accepted"
+    device_id: str
+    certificate: str
+    ca_certificate: str
+    labels: dict[str, str]
+
+
+class EnrollRefused(Payload):
+    status: Literal["refused"] = "refused"
+    code: str
+    reason: str
+
+
+class ReportedState(Payload):
+    """Retained on ``spoke/v1/{device}/state``: what the device is and runs."""
+
+    device_id: str
+    software_version: str
+    provisioning: str
+    labels: dict[str, str] = {}
+    capabilities: dict[str, Any] = {}
+    model: dict[str, Any] | None = None
+    started_at: float
+
+
+class Heartbeat(Payload):
+    """Basic health on ``spoke/v1/{device}/health`` at the heartbeat interval."""
+
+    device_id: str
+    ts: float
+    uptime_s: float
+    cpu_percent: float
+    memory_percent: float
+    disk_percent: float
+    details: dict[str, Any] = {}
+
+
+AVAILABLE_ONLINE = b"online"
+AVAILABLE_STOPPED = b"stopped"
+AVAILABLE_OFFLINE = b"offline"

@@ -1,0 +1,57 @@
+"""``spoke run``: the daemon."""
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from appliance.config import DaemonConfig, load_config
+from appliance.logs import setup_logging
+from appliance.service import run_until_signal
+from daemon.app import Daemon, RunOptions
+from daemon.provisioner import read_verified_bundle
+from daemon.state import StateDir, load_identity
+
+DEFAULT_TRUST_KEY = Path("/etc/spoke/provisioning.pub")
+ENV_PREFIX = "SPOKE_"
+
+
+def add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/spoke"),
+        help="where the identity and data live (default /var/lib/spoke)",
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the appliance daemon (provisions itself on first start)")
+    add_state_dir(p)
+    p.add_argument("--bundle", type=Path, help="provisioning bundle to use (else it searches)")
+    p.add_argument(
+        "--trust-key",
+        type=Path,
+        default=DEFAULT_TRUST_KEY,
+        help=f"trusted provisioning public key (default {DEFAULT_TRUST_KEY})",
+    )
+    p.add_argument("--config", type=Path, help="config file (default STATE_DIR/spoke.toml)")
+    p.add_argument(
+        "--boot-dir",
+        type=Path,
+        default=Path("/boot/spoke"),
+        help="where the image's boot partition may carry a bundle",
+    )
+    p.add_argument("--log-json", action="store_true", help="log JSON lines")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir.resolve())
+    config = load_config(DaemonConfig, args.config or state.config, ENV_PREFIX)
+    setup_logging(args.log_json or config.daemon.log_json, config.daemon.log_level)
+    if args.bundle is not None and load_identity(state) is None:
+        # A bundle named on the command line is checked now: a bad one is a clear error.
+        read_verified_bundle(args.bundle, args.trust_key)
+    state.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+    options = RunOptions(state, args.trust_key, args.bundle, args.boot_dir)
+    return asyncio.run(run_until_signal(Daemon(options, config).run))

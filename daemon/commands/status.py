@@ -1,0 +1,81 @@
+"""``spoke status``: the appliance's side of provisioning and the hub link."""
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from appliance.cli import print_json
+from daemon.commands.run import add_state_dir
+from daemon.state import StateDir, load_identity
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="provisioning state, hub connection and device id")
+    add_state_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect(state: StateDir) -> dict[str, Any]:
+    ident = load_identity(state)
+    try:
+        status = json.loads(state.status.read_text())
+    except (OSError, ValueError):
+        status = {}
+    running = _alive(status.get("pid")) and not status.get("stopped")
+    provisioning = status.get("provisioning") or {}
+    if ident is not None:
+        provisioning = {**provisioning, "state": "enrolled"}
+    elif not provisioning:
+        provisioning = {"state": "not-provisioned", "reason": "the daemon has not run yet"}
+    hub = status.get("hub") or {"connected": False}
+    if not running:
+        hub = {**hub, "connected": False}
+    return {
+        "daemon": "running" if running else "stopped",
+        "device_id": ident.device_id if ident else None,
+        "labels": ident.labels if ident else {},
+        "hub_address": f"{ident.hub_host}:{ident.mqtt_port}" if ident else hub.get("address"),
+        "provisioning": provisioning,
+        "hub": hub,
+    }
+
+
+def _since(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect(StateDir(args.state_dir))
+    if args.json:
+        print_json(info)
+        return 0
+    prov = info["provisioning"]
+    hub = info["hub"]
+    print(f"daemon:       {info['daemon']}")
+    print(f"device id:    {info['device_id'] or '(not enrolled)'}")
+    print(
+        f"provisioning: {prov.get('state')}"
+        + (f" ({prov['reason']})" if prov.get("reason") else "")
+    )
+    link = "connected" if hub.get("connected") else "not connected"
+    if hub.get("error") and not hub.get("connected"):
+        link += f": {hub['error']}"
+    print(f"hub:          {link} since {_since(hub.get('since'))} ({info['hub_address'] or '-'})")
+    if info["labels"]:
+        print("labels:       " + ", ".join(f"{k}={v}" for k, v in info["labels"].items()))
+    return 0

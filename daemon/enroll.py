@@ -1,0 +1,127 @@
+"""The enrollment client: claim credential in, signed device identity out.
+
+The device key is generated once and kept in the pending directory until the hub has signed
+it, so a power loss at any point either finishes with the same key (the hub re-issues the same
+id) or starts over cleanly; it never leaves a half-written identity.
+"""
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+import aiomqtt
+from pydantic import ValidationError
+
+from appliance import identity, mqtt, topics
+from appliance.bundle import BundlePayload
+from appliance.errors import EnrollmentRefused, IdentityError, LinkError
+from appliance.fsutil import atomic_write, write_secret
+from appliance.payloads import EnrollAccepted, EnrollRefused, EnrollRequest
+from daemon.state import Identity, StateDir, load_identity, save_identity
+
+log = logging.getLogger(__name__)
+
+
+def pending_key(state: StateDir) -> identity.PrivateKey:
+    """The key this enrollment uses: made once, reused after a restart."""
+    path = state.pending / "device.key"
+    if path.exists():
+        return identity.load_private_key(path.read_bytes())
+    key = identity.generate_key()
+    state.pending.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_secret(path, identity.key_to_pem(key))
+    return key
+
+
+def _claim_tls(state: StateDir, bundle: BundlePayload) -> Any:
+    d = state.pending
+    atomic_write(d / "ca.crt", bundle.ca_certificate)
+    atomic_write(d / "claim.crt", bundle.claim.certificate)
+    write_secret(d / "claim.key", bundle.claim.key)
+    return mqtt.tls_context(d / "ca.crt", d / "claim.crt", d / "claim.key")
+
+
+def _parse_answer(raw: bytes) -> EnrollAccepted:
+    try:
+        doc = json.loads(raw)
+        if doc.get("status") == "refused":
+            refused = EnrollRefused.model_validate(doc)
+            raise EnrollmentRefused(
+                f"the hub refused enrollment ({refused.code}): {refused.reason}"
+            )
+        return EnrollAccepted.model_validate(doc)
+    except (ValueError, ValidationError, AttributeError) as exc:
+        raise LinkError(f"the hub sent an unreadable enrollment answer: {exc}") from exc
+
+
+async def enroll(
+    state: StateDir,
+    bundle: BundlePayload,
+    facts: dict[str, Any],
+    software_version: str,
+    timeout: float,
+) -> Identity:
+    """Enroll once. LinkError: try again later. EnrollmentRefused: the hub said no."""
+    key = pending_key(state)
+    device_id = identity.device_id_for(key.public_key())
+    request = EnrollRequest(
+        claim_id=bundle.claim.id,
+        claim_token=bundle.claim.token,
+        csr=identity.build_csr(key, facts).decode(),
+        software_version=software_version,
+    )
+    response_topic = topics.enroll_response(device_id)
+    correlation = secrets.token_bytes(16)
+    address = (bundle.hub.host, bundle.hub.mqtt_port)
+    try:
+        async with mqtt.client(
+            *address, device_id, _claim_tls(state, bundle), timeout=timeout
+        ) as client:
+            if not mqtt.granted(await client.subscribe(response_topic, qos=1)):
+                raise LinkError("the broker refused the claim credential's subscription")
+            await client.publish(
+                topics.ENROLL_REQUEST,
+                request.model_dump_json(),
+                qos=1,
+                properties=mqtt.publish_properties(response_topic, correlation),
+            )
+            async with asyncio.timeout(timeout):
+                async for message in client.messages:
+                    props = message.properties
+                    if getattr(props, "CorrelationData", None) != correlation:
+                        continue
+                    payload = message.payload if isinstance(message.payload, bytes) else b""
+                    answer = _parse_answer(payload)
+                    break
+    except aiomqtt.MqttError as exc:
+        raise LinkError(f"cannot reach the hub at {address[0]}:{address[1]}: {exc}") from exc
+    except TimeoutError as exc:
+        raise LinkError(f"the hub did not answer the enrollment within {timeout:.0f} s") from exc
+
+    cert = identity.load_cert(answer.certificate.encode())
+    ca_cert = identity.load_cert(bundle.ca_certificate.encode())
+    identity.verify_issued_by(cert, ca_cert)
+    if not identity.cert_matches_key(cert, key) or answer.device_id != device_id:
+        raise IdentityError("the hub returned a certificate for another key")
+    save_identity(
+        state,
+        identity.key_to_pem(key),
+        answer.certificate.encode(),
+        bundle.ca_certificate.encode(),
+        {
+            "device_id": device_id,
+            "labels": answer.labels,
+            "hub_host": bundle.hub.host,
+            "mqtt_port": bundle.hub.mqtt_port,
+            "http_port": bundle.hub.http_port,
+            "claim_id": bundle.claim.id,
+            "enrolled_at": time.time(),
+        },
+    )
+    enrolled = load_identity(state)
+    assert enrolled is not None
+    log.info("enrolled", extra={"device": device_id})
+    return enrolled

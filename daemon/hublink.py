@@ -1,0 +1,162 @@
+"""The device's MQTT session with the hub: presence, reported state, heartbeat, reconnects.
+
+It connects with the device certificate, sets a retained last will ``offline``, then publishes
+``online`` and its state (both retained). When the broker or hub goes away it reconnects with
+exponential backoff and full jitter, capped by config.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+
+from appliance import __version__, mqtt, topics
+from appliance.config import HubLinkSection
+from appliance.errors import LinkError
+from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED, Heartbeat
+from appliance.service import TaskGroupService
+from daemon.state import Identity, StatusFile
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+
+
+def basic_health(device_id: str, started: float) -> Heartbeat:
+    import psutil
+
+    return Heartbeat(
+        device_id=device_id,
+        ts=time.time(),
+        uptime_s=time.time() - started,
+        cpu_percent=psutil.cpu_percent(),
+        memory_percent=psutil.virtual_memory().percent,
+        disk_percent=psutil.disk_usage("/").percent,
+    )
+
+
+class HubLink(TaskGroupService):
+    name = "hublink"
+
+    def __init__(
+        self,
+        ident: Identity,
+        config: HubLinkSection,
+        status: StatusFile,
+        state_fields: Callable[[], dict[str, Any]],
+    ) -> None:
+        super().__init__()
+        self.ident = ident
+        self.config = config
+        self.status = status
+        self.state_fields = state_fields
+        self.started = time.time()
+        self.connected = asyncio.Event()
+        self.handlers: dict[str, MessageHandler] = {}
+        self._client: aiomqtt.Client | None = None
+
+    async def start(self) -> None:
+        self.spawn(self._run(), "session")
+
+    async def stop(self) -> None:
+        """Say ``stopped`` (so the hub knows this was on purpose), then disconnect."""
+        if self._client is not None and self.connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await asyncio.wait_for(self._publish_available(AVAILABLE_STOPPED), 3)
+        await self.cancel_tasks()
+
+    def reported_state(self) -> dict[str, Any]:
+        return {
+            "device_id": self.ident.device_id,
+            "software_version": __version__,
+            "provisioning": "enrolled",
+            "labels": self.ident.labels,
+            "started_at": self.started,
+        } | self.state_fields()
+
+    async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        """Publish now, or raise LinkError while the hub is unreachable (callers queue)."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise LinkError("not connected to the hub")
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=10)
+        except aiomqtt.MqttError as exc:
+            raise LinkError(f"publish to {topic} failed: {exc}") from exc
+
+    async def publish_state(self) -> None:
+        await self.publish(
+            topics.state(self.ident.device_id), json.dumps(self.reported_state()), retain=True
+        )
+
+    async def _publish_available(self, value: bytes) -> None:
+        await self.publish(topics.available(self.ident.device_id), value, retain=True)
+
+    async def _run(self) -> None:
+        ident = self.ident
+        address = f"{ident.hub_host}:{ident.mqtt_port}"
+        tls = mqtt.tls_context(ident.ca, ident.cert, ident.key)
+        will = aiomqtt.Will(
+            topics.available(ident.device_id), AVAILABLE_OFFLINE, qos=1, retain=True
+        )
+        backoff = mqtt.Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
+        while True:
+            try:
+                async with mqtt.client(
+                    ident.hub_host,
+                    ident.mqtt_port,
+                    ident.device_id,
+                    tls,
+                    will=will,
+                    timeout=self.config.connect_timeout_s,
+                ) as client:
+                    self._client = client
+                    await self._session(client, address)
+                    backoff.reset()
+            except (aiomqtt.MqttError, LinkError) as exc:
+                self.connected.clear()
+                delay = backoff.next_delay()
+                self.status.hub(False, address, error=str(exc))
+                log.warning("hub link down", extra={"error": str(exc), "retry_s": round(delay, 2)})
+                await asyncio.sleep(delay)
+            finally:
+                self._client = None
+
+    async def _session(self, client: aiomqtt.Client, address: str) -> None:
+        device = self.ident.device_id
+        for topic in (topics.desired(device), f"{topics.ROOT}/{device}/cmd/+"):
+            if not mqtt.granted(await client.subscribe(topic, qos=1)):
+                raise LinkError(f"the broker refused subscription to {topic} (revoked?)")
+        self.connected.set()
+        await self._publish_available(AVAILABLE_ONLINE)
+        await self.publish_state()
+        self.status.hub(True, address)
+        log.info("hub link up", extra={"hub": address, "device": device})
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            async for message in client.messages:
+                await self._dispatch(message)
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            beat = basic_health(self.ident.device_id, self.started)
+            with contextlib.suppress(LinkError):
+                await self.publish(topics.health(self.ident.device_id), beat.model_dump_json())
+                self.status.hub(True)
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        for pattern, handler in self.handlers.items():
+            if message.topic.matches(pattern):
+                try:
+                    await handler(message)
+                except Exception:
+                    log.exception("message handler failed", extra={"topic": str(message.topic)})
+                return

@@ -1,0 +1,121 @@
+"""Zero-touch provisioning: find a bundle, verify it, enroll, and hand over the identity.
+
+It never gives up: with no bundle it keeps looking (a technician may plug a stick in later),
+with the hub unreachable it retries with backoff, and it reports why it is stuck in the
+status file the whole time.
+"""
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from appliance import __version__
+from appliance.bundle import BundlePayload, load_trust_key, verify_bundle
+from appliance.config import HubLinkSection
+from appliance.errors import BundleError, EnrollmentRefused, IdentityError, LinkError
+from appliance.fsutil import atomic_write
+from appliance.mqtt import Backoff
+from appliance.service import TaskGroupService
+from daemon import bundle_finder, hardware
+from daemon.enroll import enroll
+from daemon.state import Identity, StateDir, StatusFile, clean_leftovers, load_identity
+
+log = logging.getLogger(__name__)
+
+BUNDLE_POLL_S = 5.0
+
+
+def read_verified_bundle(path: Path, trust_key: Path) -> BundlePayload:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {path}: {exc.strerror}") from exc
+    try:
+        return verify_bundle(data, load_trust_key(trust_key))
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+
+
+class Provisioner(TaskGroupService):
+    name = "provisioner"
+
+    def __init__(
+        self,
+        state: StateDir,
+        config: HubLinkSection,
+        status: StatusFile,
+        trust_key: Path,
+        explicit_bundle: Path | None,
+        boot_dir: Path,
+        on_enrolled: Callable[[Identity], Awaitable[None]],
+    ) -> None:
+        super().__init__()
+        self.state = state
+        self.config = config
+        self.status = status
+        self.trust_key = trust_key
+        self.explicit_bundle = explicit_bundle
+        self.boot_dir = boot_dir
+        self.on_enrolled = on_enrolled
+
+    async def start(self) -> None:
+        clean_leftovers(self.state)
+        self.spawn(self._run(), "provision")
+
+    async def stop(self) -> None:
+        await self.cancel_tasks()
+
+    def _find_bundle(self) -> BundlePayload | None:
+        places = bundle_finder.candidates(self.explicit_bundle, self.state.bundle, self.boot_dir)
+        if not places:
+            where = bundle_finder.searched_places(self.state.bundle, self.boot_dir)
+            self.status.provisioning("waiting-for-bundle", f"no bundle found in {where}")
+            return None
+        errors = []
+        for path in places:
+            try:
+                bundle = read_verified_bundle(path, self.trust_key)
+            except BundleError as exc:
+                errors.append(str(exc))
+                continue
+            if path != self.state.bundle:
+                atomic_write(self.state.bundle, path.read_bytes(), mode=0o600)
+            return bundle
+        self.status.provisioning("bundle-refused", "; ".join(errors))
+        log.error("bundle refused", extra={"reason": "; ".join(errors)})
+        return None
+
+    async def _run(self) -> None:
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
+        while True:
+            ident = load_identity(self.state)
+            if ident is not None:
+                shutil.rmtree(self.state.pending, ignore_errors=True)
+                self.status.set("device_id", ident.device_id)
+                self.status.provisioning("enrolled")
+                await self.on_enrolled(ident)
+                return
+            bundle = self._find_bundle()
+            if bundle is None:
+                await asyncio.sleep(BUNDLE_POLL_S)
+                continue
+            self.status.provisioning(
+                "enrolling", f"asking {bundle.hub.host}:{bundle.hub.mqtt_port}"
+            )
+            try:
+                facts = await asyncio.to_thread(hardware.facts)
+                await enroll(self.state, bundle, facts, __version__, self.config.enroll_timeout_s)
+            except LinkError as exc:
+                delay = backoff.next_delay()
+                self.status.provisioning("hub-unreachable", str(exc))
+                log.warning(
+                    "enrollment failed; will retry",
+                    extra={"error": str(exc), "retry_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+            except (EnrollmentRefused, IdentityError) as exc:
+                self.status.provisioning("enrollment-refused", str(exc))
+                log.error("enrollment refused", extra={"reason": str(exc)})
+                await asyncio.sleep(self.config.backoff_cap_s)

@@ -1,0 +1,132 @@
+"""The appliance's state directory: identity, bundle copy and the status file, by name."""
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.fsutil import atomic_write, fsync_dir, write_secret
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "spoke.toml"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle.spoke"
+
+    @property
+    def identity(self) -> Path:
+        return self.root / "identity"
+
+    @property
+    def pending(self) -> Path:
+        """Enrollment in progress: the new key lives here until the hub has signed it."""
+        return self.root / "enroll"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+
+@dataclass(frozen=True)
+class Identity:
+    device_id: str
+    labels: dict[str, str]
+    hub_host: str
+    mqtt_port: int
+    http_port: int
+    key: Path
+    cert: Path
+    ca: Path
+
+
+IDENTITY_FILES = ("device.key", "device.crt", "ca.crt", "identity.json")
+
+
+def load_identity(state: StateDir) -> Identity | None:
+    """The enrolled identity, or None. A directory missing any file is not an identity."""
+    d = state.identity
+    if not all((d / name).exists() for name in IDENTITY_FILES):
+        return None
+    meta = json.loads((d / "identity.json").read_text())
+    return Identity(
+        device_id=meta["device_id"],
+        labels=meta["labels"],
+        hub_host=meta["hub_host"],
+        mqtt_port=meta["mqtt_port"],
+        http_port=meta["http_port"],
+        key=d / "device.key",
+        cert=d / "device.crt",
+        ca=d / "ca.crt",
+    )
+
+
+def save_identity(
+    state: StateDir, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, meta: dict[str, Any]
+) -> None:
+    """Write every file into a fresh directory, then rename it into place in one step.
+
+    A power loss leaves either no identity (enrollment starts over with the pending key) or a
+    complete one; a leftover temp directory is removed on the next start.
+    """
+    tmp = state.root / f".identity.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700, parents=True)
+    write_secret(tmp / "device.key", key_pem)
+    atomic_write(tmp / "device.crt", cert_pem)
+    atomic_write(tmp / "ca.crt", ca_pem)
+    atomic_write(tmp / "identity.json", json.dumps(meta, indent=2))
+    os.rename(tmp, state.identity)
+    fsync_dir(state.root)
+
+
+def clean_leftovers(state: StateDir) -> None:
+    for leftover in state.root.glob(".identity.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+class StatusFile:
+    """What `spoke status` (and the console banner) read: provisioning and hub link state."""
+
+    def __init__(self, state: StateDir) -> None:
+        self.path = state.status
+        self.data: dict[str, Any] = {
+            "pid": os.getpid(),
+            "device_id": None,
+            "provisioning": {"state": "starting", "reason": None, "since": time.time()},
+            "hub": {"connected": False, "since": None, "address": None, "last_contact": None},
+        }
+
+    def provisioning(self, state: str, reason: str | None = None) -> None:
+        current = self.data["provisioning"]
+        if current["state"] != state or current["reason"] != reason:
+            self.data["provisioning"] = {"state": state, "reason": reason, "since": time.time()}
+            self.write()
+
+    def hub(self, connected: bool, address: str | None = None, error: str | None = None) -> None:
+        hub = self.data["hub"]
+        if hub["connected"] != connected:
+            hub["since"] = time.time()
+        hub.update(connected=connected, error=error)
+        if address:
+            hub["address"] = address
+        if connected:
+            hub["last_contact"] = time.time()
+        self.write()
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.write()
+
+    def write(self) -> None:
+        self.data["updated_at"] = time.time()
+        atomic_write(self.path, json.dumps(self.data, indent=2))

@@ -1,0 +1,210 @@
+"""The managed mosquitto: its config and ACL written from the registry, run as a supervised child.
+
+The broker enforces identity: a client's certificate common name is its username, and the ACL
+lets a device write only its own topics and read only its own ``desired`` and ``cmd``. The ACL
+and CRL are rewritten whenever the registry changes, and mosquitto re-reads them on SIGHUP, so
+enrolling or revoking a device never restarts the broker for the others.
+"""
+
+import asyncio
+import getpass
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from appliance import topics
+from appliance.config import HubConfig
+from appliance.errors import ConfigError, LinkError
+from appliance.fsutil import atomic_write
+from provisioning import ca
+from provisioning.home import HUB_COMMON_NAME, HubHome
+from provisioning.registry import Registry
+
+log = logging.getLogger(__name__)
+
+MAX_PACKET_BYTES = 1024 * 1024
+RESTART_DELAY_S = 1.0
+
+
+def render_acl(registry: Registry) -> str:
+    root = topics.ROOT
+    lines = [
+        "# Written by spoke-hub from its registry; edits are overwritten.",
+        "# Any client may read the enrollment response addressed to its own client id.",
+        f"pattern read {root}/enroll/%c/response",
+        "",
+        f"user {HUB_COMMON_NAME}",
+        f"topic readwrite {root}/#",
+        "",
+    ]
+    for claim in registry.claims():
+        lines += [f"user claim-{claim.id}", f"topic write {topics.ENROLL_REQUEST}", ""]
+    for device in registry.devices():
+        if device.revoked_at is not None:
+            continue
+        d = device.id
+        lines += [
+            f"user {d}",
+            f"topic write {topics.available(d)}",
+            f"topic write {topics.state(d)}",
+            f"topic write {topics.health(d)}",
+            f"topic write {topics.events(d)}",
+            f"topic write {root}/{d}/cmd/+/result",
+            f"topic read {topics.desired(d)}",
+            f"topic read {root}/{d}/cmd/+",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def render_config(home: HubHome, config: HubConfig) -> str:
+    b = home.broker_dir
+    return "\n".join(
+        [
+            "# Written by spoke-hub serve; edits are overwritten.",
+            # Run as the hub's own user: the broker reads the hub's 0600 keys.
+            f"user {getpass.getuser()}",
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"acl_file {b / 'acl'}",
+            "persistence true",
+            f"persistence_location {b}/",
+            "autosave_interval 30",
+            f"max_packet_size {MAX_PACKET_BYTES}",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+            "",
+            f"listener {config.hub.mqtt_port} {config.hub.bind_host}",
+            "protocol mqtt",
+            f"cafile {home.ca_cert}",
+            f"certfile {home.server_cert}",
+            f"keyfile {home.server_key}",
+            f"crlfile {home.crl}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "tls_version tlsv1.2",
+            "",
+        ]
+    )
+
+
+def write_access(home: HubHome, registry: Registry) -> None:
+    """Rewrite ACL and CRL from the registry, then ask a running broker to re-read them."""
+    ca_key, ca_cert = home.load_ca()
+    atomic_write(home.crl, ca.build_crl(ca_key, ca_cert, registry.revoked_serials()))
+    atomic_write(home.broker_dir / "acl", render_acl(registry))
+    reload_running_broker(home)
+
+
+def _pid_file(home: HubHome) -> Path:
+    return home.run_dir / "mosquitto.pid"
+
+
+def reload_running_broker(home: HubHome) -> bool:
+    try:
+        pid = int(_pid_file(home).read_text())
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def find_mosquitto(configured: str) -> str:
+    found = shutil.which(configured) or shutil.which(configured, path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise ConfigError(
+            "mosquitto is not installed: run `sudo apt-get install mosquitto` "
+            "(or use --broker external)"
+        )
+    return found
+
+
+class ManagedBroker:
+    """Runs mosquitto as a child and restarts it if it dies; stops it with the hub."""
+
+    name = "broker"
+
+    def __init__(self, home: HubHome, config: HubConfig, registry: Registry) -> None:
+        self.home = home
+        self.config = config
+        self.registry = registry
+        self.binary = find_mosquitto(config.broker.mosquitto)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0
+
+    async def start(self) -> None:
+        self.home.broker_dir.mkdir(parents=True, exist_ok=True)
+        self.home.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.home.broker_dir / "mosquitto.conf", render_config(self.home, self.config))
+        ca_key, ca_cert = self.home.load_ca()
+        atomic_write(self.home.crl, ca.build_crl(ca_key, ca_cert, self.registry.revoked_serials()))
+        atomic_write(self.home.broker_dir / "acl", render_acl(self.registry))
+        await self._spawn()
+        self._task = asyncio.create_task(self._supervise(), name="broker:supervise")
+
+    async def _spawn(self) -> None:
+        conf = self.home.broker_dir / "mosquitto.conf"
+        log_file = open(self.home.broker_dir / "mosquitto.log", "ab")  # noqa: SIM115
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.binary, "-c", str(conf), stdout=log_file, stderr=log_file
+            )
+        finally:
+            log_file.close()
+        atomic_write(_pid_file(self.home), str(self._proc.pid))
+        await self._wait_listening()
+        log.info("broker started", extra={"pid": self._proc.pid, "port": self.config.hub.mqtt_port})
+
+    async def _wait_listening(self, timeout: float = 10.0) -> None:
+        host = (
+            "127.0.0.1"
+            if self.config.hub.bind_host in ("0.0.0.0", "")
+            else self.config.hub.bind_host
+        )
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            assert self._proc is not None
+            if self._proc.returncode is not None:
+                tail = (self.home.broker_dir / "mosquitto.log").read_text(errors="replace")[-600:]
+                raise LinkError(f"mosquitto exited with {self._proc.returncode}: {tail.strip()}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(host, self.config.hub.mqtt_port)
+                writer.close()
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise LinkError(f"mosquitto did not listen on port {self.config.hub.mqtt_port}")
+            await asyncio.sleep(0.05)
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            assert self._proc is not None
+            code = await self._proc.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            log.error("broker exited; restarting", extra={"code": code, "restarts": self.restarts})
+            await asyncio.sleep(RESTART_DELAY_S)
+            await self._spawn()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        _pid_file(self.home).unlink(missing_ok=True)

@@ -1,0 +1,72 @@
+"""``spoke-hub serve``: run the hub (and its managed broker) until SIGTERM."""
+
+import argparse
+import asyncio
+import logging
+
+from appliance.config import HubConfig
+from appliance.logs import setup_logging
+from appliance.service import Supervisor, run_until_signal
+from provisioning.broker import ManagedBroker
+from provisioning.commands.common import add_home, home_of
+from provisioning.home import HubHome
+from provisioning.hub import HubService
+from provisioning.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the hub and its managed mosquitto")
+    add_home(p)
+    p.add_argument("--broker", choices=["managed", "external"], help="override [broker] mode")
+    p.add_argument("--broker-host", help="external broker host")
+    p.add_argument("--broker-port", type=int, help="external broker port")
+    p.add_argument("--broker-ca", help="CA certificate of the external broker")
+    p.add_argument("--broker-cert", help="the hub's client certificate for the external broker")
+    p.add_argument("--broker-key", help="the hub's client key for the external broker")
+    p.add_argument("--log-json", action="store_true", help="log JSON lines")
+    p.set_defaults(handler=run)
+
+
+def _with_overrides(config: HubConfig, args: argparse.Namespace) -> HubConfig:
+    broker = {
+        "mode": args.broker,
+        "host": args.broker_host,
+        "port": args.broker_port,
+        "ca": args.broker_ca,
+        "cert": args.broker_cert,
+        "key": args.broker_key,
+    }
+    changed = {k: v for k, v in broker.items() if v is not None}
+    if not changed:
+        return config
+    return config.model_copy(update={"broker": config.broker.model_copy(update=changed)})
+
+
+async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
+    registry = Registry(home.registry)
+    try:
+        async with Supervisor() as supervisor:
+            if config.broker.mode == "managed":
+                await supervisor.add(ManagedBroker(home, config, registry))
+            hub = HubService(home, config, registry)
+            hub.on_failure = supervisor.report_failure
+            await supervisor.add(hub)
+            log.info("hub running", extra={"home": str(home.root)})
+            stopper = asyncio.create_task(stop.wait())
+            failed = asyncio.create_task(supervisor.failed.wait())
+            await asyncio.wait({stopper, failed}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            failed.cancel()
+            log.info("hub stopping")
+        return 1 if supervisor.failure else 0
+    finally:
+        registry.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    config = _with_overrides(home.load_config(), args)
+    setup_logging(args.log_json or config.hub.log_json, config.hub.log_level)
+    return asyncio.run(run_until_signal(lambda stop: serve(home, config, stop)))

@@ -1,0 +1,127 @@
+"""The hub's home directory: where every key, certificate and database of one hub lives."""
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from appliance import identity
+from appliance.config import HubConfig, load_config
+from appliance.errors import ConfigError
+from appliance.fsutil import atomic_write, write_secret
+from provisioning import ca
+
+HUB_COMMON_NAME = "hub"
+ENV_PREFIX = "SPOKE_HUB_"
+
+
+@dataclass(frozen=True)
+class HubHome:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "hub.toml"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "ca" / "ca.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca" / "ca.crt"
+
+    @property
+    def crl(self) -> Path:
+        return self.root / "ca" / "crl.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "broker" / "server.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.root / "broker" / "server.crt"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def hub_key(self) -> Path:
+        return self.root / "hub" / "hub.key"
+
+    @property
+    def hub_cert(self) -> Path:
+        return self.root / "hub" / "hub.crt"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "signing" / "bundle.key"
+
+    @property
+    def signing_pub(self) -> Path:
+        return self.root / "signing" / "bundle.pub"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry.db"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def exists(self) -> bool:
+        return self.config.exists() or self.ca_key.exists()
+
+    def require(self) -> None:
+        if not self.config.exists():
+            raise ConfigError(
+                f"{self.root} is not a hub home; create it with `spoke-hub init --home {self.root}`"
+            )
+
+    def load_config(self) -> HubConfig:
+        self.require()
+        return load_config(HubConfig, self.config, ENV_PREFIX)
+
+    def load_ca(self) -> tuple[identity.PrivateKey, ca.x509.Certificate]:
+        return (
+            identity.load_private_key(self.ca_key.read_bytes()),
+            identity.load_cert(self.ca_cert.read_bytes()),
+        )
+
+
+def init_home(home: HubHome, public_host: str, mqtt_port: int, http_port: int) -> None:
+    """Create the CA, the broker's and hub's certificates, the signing key and the config."""
+    if home.exists():
+        raise ConfigError(
+            f"{home.root} already holds a hub (found {home.config.name}); refusing to overwrite "
+            "its keys. Use another --home, or delete it on purpose first."
+        )
+    home.root.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = ca.create_ca()
+    write_secret(home.ca_key, identity.key_to_pem(ca_key))
+    atomic_write(home.ca_cert, ca.to_pem(ca_cert))
+    atomic_write(home.crl, ca.build_crl(ca_key, ca_cert, []))
+
+    far = dt.datetime.now(dt.UTC) + dt.timedelta(days=825)
+    server_key = identity.generate_key()
+    names = sorted({public_host, "localhost", "127.0.0.1"})
+    server_cert = ca.issue(ca_key, ca_cert, server_key, public_host, far, server_names=names)
+    write_secret(home.server_key, identity.key_to_pem(server_key))
+    atomic_write(home.server_cert, ca.to_pem(server_cert))
+
+    hub_key = identity.generate_key()
+    hub_cert = ca.issue(ca_key, ca_cert, hub_key, HUB_COMMON_NAME, far)
+    write_secret(home.hub_key, identity.key_to_pem(hub_key))
+    atomic_write(home.hub_cert, ca.to_pem(hub_cert))
+
+    signing = identity.generate_signing_key()
+    write_secret(home.signing_key, identity.key_to_pem(signing))
+    atomic_write(home.signing_pub, identity.signing_public_pem(signing))
+
+    config = {"hub": {"public_host": public_host, "mqtt_port": mqtt_port, "http_port": http_port}}
+    HubConfig.model_validate(config)
+    # The config is written last: its presence marks a complete home.
+    atomic_write(home.config, tomli_w.dumps(config))

@@ -1,0 +1,232 @@
+"""The device registry: claims (from bundles) and devices (from enrollments), in SQLite."""
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.store import connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    id TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    max_uses INTEGER NOT NULL,
+    cert_serial TEXT NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    claim_id TEXT NOT NULL REFERENCES claims(id),
+    labels TEXT NOT NULL,
+    facts TEXT NOT NULL,
+    cert_serial TEXT NOT NULL,
+    enrolled_at REAL NOT NULL,
+    revoked_at REAL,
+    availability TEXT NOT NULL DEFAULT 'never-seen',
+    last_seen REAL,
+    software_version TEXT,
+    state TEXT
+);
+"""
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    token_sha256: str
+    labels: dict[str, str]
+    created_at: float
+    expires_at: float
+    max_uses: int
+    cert_serial: int
+    revoked_at: float | None
+    uses: int
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    claim_id: str
+    labels: dict[str, str]
+    facts: dict[str, Any]
+    cert_serial: int
+    enrolled_at: float
+    revoked_at: float | None
+    availability: str
+    last_seen: float | None
+    software_version: str | None
+    state: dict[str, Any] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "claim_id": self.claim_id,
+            "labels": self.labels,
+            "facts": self.facts,
+            "enrolled_at": self.enrolled_at,
+            "revoked": self.revoked_at is not None,
+            "availability": "revoked" if self.revoked_at else self.availability,
+            "last_seen": self.last_seen,
+            "software_version": self.software_version,
+            "state": self.state,
+        }
+
+
+def _claim(row: sqlite3.Row) -> Claim:
+    return Claim(
+        id=row["id"],
+        token_sha256=row["token_sha256"],
+        labels=json.loads(row["labels"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        max_uses=row["max_uses"],
+        cert_serial=int(row["cert_serial"]),
+        revoked_at=row["revoked_at"],
+        uses=row["uses"],
+    )
+
+
+def _device(row: sqlite3.Row) -> Device:
+    return Device(
+        id=row["id"],
+        claim_id=row["claim_id"],
+        labels=json.loads(row["labels"]),
+        facts=json.loads(row["facts"]),
+        cert_serial=int(row["cert_serial"]),
+        enrolled_at=row["enrolled_at"],
+        revoked_at=row["revoked_at"],
+        availability=row["availability"],
+        last_seen=row["last_seen"],
+        software_version=row["software_version"],
+        state=json.loads(row["state"]) if row["state"] else None,
+    )
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        self.conn = connect(path)
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- claims ---------------------------------------------------------------------------
+
+    def add_claim(
+        self,
+        claim_id: str,
+        token: str,
+        labels: dict[str, str],
+        expires_at: float,
+        max_uses: int,
+        cert_serial: int,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO claims (id, token_sha256, labels, created_at, expires_at, max_uses,"
+            " cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                claim_id,
+                token_hash(token),
+                json.dumps(labels),
+                time.time(),
+                expires_at,
+                max_uses,
+                str(cert_serial),
+            ),
+        )
+
+    def _claims(self, where: str = "", args: tuple[Any, ...] = ()) -> list[Claim]:
+        rows = self.conn.execute(
+            "SELECT c.*, (SELECT COUNT(*) FROM devices d WHERE d.claim_id = c.id) AS uses"
+            f" FROM claims c {where} ORDER BY c.created_at",
+            args,
+        ).fetchall()
+        return [_claim(r) for r in rows]
+
+    def claim(self, claim_id: str) -> Claim | None:
+        found = self._claims("WHERE c.id = ?", (claim_id,))
+        return found[0] if found else None
+
+    def claims(self) -> list[Claim]:
+        return self._claims()
+
+    def revoke_claim(self, claim_id: str) -> bool:
+        cur = self.conn.execute(
+            "UPDATE claims SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), claim_id),
+        )
+        return cur.rowcount == 1
+
+    # --- devices --------------------------------------------------------------------------
+
+    def add_device(
+        self,
+        device_id: str,
+        claim_id: str,
+        labels: dict[str, str],
+        facts: dict[str, Any],
+        cert_serial: int,
+    ) -> None:
+        """Record an enrollment; a repeated one (same key, so same id) re-issues in place."""
+        self.conn.execute(
+            "INSERT INTO devices (id, claim_id, labels, facts, cert_serial, enrolled_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET facts = excluded.facts,"
+            " cert_serial = excluded.cert_serial",
+            (
+                device_id,
+                claim_id,
+                json.dumps(labels),
+                json.dumps(facts),
+                str(cert_serial),
+                time.time(),
+            ),
+        )
+
+    def device(self, device_id: str) -> Device | None:
+        row = self.conn.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        return _device(row) if row else None
+
+    def devices(self) -> list[Device]:
+        rows = self.conn.execute("SELECT * FROM devices ORDER BY enrolled_at").fetchall()
+        return [_device(r) for r in rows]
+
+    def revoke_device(self, device_id: str) -> bool:
+        cur = self.conn.execute(
+            "UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), device_id),
+        )
+        return cur.rowcount == 1
+
+    def set_availability(self, device_id: str, availability: str) -> None:
+        self.conn.execute(
+            "UPDATE devices SET availability = ?, last_seen = ? WHERE id = ?",
+            (availability, time.time(), device_id),
+        )
+
+    def set_state(self, device_id: str, state: dict[str, Any]) -> None:
+        self.conn.execute(
+            "UPDATE devices SET state = ?, software_version = ?, last_seen = ? WHERE id = ?",
+            (json.dumps(state), state.get("software_version"), time.time(), device_id),
+        )
+
+    def touch(self, device_id: str) -> None:
+        self.conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (time.time(), device_id))
+
+    def revoked_serials(self) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT cert_serial FROM devices WHERE revoked_at IS NOT NULL"
+            " UNION SELECT cert_serial FROM claims WHERE revoked_at IS NOT NULL"
+        ).fetchall()
+        return [int(r[0]) for r in rows]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything `make demo` and `make test` need on a fresh Debian or Ubuntu machine:
-# mosquitto (the managed broker) from apt when missing, then a virtual environment with the project.
+# mosquitto (the managed broker) and prometheus (promtool and server, for metric tests) from apt
+# when missing, then a virtual environment with the project.
 set -eu
 venv="${1:-.venv}"
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# prometheus brings promtool and the server the health metric tests run for real.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} with apt-get"
     sudo_cmd=""
@@ -17,6 +20,10 @@ fi
 # The packaged mosquitto service is not ours: the hub runs its own broker.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
     systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+# Nor is the packaged Prometheus: the tests start their own on a free port.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

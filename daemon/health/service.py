@@ -1,0 +1,94 @@
+"""The health service: collect every ``interval_s``, update metrics, evaluate alerts, publish.
+
+Collection runs in a worker thread because psutil and NVML calls block. Publishing is an
+injected coroutine (the hub link passes one that publishes on MQTT), so this service knows
+nothing about MQTT. A failed collection or a failed publish is logged and the next cycle runs:
+health reporting must never take the daemon down.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from appliance.service import TaskGroupService
+from daemon.health.alerts import AlertEvaluator, AlertEvent, HealthSection
+from daemon.health.metrics import DaemonMetrics
+from daemon.health.sampler import Sampler
+from daemon.health.snapshot import DaemonFacts, HealthSnapshot
+
+log = logging.getLogger(__name__)
+
+PublishFn = Callable[[HealthSnapshot, list[AlertEvent]], Awaitable[None]]
+FactsFn = Callable[[], DaemonFacts]
+
+
+class HealthService(TaskGroupService):
+    name = "health"
+
+    def __init__(
+        self,
+        config: HealthSection,
+        publish: PublishFn,
+        *,
+        metrics: DaemonMetrics | None = None,
+        facts: FactsFn = DaemonFacts,
+        sampler: Sampler | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.metrics = metrics or DaemonMetrics()
+        self.alerts = AlertEvaluator(config)
+        self._publish = publish
+        self._facts = facts
+        self._sampler = sampler or Sampler()
+        self._lock = asyncio.Lock()
+        self.latest: HealthSnapshot | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._sampler.gpu.open)
+        self.spawn(self._run(), "collect")
+
+    async def stop(self) -> None:
+        await self.cancel_tasks()
+        async with self._lock:
+            await asyncio.to_thread(self._sampler.close)
+
+    async def collect_now(self) -> HealthSnapshot:
+        """A fresh snapshot (for the ``health`` command too); updates ``latest`` and metrics.
+
+        Alerts are evaluated only on the periodic cycle, so "clear after N samples" keeps
+        meaning N intervals however often someone asks.
+        """
+        facts = self._facts()
+        async with self._lock:
+            snapshot = await asyncio.to_thread(self._sampler.sample, facts)
+        self.latest = snapshot
+        self.metrics.update_from_snapshot(snapshot)
+        return snapshot
+
+    async def run_cycle(self) -> list[AlertEvent]:
+        """Collect, evaluate and publish once; returns the alert transitions."""
+        snapshot = await self.collect_now()
+        events = self.alerts.evaluate(snapshot)
+        self.metrics.apply_alert_events(events)
+        for event in events:
+            log.warning(
+                "health alert",
+                extra={"alert": event.alert, "subject": event.subject, "state": event.state},
+            )
+        try:
+            await asyncio.wait_for(self._publish(snapshot, events), self.config.interval_s)
+        except Exception:
+            log.exception("publishing health failed")
+        return events
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.run_cycle()
+            except Exception:
+                log.exception("health collection failed")
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.config.interval_s - elapsed))

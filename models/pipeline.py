@@ -1,0 +1,139 @@
+"""Image bytes to findings: decode -> tile -> normalise -> batched inference -> aggregate.
+
+Each step is callable on its own so a server can pool tiles of several requests into one
+``Backend.infer`` call::
+
+    image = decode_image(data, limits)                          # bounded decode + EXIF
+    tiled = pipeline.tile(image)                                # uint8 tiles + original boxes
+    probs = backend.infer(card.preprocessing.normalize(tiled.tiles))   # any batch size
+    result = pipeline.aggregate(image, tiled, probs)            # per-tile and per-image labels
+
+``Pipeline.run`` does all of it for one image and records how long each stage took.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from models.artifact import Artifact
+from models.backends.base import Backend
+from models.errors import ModelError
+from models.images import DEFAULT_LIMITS, DecodedImage, ImageLimits, ImageMeta, decode_image
+from models.tiling import TiledImage, tile_image
+
+#: Labels that mean "nothing found": left out of the heatmap.
+BACKGROUND_LABELS = frozenset({"background"})
+OVERLAY_MAX_SIDE = 1600
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """Tile overlap in model-input pixels, and an integer downscale applied before tiling."""
+
+    overlap: int = 32
+    downscale: int = 1
+
+
+@dataclass(frozen=True)
+class TileFinding:
+    box: tuple[int, int, int, int]
+    probs: dict[str, float]
+
+
+@dataclass
+class ImageResult:
+    """Per-tile probabilities, per-image maxima and the labels at or over their thresholds."""
+
+    meta: ImageMeta
+    tiles: list[TileFinding]
+    probs: dict[str, float]
+    labels: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.meta.to_dict(), "labels": self.labels, "probs": self.probs,
+                "tiles": [{"box": list(t.box), "probs": t.probs} for t in self.tiles],
+                "timings": self.timings}
+
+
+class Pipeline:
+    """One artifact, one backend, one set of tiling options and image limits."""
+
+    def __init__(self, artifact: Artifact, backend: Backend,
+                 options: TileOptions = TileOptions(),
+                 limits: ImageLimits = DEFAULT_LIMITS) -> None:
+        self.card = artifact.card
+        self.backend = backend
+        self.options = options
+        self.limits = limits
+        mean = self.card.preprocessing.mean
+        self._pad = (round(mean[0] * 255), round(mean[1] * 255), round(mean[2] * 255))
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Bounded decode (see ``models.images.decode_image``) with this pipeline's limits."""
+        return decode_image(data, self.limits)
+
+    def tile(self, image: DecodedImage) -> TiledImage:
+        """Model-sized uint8 tiles with their boxes in the original image's pixels."""
+        return tile_image(image.pixels, self.card.preprocessing.input_size,
+                          self.options.overlap, self.options.downscale, self._pad)
+
+    def aggregate(self, image: DecodedImage, tiled: TiledImage, probs: np.ndarray) -> ImageResult:
+        """Per-image probability = max over tiles; a label is reported at or over its
+        threshold."""
+        labels = self.card.labels
+        if probs.shape != (len(tiled.boxes), len(labels)):
+            raise ModelError(f"probabilities {probs.shape} do not match "
+                             f"{len(tiled.boxes)} tiles x {len(labels)} labels")
+        rounded = np.round(probs.astype(np.float64), 5).tolist()
+        findings = [TileFinding(tuple(int(v) for v in box), dict(zip(labels, row, strict=True)))
+                    for box, row in zip(tiled.boxes.tolist(), rounded, strict=True)]
+        peak = dict(zip(labels, np.round(probs.max(axis=0).astype(np.float64), 5).tolist(),
+                        strict=True))
+        found = [lab for lab in labels if peak[lab] >= self.card.thresholds[lab]]
+        return ImageResult(image.meta, findings, peak, found)
+
+    def run(self, data: bytes) -> ImageResult:
+        """All steps for one image; ``timings`` holds seconds per stage."""
+        t0 = time.perf_counter()
+        image = self.decode(data)
+        t1 = time.perf_counter()
+        tiled = self.tile(image)
+        batch = self.card.preprocessing.normalize(tiled.tiles)
+        t2 = time.perf_counter()
+        probs = self.backend.infer(batch)
+        t3 = time.perf_counter()
+        result = self.aggregate(image, tiled, probs)
+        t4 = time.perf_counter()
+        result.timings = {"decode": t1 - t0, "tile": t2 - t1, "infer": t3 - t2,
+                          "aggregate": t4 - t3}
+        return result
+
+
+def render_overlay(image: DecodedImage, result: ImageResult,
+                   max_side: int = OVERLAY_MAX_SIDE) -> bytes:
+    """A PNG of the image (shrunk to ``max_side``) under a heatmap of the highest defect
+    probability covering each pixel: transparent at 0, opaque red-to-yellow towards 1."""
+    meta = result.meta
+    scale = min(1.0, max_side / max(meta.width, meta.height))
+    size = (max(1, round(meta.width * scale)), max(1, round(meta.height * scale)))
+    base = np.asarray(Image.fromarray(image.pixels).resize(size, Image.Resampling.BILINEAR),
+                      dtype=np.float32)
+    heat = np.zeros((size[1], size[0]), dtype=np.float32)
+    defects = [lab for lab in result.probs if lab not in BACKGROUND_LABELS]
+    for finding in result.tiles:
+        p = max((finding.probs[lab] for lab in defects), default=0.0)
+        x0, y0, x1, y1 = (round(v * scale) for v in finding.box)
+        np.maximum(heat[y0:y1, x0:x1], p, out=heat[y0:y1, x0:x1])
+    color = np.stack([np.full_like(heat, 255.0), 255.0 * heat, np.zeros_like(heat)], axis=-1)
+    alpha = (0.65 * heat)[..., None]
+    blended = (base * (1.0 - alpha) + color * alpha).clip(0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(blended).save(out, format="PNG")
+    return out.getvalue()

@@ -1,0 +1,139 @@
+"""HealthService: real psutil, the FAKE NVML, a publish callback that records what it gets."""
+
+import asyncio
+
+import pynvml
+
+from daemon.health.alerts import AlertEvent, HealthSection
+from daemon.health.nvml import NvmlReader
+from daemon.health.sampler import Sampler
+from daemon.health.service import FactsFn, HealthService
+from daemon.health.snapshot import ActiveModel, DaemonFacts, HealthSnapshot
+from tests.health.fake_nvml import FakeNvml
+
+FAST = HealthSection(interval_s=0.05)
+Published = tuple[HealthSnapshot, list[AlertEvent]]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Published] = asyncio.Queue()
+
+    async def __call__(self, snapshot: HealthSnapshot, events: list[AlertEvent]) -> None:
+        self.queue.put_nowait((snapshot, events))
+
+    async def next(self) -> Published:
+        return await asyncio.wait_for(self.queue.get(), 5)
+
+
+def service(
+    publish: Recorder, fake: FakeNvml | None = None, facts: FactsFn = DaemonFacts
+) -> HealthService:
+    sampler = Sampler(gpu=NvmlReader(fake or FakeNvml()))
+    return HealthService(FAST, publish, sampler=sampler, facts=facts)
+
+
+async def test_publishes_a_snapshot_every_interval() -> None:
+    recorder = Recorder()
+    health = service(recorder)
+    await health.start()
+    try:
+        first, _ = await recorder.next()
+        second, _ = await recorder.next()
+    finally:
+        await health.stop()
+    assert second.taken_at_s > first.taken_at_s
+    assert health.latest is not None
+
+
+async def test_snapshot_carries_the_daemon_facts() -> None:
+    facts = DaemonFacts(
+        active_model=ActiveModel(name="vit", version="3"), queue_depths={"tiles": 4}
+    )
+    health = service(Recorder(), facts=lambda: facts)
+    snapshot = await health.collect_now()
+    assert snapshot.daemon == facts
+
+
+async def test_first_cycle_raises_no_active_model_once() -> None:
+    recorder = Recorder()
+    health = service(recorder)
+    await health.start()
+    try:
+        _, first = await recorder.next()
+        _, second = await recorder.next()
+    finally:
+        await health.stop()
+    assert [(e.alert, e.state) for e in first] == [("no_active_model", "raised")]
+    assert second == []
+
+
+async def test_nvml_lost_mid_run_is_a_fault_and_an_alert_not_a_crash() -> None:
+    recorder, fake = Recorder(), FakeNvml()
+    health = service(recorder, fake)
+    await health.start()
+    try:
+        await recorder.next()
+        fake.break_with(pynvml.NVML_ERROR_GPU_IS_LOST)
+        snapshot, events = await recorder.next()
+        after, _ = await recorder.next()
+    finally:
+        await health.stop()
+    assert snapshot.gpu.status == "fault"
+    assert "gpu: NVML lost: GPU is lost" in snapshot.faults
+    assert ("nvml_lost", "raised") in [(e.alert, e.state) for e in events]
+    assert after.gpu.status == "fault"
+
+
+async def test_a_failing_publish_does_not_stop_collection() -> None:
+    calls: list[int] = []
+    done = asyncio.Event()
+
+    async def flaky(snapshot: HealthSnapshot, events: list[AlertEvent]) -> None:
+        calls.append(1)
+        if len(calls) >= 3:
+            done.set()
+        raise ConnectionError("broker gone")
+
+    health = HealthService(FAST, flaky, sampler=Sampler(gpu=NvmlReader(FakeNvml())))
+    await health.start()
+    try:
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await health.stop()
+
+
+async def test_a_failing_collection_is_skipped_not_fatal() -> None:
+    recorder = Recorder()
+    failures = iter([RuntimeError("state not ready")])
+
+    def facts() -> DaemonFacts:
+        for exc in failures:
+            raise exc
+        return DaemonFacts()
+
+    health = service(recorder, facts=facts)
+    crashed: list[BaseException] = []
+    health.on_failure = crashed.append
+    await health.start()
+    try:
+        await recorder.next()
+    finally:
+        await health.stop()
+    assert crashed == []
+
+
+async def test_stop_shuts_nvml_down() -> None:
+    fake = FakeNvml()
+    health = service(Recorder(), fake)
+    await health.start()
+    await health.collect_now()
+    await health.stop()
+    assert fake.initialised == 0
+
+
+async def test_without_a_gpu_the_section_says_so() -> None:
+    health = service(Recorder(), FakeNvml(gpus=[]))
+    snapshot = await health.collect_now()
+    assert (snapshot.gpu.status, snapshot.gpu.message) == ("absent", "no NVIDIA GPU")
+    assert snapshot.faults == []

@@ -90,28 +90,24 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
         raise EmptyImage("empty file (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"{len(data)} bytes is more than the {limits.max_bytes}-byte limit")
-    try:
-        with warnings.catch_warnings():
-            # Our own pixel limit below is the bound; Pillow's warning would only add noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise TooManyPixels(f"refused before decoding: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise UnsupportedImage(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UnsupportedImage(f"corrupt image header: {exc}") from exc
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        # Pillow reports some corrupt EXIF only as a warning: keep those as notes. Its
+        # decompression-bomb warning is noise, our own pixel limit is the bound.
+        warnings.simplefilter("always")
+        im = _open(data)
+        exif = _read_exif(im, notes)
+    notes.extend(str(w.message) for w in caught
+                 if not issubclass(w.category, Image.DecompressionBombWarning))
     with im:
         width, height = im.size
         if width * height > limits.max_pixels:
             raise TooManyPixels(f"{width}x{height} is {width * height} pixels, more than the "
                                 f"{limits.max_pixels}-pixel limit; refused before decoding")
-        notes: list[str] = []
-        exif = _read_exif(im, notes)
         try:
             im.load()
         except OSError as exc:
-            if "truncated" in str(exc):
+            if "truncated" in str(exc).lower():
                 raise TruncatedImage(f"truncated {im.format} file: {exc}") from exc
             raise UnsupportedImage(f"corrupt {im.format} data: {exc}") from exc
         except (SyntaxError, ValueError, EOFError) as exc:
@@ -127,6 +123,20 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
     meta = ImageMeta(format=fmt, width=pixels.shape[1], height=pixels.shape[0],
                      orientation=orientation, warnings=tuple(notes), **exif)
     return DecodedImage(pixels, meta)
+
+
+def _open(data: bytes) -> Image.Image:
+    """Parse the header only: no pixel is decoded until ``load``."""
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise TooManyPixels(f"refused before decoding: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImage(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        if "truncated" in str(exc).lower():
+            raise TruncatedImage(f"truncated file, the header is incomplete: {exc}") from exc
+        raise UnsupportedImage(f"corrupt image header: {exc}") from exc
 
 
 def _read_exif(im: Image.Image, notes: list[str]) -> dict[str, Any]:

@@ -1,0 +1,16 @@
+"""Shared fixtures: one tiny artifact per session (32 px, dim 32, depth 2) keeps the suite fast."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.artifact import Artifact, write_artifact
+from models.config import tiny_config
+from models.vit import build_model
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    model = build_model(tiny_config(), seed=0)
+    return write_artifact(model, tmp_path_factory.mktemp("art") / "tiny", name="tiny",
+                          version="0.1.0")

@@ -1,0 +1,143 @@
+"""Backends: the template-method contract, parity between engines, and ``auto``."""
+
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+from models.artifact import ONNX_FILE, Artifact
+from models.backends import available_backends, create_backend
+from models.backends.onnxruntime_backend import OnnxRuntimeBackend
+from models.backends.tensorrt_backend import TensorRTBackend, engine_cache_key
+from models.backends.torch_backend import TorchBackend, cpu_has_bf16
+from models.errors import BackendError, BackendUnavailable
+
+tensorrt: ModuleType | None
+try:
+    import tensorrt
+except ImportError:
+    tensorrt = None
+
+#: fp32 PyTorch and fp32 ONNX Runtime differ only by kernel summation order.
+PARITY_ATOL = 1e-5
+
+
+def batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32), dtype=np.float32)
+
+
+def test_torch_fp32_and_onnxruntime_agree(tiny_artifact: Artifact) -> None:
+    x = batch(7)
+    t = TorchBackend(tiny_artifact, "fp32", device="cpu").infer(x)
+    o = OnnxRuntimeBackend(tiny_artifact, use_gpu=False).infer(x)
+    np.testing.assert_allclose(t, o, atol=PARITY_ATOL)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 instructions")
+def test_torch_bf16_passes_the_golden_smoke_test(tiny_artifact: Artifact) -> None:
+    backend = TorchBackend(tiny_artifact, "bf16", device="cpu")
+    assert backend.smoke_test() <= tiny_artifact.card.golden.atol
+
+
+@pytest.mark.parametrize("name", ["torch", "onnxruntime"])
+def test_every_cpu_backend_passes_the_golden_smoke_test(tiny_artifact: Artifact,
+                                                        name: str) -> None:
+    assert create_backend(tiny_artifact, name, "fp32").smoke_test() < 1e-4
+
+
+def test_batches_larger_than_batch_size_are_chunked(tiny_artifact: Artifact) -> None:
+    whole = TorchBackend(tiny_artifact, "fp32", device="cpu", batch_size=64).infer(batch(10))
+    chunked = TorchBackend(tiny_artifact, "fp32", device="cpu", batch_size=3).infer(batch(10))
+    np.testing.assert_allclose(whole, chunked, atol=1e-6)
+
+
+def test_wrong_dtype_is_refused(tiny_artifact: Artifact) -> None:
+    with pytest.raises(BackendError, match="float32 numpy array, got float64"):
+        TorchBackend(tiny_artifact, "fp32").infer(batch(2).astype(np.float64))
+
+
+def test_wrong_shape_is_refused(tiny_artifact: Artifact) -> None:
+    with pytest.raises(BackendError, match=r"input shape \(2, 3, 16, 16\) is not \(N>=1, 3, 32"):
+        OnnxRuntimeBackend(tiny_artifact).infer(np.zeros((2, 3, 16, 16), np.float32))
+
+
+def test_empty_batch_is_refused(tiny_artifact: Artifact) -> None:
+    with pytest.raises(BackendError, match="N>=1"):
+        TorchBackend(tiny_artifact, "fp32").infer(np.zeros((0, 3, 32, 32), np.float32))
+
+
+def test_library_errors_are_wrapped(tiny_artifact: Artifact) -> None:
+    class Broken(TorchBackend):
+        def _infer(self, batch: np.ndarray) -> np.ndarray:
+            raise RuntimeError("kernel exploded")
+
+    with pytest.raises(BackendError, match="torch inference failed: kernel exploded") as info:
+        Broken(tiny_artifact, "fp32").infer(batch(1))
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_auto_picks_a_measured_backend_and_says_which(tiny_artifact: Artifact) -> None:
+    backend = create_backend(tiny_artifact, "auto")
+    info = backend.describe()
+    assert f"{info['backend']}/{info['precision']}" in info["auto_selection"]
+    assert info["auto_selection"][f"{info['backend']}/{info['precision']}"] == max(
+        info["auto_selection"].values())
+
+
+def test_torch_auto_precision_resolves_to_a_concrete_one(tiny_artifact: Artifact) -> None:
+    assert TorchBackend(tiny_artifact, "auto", device="cpu").precision in ("fp32", "bf16")
+
+
+def test_unknown_backend_is_refused(tiny_artifact: Artifact) -> None:
+    with pytest.raises(BackendUnavailable, match="unknown backend 'openvino'"):
+        create_backend(tiny_artifact, "openvino")
+
+
+def test_onnxruntime_refuses_a_precision_its_graph_does_not_have(
+        tiny_artifact: Artifact) -> None:
+    with pytest.raises(BackendUnavailable, match="fp32 graph, not bf16"):
+        create_backend(tiny_artifact, "onnxruntime", "bf16")
+
+
+def test_engine_cache_key_changes_with_every_input() -> None:
+    base = ("ab" * 32, "10.3.0", "NVIDIA A2", (8, 6), "fp16", 16)
+    keys = {engine_cache_key(*base)}
+    for i, other in enumerate(("cd" * 32, "10.4.0", "NVIDIA L4", (8, 9), "fp32", 32)):
+        changed = list(base)
+        changed[i] = other
+        keys.add(engine_cache_key(*changed))  # type: ignore[arg-type]
+    assert len(keys) == 7
+    assert engine_cache_key(*base) == engine_cache_key(*base)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
+def test_tensorrt_without_a_gpu_is_unavailable(tiny_artifact: Artifact) -> None:
+    with pytest.raises(BackendUnavailable):
+        create_backend(tiny_artifact, "tensorrt")
+    assert "tensorrt" not in available_backends()
+
+
+def _tensorrt_skip_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "no NVIDIA GPU visible to torch (torch.cuda.is_available() is False)"
+    if tensorrt is None:
+        return "the tensorrt package is not installed (pip install '.[gpu]')"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_tensorrt_skip_reason() is not None, reason=str(_tensorrt_skip_reason()))
+def test_tensorrt_matches_onnxruntime_and_caches_its_engine(
+        tiny_artifact: Artifact, tmp_path: Path) -> None:
+    first = TensorRTBackend(tiny_artifact, "fp16", batch_size=8, cache_dir=tmp_path)
+    assert not first.cache_hit
+    x = batch(5)
+    reference = OnnxRuntimeBackend(tiny_artifact, use_gpu=False).infer(x)
+    np.testing.assert_allclose(first.infer(x), reference, atol=tiny_artifact.card.golden.atol)
+    second = TensorRTBackend(tiny_artifact, "fp16", batch_size=8, cache_dir=tmp_path)
+    assert second.cache_hit
+    assert second.engine_path.name.startswith(engine_cache_key(
+        tiny_artifact.card.files[ONNX_FILE], tensorrt.__version__,
+        torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0), "fp16", 8))

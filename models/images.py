@@ -95,29 +95,22 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
         # Pillow reports some corrupt EXIF only as a warning: keep those as notes. Its
         # decompression-bomb warning is noise, our own pixel limit is the bound.
         warnings.simplefilter("always")
-        im = _open(data)
-        exif = _read_exif(im, notes)
+        with _open(data) as im:
+            width, height = im.size
+            if width * height > limits.max_pixels:
+                raise TooManyPixels(f"{width}x{height} is {width * height} pixels, more than "
+                                    f"the {limits.max_pixels}-pixel limit; refused before "
+                                    "decoding")
+            _load(im)  # before EXIF: reading a PNG's EXIF would otherwise decode it unchecked
+            exif = _read_exif(im, notes)
+            orientation = exif.pop("orientation", 1)
+            rgb = im.convert("RGB")
+            fmt = im.format or "unknown"
     notes.extend(str(w.message) for w in caught
                  if not issubclass(w.category, Image.DecompressionBombWarning))
-    with im:
-        width, height = im.size
-        if width * height > limits.max_pixels:
-            raise TooManyPixels(f"{width}x{height} is {width * height} pixels, more than the "
-                                f"{limits.max_pixels}-pixel limit; refused before decoding")
-        try:
-            im.load()
-        except OSError as exc:
-            if "truncated" in str(exc).lower():
-                raise TruncatedImage(f"truncated {im.format} file: {exc}") from exc
-            raise UnsupportedImage(f"corrupt {im.format} data: {exc}") from exc
-        except (SyntaxError, ValueError, EOFError) as exc:
-            raise UnsupportedImage(f"corrupt {im.format} data: {exc}") from exc
-        orientation = exif.pop("orientation", 1)
-        rgb = im.convert("RGB")
-        if orientation in _TRANSPOSE:
-            rgb = rgb.transpose(_TRANSPOSE[orientation])
-        pixels = np.asarray(rgb)
-        fmt = im.format or "unknown"
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    pixels = np.asarray(rgb)
     for note in notes:
         log.warning("image EXIF: %s", note)
     meta = ImageMeta(format=fmt, width=pixels.shape[1], height=pixels.shape[0],
@@ -137,6 +130,18 @@ def _open(data: bytes) -> Image.Image:
         if "truncated" in str(exc).lower():
             raise TruncatedImage(f"truncated file, the header is incomplete: {exc}") from exc
         raise UnsupportedImage(f"corrupt image header: {exc}") from exc
+
+
+def _load(im: Image.Image) -> None:
+    """Decode the pixels, telling a truncated file from a corrupt one."""
+    try:
+        im.load()
+    except OSError as exc:
+        if "truncated" in str(exc).lower():
+            raise TruncatedImage(f"truncated {im.format} file: {exc}") from exc
+        raise UnsupportedImage(f"corrupt {im.format} data: {exc}") from exc
+    except (SyntaxError, ValueError, EOFError) as exc:
+        raise UnsupportedImage(f"corrupt {im.format} data: {exc}") from exc
 
 
 def _read_exif(im: Image.Image, notes: list[str]) -> dict[str, Any]:

@@ -7,6 +7,9 @@ from appliance.cli import build_parser, run_cli
 COMMAND_MODULES = [
     "daemon.commands.run",
     "daemon.commands.status",
+    "daemon.commands.model",
+    "daemon.commands.infer",
+    "daemon.commands.bench",
 ]
 
 

@@ -92,8 +92,8 @@ class Pipeline:
             raise ModelError(f"probabilities {probs.shape} do not match "
                              f"{len(tiled.boxes)} tiles x {len(labels)} labels")
         rounded = np.round(probs.astype(np.float64), 5).tolist()
-        findings = [TileFinding(tuple(int(v) for v in box), dict(zip(labels, row, strict=True)))
-                    for box, row in zip(tiled.boxes.tolist(), rounded, strict=True)]
+        findings = [TileFinding((x0, y0, x1, y1), dict(zip(labels, row, strict=True)))
+                    for (x0, y0, x1, y1), row in zip(tiled.boxes.tolist(), rounded, strict=True)]
         peak = dict(zip(labels, np.round(probs.max(axis=0).astype(np.float64), 5).tolist(),
                         strict=True))
         found = [lab for lab in labels if peak[lab] >= self.card.thresholds[lab]]

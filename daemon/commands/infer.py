@@ -1,0 +1,85 @@
+"""``spoke infer``: run a model artifact on image files; a bad file is reported, not fatal."""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance.cli import print_json
+from models.artifact import load_artifact
+from models.backends import BACKEND_NAMES, create_backend
+from models.errors import ImageError, ImageTooLarge
+from models.images import ImageLimits
+from models.pipeline import ImageResult, Pipeline, TileOptions, render_overlay
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="find defects in drone images with a model artifact")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG, PNG or TIFF")
+    p.add_argument("--model", type=Path, required=True, help="artifact directory or tar")
+    p.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
+                   help="inference engine (default auto: the fastest here)")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
+    p.add_argument("--downscale", type=int, default=1,
+                   help="shrink images by this integer factor before tiling (default 1)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--overlay", type=Path, metavar="OUT.png",
+                   help="write a heatmap overlay PNG (OUT-<image>.png when several images)")
+    p.set_defaults(handler=infer)
+
+
+def overlay_path(out: Path, image: Path, many: bool) -> Path:
+    return out.with_name(f"{out.stem}-{image.stem}{out.suffix or '.png'}") if many else out
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """Read at most ``limit + 1`` bytes, so an oversized file is refused without reading it."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ImageTooLarge(f"more than the {limit}-byte limit")
+    return data
+
+
+def infer(args: argparse.Namespace) -> int:
+    artifact = load_artifact(args.model)
+    backend = create_backend(artifact, args.backend)
+    limits = ImageLimits()
+    pipeline = Pipeline(artifact, backend, TileOptions(args.overlap, args.downscale), limits)
+    if not args.json:
+        info = backend.describe()
+        print(f"model {artifact.card.ref} on {info['backend']}/{info['precision']} "
+              f"({info['device']})", file=sys.stderr)
+    records: list[dict[str, Any]] = []
+    for path in args.images:
+        try:
+            data = read_bounded(path, limits.max_bytes)
+            image = pipeline.decode(data)
+            tiled = pipeline.tile(image)
+            probs = backend.infer(artifact.card.preprocessing.normalize(tiled.tiles))
+            result = pipeline.aggregate(image, tiled, probs)
+            if args.overlay:
+                out = overlay_path(args.overlay, path, len(args.images) > 1)
+                out.write_bytes(render_overlay(image, result))
+        except (ImageError, OSError) as exc:
+            records.append({"path": str(path), "ok": False, "error": str(exc),
+                            "error_type": type(exc).__name__})
+            if not args.json:
+                print(f"{path}: error: {exc}", file=sys.stderr)
+            continue
+        records.append({"path": str(path), "ok": True, **result.to_dict()})
+        if not args.json:
+            print_summary(path, result)
+    if args.json:
+        print_json({"model": artifact.card.ref, "backend": backend.describe(),
+                    "results": records})
+    return 0 if all(r["ok"] for r in records) else 1
+
+
+def print_summary(path: Path, result: ImageResult) -> None:
+    found = ", ".join(f"{lab} {result.probs[lab]:.2f}" for lab in result.labels) or "nothing"
+    meta = result.meta
+    where = f" at {meta.gps.latitude:.6f},{meta.gps.longitude:.6f}" if meta.gps else ""
+    print(f"{path}: {found} ({meta.width}x{meta.height}, {len(result.tiles)} tiles{where})")
+    for note in meta.warnings:
+        print(f"{path}: warning: {note}", file=sys.stderr)

@@ -1,0 +1,69 @@
+"""Deterministic batches from an in-memory tile set, with drone-friendly augmentation.
+
+The batch at step ``s`` depends only on ``(seed, s)``: a resumed run sees exactly the batches
+an uninterrupted one would, with no data-loader state to save.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.preprocess import Preprocessing
+
+
+@dataclass(frozen=True)
+class TileSet:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    targets: np.ndarray  # (N, labels) float32 multi-hot
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> "TileSet":
+        return TileSet(self.images[index], self.targets[index])
+
+
+def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The eight rotations and flips of the square: a drone sees a wall from any roll angle."""
+    out = images.copy()
+    codes = rng.integers(0, 8, size=len(images))
+    for code in range(1, 8):
+        idx = np.nonzero(codes == code)[0]
+        if len(idx):
+            x = np.rot90(images[idx], k=code % 4, axes=(1, 2))
+            out[idx] = x[:, :, ::-1] if code >= 4 else x
+    return out
+
+
+def step_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the batch at ``step``: consecutive slices of one shuffle per epoch."""
+    per_epoch = max(1, n // batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[pos * batch_size : (pos + 1) * batch_size]
+
+
+def make_batch(
+    tiles: TileSet, pre: Preprocessing, batch_size: int, seed: int, step: int, train: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = step_indices(len(tiles), batch_size, seed, step)
+    images = tiles.images[idx]
+    if train:
+        images = augment(images, np.random.default_rng([seed, step, 1]))
+    return torch.from_numpy(pre.normalize(images)), torch.from_numpy(tiles.targets[idx])
+
+
+def supervised_loss(
+    model: nn.Module, tiles: TileSet, pre: Preprocessing, batch_size: int, seed: int
+) -> Callable[[int], Tensor]:
+    """Multi-label BCE on the batch of each step."""
+
+    def loss(step: int) -> Tensor:
+        x, y = make_batch(tiles, pre, batch_size, seed, step)
+        return F.binary_cross_entropy_with_logits(model(x).float(), y)
+
+    return loss

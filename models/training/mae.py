@@ -1,0 +1,81 @@
+"""Masked autoencoder (He et al., 2022) around our ViT: the self-supervised pre-training task.
+
+The encoder is the ``VisionTransformer`` itself (its timm-named weights are what ships); only
+the visible quarter of the patches goes through it, which is what makes MAE cheap enough for a
+CPU. The small decoder is thrown away after pre-training. Loss: mean squared error on the
+per-patch normalised pixels of the masked patches (the paper's ``norm_pix_loss``).
+"""
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from models.vit import Block, VisionTransformer
+
+
+class MaskedAutoencoder(nn.Module):
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        decoder_dim: int = 128,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        mask_ratio: float = 0.75,
+    ) -> None:
+        super().__init__()
+        cfg = encoder.cfg
+        self.encoder = encoder
+        self.mask_ratio = mask_ratio
+        self.patch = cfg.patch_size
+        dec_cfg = dataclasses.replace(cfg, embed_dim=decoder_dim, num_heads=decoder_heads)
+        self.decoder_embed = nn.Linear(cfg.embed_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, decoder_dim))
+        self.decoder_blocks = nn.Sequential(*[Block(dec_cfg) for _ in range(decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=cfg.norm_eps)
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch**2 * cfg.in_chans)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
+        for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def patchify(self, imgs: Tensor) -> Tensor:
+        """(B, C, H, W) to (B, patches, p*p*C), patches in row-major order like PatchEmbed."""
+        b, c, h, w = imgs.shape
+        p = self.patch
+        x = imgs.reshape(b, c, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def forward(self, imgs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The reconstruction loss for one batch; ``generator`` makes the masks reproducible."""
+        enc = self.encoder
+        x = enc.patch_embed(imgs) + enc.pos_embed[:, 1:]
+        b, n, d = x.shape
+        keep = max(1, round(n * (1.0 - self.mask_ratio)))
+        noise = torch.rand(b, n, generator=generator)
+        order = noise.argsort(dim=1)
+        restore = order.argsort(dim=1)
+        kept = order[:, :keep]
+        x = torch.gather(x, 1, kept.unsqueeze(-1).expand(-1, -1, d))
+        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(b, -1, -1)
+        latent = enc.norm(enc.blocks(torch.cat([cls, x], dim=1)))
+
+        y = self.decoder_embed(latent)
+        masks = self.mask_token.expand(b, n - keep, -1).to(y.dtype)
+        seq = torch.cat([y[:, 1:], masks], dim=1)
+        seq = torch.gather(seq, 1, restore.unsqueeze(-1).expand(-1, -1, y.shape[-1]))
+        y = torch.cat([y[:, :1], seq], dim=1) + self.decoder_pos_embed
+        pred = self.decoder_pred(self.decoder_norm(self.decoder_blocks(y)))[:, 1:].float()
+
+        target = self.patchify(imgs).float()
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+        masked = torch.ones(b, n)
+        masked[:, :keep] = 0
+        masked = torch.gather(masked, 1, restore)
+        per_patch = ((pred - target) ** 2).mean(dim=-1)
+        return (per_patch * masked).sum() / masked.sum()

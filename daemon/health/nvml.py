@@ -122,6 +122,8 @@ class NvmlReader:
         if not self._handles:
             self._set("absent", "no NVIDIA GPU")
             return
+        if self._status == "fault":
+            log.warning("NVML is back", extra={"gpus": len(self._handles)})
         self._worked = True
         self._set("ok", "")
 

@@ -1,6 +1,8 @@
 """The health service: collect every ``interval_s``, update metrics, evaluate alerts, publish.
 
-Collection runs in a worker thread because psutil and NVML calls block. Publishing is an
+Collection runs in one dedicated worker thread because psutil and NVML calls block; a single
+thread also serialises every NVML call, so ``stop()`` can never shut NVML down under a read
+still running for a cancelled cycle. Publishing is an
 injected coroutine (the hub link passes one that publishes on MQTT), so this service knows
 nothing about MQTT. A failed collection or a failed publish is logged and the next cycle runs:
 health reporting must never take the daemon down.
@@ -10,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from appliance.service import TaskGroupService
 from daemon.health.alerts import AlertEvaluator, AlertEvent, HealthSection
@@ -42,17 +45,18 @@ class HealthService(TaskGroupService):
         self._publish = publish
         self._facts = facts
         self._sampler = sampler or Sampler()
-        self._lock = asyncio.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
         self.latest: HealthSnapshot | None = None
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._sampler.gpu.open)
+        await asyncio.get_running_loop().run_in_executor(self._worker, self._sampler.gpu.open)
         self.spawn(self._run(), "collect")
 
     async def stop(self) -> None:
         await self.cancel_tasks()
-        async with self._lock:
-            await asyncio.to_thread(self._sampler.close)
+        # Queued behind any read still in the worker, so NVML is closed after it finishes.
+        await asyncio.get_running_loop().run_in_executor(self._worker, self._sampler.close)
+        self._worker.shutdown(wait=False)
 
     async def collect_now(self) -> HealthSnapshot:
         """A fresh snapshot (for the ``health`` command too); updates ``latest`` and metrics.
@@ -61,14 +65,18 @@ class HealthService(TaskGroupService):
         meaning N intervals however often someone asks.
         """
         facts = self._facts()
-        async with self._lock:
-            snapshot = await asyncio.to_thread(self._sampler.sample, facts)
+        loop = asyncio.get_running_loop()
+        snapshot = await loop.run_in_executor(self._worker, self._sampler.sample, facts)
         self.latest = snapshot
         self.metrics.update_from_snapshot(snapshot)
         return snapshot
 
     async def run_cycle(self) -> list[AlertEvent]:
-        """Collect, evaluate and publish once; returns the alert transitions."""
+        """Collect, evaluate and publish once; returns the alert transitions.
+
+        A publish still running after one interval is cancelled: a stuck link must not stall
+        collection, and the next snapshot supersedes this one anyway.
+        """
         snapshot = await self.collect_now()
         events = self.alerts.evaluate(snapshot)
         self.metrics.apply_alert_events(events)

@@ -1,6 +1,8 @@
 """HealthService: real psutil, the FAKE NVML, a publish callback that records what it gets."""
 
 import asyncio
+import threading
+import time
 
 import pynvml
 
@@ -137,3 +139,25 @@ async def test_without_a_gpu_the_section_says_so() -> None:
     snapshot = await health.collect_now()
     assert (snapshot.gpu.status, snapshot.gpu.message) == ("absent", "no NVIDIA GPU")
     assert snapshot.faults == []
+
+
+async def test_stop_waits_for_a_read_in_progress_before_closing_nvml() -> None:
+    calls: list[str] = []
+    reading = threading.Event()
+
+    class SlowNvml(FakeNvml):
+        def nvmlDeviceGetName(self, handle: object) -> str:
+            reading.set()
+            time.sleep(0.2)
+            calls.append("read")
+            return super().nvmlDeviceGetName(handle)
+
+        def nvmlShutdown(self) -> None:
+            calls.append("shutdown")
+            super().nvmlShutdown()
+
+    health = service(Recorder(), SlowNvml())
+    await health.start()
+    await asyncio.to_thread(reading.wait, 5)
+    await health.stop()
+    assert calls[-2:] == ["read", "shutdown"]

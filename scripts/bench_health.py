@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import psutil
 
-from daemon.health.alerts import AlertEvaluator, AlertEvent, HealthSection
+from daemon.health.alerts import AlertEvaluator, HealthSection
 from daemon.health.metrics import DaemonMetrics
 from daemon.health.sampler import Sampler
 from daemon.health.service import HealthService
-from daemon.health.snapshot import DaemonFacts, HealthSnapshot
+from daemon.health.snapshot import AlertEvent, DaemonFacts, HealthSnapshot
 
 
 def cpu_model() -> str:

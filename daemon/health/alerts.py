@@ -13,9 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from daemon.health.snapshot import HealthSnapshot
-
-Severity = Literal["warning", "critical"]
+from daemon.health.snapshot import AlertEvent, HealthSnapshot, Severity
 
 
 class HealthSection(BaseModel):
@@ -57,21 +55,6 @@ class HealthSection(BaseModel):
         return self
 
 
-class AlertEvent(BaseModel):
-    """One transition, published once: ``raised`` when crossed, ``cleared`` when recovered."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    alert: str
-    subject: str
-    state: Literal["raised", "cleared"]
-    severity: Severity
-    message: str
-    value: float | None = None
-    threshold: float | None = None
-    at_s: float
-
-
 @dataclass(frozen=True)
 class Observation:
     """What one rule sees for one subject in one snapshot; neither flag set means "hold"."""
@@ -103,9 +86,8 @@ class _State:
 class AlertEvaluator:
     """Remembers which alerts are raised; ``evaluate`` returns only the transitions."""
 
-    def __init__(self, config: HealthSection, rules: tuple[Rule, ...] | None = None) -> None:
+    def __init__(self, config: HealthSection) -> None:
         self.config = config
-        self.rules = RULES if rules is None else rules
         self._active: dict[tuple[str, str], _State] = {}
 
     @property
@@ -115,7 +97,7 @@ class AlertEvaluator:
 
     def evaluate(self, snapshot: HealthSnapshot) -> list[AlertEvent]:
         events: list[AlertEvent] = []
-        for rule in self.rules:
+        for rule in RULES:
             events.extend(self._apply(rule, snapshot))
         return events
 

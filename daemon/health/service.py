@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance.service import TaskGroupService
-from daemon.health.alerts import AlertEvaluator, AlertEvent, HealthSection
+from daemon.health.alerts import AlertEvaluator, HealthSection
 from daemon.health.metrics import DaemonMetrics
 from daemon.health.sampler import Sampler
-from daemon.health.snapshot import DaemonFacts, HealthSnapshot
+from daemon.health.snapshot import AlertEvent, DaemonFacts, HealthSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
-"""The health snapshot: one typed, JSON-serialisable picture of the appliance at one moment.
+"""The health wire schema: the snapshot and the alert events the hub receives.
 
-It is what goes out on ``spoke/v1/{device}/health`` and what the alert evaluator reads, so the
-hub can parse it with the same models (``HealthSnapshot.model_validate_json``). Units are base
+``HealthSnapshot`` is one typed, JSON-serialisable picture of the appliance at one moment: it
+goes out on ``spoke/v1/{device}/health`` and is what the alert evaluator reads. ``AlertEvent``
+is one raise or clear transition, for ``spoke/v1/{device}/events``. This module needs only
+pydantic, so the hub can parse both with the same models (``model_validate_json``). Units are base
 units spelled in the field name: bytes, seconds, ratios (0..1), degrees Celsius, watts, hertz.
 Counters from the kernel (disk and network I/O) are cumulative since boot; rates are the
 reader's business (Prometheus ``rate()``), so a missed report loses nothing.
@@ -182,3 +184,19 @@ class HealthSnapshot(_Model):
     gpu: GpuSection
     daemon: DaemonFacts = DaemonFacts()
     faults: list[str] = Field(default_factory=list)
+
+
+Severity = Literal["warning", "critical"]
+
+
+class AlertEvent(_Model):
+    """One transition, published once: ``raised`` when crossed, ``cleared`` when recovered."""
+
+    alert: str
+    subject: str
+    state: Literal["raised", "cleared"]
+    severity: Severity
+    message: str
+    value: float | None = None
+    threshold: float | None = None
+    at_s: float

@@ -5,8 +5,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from daemon.health.alerts import AlertEvaluator, AlertEvent, HealthSection
-from daemon.health.snapshot import ActiveModel, DaemonFacts, GpuSection, HealthSnapshot
+from daemon.health.alerts import AlertEvaluator, HealthSection
+from daemon.health.snapshot import (
+    ActiveModel,
+    AlertEvent,
+    DaemonFacts,
+    GpuSection,
+    HealthSnapshot,
+)
 from tests.health.builders import NOW, filesystem, gpu, snapshot
 
 MODEL = ActiveModel(name="vit-codebrim", version="3")

@@ -12,8 +12,10 @@ bytes, ratios, celsius, watts, hertz), ``_total`` on counters.
 """
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import get_args
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -24,15 +26,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from daemon.health.nvml import THROTTLE_REASONS
-from daemon.health.snapshot import ActiveModel, AlertEvent, GpuStats, HealthSnapshot
+from daemon.health.snapshot import ActiveModel, AlertEvent, GpuStats, GpuStatus, HealthSnapshot
 
 PREFIX = "spoke_"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-_GPU_STATES = ("ok", "absent", "unavailable", "fault")
-# Every name here is a classic one, so the body is the 0.0.4 text format that every Prometheus
-# since 2.0 reads; newer clients label it 1.0.0, which older servers (Debian's 2.42) predate.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_GPU_STATES = get_args(GpuStatus)
 
 
 class DaemonMetrics:
@@ -118,7 +117,7 @@ class DaemonMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The body and Content-Type for a ``/metrics`` response."""
-        return generate_latest(self.registry), CONTENT_TYPE
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
 class SnapshotCollector(Collector):

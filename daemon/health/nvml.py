@@ -60,10 +60,7 @@ def decode_throttle_reasons(mask: int) -> list[str]:
 
 
 def _event_name(event_type: int) -> str:
-    for bit, name in CRITICAL_EVENTS:
-        if event_type == bit:
-            return name
-    return f"event_{event_type:#x}"
+    return dict(CRITICAL_EVENTS).get(event_type, f"event_{event_type:#x}")
 
 
 def _text(value: str | bytes) -> str:

@@ -2,10 +2,9 @@
 
 Collection runs in one dedicated worker thread because psutil and NVML calls block; a single
 thread also serialises every NVML call, so ``stop()`` can never shut NVML down under a read
-still running for a cancelled cycle. Publishing is an
-injected coroutine (the hub link passes one that publishes on MQTT), so this service knows
-nothing about MQTT. A failed collection or a failed publish is logged and the next cycle runs:
-health reporting must never take the daemon down.
+still running for a cancelled cycle. Publishing is an injected coroutine (the hub link passes
+one that publishes on MQTT), so this service knows nothing about MQTT. A failed collection or
+a failed publish is logged and the next cycle runs: health must never take the daemon down.
 """
 
 import asyncio
@@ -22,7 +21,11 @@ from daemon.health.snapshot import AlertEvent, DaemonFacts, HealthSnapshot
 
 log = logging.getLogger(__name__)
 
+# Alert transitions are handed over exactly once: a publish function should put them in the
+# durable outbox before anything that can fail or be cancelled (the snapshot itself is
+# best-effort; the next one supersedes it).
 PublishFn = Callable[[HealthSnapshot, list[AlertEvent]], Awaitable[None]]
+# Called on the event loop each cycle; must be quick and must not block.
 FactsFn = Callable[[], DaemonFacts]
 
 

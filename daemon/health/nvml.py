@@ -117,7 +117,10 @@ class NvmlReader:
             self._fail(exc)
             return
         if not self._handles:
-            self._set("absent", "no NVIDIA GPU")
+            if self._worked:
+                self._set("fault", "NVML lost: the GPUs seen earlier are gone")
+            else:
+                self._set("absent", "no NVIDIA GPU")
             return
         if self._status == "fault":
             log.warning("NVML is back", extra={"gpus": len(self._handles)})
@@ -174,7 +177,7 @@ class NvmlReader:
     def _fail(self, exc: Exception) -> None:
         if self._status != "fault":
             log.error("NVML failed", extra={"error": str(exc)})
-        self._set("fault", f"NVML lost: {exc}")
+        self._set("fault", f"NVML {'lost' if self._worked else 'failed'}: {exc}")
 
     def _quietly(self, fn: Callable[..., Any], *args: Any) -> None:
         try:

@@ -150,8 +150,9 @@ GpuStatus = Literal["ok", "absent", "unavailable", "fault"]
 
 class GpuSection(_Model):
     """``ok``: readings below. ``absent``: NVML works but sees no GPU. ``unavailable``: no NVML
-    (library or driver missing) — both plain facts, not errors. ``fault``: NVML worked earlier
-    in this run and now fails (driver gone, GPU lost): a health fault."""
+    (library or driver missing) — both plain facts, not errors. ``fault``: a health fault:
+    NVML worked earlier in this run and now fails or sees its GPUs gone ("NVML lost: ..."),
+    or it is installed but broken, such as a library/driver mismatch ("NVML failed: ...")."""
 
     status: GpuStatus
     message: str = ""

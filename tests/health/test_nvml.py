@@ -163,3 +163,26 @@ def test_real_nvml_reads_every_gpu() -> None:
         assert all(g.memory_total_bytes for g in section.gpus)
     finally:
         reader.close()
+
+
+def test_gpus_vanishing_after_a_reopen_is_a_fault_not_no_gpu() -> None:
+    fake = FakeNvml()
+    reader = NvmlReader(fake)
+    reader.read()
+    fake.break_with(pynvml.NVML_ERROR_GPU_IS_LOST)
+    reader.read()
+    fake.recover()
+    fake.gpus = []
+    section = reader.read()
+    assert (section.status, section.message) == (
+        "fault",
+        "NVML lost: the GPUs seen earlier are gone",
+    )
+
+
+def test_broken_nvml_at_start_is_a_fault_that_says_failed() -> None:
+    fake = FakeNvml()
+    fake.break_with(pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+    section = NvmlReader(fake).read()
+    assert section.status == "fault"
+    assert section.message.startswith("NVML failed: ")

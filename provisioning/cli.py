@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "provisioning.commands.bundle",
     "provisioning.commands.devices",
     "provisioning.commands.data",
+    "provisioning.commands.pretrain",
 ]
 
 

@@ -100,7 +100,9 @@ def make_task(
     """The module to optimise and its loss at each step."""
     pre = Preprocessing(cfg.vit.img_size)
     if cfg.method == "mae":
-        mae = MaskedAutoencoder(model, mask_ratio=cfg.mask_ratio)
+        with torch.random.fork_rng(devices=[]):  # the decoder's init is part of the seed
+            torch.manual_seed(cfg.seed + 2)
+            mae = MaskedAutoencoder(model, mask_ratio=cfg.mask_ratio)
 
         def mae_loss(step: int) -> Tensor:
             x, _ = make_batch(tiles, pre, cfg.batch_size, cfg.seed, step)

@@ -43,7 +43,7 @@ class BenchPlan:
     size: tuple[int, int] = FULL_SIZE
     batches: tuple[int, ...] = (1, 4, 8, 16, 32)
     seconds: float = 3.0
-    overlap: int = 32
+    overlap: int | None = None
 
     @classmethod
     def quick(cls, size: tuple[int, int] = QUICK_SIZE) -> BenchPlan:
@@ -121,6 +121,8 @@ def _configs() -> list[tuple[str, Callable[[Artifact], Backend]]]:
     elif cpu_has_bf16():
         configs.append(("torch/bf16", lambda a: TorchBackend(a, "bf16")))
     configs.append(("onnxruntime/fp32", lambda a: OnnxRuntimeBackend(a, "fp32")))
+    if not torch.cuda.is_available():
+        configs.append(("onnxruntime/int8", lambda a: OnnxRuntimeBackend(a, "int8")))
     return configs
 
 
@@ -139,7 +141,8 @@ def run_bench(artifact: Artifact, plan: BenchPlan, progress: Progress) -> dict[s
     progress("baseline torch/fp32 eager, one tile at a time")
     naive = TorchBackend(artifact, "fp32", device="cpu", batch_size=1)
     naive_model = model_rate(naive, 1, plan.seconds)
-    naive_e2e = end_to_end(Pipeline(artifact, naive, options), image)
+    naive_pipeline = Pipeline(artifact, naive, options)
+    naive_e2e = end_to_end(naive_pipeline, image)
     naive.close()
 
     rows: list[dict[str, Any]] = []
@@ -175,7 +178,7 @@ def run_bench(artifact: Artifact, plan: BenchPlan, progress: Progress) -> dict[s
                    "embed_dim": cfg.embed_dim, "depth": cfg.depth},
         "gflop_per_tile": flops / 1e9,
         "image": {"width": plan.size[0], "height": plan.size[1], "jpeg_bytes": len(image),
-                  "tiles": naive_e2e["tiles"], "overlap": plan.overlap},
+                  "tiles": naive_e2e["tiles"], "overlap": naive_pipeline.overlap},
         "naive": {"model_batch1": naive_model, "gflops_model": naive_model * flops / 1e9,
                   "e2e": naive_e2e},
         "rows": rows,

@@ -34,9 +34,10 @@ OVERLAY_MAX_SIDE = 1600
 
 @dataclass(frozen=True)
 class TileOptions:
-    """Tile overlap in model-input pixels, and an integer downscale applied before tiling."""
+    """Tile overlap in model-input pixels (``None``: a seventh of a tile, 32 px at 224), and an
+    integer downscale applied before tiling."""
 
-    overlap: int = 32
+    overlap: int | None = None
     downscale: int = 1
 
 
@@ -72,6 +73,8 @@ class Pipeline:
         self.backend = backend
         self.options = options
         self.limits = limits
+        size = self.card.preprocessing.input_size
+        self.overlap = size // 7 if options.overlap is None else options.overlap
         mean = self.card.preprocessing.mean
         self._pad = (round(mean[0] * 255), round(mean[1] * 255), round(mean[2] * 255))
 
@@ -81,8 +84,8 @@ class Pipeline:
 
     def tile(self, image: DecodedImage) -> TiledImage:
         """Model-sized uint8 tiles with their boxes in the original image's pixels."""
-        return tile_image(image.pixels, self.card.preprocessing.input_size,
-                          self.options.overlap, self.options.downscale, self._pad)
+        return tile_image(image.pixels, self.card.preprocessing.input_size, self.overlap,
+                          self.options.downscale, self._pad)
 
     def aggregate(self, image: DecodedImage, tiled: TiledImage, probs: np.ndarray) -> ImageResult:
         """Per-image probability = max over tiles; a label is reported at or over its

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="artifact directory or tar")
     p.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
                    help="inference engine (default auto: the fastest here)")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
+    p.add_argument("--overlap", type=int,
+                   help="tile overlap in model pixels (default: a seventh of a tile)")
     p.add_argument("--downscale", type=int, default=1,
                    help="shrink images by this integer factor before tiling (default 1)")
     p.add_argument("--json", action="store_true", help="print results as JSON")

@@ -7,8 +7,10 @@ backend library raises becomes a ``BackendError`` with its cause attached.
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,6 +20,13 @@ from models.artifact import Artifact
 from models.errors import BackendError
 
 DEFAULT_BATCH_SIZE = 16
+
+
+def default_cache_dir() -> Path:
+    """Where derived graphs and engines are cached: ``$SPOKE_ENGINE_CACHE``, else
+    ``~/.cache/spoke/engines``. Entries are keyed by content, so stale ones are never used."""
+    env = os.environ.get("SPOKE_ENGINE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "spoke" / "engines"
 
 
 class Backend(ABC):

@@ -43,8 +43,9 @@ def available_backends() -> list[str]:
 
 def create_backend(artifact: Artifact, name: str = "auto", precision: str = "auto",
                    batch_size: int = DEFAULT_BATCH_SIZE) -> Backend:
-    """Build the named backend; ``auto`` times every usable candidate on the golden input and
-    keeps the fastest (``backend.selection`` records the rates it saw)."""
+    """Build the named backend; ``auto`` times every usable candidate that passes the golden
+    smoke test (reduced precisions included: the card's tolerance is the contract) and keeps
+    the fastest (``backend.selection`` records the rates it saw)."""
     if name == "torch":
         return TorchBackend(artifact, precision, batch_size=batch_size)
     if name == "onnxruntime":
@@ -66,10 +67,12 @@ def _candidates(artifact: Artifact, batch_size: int) -> dict[str, Factory]:
     }
     if gpu:
         cands["torch/fp16"] = lambda: TorchBackend(artifact, "fp16", batch_size=batch_size)
-    elif cpu_has_bf16():
-        cands["torch/bf16"] = lambda: TorchBackend(artifact, "bf16", batch_size=batch_size)
-    if not gpu:
+    else:
         del cands["tensorrt/auto"]
+        cands["onnxruntime/int8"] = lambda: OnnxRuntimeBackend(artifact, "int8",
+                                                               batch_size=batch_size)
+        if cpu_has_bf16():
+            cands["torch/bf16"] = lambda: TorchBackend(artifact, "bf16", batch_size=batch_size)
     return cands
 
 

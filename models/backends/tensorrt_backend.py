@@ -9,7 +9,6 @@ TensorRT version, the GPU model and compute capability, the precision and the ba
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,13 @@ import torch
 
 from appliance.fsutil import atomic_write
 from models.artifact import ONNX_FILE, Artifact
-from models.backends.base import DEFAULT_BATCH_SIZE, Backend
+from models.backends.base import DEFAULT_BATCH_SIZE, Backend, default_cache_dir
 from models.errors import BackendError, BackendUnavailable
 from models.export import INPUT_NAME, OUTPUT_NAME
 
 #: FP16 tensor math needs compute capability 5.3 or newer.
 _FP16_MIN_CAPABILITY = (5, 3)
 _WORKSPACE_BYTES = 1 << 30
-
-
-def default_cache_dir() -> Path:
-    """``$SPOKE_ENGINE_CACHE``, else ``~/.cache/spoke/engines``."""
-    env = os.environ.get("SPOKE_ENGINE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "spoke" / "engines"
 
 
 def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str,

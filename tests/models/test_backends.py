@@ -95,9 +95,8 @@ def test_unknown_backend_is_refused(tiny_artifact: Artifact) -> None:
         create_backend(tiny_artifact, "openvino")
 
 
-def test_onnxruntime_refuses_a_precision_its_graph_does_not_have(
-        tiny_artifact: Artifact) -> None:
-    with pytest.raises(BackendUnavailable, match="fp32 graph, not bf16"):
+def test_onnxruntime_refuses_a_precision_it_does_not_offer(tiny_artifact: Artifact) -> None:
+    with pytest.raises(BackendUnavailable, match="unknown precision 'bf16'"):
         create_backend(tiny_artifact, "onnxruntime", "bf16")
 
 
@@ -141,3 +140,14 @@ def test_tensorrt_matches_onnxruntime_and_caches_its_engine(
     assert second.engine_path.name.startswith(engine_cache_key(
         tiny_artifact.card.files[ONNX_FILE], tensorrt.__version__,
         torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0), "fp16", 8))
+
+
+def test_onnxruntime_int8_passes_the_golden_smoke_test_and_is_cached(
+        tiny_artifact: Artifact, tmp_path: Path) -> None:
+    backend = OnnxRuntimeBackend(tiny_artifact, "int8", cache_dir=tmp_path)
+    assert backend.smoke_test() <= tiny_artifact.card.golden.atol
+    cached = list(tmp_path.glob("*.int8.onnx"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    OnnxRuntimeBackend(tiny_artifact, "int8", cache_dir=tmp_path)
+    assert cached[0].stat().st_mtime_ns == mtime

@@ -1,0 +1,33 @@
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fleet import Appliance, Hub
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    h = Hub(tmp_path).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def bundle(hub: Hub, tmp_path: Path) -> Path:
+    return hub.bundle(tmp_path / "site.spoke")
+
+
+@pytest.fixture
+def appliances(tmp_path: Path, hub: Hub) -> Iterator[list[Appliance]]:
+    made: list[Appliance] = []
+    yield made
+    for a in made:
+        a.kill()
+
+
+@pytest.fixture
+def appliance(appliances: list[Appliance], tmp_path: Path, hub: Hub) -> Appliance:
+    a = Appliance(tmp_path, hub)
+    appliances.append(a)
+    return a

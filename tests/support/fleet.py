@@ -1,0 +1,188 @@
+"""Real hubs and appliances for tests: each a subprocess, talking TLS to a real mosquitto."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+FAST_DAEMON_ENV = {
+    "SPOKE_HUB__BACKOFF_INITIAL_S": "0.2",
+    "SPOKE_HUB__BACKOFF_CAP_S": "2",
+    "SPOKE_HUB__HEARTBEAT_INTERVAL_S": "1",
+    "SPOKE_HUB__ENROLL_TIMEOUT_S": "5",
+    "SPOKE_HUB__CONNECT_TIMEOUT_S": "5",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOKE_")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra or {})
+    return env
+
+
+def cli(tool: str, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``spoke`` or ``spoke-hub`` to completion and return its output."""
+    module = {"spoke": "daemon", "spoke-hub": "provisioning"}[tool]
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True, text=True, env=_env(kw.pop("env", None)), timeout=120, **kw,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+class Process:
+    """A long-running subprocess whose output goes to a log file we can read and show."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT,
+                                     env=_env(env), cwd=REPO)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.running():
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+
+class Hub:
+    def __init__(self, root: Path) -> None:
+        self.home = root / "hub"
+        self.mqtt_port = free_port()
+        self.http_port = free_port()
+        self.process: Process | None = None
+        cli("spoke-hub", "init", "--home", str(self.home), "--public-host", "localhost",
+            "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port))
+        self.trust_key = root / "trust.pub"
+        self.trust_key.write_text(cli("spoke-hub", "bundle", "pubkey", "--home", str(self.home)).stdout)
+
+    def start(self) -> "Hub":
+        self.process = Process(
+            [sys.executable, "-m", "provisioning", "serve", "--home", str(self.home)],
+            self.home / "serve.log",
+        )
+        wait_for(lambda: "hub connected to broker" in self.process.output(), 20, "hub to connect")  # type: ignore[union-attr]
+        return self
+
+    def stop(self) -> int:
+        code = self.process.terminate() if self.process else 0
+        self.process = None
+        return code
+
+    def bundle(self, out: Path, *extra: str, labels: str = "site=bridge-17,region=north") -> Path:
+        cli("spoke-hub", "bundle", "create", "--home", str(self.home), "--labels", labels,
+            "--out", str(out), *extra)
+        return out
+
+    def claim_ids(self) -> list[str]:
+        out = cli("spoke-hub", "bundle", "list", "--home", str(self.home), "--json").stdout
+        return [c["claim"] for c in json.loads(out)]
+
+    def devices(self) -> dict[str, dict[str, Any]]:
+        out = cli("spoke-hub", "devices", "--home", str(self.home), "--json").stdout
+        return {d["id"]: d for d in json.loads(out)}
+
+    def wait_availability(self, device_id: str, value: str, timeout: float = 20) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            d = self.devices().get(device_id)
+            return d if d and d["availability"] == value else None
+
+        return wait_for(check, timeout, f"{device_id} to be {value} at the hub")
+
+    def broker_pid(self) -> int:
+        return int((self.home / "run" / "mosquitto.pid").read_text())
+
+    def enrollments_in_log(self) -> int:
+        return self.process.output().count("device enrolled") if self.process else 0
+
+
+class Appliance:
+    def __init__(self, root: Path, hub: Hub, name: str = "appliance") -> None:
+        self.state_dir = root / name
+        self.hub = hub
+        self.process: Process | None = None
+
+    def start(self, bundle: Path | None = None, env: dict[str, str] | None = None) -> "Appliance":
+        argv = [sys.executable, "-m", "daemon", "run", "--state-dir", str(self.state_dir),
+                "--trust-key", str(self.hub.trust_key), "--boot-dir",
+                str(self.state_dir.parent / "no-boot")]
+        if bundle is not None:
+            argv += ["--bundle", str(bundle)]
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.process = Process(argv, self.state_dir.parent / f"{self.state_dir.name}.log",
+                               env=FAST_DAEMON_ENV | (env or {}))
+        return self
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(cli("spoke", "status", "--state-dir", str(self.state_dir), "--json").stdout)
+
+    def wait_enrolled(self, timeout: float = 30) -> str:
+        def check() -> str | None:
+            s = self.status()
+            return s["device_id"] if s["hub"].get("connected") else None
+
+        return wait_for(check, timeout, f"{self.state_dir.name} to enroll and connect")
+
+    def wait_provisioning(self, state: str, timeout: float = 20) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            p = self.status()["provisioning"]
+            return p if p["state"] == state else None
+
+        return wait_for(check, timeout, f"provisioning state {state}")
+
+    def stop(self) -> int:
+        code = self.process.terminate() if self.process else 0
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+        self.process = None

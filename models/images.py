@@ -85,7 +85,12 @@ class DecodedImage:
 
 
 def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
-    """Decode ``data`` within ``limits``; raises an ``ImageError`` subclass naming the rule."""
+    """Decode ``data`` within ``limits``; raises an ``ImageError`` subclass naming the rule.
+
+    Safe to call from worker threads (Pillow releases the GIL while decoding); the EXIF notes
+    Pillow emits as warnings are captured with ``warnings.catch_warnings``, which is
+    process-wide, so under concurrent decodes a note can be lost, never a decode.
+    """
     if not data:
         raise EmptyImage("empty file (0 bytes)")
     if len(data) > limits.max_bytes:

@@ -30,7 +30,11 @@ def default_cache_dir() -> Path:
 
 
 class Backend(ABC):
-    """Runs an artifact's model: (N, C, H, W) float32 in, (N, labels) probabilities out."""
+    """Runs an artifact's model: (N, C, H, W) float32 in, (N, labels) probabilities out.
+
+    One caller at a time: a TensorRT execution context is not re-entrant, so a server should
+    feed a backend from a single worker (which is also what lets it batch across requests).
+    """
 
     name: ClassVar[str]
 

@@ -49,8 +49,12 @@ def infer(args: argparse.Namespace) -> int:
     pipeline = Pipeline(artifact, backend, TileOptions(args.overlap, args.downscale), limits)
     if not args.json:
         info = backend.describe()
+        picked = ""
+        if backend.selection:
+            rates = ", ".join(f"{k} {v:g}" for k, v in backend.selection.items())
+            picked = f"; auto picked the fastest of: {rates} inputs/s"
         print(f"model {artifact.card.ref} on {info['backend']}/{info['precision']} "
-              f"({info['device']})", file=sys.stderr)
+              f"({info['device']}){picked}", file=sys.stderr)
     records: list[dict[str, Any]] = []
     for path in args.images:
         try:

@@ -73,6 +73,12 @@ def test_infer_exit_code_is_zero_when_every_file_worked(
     assert "onnxruntime/fp32" in out.err
 
 
+def test_infer_auto_says_which_backend_it_picked(
+        tiny_artifact: Artifact, images: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["infer", str(images[2]), "--model", str(tiny_artifact.root)]) == 0
+    assert "auto picked the fastest of: torch/fp32 " in capsys.readouterr().err
+
+
 def test_infer_writes_one_overlay_per_image(tiny_artifact: Artifact, images: list[Path],
                                             tmp_path: Path) -> None:
     main(["infer", str(images[0]), str(images[2]), "--model", str(tiny_artifact.root),

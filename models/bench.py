@@ -8,6 +8,7 @@ machine measures the same work. Nothing here asserts a speed; it reports what it
 from __future__ import annotations
 
 import io
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -135,6 +136,7 @@ def run_bench(artifact: Artifact, plan: BenchPlan, progress: Progress) -> dict[s
     """Measure everything; ``progress`` is told each step as it starts."""
     cfg = artifact.card.config
     flops = cfg.flops_per_image()
+    load_before = os.getloadavg()[0]
     image = synthetic_jpeg(*plan.size)
     options = TileOptions(overlap=plan.overlap)
 
@@ -174,6 +176,7 @@ def run_bench(artifact: Artifact, plan: BenchPlan, progress: Progress) -> dict[s
     return {
         "cpu": cpu_model(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         "threads": torch.get_num_threads(), "model": artifact.card.ref,
+        "load_average": {"start": load_before, "end": os.getloadavg()[0]},
         "config": {"img_size": cfg.img_size, "patch_size": cfg.patch_size,
                    "embed_dim": cfg.embed_dim, "depth": cfg.depth},
         "gflop_per_tile": flops / 1e9,
@@ -194,7 +197,9 @@ def to_markdown(res: dict[str, Any]) -> str:
     n, img = res["naive"], res["image"]
     lines = [
         f"CPU: {res['cpu']}, {res['threads']} torch threads; torch {res['torch']}, "
-        f"onnxruntime {res['onnxruntime']}.",
+        f"onnxruntime {res['onnxruntime']}; 1-minute load average "
+        f"{res['load_average']['start']:.1f} at the start, {res['load_average']['end']:.1f} "
+        "at the end.",
         f"Model {res['model']} ({res['gflop_per_tile']:.2f} GFLOP per tile); image "
         f"{img['width']}x{img['height']} JPEG ({img['jpeg_bytes'] // 1024} KiB), "
         f"{img['tiles']} tiles at overlap {img['overlap']}.",

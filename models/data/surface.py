@@ -134,7 +134,7 @@ def apply_camera(scene: Scene, img: Array) -> Array:
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
         u = (xx - rng.uniform(0, width)) * math.cos(a) + (yy - rng.uniform(0, height)) * math.sin(a)
         soft = max(1.0, rng.uniform(2.0, 25.0) * s)
-        gain = gain * (1.0 - rng.uniform(0.25, 0.55) / (1.0 + np.exp(-u / soft)))
+        gain = gain * (1.0 - rng.uniform(0.25, 0.55) * 0.5 * (1.0 + np.tanh(u / (2 * soft))))
     img *= gain[..., None]
     img = blur_rgb(img, d.blur * s * rng.uniform(0.5, 1.5))
     sigma = d.noise * rng.uniform(0.6, 1.4)

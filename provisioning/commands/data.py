@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from appliance.errors import DataError
-from models.data import write_frames, write_tiles
+from models.data import Domain, render_frame, render_tile, write_frames, write_tiles
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--out", type=Path, required=True, help="a new or empty directory")
     g.set_defaults(handler=generate)
+
+    b = dsub.add_parser("bench", help="measure generation speed (tiles/s, frames/s)")
+    b.add_argument("--sizes", default="64,112,224", help="tile sizes to measure")
+    b.add_argument("--count", type=int, default=200, help="tiles per size")
+    b.add_argument("--frames", type=int, default=2, help="4000x3000 frames to time (0: none)")
+    b.set_defaults(handler=bench)
 
 
 def _frame_size(text: str) -> tuple[int, int]:
@@ -54,4 +60,21 @@ def generate(args: argparse.Namespace) -> int:
         f"wrote {len(rows)} images ({defects} with defects) of domain {args.domain} "
         f"to {args.out} in {elapsed:.1f} s ({len(rows) / elapsed:.1f} images/s)"
     )
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Single-process generation speed, in memory (no PNG/JPEG encoding)."""
+    domain = Domain.from_seed(1)
+    for size in (int(v) for v in args.sizes.split(",")):
+        start = time.perf_counter()
+        for i in range(args.count):
+            render_tile(domain, i, size)
+        rate = args.count / (time.perf_counter() - start)
+        print(f"tiles {size:>4}px: {rate:7.1f} tiles/s")
+    if args.frames > 0:
+        start = time.perf_counter()
+        for i in range(args.frames):
+            render_frame(domain, i)
+        print(f"frames 4000x3000: {(time.perf_counter() - start) / args.frames:.2f} s/frame")
     return 0

@@ -29,3 +29,17 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The appliance disk image (docs/IMAGE.md). Say which provisioning key it trusts:
+#   make image HUB_HOME=/path/to/hub-home        or  make image TRUST_KEY=provisioning.pub
+#   make image PROFILE=nvidia HUB_HOME=...       (the NVIDIA flavour; not built in CI)
+# `make image-test` builds the cpu image against a fresh hub and boot-tests it in QEMU.
+.PHONY: image image-test
+PROFILE ?= cpu
+image: $(STAMP)
+	@if [ -z "$(HUB_HOME)$(TRUST_KEY)" ]; then echo "make image: set HUB_HOME=DIR or TRUST_KEY=FILE"; exit 2; fi
+	VENV=$(abspath $(VENV)) bash image/build.sh --profile $(PROFILE) \
+		$(if $(HUB_HOME),--hub-home $(HUB_HOME)) $(if $(TRUST_KEY),--trust-key $(TRUST_KEY))
+
+image-test: $(STAMP)
+	VENV=$(abspath $(VENV)) $(PY) image/boottest.py $(IMAGE_TEST_ARGS)

@@ -189,7 +189,7 @@ def evaluate(
         cfg.pretrain.precision,
         cfg.pretrain.threads,
     )
-    log(f"evaluate: fine-tuning in {settings.precision} on {settings.threads} thread(s)")
+    log(f"evaluate: fine-tuning in {settings.describe()}")
     rows: list[Row] = []
     for start in STARTS:
         model = models[start]

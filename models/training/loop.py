@@ -74,6 +74,14 @@ def autocast(precision: str) -> torch.autocast:
 class Settings:
     precision: str
     threads: int
+    #: Measured seconds per forward+backward for each candidate, "fp32 x1" style keys.
+    timings: tuple[tuple[str, float], ...] = ()
+
+    def describe(self) -> str:
+        measured = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings)
+        return f"{self.precision} on {self.threads} CPU thread(s)" + (
+            f" (measured per step: {measured})" if measured else ""
+        )
 
 
 def choose_settings(
@@ -108,7 +116,8 @@ def choose_settings(
     module.zero_grad(set_to_none=True)
     chosen = min(best, key=lambda c: best[c])
     torch.set_num_threads(chosen.threads)
-    return chosen
+    timings = tuple((f"{c.precision} x{c.threads}", t) for c, t in best.items())
+    return Settings(chosen.precision, chosen.threads, timings)
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -179,7 +188,7 @@ def train(
     else:
         settings = choose_settings(module, loss_fn, precision, threads)
         precision = settings.precision
-        log(f"{desc}: training in {precision} on {settings.threads} CPU thread(s)")
+        log(f"{desc}: training in {settings.describe()}")
     resumed_from = step
 
     def save() -> None:

@@ -11,7 +11,6 @@ metrics record the training run and the data-generation seeds needed to repeat i
 """
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +198,3 @@ def pretrain(
     log(f"pretrain: wrote {out}")
     return artifact
 
-
-def steps_for(seconds: float, steps_per_s: float) -> int:
-    """A step budget from a time budget, for runs that must be reproducible."""
-    return max(1, math.floor(seconds * steps_per_s))

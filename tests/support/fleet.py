@@ -98,6 +98,7 @@ class Hub:
         self.mqtt_port = free_port()
         self.http_port = free_port()
         self.process: Process | None = None
+        self.starts = 0
         cli("spoke-hub", "init", "--home", str(self.home), "--public-host", "localhost",
             "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port))
         self.trust_key = root / "trust.pub"
@@ -106,8 +107,9 @@ class Hub:
     def start(self) -> "Hub":
         self.process = Process(
             [sys.executable, "-m", "provisioning", "serve", "--home", str(self.home)],
-            self.home / "serve.log",
+            self.home / f"serve-{self.starts}.log",
         )
+        self.starts += 1
         wait_for(lambda: "hub connected to broker" in self.process.output(), 20, "hub to connect")  # type: ignore[union-attr]
         return self
 
@@ -140,6 +142,7 @@ class Hub:
         return int((self.home / "run" / "mosquitto.pid").read_text())
 
     def enrollments_in_log(self) -> int:
+        """Enrollments answered since this hub process started."""
         return self.process.output().count("device enrolled") if self.process else 0
 
 

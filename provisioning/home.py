@@ -96,7 +96,7 @@ def init_home(home: HubHome, public_host: str, mqtt_port: int, http_port: int) -
     """Create the CA, the broker's and hub's certificates, the signing key and the config."""
     if home.exists():
         raise ConfigError(
-            f"{home.root} already holds a hub (found {home.config.name}); refusing to overwrite "
+            f"{home.root} already holds a hub; refusing to overwrite "
             "its keys. Use another --home, or delete it on purpose first."
         )
     home.root.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,9 @@ def free_port() -> int:
 
 
 def tool(module: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO
+    )
     if proc.returncode != 0:
         raise SystemExit(f"demo: `{module} {' '.join(args)}` failed:\n{proc.stderr}")
     return proc.stdout
@@ -57,35 +58,63 @@ class Demo:
 
     def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )
         self.procs.append(proc)
         return proc
 
     def devices(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = json.loads(
-            tool("provisioning", "devices", "--home", str(self.home), "--json"))
+            tool("provisioning", "devices", "--home", str(self.home), "--json")
+        )
         return result
 
     def run(self) -> None:
         mqtt_port, http_port = free_port(), free_port()
         step(f"Creating a hub home in {self.home}")
-        print(tool("provisioning", "init", "--home", str(self.home), "--public-host",
-                   "localhost", "--mqtt-port", str(mqtt_port), "--http-port", str(http_port)),
-              end="")
+        print(
+            tool(
+                "provisioning",
+                "init",
+                "--home",
+                str(self.home),
+                "--public-host",
+                "localhost",
+                "--mqtt-port",
+                str(mqtt_port),
+                "--http-port",
+                str(http_port),
+            ),
+            end="",
+        )
         trust = self.root / "provisioning.pub"
         trust.write_text(tool("provisioning", "bundle", "pubkey", "--home", str(self.home)))
 
         step(f"Starting the hub and its managed mosquitto (mTLS on port {mqtt_port})")
         self.spawn("hub", "provisioning", "serve", "--home", str(self.home))
-        wait_until(lambda: "hub connected to broker" in (self.root / "hub.log").read_text(),
-                   30, "the hub")
+        wait_until(
+            lambda: "hub connected to broker" in (self.root / "hub.log").read_text(), 30, "the hub"
+        )
 
         step("Creating a signed provisioning bundle for site bridge-17")
         bundle = self.root / "bridge-17.spoke"
-        print(tool("provisioning", "bundle", "create", "--home", str(self.home), "--labels",
-                   "site=bridge-17,region=north", "--max-uses", "5", "--out", str(bundle)),
-              end="")
+        print(
+            tool(
+                "provisioning",
+                "bundle",
+                "create",
+                "--home",
+                str(self.home),
+                "--labels",
+                "site=bridge-17,region=north",
+                "--max-uses",
+                "5",
+                "--out",
+                str(bundle),
+            ),
+            end="",
+        )
 
         step(f"Plugging in {APPLIANCES} appliances: each finds the bundle and enrolls itself")
         for i in range(APPLIANCES):
@@ -93,10 +122,22 @@ class Demo:
             state.mkdir()
             # The bundle sits where a technician's USB stick would put it.
             (state / "bundle.spoke").write_bytes(bundle.read_bytes())
-            self.spawn(f"appliance-{i}", "daemon", "run", "--state-dir", str(state),
-                       "--trust-key", str(trust), "--boot-dir", str(self.root / "boot"))
-        wait_until(lambda: sum(d["availability"] == "online" for d in self.devices())
-                   == APPLIANCES, 60, "the appliances to come online")
+            self.spawn(
+                f"appliance-{i}",
+                "daemon",
+                "run",
+                "--state-dir",
+                str(state),
+                "--trust-key",
+                str(trust),
+                "--boot-dir",
+                str(self.root / "boot"),
+            )
+        wait_until(
+            lambda: sum(d["availability"] == "online" for d in self.devices()) == APPLIANCES,
+            60,
+            "the appliances to come online",
+        )
 
         step("The fleet as the hub sees it (spoke-hub devices)")
         print(tool("provisioning", "devices", "--home", str(self.home)), end="")

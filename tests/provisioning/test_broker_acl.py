@@ -56,16 +56,26 @@ def probes() -> Iterator[list[Probe]]:
 def device_probe(a: Appliance, hub: Hub, probes: list[Probe], suffix: str = "") -> Probe:
     ident = a.state_dir / "identity"
     device_id = json.loads((ident / "identity.json").read_text())["device_id"]
-    p = Probe(hub.mqtt_port, ident / "ca.crt", ident / "device.crt", ident / "device.key",
-              device_id + suffix)
+    p = Probe(
+        hub.mqtt_port,
+        ident / "ca.crt",
+        ident / "device.crt",
+        ident / "device.key",
+        device_id + suffix,
+    )
     probes.append(p)
     assert p.connect()
     return p
 
 
 def hub_probe(hub: Hub, probes: list[Probe]) -> Probe:
-    p = Probe(hub.mqtt_port, hub.home / "ca" / "ca.crt", hub.home / "hub" / "hub.crt",
-              hub.home / "hub" / "hub.key", "witness")
+    p = Probe(
+        hub.mqtt_port,
+        hub.home / "ca" / "ca.crt",
+        hub.home / "hub" / "hub.crt",
+        hub.home / "hub" / "hub.key",
+        "witness",
+    )
     probes.append(p)
     assert p.connect()
     assert p.subscribe(f"{topics.ROOT}/#")
@@ -76,8 +86,13 @@ def claim_probe(bundle: Path, hub: Hub, probes: list[Probe], tmp_path: Path) -> 
     payload = json.loads(__import__("base64").b64decode(json.loads(bundle.read_text())["payload"]))
     (tmp_path / "claim.crt").write_text(payload["claim"]["certificate"])
     (tmp_path / "claim.key").write_text(payload["claim"]["key"])
-    p = Probe(hub.mqtt_port, hub.home / "ca" / "ca.crt", tmp_path / "claim.crt",
-              tmp_path / "claim.key", "sneaky-claim")
+    p = Probe(
+        hub.mqtt_port,
+        hub.home / "ca" / "ca.crt",
+        tmp_path / "claim.crt",
+        tmp_path / "claim.key",
+        "sneaky-claim",
+    )
     probes.append(p)
     assert p.connect()
     return p
@@ -106,8 +121,11 @@ def test_device_cannot_read_another_devices_topics(
     hub_side = hub_probe(hub, probes)
     attacker = device_probe(mallory, hub, probes, "-probe")
     victim_id = device_id_of(victim)
-    secrets = [topics.desired(victim_id), topics.command(victim_id, "ping"),
-               topics.health(victim_id)]
+    secrets = [
+        topics.desired(victim_id),
+        topics.command(victim_id, "ping"),
+        topics.health(victim_id),
+    ]
     for topic in secrets:
         attacker.subscribe(topic)
     for topic in secrets:
@@ -169,7 +187,12 @@ def test_client_with_a_certificate_from_another_ca_cannot_connect(
     hub: Hub, probes: list[Probe], tmp_path: Path
 ) -> None:
     other = Hub(tmp_path / "other")
-    stranger = Probe(hub.mqtt_port, hub.home / "ca" / "ca.crt", other.home / "hub" / "hub.crt",
-                     other.home / "hub" / "hub.key", "stranger")
+    stranger = Probe(
+        hub.mqtt_port,
+        hub.home / "ca" / "ca.crt",
+        other.home / "hub" / "hub.crt",
+        other.home / "hub" / "hub.key",
+        "stranger",
+    )
     probes.append(stranger)
     assert not stranger.connect()

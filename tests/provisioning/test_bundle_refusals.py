@@ -12,12 +12,23 @@ from tests.support.fleet import Appliance, Hub, cli
 def tree(path: Path) -> dict[str, bytes]:
     if not path.exists():
         return {}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 def run_with(hub: Hub, state_dir: Path, bundle: Path) -> tuple[int, str]:
-    proc = cli("spoke", "run", "--state-dir", str(state_dir), "--bundle", str(bundle),
-               "--trust-key", str(hub.trust_key), check=False)
+    proc = cli(
+        "spoke",
+        "run",
+        "--state-dir",
+        str(state_dir),
+        "--bundle",
+        str(bundle),
+        "--trust-key",
+        str(hub.trust_key),
+        check=False,
+    )
     return proc.returncode, proc.stderr
 
 
@@ -105,9 +116,7 @@ def test_revoked_claim_is_refused_by_the_hub(
     assert hub.devices() == {}
 
 
-def test_auto_discovered_bad_bundle_is_reported_not_fatal(
-    offline_hub: Hub, tmp_path: Path
-) -> None:
+def test_auto_discovered_bad_bundle_is_reported_not_fatal(offline_hub: Hub, tmp_path: Path) -> None:
     """A bad bundle on the stick: the daemon stays up and says why, for the status page."""
     a = Appliance(tmp_path, offline_hub)
     a.state_dir.mkdir(parents=True)

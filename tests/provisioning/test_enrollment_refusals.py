@@ -31,8 +31,13 @@ def claim_client(site: tuple[Hub, Path, dict], tmp_path: Path) -> Iterator[Probe
     hub, _, payload = site
     (tmp_path / "claim.crt").write_text(payload["claim"]["certificate"])
     (tmp_path / "claim.key").write_text(payload["claim"]["key"])
-    probe = Probe(hub.mqtt_port, hub.home / "ca" / "ca.crt", tmp_path / "claim.crt",
-                  tmp_path / "claim.key", "tester")
+    probe = Probe(
+        hub.mqtt_port,
+        hub.home / "ca" / "ca.crt",
+        tmp_path / "claim.crt",
+        tmp_path / "claim.key",
+        "tester",
+    )
     assert probe.connect()
     assert probe.subscribe(topics.enroll_response("tester"))
     yield probe
@@ -40,8 +45,11 @@ def claim_client(site: tuple[Hub, Path, dict], tmp_path: Path) -> Iterator[Probe
 
 
 def ask(probe: Probe, raw: bytes) -> dict:
-    probe.publish(topics.ENROLL_REQUEST, raw,
-                  properties=publish_properties(topics.enroll_response("tester"), b"corr"))
+    probe.publish(
+        topics.ENROLL_REQUEST,
+        raw,
+        properties=publish_properties(topics.enroll_response("tester"), b"corr"),
+    )
     answers = probe.received(topics.enroll_response("tester"), timeout=5)
     assert len(answers) == 1, answers
     return json.loads(answers[0])
@@ -75,11 +83,15 @@ def test_csr_whose_key_does_not_match_its_signature_is_refused(
     signer, other = identity.generate_key(), identity.generate_key()
     csr_pem = identity.build_csr(signer, {})
     csr_der = identity.load_csr(csr_pem).public_bytes(serialization.Encoding.DER)
-    swapped = csr_der.replace(identity.public_key_der(signer.public_key()),
-                              identity.public_key_der(other.public_key()))
+    swapped = csr_der.replace(
+        identity.public_key_der(signer.public_key()), identity.public_key_der(other.public_key())
+    )
     assert swapped != csr_der
-    pem = (b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(swapped)
-           + b"-----END CERTIFICATE REQUEST-----\n")
+    pem = (
+        b"-----BEGIN CERTIFICATE REQUEST-----\n"
+        + base64.encodebytes(swapped)
+        + b"-----END CERTIFICATE REQUEST-----\n"
+    )
     answer = ask(claim_client, request(site[2], pem))
     assert answer["code"] == "csr-key-mismatch"
 
@@ -93,9 +105,11 @@ def test_csr_asking_for_another_devices_name_is_refused(
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
 
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, victim)]))
-           .sign(mine, hashes.SHA256()))
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, victim)]))
+        .sign(mine, hashes.SHA256())
+    )
     answer = ask(claim_client, request(site[2], csr.public_bytes(serialization.Encoding.PEM)))
     assert answer["code"] == "name-mismatch"
     assert victim in answer["reason"]
@@ -112,13 +126,21 @@ def test_request_without_a_valid_response_topic_gets_no_answer_anywhere(
 ) -> None:
     """The hub may write anywhere; it must not be usable to write where a client says."""
     hub = site[0]
-    witness = Probe(hub.mqtt_port, hub.home / "ca" / "ca.crt", hub.home / "hub" / "hub.crt",
-                    hub.home / "hub" / "hub.key", "witness-topic")
+    witness = Probe(
+        hub.mqtt_port,
+        hub.home / "ca" / "ca.crt",
+        hub.home / "hub" / "hub.crt",
+        hub.home / "hub" / "hub.key",
+        "witness-topic",
+    )
     assert witness.connect() and witness.subscribe("spoke/v1/#")
     try:
         csr = identity.build_csr(identity.generate_key(), {})
-        claim_client.publish(topics.ENROLL_REQUEST, request(site[2], csr),
-                             properties=publish_properties("spoke/v1/dev-x/desired", b"c"))
+        claim_client.publish(
+            topics.ENROLL_REQUEST,
+            request(site[2], csr),
+            properties=publish_properties("spoke/v1/dev-x/desired", b"c"),
+        )
         assert witness.received("spoke/v1/dev-x/desired", timeout=3) == []
     finally:
         witness.close()

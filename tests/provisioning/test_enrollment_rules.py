@@ -13,23 +13,44 @@ TOKEN = "a-good-claim-token-123"
 
 
 def claim(**over: object) -> Claim:
-    base = dict(id="c1", token_sha256=token_hash(TOKEN), labels={"site": "s"},
-                created_at=0.0, expires_at=time.time() + 3600, max_uses=2, cert_serial=1,
-                revoked_at=None, uses=0)
+    base = dict(
+        id="c1",
+        token_sha256=token_hash(TOKEN),
+        labels={"site": "s"},
+        created_at=0.0,
+        expires_at=time.time() + 3600,
+        max_uses=2,
+        cert_serial=1,
+        revoked_at=None,
+        uses=0,
+    )
     return Claim(**(base | over))  # type: ignore[arg-type]
 
 
 def request(key: identity.PrivateKey | None = None, token: str = TOKEN) -> EnrollRequest:
     key = key or identity.generate_key()
-    return EnrollRequest(claim_id="c1", claim_token=token,
-                         csr=identity.build_csr(key, {"cpu_count": 4}).decode(),
-                         software_version="t")
+    return EnrollRequest(
+        claim_id="c1",
+        claim_token=token,
+        csr=identity.build_csr(key, {"cpu_count": 4}).decode(),
+        software_version="t",
+    )
 
 
 def device(device_id: str, **over: object) -> Device:
-    base = dict(id=device_id, claim_id="c1", labels={}, facts={}, cert_serial=2,
-                enrolled_at=0.0, revoked_at=None, availability="online", last_seen=None,
-                software_version=None, state=None)
+    base = dict(
+        id=device_id,
+        claim_id="c1",
+        labels={},
+        facts={},
+        cert_serial=2,
+        enrolled_at=0.0,
+        revoked_at=None,
+        availability="online",
+        last_seen=None,
+        software_version=None,
+        state=None,
+    )
     return Device(**(base | over))  # type: ignore[arg-type]
 
 

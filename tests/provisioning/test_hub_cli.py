@@ -7,8 +7,18 @@ from tests.support.fleet import cli
 
 
 def init(home: Path) -> None:
-    cli("spoke-hub", "init", "--home", str(home), "--public-host", "hub.local",
-        "--mqtt-port", "18883", "--http-port", "18443")
+    cli(
+        "spoke-hub",
+        "init",
+        "--home",
+        str(home),
+        "--public-host",
+        "hub.local",
+        "--mqtt-port",
+        "18883",
+        "--http-port",
+        "18443",
+    )
 
 
 def test_init_writes_private_keys_0600(tmp_path: Path) -> None:
@@ -32,8 +42,14 @@ def test_init_twice_refuses_and_keeps_the_keys(tmp_path: Path) -> None:
 def test_serve_without_mosquitto_says_how_to_install_it(tmp_path: Path) -> None:
     home = tmp_path / "hub"
     init(home)
-    proc = cli("spoke-hub", "serve", "--home", str(home), check=False,
-               env={"PATH": str(tmp_path), "SPOKE_HUB_BROKER__MOSQUITTO": "no-such-mosquitto"})
+    proc = cli(
+        "spoke-hub",
+        "serve",
+        "--home",
+        str(home),
+        check=False,
+        env={"PATH": str(tmp_path), "SPOKE_HUB_BROKER__MOSQUITTO": "no-such-mosquitto"},
+    )
     assert proc.returncode == 2
     assert "apt-get install mosquitto" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -48,8 +64,18 @@ def test_commands_on_a_missing_home_say_to_init(tmp_path: Path) -> None:
 def test_bundle_with_bad_labels_is_refused(tmp_path: Path) -> None:
     home = tmp_path / "hub"
     init(home)
-    proc = cli("spoke-hub", "bundle", "create", "--home", str(home), "--labels", "site bad",
-               "--out", str(tmp_path / "b.spoke"), check=False)
+    proc = cli(
+        "spoke-hub",
+        "bundle",
+        "create",
+        "--home",
+        str(home),
+        "--labels",
+        "site bad",
+        "--out",
+        str(tmp_path / "b.spoke"),
+        check=False,
+    )
     assert proc.returncode == 2 and "bad label" in proc.stderr
     assert not (tmp_path / "b.spoke").exists()
 
@@ -57,8 +83,18 @@ def test_bundle_with_bad_labels_is_refused(tmp_path: Path) -> None:
 def test_bundle_with_bad_expiry_is_refused(tmp_path: Path) -> None:
     home = tmp_path / "hub"
     init(home)
-    proc = cli("spoke-hub", "bundle", "create", "--home", str(home), "--expires", "soon",
-               "--out", str(tmp_path / "b.spoke"), check=False)
+    proc = cli(
+        "spoke-hub",
+        "bundle",
+        "create",
+        "--home",
+        str(home),
+        "--expires",
+        "soon",
+        "--out",
+        str(tmp_path / "b.spoke"),
+        check=False,
+    )
     assert proc.returncode == 2 and "not a duration" in proc.stderr
 
 

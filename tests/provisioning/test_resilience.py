@@ -39,8 +39,13 @@ def test_broker_crash_is_restarted_and_device_comes_back_with_retained_state(
     wait_for(lambda: appliance.status()["hub"]["connected"], 30, "the device to reconnect")
     from tests.support.probe import Probe
 
-    witness = Probe(hub.mqtt_port, hub.home / "ca" / "ca.crt", hub.home / "hub" / "hub.crt",
-                    hub.home / "hub" / "hub.key", "retained-check")
+    witness = Probe(
+        hub.mqtt_port,
+        hub.home / "ca" / "ca.crt",
+        hub.home / "hub" / "hub.crt",
+        hub.home / "hub" / "hub.key",
+        "retained-check",
+    )
     assert witness.connect()
     try:
         witness.subscribe(f"spoke/v1/{device_id}/+")
@@ -59,8 +64,11 @@ def test_backoff_is_capped_by_config(hub: Hub, bundle: Path, appliance: Applianc
     started = time.monotonic()
     hub.wait_availability(device_id, "online", timeout=30)
     assert appliance.process is not None
-    delays = [float(line.rsplit("retry_s=", 1)[1].split()[0])
-              for line in appliance.process.output().splitlines() if "hub link down" in line]
+    delays = [
+        float(line.rsplit("retry_s=", 1)[1].split()[0])
+        for line in appliance.process.output().splitlines()
+        if "hub link down" in line
+    ]
     assert delays and max(delays) <= 1.5
     assert time.monotonic() - started < 15
 
@@ -98,7 +106,11 @@ def test_power_loss_during_enrollment_never_leaves_a_half_identity(
         ident_dir = a.state_dir / "identity"
         if ident_dir.exists():
             assert sorted(p.name for p in ident_dir.iterdir()) == [
-                "ca.crt", "device.crt", "device.key", "identity.json"]
+                "ca.crt",
+                "device.crt",
+                "device.key",
+                "identity.json",
+            ]
         a.start(bundle)  # the stick is still plugged in
         try:
             device_id = a.wait_enrolled(timeout=40)

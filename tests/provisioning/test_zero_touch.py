@@ -91,6 +91,5 @@ def test_devices_json_lists_labels_facts_and_presence(
     appliance.start(bundle)
     device_id = appliance.wait_enrolled()
     device = hub.wait_availability(device_id, "online")
-    assert set(device) >= {"id", "labels", "facts", "availability", "last_seen",
-                           "software_version"}
+    assert set(device) >= {"id", "labels", "facts", "availability", "last_seen", "software_version"}
     json.dumps(device)

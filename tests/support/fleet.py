@@ -52,7 +52,11 @@ def cli(tool: str, *args: str, check: bool = True, **kw: Any) -> subprocess.Comp
     module = {"spoke": "daemon", "spoke-hub": "provisioning"}[tool]
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
-        capture_output=True, text=True, env=_env(kw.pop("env", None)), timeout=120, **kw,
+        capture_output=True,
+        text=True,
+        env=_env(kw.pop("env", None)),
+        timeout=120,
+        **kw,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -65,8 +69,9 @@ class Process:
     def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT,
-                                     env=_env(env), cwd=REPO)
+        self.proc = subprocess.Popen(
+            argv, stdout=self._out, stderr=subprocess.STDOUT, env=_env(env), cwd=REPO
+        )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -99,10 +104,22 @@ class Hub:
         self.http_port = free_port()
         self.process: Process | None = None
         self.starts = 0
-        cli("spoke-hub", "init", "--home", str(self.home), "--public-host", "localhost",
-            "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port))
+        cli(
+            "spoke-hub",
+            "init",
+            "--home",
+            str(self.home),
+            "--public-host",
+            "localhost",
+            "--mqtt-port",
+            str(self.mqtt_port),
+            "--http-port",
+            str(self.http_port),
+        )
         self.trust_key = root / "trust.pub"
-        self.trust_key.write_text(cli("spoke-hub", "bundle", "pubkey", "--home", str(self.home)).stdout)
+        self.trust_key.write_text(
+            cli("spoke-hub", "bundle", "pubkey", "--home", str(self.home)).stdout
+        )
 
     def start(self) -> "Hub":
         self.process = Process(
@@ -119,8 +136,18 @@ class Hub:
         return code
 
     def bundle(self, out: Path, *extra: str, labels: str = "site=bridge-17,region=north") -> Path:
-        cli("spoke-hub", "bundle", "create", "--home", str(self.home), "--labels", labels,
-            "--out", str(out), *extra)
+        cli(
+            "spoke-hub",
+            "bundle",
+            "create",
+            "--home",
+            str(self.home),
+            "--labels",
+            labels,
+            "--out",
+            str(out),
+            *extra,
+        )
         return out
 
     def claim_ids(self) -> list[str]:
@@ -153,18 +180,32 @@ class Appliance:
         self.process: Process | None = None
 
     def start(self, bundle: Path | None = None, env: dict[str, str] | None = None) -> "Appliance":
-        argv = [sys.executable, "-m", "daemon", "run", "--state-dir", str(self.state_dir),
-                "--trust-key", str(self.hub.trust_key), "--boot-dir",
-                str(self.state_dir.parent / "no-boot")]
+        argv = [
+            sys.executable,
+            "-m",
+            "daemon",
+            "run",
+            "--state-dir",
+            str(self.state_dir),
+            "--trust-key",
+            str(self.hub.trust_key),
+            "--boot-dir",
+            str(self.state_dir.parent / "no-boot"),
+        ]
         if bundle is not None:
             argv += ["--bundle", str(bundle)]
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.process = Process(argv, self.state_dir.parent / f"{self.state_dir.name}.log",
-                               env=FAST_DAEMON_ENV | (env or {}))
+        self.process = Process(
+            argv,
+            self.state_dir.parent / f"{self.state_dir.name}.log",
+            env=FAST_DAEMON_ENV | (env or {}),
+        )
         return self
 
     def status(self) -> dict[str, Any]:
-        return json.loads(cli("spoke", "status", "--state-dir", str(self.state_dir), "--json").stdout)
+        return json.loads(
+            cli("spoke", "status", "--state-dir", str(self.state_dir), "--json").stdout
+        )
 
     def wait_enrolled(self, timeout: float = 30) -> str:
         def check() -> str | None:

@@ -13,10 +13,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 
 class Probe:
-    def __init__(self, port: int, ca: Path, cert: Path | None, key: Path | None,
-                 client_id: str) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=paho.MQTTv5)
+    def __init__(
+        self, port: int, ca: Path, cert: Path | None, key: Path | None, client_id: str
+    ) -> None:
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+        )
         ctx = ssl.create_default_context(cafile=str(ca))
         if cert and key:
             ctx.load_cert_chain(str(cert), str(key))
@@ -66,8 +68,9 @@ class Probe:
         codes = self._subacks.get(mid, [])
         return bool(codes) and not any(c.is_failure for c in codes)
 
-    def publish(self, topic: str, payload: bytes, properties: Properties | None = None,
-                timeout: float = 5.0) -> ReasonCode | None:
+    def publish(
+        self, topic: str, payload: bytes, properties: Properties | None = None, timeout: float = 5.0
+    ) -> ReasonCode | None:
         info = self.client.publish(topic, payload, qos=1, properties=properties)
         with self._acked:
             self._acked.wait_for(lambda: info.mid in self._pubacks, timeout)

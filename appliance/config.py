@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from appliance.errors import ConfigError
 
@@ -33,9 +33,47 @@ class HubLinkSection(Section):
     enroll_timeout_s: float = Field(30.0, gt=0)
 
 
+class HealthSection(Section):
+    """The ``[health]`` config section: collection interval and alert thresholds."""
+
+    interval_s: float = Field(10.0, gt=0)
+    disk_used_raise_ratio: float = Field(0.90, gt=0, le=1)
+    disk_used_clear_ratio: float = Field(0.85, gt=0, le=1)
+    memory_available_raise_ratio: float = Field(0.10, ge=0, lt=1)
+    memory_available_clear_ratio: float = Field(0.15, gt=0, le=1)
+    # None: the GPU's own slowdown threshold, or the default where NVML does not report one.
+    gpu_temperature_limit_celsius: float | None = None
+    gpu_temperature_default_limit_celsius: float = 85.0
+    gpu_temperature_hysteresis_celsius: float = Field(5.0, gt=0)
+    gpu_throttle_reasons: tuple[str, ...] = (
+        "hw_slowdown",
+        "sw_thermal_slowdown",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+    )
+    gpu_throttle_clear_after_samples: int = Field(3, ge=1)
+    gpu_ecc_uncorrected_raise_count: int = Field(1, ge=1)
+    hub_unreachable_raise_s: float = Field(900.0, gt=0)
+    hub_unreachable_clear_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bands(self) -> "HealthSection":
+        """A clear threshold on the wrong side of its raise threshold would flap forever."""
+        if self.disk_used_clear_ratio >= self.disk_used_raise_ratio:
+            raise ValueError("disk_used_clear_ratio must be below disk_used_raise_ratio")
+        if self.memory_available_clear_ratio <= self.memory_available_raise_ratio:
+            raise ValueError(
+                "memory_available_clear_ratio must be above memory_available_raise_ratio"
+            )
+        if self.hub_unreachable_clear_s >= self.hub_unreachable_raise_s:
+            raise ValueError("hub_unreachable_clear_s must be below hub_unreachable_raise_s")
+        return self
+
+
 class DaemonConfig(Section):
     daemon: DaemonSection = DaemonSection()
     hub: HubLinkSection = HubLinkSection()
+    health: HealthSection = HealthSection()
 
 
 class HubSection(Section):

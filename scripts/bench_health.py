@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import psutil
 
-from daemon.health.alerts import AlertEvaluator, HealthSection
+from appliance.config import HealthSection
+from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
+from daemon.health.alerts import AlertEvaluator
 from daemon.health.metrics import DaemonMetrics
 from daemon.health.sampler import Sampler
 from daemon.health.service import HealthService
-from daemon.health.snapshot import AlertEvent, DaemonFacts, HealthSnapshot
 
 
 def cpu_model() -> str:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from daemon.health.snapshot import (
+from appliance.health import (
     CpuStats,
     DiskIOStats,
     FanReading,

@@ -25,8 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from appliance.health import ActiveModel, AlertEvent, GpuStats, GpuStatus, HealthSnapshot
 from daemon.health.nvml import THROTTLE_REASONS
-from daemon.health.snapshot import ActiveModel, AlertEvent, GpuStats, GpuStatus, HealthSnapshot
 
 PREFIX = "spoke_"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

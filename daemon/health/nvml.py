@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from daemon.health.snapshot import GpuEvent, GpuSection, GpuStats, GpuStatus
+from appliance.health import GpuEvent, GpuSection, GpuStats, GpuStatus
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ Blocking by nature (``/proc``, ``/sys``, NVML ioctls): call it from a worker thr
 
 import time
 
+from appliance.health import DaemonFacts, HealthSnapshot
 from daemon.health.collectors import HostCollector
 from daemon.health.nvml import NvmlReader
-from daemon.health.snapshot import DaemonFacts, HealthSnapshot
 
 
 class Sampler:

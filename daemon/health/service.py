@@ -13,11 +13,12 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from appliance.config import HealthSection
+from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.service import TaskGroupService
-from daemon.health.alerts import AlertEvaluator, HealthSection
+from daemon.health.alerts import AlertEvaluator
 from daemon.health.metrics import DaemonMetrics
 from daemon.health.sampler import Sampler
-from daemon.health.snapshot import AlertEvent, DaemonFacts, HealthSnapshot
 
 log = logging.getLogger(__name__)
 

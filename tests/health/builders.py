@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from daemon.health.snapshot import (
+from appliance.health import (
     CpuStats,
     DaemonFacts,
     FilesystemStats,

@@ -5,14 +5,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from daemon.health.alerts import AlertEvaluator, HealthSection
-from daemon.health.snapshot import (
+from appliance.config import HealthSection
+from appliance.health import (
     ActiveModel,
     AlertEvent,
     DaemonFacts,
     GpuSection,
     HealthSnapshot,
 )
+from daemon.health.alerts import AlertEvaluator
 from tests.health.builders import NOW, filesystem, gpu, snapshot
 
 MODEL = ActiveModel(name="vit-codebrim", version="3")

@@ -5,6 +5,7 @@ from collections import namedtuple
 
 import psutil
 
+from appliance.health import DaemonFacts, HealthSnapshot
 from daemon.health.collectors import (
     HostCollector,
     fans_from_psutil,
@@ -12,7 +13,6 @@ from daemon.health.collectors import (
 )
 from daemon.health.nvml import NvmlReader
 from daemon.health.sampler import Sampler
-from daemon.health.snapshot import DaemonFacts, HealthSnapshot
 from tests.health.fake_nvml import FakeNvml
 
 # The shapes psutil documents for sensors_temperatures() and sensors_fans() entries.

@@ -5,11 +5,12 @@ import subprocess
 
 import pytest
 
-from daemon.health.alerts import AlertEvaluator, HealthSection
+from appliance.config import HealthSection
+from appliance.health import ActiveModel, DaemonFacts
+from daemon.health.alerts import AlertEvaluator
 from daemon.health.metrics import DaemonMetrics
 from daemon.health.nvml import NvmlReader
 from daemon.health.sampler import Sampler
-from daemon.health.snapshot import ActiveModel, DaemonFacts
 from tests.health.builders import filesystem, snapshot
 from tests.health.fake_nvml import FakeGpu, FakeNvml
 

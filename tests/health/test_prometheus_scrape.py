@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from appliance.health import DaemonFacts
 from daemon.health.metrics import DaemonMetrics
 from daemon.health.nvml import NvmlReader
 from daemon.health.sampler import Sampler
-from daemon.health.snapshot import DaemonFacts
 from tests.health.fake_nvml import FakeNvml
 
 pytestmark = pytest.mark.slow

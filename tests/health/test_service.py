@@ -6,11 +6,11 @@ import time
 
 import pynvml
 
-from daemon.health.alerts import HealthSection
+from appliance.config import HealthSection
+from appliance.health import ActiveModel, AlertEvent, DaemonFacts, HealthSnapshot
 from daemon.health.nvml import NvmlReader
 from daemon.health.sampler import Sampler
 from daemon.health.service import FactsFn, HealthService
-from daemon.health.snapshot import ActiveModel, AlertEvent, DaemonFacts, HealthSnapshot
 from tests.health.fake_nvml import FakeNvml
 
 FAST = HealthSection(interval_s=0.05)

@@ -3,12 +3,14 @@
 The encoder is the ``VisionTransformer`` itself (its timm-named weights are what ships); only
 the visible quarter of the patches goes through it, which is what makes MAE cheap enough for a
 CPU. The small decoder is thrown away after pre-training. Loss: mean squared error on the
-per-patch normalised pixels of the masked patches (the paper's ``norm_pix_loss``).
+per-patch normalised pixels of the masked patches (the paper's ``norm_pix_loss``), optionally
+of a box-blurred copy of the image (``target_blur``).
 """
 
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.vit import Block, VisionTransformer
@@ -22,11 +24,13 @@ class MaskedAutoencoder(nn.Module):
         decoder_depth: int = 2,
         decoder_heads: int = 4,
         mask_ratio: float = 0.75,
+        target_blur: int = 0,
     ) -> None:
         super().__init__()
         cfg = encoder.cfg
         self.encoder = encoder
         self.mask_ratio = mask_ratio
+        self.target_blur = target_blur
         self.patch = cfg.patch_size
         dec_cfg = dataclasses.replace(cfg, embed_dim=decoder_dim, num_heads=decoder_heads)
         self.decoder_embed = nn.Linear(cfg.embed_dim, decoder_dim)
@@ -50,6 +54,16 @@ class MaskedAutoencoder(nn.Module):
         x = imgs.reshape(b, c, h // p, p, w // p, p)
         return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
 
+    def _smooth(self, imgs: Tensor) -> Tensor:
+        """Targets without sensor noise and sand grain when ``target_blur`` > 1: those pixels
+        are unpredictable, and fitting them teaches the encoder nothing about defects."""
+        k = self.target_blur
+        if k <= 1:
+            return imgs
+        return F.avg_pool2d(imgs, k, stride=1, padding=k // 2, count_include_pad=False)[
+            ..., : imgs.shape[-2], : imgs.shape[-1]
+        ]
+
     def forward(self, imgs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The reconstruction loss for one batch; ``generator`` makes the masks reproducible."""
         enc = self.encoder
@@ -71,7 +85,7 @@ class MaskedAutoencoder(nn.Module):
         y = torch.cat([y[:, :1], seq], dim=1) + self.decoder_pos_embed
         pred = self.decoder_pred(self.decoder_norm(self.decoder_blocks(y)))[:, 1:].float()
 
-        target = self.patchify(imgs).float()
+        target = self.patchify(self._smooth(imgs)).float()
         mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + 1e-6).sqrt()
         masked = torch.ones(b, n)

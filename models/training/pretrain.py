@@ -58,6 +58,7 @@ class PretrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     mask_ratio: float = 0.75
+    target_blur: int = 0
     seed: int = 0
     precision: str = "auto"
     threads: int | None = None
@@ -101,7 +102,7 @@ def make_task(
     if cfg.method == "mae":
         with torch.random.fork_rng(devices=[]):  # the decoder's init is part of the seed
             torch.manual_seed(cfg.seed + 2)
-            mae = MaskedAutoencoder(model, mask_ratio=cfg.mask_ratio)
+            mae = MaskedAutoencoder(model, mask_ratio=cfg.mask_ratio, target_blur=cfg.target_blur)
 
         def mae_loss(step: int) -> Tensor:
             x, _ = make_batch(tiles, pre, cfg.batch_size, cfg.seed, step)
@@ -132,6 +133,7 @@ def card_metrics(cfg: PretrainConfig, result: LoopResult) -> dict[str, float]:
         "pretrain.batch_size": float(cfg.batch_size),
         "pretrain.lr": cfg.lr,
         "pretrain.mask_ratio": cfg.mask_ratio if cfg.method == "mae" else 0.0,
+        "pretrain.target_blur": float(cfg.target_blur) if cfg.method == "mae" else 0.0,
         "data.generator_version": float(GENERATOR_VERSION),
         "data.tiles_per_domain": float(cfg.tiles_per_domain),
     }
@@ -197,4 +199,3 @@ def pretrain(
         checkpoint.unlink(missing_ok=True)
     log(f"pretrain: wrote {out}")
     return artifact
-

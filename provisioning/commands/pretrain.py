@@ -25,6 +25,12 @@ def _add_pretrain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--mask-ratio", type=float, default=0.75, help="MAE: share of patches hidden")
+    p.add_argument(
+        "--target-blur",
+        type=int,
+        default=0,
+        help="MAE: reconstruct a KxK box-blurred image (drops unpredictable noise); 0: off",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--precision",
@@ -98,6 +104,7 @@ def _config(args: argparse.Namespace, method: str) -> PretrainConfig:
         batch_size=args.batch_size,
         lr=args.lr,
         mask_ratio=args.mask_ratio,
+        target_blur=args.target_blur,
         seed=args.seed,
         precision=args.precision,
         threads=args.threads,

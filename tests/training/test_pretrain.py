@@ -203,3 +203,11 @@ def test_resumes_after_kill_9_exactly_where_it_stopped(tmp_path: Path) -> None:
     assert whole.returncode == 0, whole.stderr
     a, b = load_file(str(out / WEIGHTS_FILE)), load_file(str(tmp_path / "whole" / WEIGHTS_FILE))
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an unbroken run"
+
+
+def test_blurred_targets_drop_pixel_noise_but_keep_the_shape() -> None:
+    mae = MaskedAutoencoder(build_model(tiny_config(), seed=0), target_blur=3)
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    smooth = mae._smooth(noise)
+    assert smooth.shape == noise.shape
+    assert smooth.var() < noise.var() / 4

@@ -26,7 +26,6 @@ class DaemonSection(Section):
 
 
 class HubLinkSection(Section):
-    heartbeat_interval_s: float = Field(30.0, gt=0)
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_cap_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
@@ -34,9 +33,12 @@ class HubLinkSection(Section):
 
 
 class HealthSection(Section):
-    """The ``[health]`` config section: collection interval and alert thresholds."""
+    """The ``[health]`` config section: collection interval and alert thresholds.
 
-    interval_s: float = Field(10.0, gt=0)
+    Every collection is also the heartbeat the hub sees on ``spoke/v1/{device}/health``.
+    """
+
+    interval_s: float = Field(30.0, gt=0)
     disk_used_raise_ratio: float = Field(0.90, gt=0, le=1)
     disk_used_clear_ratio: float = Field(0.85, gt=0, le=1)
     memory_available_raise_ratio: float = Field(0.10, ge=0, lt=1)
@@ -70,10 +72,20 @@ class HealthSection(Section):
         return self
 
 
+class ApiSection(Section):
+    """The daemon's HTTP server: uplink API, /metrics, status page."""
+
+    listen: str = Field("0.0.0.0:8443", pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$")
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+
 class DaemonConfig(Section):
     daemon: DaemonSection = DaemonSection()
     hub: HubLinkSection = HubLinkSection()
     health: HealthSection = HealthSection()
+    api: ApiSection = ApiSection()
 
 
 class HubSection(Section):

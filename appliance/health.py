@@ -171,7 +171,7 @@ class DaemonFacts(_Model):
     """What the daemon knows about itself; provided by the daemon, not collected from the OS."""
 
     active_model: ActiveModel | None = None
-    last_hub_contact_s: float | None = None
+    last_hub_contact_s: float | None = None  # a Unix timestamp
     queue_depths: dict[str, int] = Field(default_factory=dict)
     outbox_depth: int = 0
 

@@ -47,16 +47,13 @@ class ReportedState(Payload):
     started_at: float
 
 
-class Heartbeat(Payload):
-    """Basic health on ``spoke/v1/{device}/health`` at the heartbeat interval."""
+class Event(Payload):
+    """One event from a device's durable outbox; ``id`` lets the hub drop redeliveries."""
 
-    device_id: str
+    id: str = Field(min_length=1, max_length=64)
+    kind: str = Field(min_length=1, max_length=64)
     ts: float
-    uptime_s: float
-    cpu_percent: float
-    memory_percent: float
-    disk_percent: float
-    details: dict[str, Any] = {}
+    data: dict[str, Any]
 
 
 AVAILABLE_ONLINE = b"online"

@@ -1,4 +1,4 @@
-"""The device's MQTT session with the hub: presence, reported state, heartbeat, reconnects.
+"""The device's MQTT session with the hub: presence, reported state, reconnects.
 
 It connects with the device certificate, sets a retained last will ``offline``, then publishes
 ``online`` and its state (both retained). When the broker or hub goes away it reconnects with
@@ -18,26 +18,13 @@ import aiomqtt
 from appliance import __version__, mqtt, topics
 from appliance.config import HubLinkSection
 from appliance.errors import LinkError
-from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED, Heartbeat
+from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED
 from appliance.service import TaskGroupService
 from daemon.state import Identity, StatusFile
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
-
-
-def basic_health(device_id: str, started: float) -> Heartbeat:
-    import psutil
-
-    return Heartbeat(
-        device_id=device_id,
-        ts=time.time(),
-        uptime_s=time.time() - started,
-        cpu_percent=psutil.cpu_percent(),
-        memory_percent=psutil.virtual_memory().percent,
-        disk_percent=psutil.disk_usage("/").percent,
-    )
 
 
 class HubLink(TaskGroupService):
@@ -58,6 +45,7 @@ class HubLink(TaskGroupService):
         self.started = time.time()
         self.connected = asyncio.Event()
         self.handlers: dict[str, MessageHandler] = {}
+        self.on_connect: list[Callable[[], None]] = []
         self._client: aiomqtt.Client | None = None
 
     async def start(self) -> None:
@@ -137,20 +125,10 @@ class HubLink(TaskGroupService):
         await self.publish_state()
         self.status.hub(True, address)
         log.info("hub link up", extra={"hub": address, "device": device})
-        heartbeat = asyncio.create_task(self._heartbeat())
-        try:
-            async for message in client.messages:
-                await self._dispatch(message)
-        finally:
-            heartbeat.cancel()
-
-    async def _heartbeat(self) -> None:
-        while True:
-            beat = basic_health(self.ident.device_id, self.started)
-            with contextlib.suppress(LinkError):
-                await self.publish(topics.health(self.ident.device_id), beat.model_dump_json())
-                self.status.hub(True)
-            await asyncio.sleep(self.config.heartbeat_interval_s)
+        for callback in self.on_connect:
+            callback()
+        async for message in client.messages:
+            await self._dispatch(message)
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         for pattern, handler in self.handlers.items():

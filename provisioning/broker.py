@@ -7,8 +7,8 @@ enrolling or revoking a device never restarts the broker for the others.
 """
 
 import asyncio
-import getpass
 import contextlib
+import getpass
 import logging
 import os
 import shutil

@@ -14,7 +14,8 @@ import aiomqtt
 from appliance import mqtt, topics
 from appliance.config import HubConfig
 from appliance.errors import LinkError
-from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED
+from appliance.health import HealthSnapshot
+from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED, Event
 from appliance.service import TaskGroupService
 from provisioning import broker, ca, enrollment
 from provisioning.home import HubHome
@@ -27,7 +28,7 @@ AVAILABILITY = {
     AVAILABLE_STOPPED: "stopped",
     AVAILABLE_OFFLINE: "offline",
 }
-MAX_STATE_BYTES = 64 * 1024
+MAX_DEVICE_MESSAGE_BYTES = 256 * 1024
 
 
 def broker_address(config: HubConfig) -> tuple[str, int]:
@@ -108,10 +109,18 @@ class HubService(TaskGroupService):
                 return
             if message.topic.matches(topics.ALL_AVAILABLE):
                 self.registry.set_availability(device.id, AVAILABILITY.get(payload, "unknown"))
-            elif message.topic.matches(topics.ALL_STATE) and 0 < len(payload) <= MAX_STATE_BYTES:
+            elif len(payload) > MAX_DEVICE_MESSAGE_BYTES:
+                log.warning("dropped an oversized message", extra={"topic": topic})
+            elif message.topic.matches(topics.ALL_STATE) and payload:
                 self.registry.set_state(device.id, json.loads(payload))
-            else:
-                self.registry.touch(device.id)
+            elif message.topic.matches(topics.ALL_HEALTH):
+                snapshot = HealthSnapshot.model_validate_json(payload)
+                self.registry.add_health(
+                    device.id, snapshot.taken_at_s, snapshot.model_dump(mode="json")
+                )
+            elif message.topic.matches(topics.ALL_EVENTS):
+                event = Event.model_validate_json(payload)
+                self.registry.add_event(device.id, event.model_dump(mode="json"))
         except (ValueError, TypeError) as exc:
             log.warning("ignored a malformed message", extra={"topic": topic, "error": str(exc)})
 

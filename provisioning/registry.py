@@ -34,7 +34,24 @@ CREATE TABLE IF NOT EXISTS devices (
     software_version TEXT,
     state TEXT
 );
+CREATE TABLE IF NOT EXISTS health (
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    ts REAL NOT NULL,
+    snapshot TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS health_by_device ON health (device_id, ts);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    kind TEXT NOT NULL,
+    ts REAL NOT NULL,
+    data TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, ts);
 """
+
+HEALTH_HISTORY = 360  # per device: an hour at a 10 s interval
 
 
 def token_hash(token: str) -> str:
@@ -223,6 +240,81 @@ class Registry:
 
     def touch(self, device_id: str) -> None:
         self.conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (time.time(), device_id))
+
+    # --- health and events --------------------------------------------------------------
+
+    def add_health(self, device_id: str, ts: float, snapshot: dict[str, Any]) -> None:
+        """Keep the latest snapshots of each device, at most HEALTH_HISTORY of them."""
+        with self.conn:
+            self.conn.execute(
+                "UPDATE devices SET last_seen = ? WHERE id = ?", (time.time(), device_id)
+            )
+            self.conn.execute(
+                "INSERT INTO health (device_id, ts, snapshot) VALUES (?, ?, ?)",
+                (device_id, ts, json.dumps(snapshot)),
+            )
+            self.conn.execute(
+                "DELETE FROM health WHERE device_id = ? AND rowid NOT IN (SELECT rowid FROM"
+                " health WHERE device_id = ? ORDER BY ts DESC LIMIT ?)",
+                (device_id, device_id, HEALTH_HISTORY),
+            )
+
+    def latest_health(self, device_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT snapshot FROM health WHERE device_id = ? ORDER BY ts DESC LIMIT 1",
+            (device_id,),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def health_history(self, device_id: str, limit: int = HEALTH_HISTORY) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT snapshot FROM health WHERE device_id = ? ORDER BY ts DESC LIMIT ?",
+            (device_id, limit),
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def add_event(self, device_id: str, event: dict[str, Any]) -> bool:
+        """Store an event once: a redelivery (same id) is ignored and returns False."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO events (id, device_id, kind, ts, data, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event["id"],
+                device_id,
+                event["kind"],
+                event["ts"],
+                json.dumps(event["data"]),
+                time.time(),
+            ),
+        )
+        self.touch(device_id)
+        return cur.rowcount == 1
+
+    def events(
+        self, device_id: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        where, args = [], []
+        if device_id:
+            where.append("device_id = ?")
+            args.append(device_id)
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.conn.execute(
+            f"SELECT * FROM events {clause} ORDER BY ts DESC, rowid DESC LIMIT ?", (*args, limit)
+        ).fetchall()
+        return [
+            {
+                "id": r["id"],
+                "device_id": r["device_id"],
+                "kind": r["kind"],
+                "ts": r["ts"],
+                "data": json.loads(r["data"]),
+                "received_at": r["received_at"],
+            }
+            for r in rows
+        ]
 
     def revoked_serials(self) -> list[int]:
         rows = self.conn.execute(

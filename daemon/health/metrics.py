@@ -98,9 +98,9 @@ class DaemonMetrics:
         if model is not None:
             self.active_model_info.labels(model.name, model.version).set(1)
 
-    def drop(self, reason: str) -> None:
-        """Count one dropped or refused input (DESIGN rule: every drop increments a counter)."""
-        self.inputs_dropped.labels(reason).inc()
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count dropped or refused inputs (DESIGN rule: every drop increments a counter)."""
+        self.inputs_dropped.labels(reason).inc(count)
 
     def update_from_snapshot(self, snapshot: HealthSnapshot) -> None:
         """Expose ``snapshot`` on the next scrape and count its GPU events."""

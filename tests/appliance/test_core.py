@@ -23,14 +23,14 @@ from appliance.mqtt import Backoff
 
 def test_config_refuses_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "spoke.toml"
-    path.write_text("[hub]\nheartbeat_intervl_s = 5\n")
-    with pytest.raises(ConfigError, match="heartbeat_intervl_s"):
+    path.write_text("[hub]\nbackoff_cap = 5\n")
+    with pytest.raises(ConfigError, match="backoff_cap"):
         load_config(DaemonConfig, path, "SPOKE_")
 
 
 def test_config_refuses_invalid_values(tmp_path: Path) -> None:
     path = tmp_path / "spoke.toml"
-    path.write_text("[hub]\nheartbeat_interval_s = -1\n")
+    path.write_text("[hub]\nbackoff_cap_s = -1\n")
     with pytest.raises(ConfigError, match="greater than 0"):
         load_config(DaemonConfig, path, "SPOKE_")
 
@@ -44,11 +44,11 @@ def test_config_refuses_broken_toml(tmp_path: Path) -> None:
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "spoke.toml"
-    path.write_text("[hub]\nheartbeat_interval_s = 30\n")
-    monkeypatch.setenv("SPOKE_HUB__HEARTBEAT_INTERVAL_S", "5")
+    path.write_text("[health]\ninterval_s = 30\n")
+    monkeypatch.setenv("SPOKE_HEALTH__INTERVAL_S", "5")
     monkeypatch.setenv("SPOKE_DAEMON__LOG_JSON", "true")
     config = load_config(DaemonConfig, path, "SPOKE_")
-    assert config.hub.heartbeat_interval_s == 5
+    assert config.health.interval_s == 5
     assert config.daemon.log_json is True
 
 
@@ -61,7 +61,7 @@ def test_missing_config_file_means_defaults(tmp_path: Path) -> None:
 def test_config_is_frozen() -> None:
     config = DaemonConfig()
     with pytest.raises(ValueError):
-        config.hub.heartbeat_interval_s = 1  # type: ignore[misc]
+        config.hub.backoff_cap_s = 1  # type: ignore[misc]
 
 
 def test_topics_refuse_wildcards_and_slashes() -> None:

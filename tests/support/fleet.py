@@ -17,7 +17,7 @@ T = TypeVar("T")
 FAST_DAEMON_ENV = {
     "SPOKE_HUB__BACKOFF_INITIAL_S": "0.2",
     "SPOKE_HUB__BACKOFF_CAP_S": "2",
-    "SPOKE_HUB__HEARTBEAT_INTERVAL_S": "1",
+    "SPOKE_HEALTH__INTERVAL_S": "1",
     "SPOKE_HUB__ENROLL_TIMEOUT_S": "5",
     "SPOKE_HUB__CONNECT_TIMEOUT_S": "5",
 }
@@ -127,7 +127,7 @@ class Hub:
             self.home / f"serve-{self.starts}.log",
         )
         self.starts += 1
-        wait_for(lambda: "hub connected to broker" in self.process.output(), 20, "hub to connect")  # type: ignore[union-attr]
+        wait_for(lambda: "hub connected to broker" in self.process.output(), 60, "hub to connect")  # type: ignore[union-attr]
         return self
 
     def stop(self) -> int:
@@ -158,7 +158,7 @@ class Hub:
         out = cli("spoke-hub", "devices", "--home", str(self.home), "--json").stdout
         return {d["id"]: d for d in json.loads(out)}
 
-    def wait_availability(self, device_id: str, value: str, timeout: float = 20) -> dict[str, Any]:
+    def wait_availability(self, device_id: str, value: str, timeout: float = 40) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             d = self.devices().get(device_id)
             return d if d and d["availability"] == value else None
@@ -177,6 +177,7 @@ class Appliance:
     def __init__(self, root: Path, hub: Hub, name: str = "appliance") -> None:
         self.state_dir = root / name
         self.hub = hub
+        self.api_port = free_port()
         self.process: Process | None = None
 
     def start(self, bundle: Path | None = None, env: dict[str, str] | None = None) -> "Appliance":
@@ -198,7 +199,7 @@ class Appliance:
         self.process = Process(
             argv,
             self.state_dir.parent / f"{self.state_dir.name}.log",
-            env=FAST_DAEMON_ENV | (env or {}),
+            env=FAST_DAEMON_ENV | {"SPOKE_API__LISTEN": f"127.0.0.1:{self.api_port}"} | (env or {}),
         )
         return self
 
@@ -207,7 +208,7 @@ class Appliance:
             cli("spoke", "status", "--state-dir", str(self.state_dir), "--json").stdout
         )
 
-    def wait_enrolled(self, timeout: float = 30) -> str:
+    def wait_enrolled(self, timeout: float = 60) -> str:
         def check() -> str | None:
             s = self.status()
             return s["device_id"] if s["hub"].get("connected") else None

@@ -1,0 +1,1 @@
+"""The daemon's HTTP server: drone uplink API, metrics, liveness, status page."""

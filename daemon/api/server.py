@@ -1,0 +1,77 @@
+"""One aiohttp server for everything the daemon serves over HTTP, on ``[api] listen``.
+
+Other parts of the daemon add their routes to ``server.app`` before it starts; the server
+itself only owns liveness and ``/metrics``.
+"""
+
+import logging
+import ssl
+from collections.abc import Callable
+
+from aiohttp import web
+
+from appliance.config import ApiSection
+from appliance.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ApiServer:
+    name = "api"
+
+    def __init__(
+        self, config: ApiSection, metrics: Callable[[], tuple[bytes, str]] | None = None
+    ) -> None:
+        self.config = config
+        self.app = web.Application(client_max_size=config.max_upload_bytes + 1)
+        self.app.router.add_get("/healthz", self._healthz)
+        self._metrics = metrics
+        if metrics is not None:
+            self.app.router.add_get("/metrics", self._metrics_handler)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _metrics_handler(self, request: web.Request) -> web.Response:
+        assert self._metrics is not None
+        body, content_type = self._metrics()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return ctx
+
+    async def start(self) -> None:
+        host, port = parse_listen(self.config.listen)
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._tls())
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {self.config.listen}: {exc.strerror}; "
+                "set [api] listen in spoke.toml or SPOKE_API__LISTEN"
+            ) from exc
+        self.port = int(self._runner.addresses[0][1])
+        log.info(
+            "api listening",
+            extra={"host": host, "port": self.port, "tls": bool(self.config.tls_cert)},
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,120 @@
+"""The durable outbox: events for the hub survive restarts and hub outages, in order.
+
+Events are rows in SQLite. A drain task publishes them oldest first whenever the hub link is
+up and deletes each one only once the broker has acknowledged it (QoS 1), so an event is
+delivered at least once; the hub de-duplicates by event id. The outbox is bounded: past
+``max_events`` the oldest are dropped and counted, so a long outage cannot fill the disk.
+"""
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import LinkError
+from appliance.service import TaskGroupService
+from appliance.store import connect
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+# publish(event_json) -> None; raises LinkError while the hub is unreachable.
+Publisher = Callable[[bytes], Awaitable[None]]
+
+
+class Outbox(TaskGroupService):
+    name = "outbox"
+
+    def __init__(self, path: Path, max_events: int = 10_000, retry_s: float = 1.0) -> None:
+        super().__init__()
+        self.max_events = max_events
+        self.retry_s = retry_s
+        self._conn: sqlite3.Connection = connect(path)
+        self._conn.executescript(SCHEMA)
+        self._wake = asyncio.Event()
+        self._publisher: Publisher | None = None
+        self.on_drop: Callable[[int], None] | None = None
+
+    def put(self, kind: str, data: dict[str, Any]) -> str:
+        """Store an event durably (it is on disk when this returns) and return its id."""
+        event_id = uuid.uuid4().hex
+        event = {"id": event_id, "kind": kind, "ts": time.time(), "data": data}
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO outbox (id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                (event_id, kind, json.dumps(event), event["ts"]),
+            )
+            dropped = self._trim()
+        if dropped:
+            log.warning("outbox full; dropped the oldest events", extra={"dropped": dropped})
+            if self.on_drop:
+                self.on_drop(dropped)
+        self._wake.set()
+        return event_id
+
+    def _trim(self) -> int:
+        excess = self.depth() - self.max_events
+        if excess <= 0:
+            return 0
+        self._conn.execute(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+            (excess,),
+        )
+        self._conn.execute(
+            "INSERT INTO outbox_stats (name, value) VALUES ('dropped', ?)"
+            " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (excess,),
+        )
+        return excess
+
+    def depth(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def dropped(self) -> int:
+        row = self._conn.execute("SELECT value FROM outbox_stats WHERE name = 'dropped'").fetchone()
+        return int(row[0]) if row else 0
+
+    def attach(self, publisher: Publisher | None) -> None:
+        """Give the outbox a way to publish (the hub link), or take it away."""
+        self._publisher = publisher
+        self._wake.set()
+
+    async def start(self) -> None:
+        self.spawn(self._drain(), "drain")
+
+    async def stop(self) -> None:
+        await self.cancel_tasks()
+        self._conn.close()
+
+    async def _drain(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._publisher is not None:
+                row = self._conn.execute(
+                    "SELECT seq, payload FROM outbox ORDER BY seq LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    break
+                try:
+                    await self._publisher(row["payload"].encode())
+                except LinkError:
+                    await asyncio.sleep(self.retry_s)
+                    continue
+                with self._conn:
+                    self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row["seq"],))

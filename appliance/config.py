@@ -81,11 +81,38 @@ class ApiSection(Section):
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
 
+class UplinkSection(Section):
+    """The drone uplink: ingestion queue, dynamic batching, image retention, watch folder.
+
+    ``queue_depth`` bounds images accepted but not yet processed (past it: 429). Tiles of
+    concurrent images are pooled into batches of at most ``max_batch_tiles``, waiting at most
+    ``max_wait_ms`` for more. Stored images are deleted oldest first past ``retention_max_bytes``
+    or ``retention_max_age_s`` once processed. ``export`` says what of an image may leave the
+    box with its event: ``none`` (default: labels and numbers only) or a small ``thumbnail``.
+    """
+
+    queue_depth: int = Field(64, ge=1, le=100_000)
+    workers: int = Field(2, ge=1, le=64)
+    max_batch_tiles: int = Field(32, ge=1, le=4096)
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000)
+    max_pixels: int = Field(100_000_000, gt=0)
+    tile_overlap: int | None = Field(None, ge=0)
+    downscale: int = Field(1, ge=1, le=64)
+    backend: str = Field("auto", pattern="^(auto|torch|onnxruntime|tensorrt)$")
+    retention_max_bytes: int = Field(20 * 1024**3, gt=0)
+    retention_max_age_s: float = Field(30 * 86400.0, gt=0)
+    watch_dir: str | None = None
+    watch_interval_s: float = Field(1.0, gt=0)
+    watch_stable_s: float = Field(2.0, ge=0)
+    export: str = Field("none", pattern="^(none|thumbnail)$")
+
+
 class DaemonConfig(Section):
     daemon: DaemonSection = DaemonSection()
     hub: HubLinkSection = HubLinkSection()
     health: HealthSection = HealthSection()
     api: ApiSection = ApiSection()
+    uplink: UplinkSection = UplinkSection()
 
 
 class HubSection(Section):

@@ -26,17 +26,27 @@ DEFAULT_PRESET = "vit-small-p16-224"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure inference throughput on a generated drone image")
-    p.add_argument("--quick", action="store_true",
-                   help=f"a smoke run: {QUICK_SIZE[0]}x{QUICK_SIZE[1]} image, batches 1 and 8, "
-                        "short timings")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK_SIZE[0]}x{QUICK_SIZE[1]} image, batches 1 and 8, short timings",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                        help=f"random-weight model to build (default {DEFAULT_PRESET})")
+    source.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=DEFAULT_PRESET,
+        help=f"random-weight model to build (default {DEFAULT_PRESET})",
+    )
     source.add_argument("--model", type=Path, help="benchmark this artifact instead")
-    p.add_argument("--size", type=parse_size, metavar="WxH",
-                   help=f"image size (default {FULL_SIZE[0]}x{FULL_SIZE[1]}, quick "
-                        f"{QUICK_SIZE[0]}x{QUICK_SIZE[1]})")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="WxH",
+        help=f"image size (default {FULL_SIZE[0]}x{FULL_SIZE[1]}, quick "
+        f"{QUICK_SIZE[0]}x{QUICK_SIZE[1]})",
+    )
     p.set_defaults(handler=bench)
 
 
@@ -51,13 +61,19 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def bench(args: argparse.Namespace) -> int:
-    plan = BenchPlan.quick(args.size or QUICK_SIZE) if args.quick else \
-        BenchPlan(size=args.size or FULL_SIZE)
+    plan = (
+        BenchPlan.quick(args.size or QUICK_SIZE)
+        if args.quick
+        else BenchPlan(size=args.size or FULL_SIZE)
+    )
     with tempfile.TemporaryDirectory(prefix="spoke-bench-") as tmp:
-        artifact = load_artifact(args.model) if args.model else _random_artifact(
-            args.preset, Path(tmp))
-        with tqdm(total=planned_steps(), desc="bench", unit="step", file=sys.stderr,
-                  leave=False) as bar:
+        artifact = (
+            load_artifact(args.model) if args.model else _random_artifact(args.preset, Path(tmp))
+        )
+        with tqdm(
+            total=planned_steps(), desc="bench", unit="step", file=sys.stderr, leave=False
+        ) as bar:
+
             def progress(what: str) -> None:
                 bar.set_postfix_str(what)
                 bar.update(1)
@@ -73,5 +89,4 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def _random_artifact(name: str, tmp: Path) -> Artifact:
-    return write_artifact(build_model(preset(name), seed=0), tmp / name, name=name,
-                          version="0.0.0")
+    return write_artifact(build_model(preset(name), seed=0), tmp / name, name=name, version="0.0.0")

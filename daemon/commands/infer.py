@@ -17,15 +17,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="find defects in drone images with a model artifact")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG, PNG or TIFF")
     p.add_argument("--model", type=Path, required=True, help="artifact directory or tar")
-    p.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
-                   help="inference engine (default auto: the fastest here)")
-    p.add_argument("--overlap", type=int,
-                   help="tile overlap in model pixels (default: a seventh of a tile)")
-    p.add_argument("--downscale", type=int, default=1,
-                   help="shrink images by this integer factor before tiling (default 1)")
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        default="auto",
+        help="inference engine (default auto: the fastest here)",
+    )
+    p.add_argument(
+        "--overlap", type=int, help="tile overlap in model pixels (default: a seventh of a tile)"
+    )
+    p.add_argument(
+        "--downscale",
+        type=int,
+        default=1,
+        help="shrink images by this integer factor before tiling (default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--overlay", type=Path, metavar="OUT.png",
-                   help="write a heatmap overlay PNG (OUT-<image>.png when several images)")
+    p.add_argument(
+        "--overlay",
+        type=Path,
+        metavar="OUT.png",
+        help="write a heatmap overlay PNG (OUT-<image>.png when several images)",
+    )
     p.set_defaults(handler=infer)
 
 
@@ -53,8 +66,11 @@ def infer(args: argparse.Namespace) -> int:
         if backend.selection:
             rates = ", ".join(f"{k} {v:g}" for k, v in backend.selection.items())
             picked = f"; auto picked the fastest of: {rates} inputs/s"
-        print(f"model {artifact.card.ref} on {info['backend']}/{info['precision']} "
-              f"({info['device']}){picked}", file=sys.stderr)
+        print(
+            f"model {artifact.card.ref} on {info['backend']}/{info['precision']} "
+            f"({info['device']}){picked}",
+            file=sys.stderr,
+        )
     records: list[dict[str, Any]] = []
     for path in args.images:
         try:
@@ -67,8 +83,14 @@ def infer(args: argparse.Namespace) -> int:
                 out = overlay_path(args.overlay, path, len(args.images) > 1)
                 out.write_bytes(render_overlay(image, result))
         except (ImageError, OSError) as exc:
-            records.append({"path": str(path), "ok": False, "error": str(exc),
-                            "error_type": type(exc).__name__})
+            records.append(
+                {
+                    "path": str(path),
+                    "ok": False,
+                    "error": str(exc),
+                    "error_type": type(exc).__name__,
+                }
+            )
             if not args.json:
                 print(f"{path}: error: {exc}", file=sys.stderr)
             continue
@@ -76,8 +98,7 @@ def infer(args: argparse.Namespace) -> int:
         if not args.json:
             print_summary(path, result)
     if args.json:
-        print_json({"model": artifact.card.ref, "backend": backend.describe(),
-                    "results": records})
+        print_json({"model": artifact.card.ref, "backend": backend.describe(), "results": records})
     return 0 if all(r["ok"] for r in records) else 1
 
 

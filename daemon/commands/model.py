@@ -16,8 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = msub.add_parser("create", help="write a randomly initialised model artifact")
     c.add_argument("--preset", required=True, choices=sorted(PRESETS), help="architecture")
-    c.add_argument("--labels", nargs="+", default=list(CODEBRIM_LABELS),
-                   help="label set (default: CODEBRIM's six)")
+    c.add_argument(
+        "--labels",
+        nargs="+",
+        default=list(CODEBRIM_LABELS),
+        help="label set (default: CODEBRIM's six)",
+    )
     c.add_argument("--name", help="model name (default: the preset)")
     c.add_argument("--version", default="0.1.0", help="semantic version (default 0.1.0)")
     c.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
@@ -32,9 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def create(args: argparse.Namespace) -> int:
     cfg = preset(args.preset, num_classes=len(args.labels))
-    artifact = write_artifact(build_model(cfg, seed=args.seed), args.out,
-                              name=args.name or args.preset, version=args.version,
-                              labels=args.labels)
+    artifact = write_artifact(
+        build_model(cfg, seed=args.seed),
+        args.out,
+        name=args.name or args.preset,
+        version=args.version,
+        labels=args.labels,
+    )
     print(f"wrote {artifact.card.ref} ({args.preset}, {len(args.labels)} labels) to {args.out}")
     return 0
 
@@ -46,8 +54,10 @@ def show(args: argparse.Namespace) -> int:
         print_json(card.to_dict())
         return 0
     cfg = card.config
-    print(f"{card.ref}: ViT p{cfg.patch_size} {cfg.img_size}px dim {cfg.embed_dim} "
-          f"depth {cfg.depth}, parent {card.parent or '-'}")
+    print(
+        f"{card.ref}: ViT p{cfg.patch_size} {cfg.img_size}px dim {cfg.embed_dim} "
+        f"depth {cfg.depth}, parent {card.parent or '-'}"
+    )
     print(f"labels: {', '.join(f'{lab}>={card.thresholds[lab]:g}' for lab in card.labels)}")
     if card.metrics:
         print(f"metrics: {json.dumps(card.metrics, sort_keys=True)}")

@@ -107,11 +107,28 @@ class UplinkSection(Section):
     export: str = Field("none", pattern="^(none|thumbnail)$")
 
 
+class ModelsSection(Section):
+    """The ``[models]`` section: the model reconciler, its download bounds and health gate."""
+
+    reconcile_interval_s: float = Field(300.0, gt=0)
+    download_deadline_s: float = Field(1800.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    retry_initial_s: float = Field(5.0, gt=0)
+    retry_cap_s: float = Field(300.0, gt=0)
+    backend: str = Field("auto", pattern="^(auto|torch|onnxruntime|tensorrt)$")
+    # The health gate commits a new model after N good inferences or T seconds without errors.
+    gate_good_inferences: int = Field(20, ge=1)
+    gate_quiet_s: float = Field(120.0, gt=0)
+    gate_max_errors: int = Field(1, ge=1)
+    keep_versions: int = Field(3, ge=2)
+
+
 class DaemonConfig(Section):
     daemon: DaemonSection = DaemonSection()
     hub: HubLinkSection = HubLinkSection()
     health: HealthSection = HealthSection()
     api: ApiSection = ApiSection()
+    models: ModelsSection = ModelsSection()
     uplink: UplinkSection = UplinkSection()
 
 
@@ -139,10 +156,34 @@ class EnrollmentSection(Section):
     device_cert_days: int = Field(825, gt=0)
 
 
+class RepositorySection(Section):
+    """The ``[repository]`` section: the hub's TUF model repository and desired-state rollout.
+
+    Root keys are offline (only ``spoke-hub models init`` and root rotations use them); targets,
+    snapshot and timestamp keys are online and the hub re-signs before they expire.
+    """
+
+    root_keys: int = Field(1, ge=1, le=9)
+    root_threshold: int = Field(1, ge=1)
+    root_expiry_days: int = Field(365, gt=0)
+    targets_expiry_days: int = Field(90, gt=0)
+    snapshot_expiry_days: int = Field(7, gt=0)
+    timestamp_expiry_s: float = Field(86400.0, gt=0)
+    refresh_interval_s: float = Field(60.0, gt=0)
+    rollout_interval_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> "RepositorySection":
+        if self.root_threshold > self.root_keys:
+            raise ValueError("root_threshold cannot exceed root_keys")
+        return self
+
+
 class HubConfig(Section):
     hub: HubSection = HubSection()
     broker: BrokerSection = BrokerSection()
     enrollment: EnrollmentSection = EnrollmentSection()
+    repository: RepositorySection = RepositorySection()
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -72,6 +72,21 @@ class HubHome:
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    @property
+    def repository(self) -> Path:
+        """The TUF model repository: ``public/`` is served as plain files, ``keys/`` is not."""
+        return self.root / "repository"
+
+    @property
+    def offline_keys(self) -> Path:
+        """Root keys of the TUF repository: move them off the hub after ``models init``."""
+        return self.root / "offline-keys"
+
+    @property
+    def policy(self) -> Path:
+        """The placement policy last applied with ``spoke-hub policy apply``."""
+        return self.root / "policy.toml"
+
     def exists(self) -> bool:
         return self.config.exists() or self.ca_key.exists()
 

@@ -189,7 +189,8 @@ class HubConfig(Section):
 C = TypeVar("C", bound=BaseModel)
 
 
-def _env_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
+    """A TOML scalar (number, boolean, quoted string) if it parses as one, else the text."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -201,7 +202,7 @@ def _apply_env(data: dict[str, Any], prefix: str) -> None:
         if not name.startswith(prefix) or "__" not in name[len(prefix) :]:
             continue
         section, key = name[len(prefix) :].lower().split("__", 1)
-        data.setdefault(section, {})[key] = _env_value(raw)
+        data.setdefault(section, {})[key] = parse_value(raw)
 
 
 def load_config(model: type[C], path: Path | None, env_prefix: str) -> C:

@@ -4,6 +4,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
@@ -41,11 +42,26 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class RecentLogs(logging.Handler):
+    """The last lines logged, in memory, for support bundles (the journal keeps the rest)."""
+
+    def __init__(self, capacity: int = 5000) -> None:
+        super().__init__()
+        self.lines: deque[str] = deque(maxlen=capacity)
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+RECENT = RecentLogs()
+
+
 def setup_logging(json_lines: bool = False, level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, RECENT]
     root.setLevel(level.upper())
     for noisy in ("aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

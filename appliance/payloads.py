@@ -56,6 +56,27 @@ class Event(Payload):
     data: dict[str, Any]
 
 
+COMMANDS = ("ping", "health", "restart", "support-bundle")
+ArgValue = str | int | float | bool
+
+
+class CommandRequest(Payload):
+    """Published by the hub on ``spoke/v1/{device}/cmd/{name}``; validated before acting."""
+
+    id: str = Field(min_length=1, max_length=64)
+    args: dict[str, ArgValue] = {}
+    sent_at: float
+
+
+class CommandResult(Payload):
+    """The device's answer on ``.../cmd/{name}/result``, matched to the request by ``id``."""
+
+    id: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
 AVAILABLE_ONLINE = b"online"
 AVAILABLE_STOPPED = b"stopped"
 AVAILABLE_OFFLINE = b"offline"

@@ -1,23 +1,26 @@
 """The daemon: every service of ``spoke run``, started in order under one supervisor.
 
-Order: watchdog, metrics and outbox, HTTP API, health, provisioning; the hub link joins once
-the appliance has an identity. Stopping runs the same list backwards.
+Order: watchdog, outbox, HTTP API, health, provisioning; the hub link joins once the
+appliance has an identity. Stopping runs the same list backwards. A ``restart`` command from
+the hub stops everything the same way and builds it all again, in the same process.
 """
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance import topics
+from appliance import __version__, topics
 from appliance.config import DaemonConfig
 from appliance.errors import LinkError
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.service import Service, Supervisor, TaskGroupService
-from daemon import sdnotify
+from daemon import remote, sdnotify
 from daemon.api.server import ApiServer
 from daemon.health import DaemonMetrics, HealthService
 from daemon.hublink import HubLink
@@ -26,6 +29,8 @@ from daemon.provisioner import Provisioner
 from daemon.state import Identity, StateDir, StatusFile
 
 log = logging.getLogger(__name__)
+
+HEALTH_HISTORY = 60
 
 
 @dataclass(frozen=True)
@@ -41,24 +46,20 @@ class Daemon:
         self.options = options
         self.config = config
         self.status = StatusFile(options.state)
-        self.supervisor = Supervisor(stop_timeout=config.daemon.stop_timeout_s)
         self.metrics = DaemonMetrics()
-        self.outbox = Outbox(options.state.root / "outbox.db")
-        self.outbox.on_drop = lambda n: self.metrics.drop("outbox_full", n)
-        self.api = ApiServer(config.api, self.metrics.exposition)
-        self.health = HealthService(
-            config.health, self._publish_health, metrics=self.metrics, facts=self._facts
-        )
+        self.health_history: deque[dict[str, Any]] = deque(maxlen=HEALTH_HISTORY)
+        self.restart_requested = asyncio.Event()
         self.hublink: HubLink | None = None
+
+    # --- what the services share ----------------------------------------------------------
 
     def state_fields(self) -> dict[str, Any]:
         """Extra reported-state fields; services that own them add theirs here."""
         return {"api_port": self.api.port}
 
     def _facts(self) -> DaemonFacts:
-        contact = self.status.data["hub"].get("last_contact")
         return DaemonFacts(
-            last_hub_contact_s=contact,
+            last_hub_contact_s=self.status.data["hub"].get("last_contact"),
             outbox_depth=self.outbox.depth(),
         )
 
@@ -66,6 +67,7 @@ class Daemon:
         """Alerts go through the durable outbox first; the snapshot itself is best-effort."""
         for alert in alerts:
             self.outbox.put("alert", alert.model_dump(mode="json"))
+        self.health_history.append(snapshot.model_dump(mode="json"))
         link = self.hublink
         if link is None:
             return
@@ -80,32 +82,88 @@ class Daemon:
             raise LinkError("not enrolled yet")
         await link.publish(topics.events(link.ident.device_id), event)
 
+    # --- remote commands ------------------------------------------------------------------
+
+    def _commands(self, link: HubLink) -> remote.RemoteCommands:
+        commands = remote.RemoteCommands(link.publish, link.ident.device_id)
+
+        async def ping(args: dict[str, Any]) -> dict[str, Any]:
+            remote.no_args(args)
+            return {"pong": True, "version": __version__, "uptime_s": time.time() - link.started}
+
+        async def health(args: dict[str, Any]) -> dict[str, Any]:
+            remote.no_args(args)
+            return (await self.health.collect_now()).model_dump(mode="json")
+
+        async def restart(args: dict[str, Any]) -> dict[str, Any]:
+            remote.no_args(args)
+            asyncio.get_running_loop().call_later(0.5, self.restart_requested.set)
+            return {"restarting": True}
+
+        async def support_bundle(args: dict[str, Any]) -> dict[str, Any]:
+            remote.no_args(args)
+            ident = link.ident
+            meta = json.loads((self.options.state.identity / "identity.json").read_text())
+            files = remote.support_files(
+                self.config.model_dump(mode="json"),
+                self.status.data,
+                meta,
+                list(self.health_history),
+                link.reported_state(),
+            )
+            url = (
+                f"https://{ident.hub_host}:{ident.http_port}"
+                f"/v1/devices/{ident.device_id}/support-bundles"
+            )
+            return await remote.upload_support_bundle(
+                url, remote.tls_for(ident), remote.tarball(files)
+            )
+
+        commands.handlers.update(
+            {"ping": ping, "health": health, "restart": restart, "support-bundle": support_bundle}
+        )
+        return commands
+
     async def _on_enrolled(self, ident: Identity) -> None:
         link = HubLink(ident, self.config.hub, self.status, self.state_fields)
         link.on_failure = self.supervisor.report_failure
+        link.handlers[f"{topics.ROOT}/{ident.device_id}/cmd/+"] = self._commands(link).on_message
         self.hublink = link
         self.outbox.attach(self._publish_event)
-        link.on_connect.append(lambda: self.outbox.attach(self._publish_event))
         await self.supervisor.add(link)
 
-    async def run(self, stop: asyncio.Event) -> int:
-        self.status.write()
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def _build(self) -> list[Service]:
+        self.supervisor = Supervisor(stop_timeout=self.config.daemon.stop_timeout_s)
+        self.outbox = Outbox(self.options.state.root / "outbox.db")
+        self.outbox.on_drop = lambda n: self.metrics.drop("outbox_full", n)
+        self.api = ApiServer(self.config.api, self.metrics.exposition)
+        self.health = HealthService(
+            self.config.health, self._publish_health, metrics=self.metrics, facts=self._facts
+        )
+        self.hublink = None
+        return [
+            sdnotify.Watchdog(),
+            self.outbox,
+            self.api,
+            self.health,
+            Provisioner(
+                self.options.state,
+                self.config.hub,
+                self.status,
+                self.options.trust_key,
+                self.options.bundle,
+                self.options.boot_dir,
+                self._on_enrolled,
+            ),
+        ]
+
+    async def _run_once(self, stop: asyncio.Event) -> tuple[int, bool]:
+        """Run every service until stop, failure or restart; True if a restart was asked."""
+        services = self._build()
+        self.restart_requested.clear()
         async with self.supervisor as sup:
-            services: list[Service] = [
-                sdnotify.Watchdog(),
-                self.outbox,
-                self.api,
-                self.health,
-                Provisioner(
-                    self.options.state,
-                    self.config.hub,
-                    self.status,
-                    self.options.trust_key,
-                    self.options.bundle,
-                    self.options.boot_dir,
-                    self._on_enrolled,
-                ),
-            ]
             for service in services:
                 if isinstance(service, TaskGroupService):
                     service.on_failure = sup.report_failure
@@ -113,10 +171,22 @@ class Daemon:
             self.status.set("api", {"port": self.api.port})
             sdnotify.notify("READY=1")
             log.info("daemon running", extra={"state_dir": str(self.options.state.root)})
-            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(sup.failed.wait())]
+            waiters = [
+                asyncio.create_task(e.wait()) for e in (stop, sup.failed, self.restart_requested)
+            ]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
-            log.info("daemon stopping")
-        self.status.set("stopped", True)
-        return 1 if sup.failure else 0
+            restarting = self.restart_requested.is_set() and not stop.is_set()
+            if restarting:
+                sdnotify.notify("RELOADING=1")
+            log.info("daemon restarting" if restarting else "daemon stopping")
+        return (1 if sup.failure else 0), restarting and not sup.failure
+
+    async def run(self, stop: asyncio.Event) -> int:
+        self.status.write()
+        while True:
+            code, restart = await self._run_once(stop)
+            if not restart:
+                self.status.set("stopped", True)
+                return code

@@ -1,37 +1,96 @@
-"""The hub's HTTPS server on its HTTP port: fleet API, dashboard, metrics, model repository.
+"""The hub's HTTPS server on its HTTP port: fleet API, dashboard, metrics, uploads.
 
 Parts of the hub add their routes to ``HubWeb.app`` before it starts. TLS uses the broker's
 server certificate (issued by the hub CA that every appliance already trusts from its bundle).
+A client certificate is optional for the read-only pages and required for device uploads,
+where its common name must be the device the upload is for.
 """
 
 import logging
 import ssl
+import time
+from pathlib import Path
 
 from aiohttp import web
 
+from appliance import topics
 from appliance.config import HubConfig
 from appliance.errors import ConfigError
+from appliance.fsutil import atomic_write
+from provisioning import metrics
+from provisioning.fleet import fleet
 from provisioning.home import HubHome
+from provisioning.registry import Registry
 
 log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+MAX_SUPPORT_BUNDLE_BYTES = 32 * 1024 * 1024
+
+
+def peer_common_name(request: web.Request) -> str | None:
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 class HubWeb:
     name = "web"
 
-    def __init__(self, home: HubHome, config: HubConfig) -> None:
+    def __init__(self, home: HubHome, config: HubConfig, registry: Registry) -> None:
         self.home = home
         self.config = config
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self.app.router.add_get("/healthz", self._healthz)
+        self.registry = registry
+        self.app = web.Application(client_max_size=MAX_SUPPORT_BUNDLE_BYTES + 1)
+        r = self.app.router
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/", self._dashboard)
+        r.add_static("/static/", STATIC)
+        r.add_get("/api/v1/devices", self._devices)
+        r.add_get("/metrics", self._metrics)
+        r.add_post("/v1/devices/{device}/support-bundles", self._support_bundle)
         self._runner: web.AppRunner | None = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _dashboard(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def _devices(self, request: web.Request) -> web.Response:
+        return web.json_response([s.as_dict() for s in fleet(self.registry)])
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=metrics.exposition(self.registry))
+        response.headers["Content-Type"] = metrics.CONTENT_TYPE
+        return response
+
+    async def _support_bundle(self, request: web.Request) -> web.Response:
+        device_id = request.match_info["device"]
+        if not topics.valid_id(device_id) or peer_common_name(request) != device_id:
+            raise web.HTTPForbidden(text="a device may upload only with its own certificate")
+        device = self.registry.device(device_id)
+        if device is None or device.revoked_at is not None:
+            raise web.HTTPForbidden(text="unknown or revoked device")
+        data = await request.read()
+        if not data:
+            raise web.HTTPBadRequest(text="empty support bundle")
+        path = self.home.root / "support" / device_id / f"{time.strftime('%Y%m%dT%H%M%S')}.tar.gz"
+        atomic_write(path, data, mode=0o600)
+        log.info("support bundle stored", extra={"device": device_id, "bytes": len(data)})
+        return web.json_response({"stored": str(path), "bytes": len(data)}, status=201)
+
     def _tls(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.home.server_cert, self.home.server_key)
+        ctx.load_verify_locations(cafile=str(self.home.ca_cert))
+        ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
 
     async def start(self) -> None:
@@ -49,3 +108,7 @@ class HubWeb:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def dashboard_url(config: HubConfig) -> str:
+    return f"https://{config.hub.public_host}:{config.hub.http_port}/"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything `make demo` and `make test` need on a fresh Debian or Ubuntu machine:
-# mosquitto (the managed broker) and prometheus (promtool and server, for metric tests) from apt
-# when missing, then a virtual environment with the project.
+# mosquitto (the managed broker), prometheus (promtool and server, for metric tests) and
+# chromium (browser tests) from apt when missing, then a virtual environment with the project.
 set -eu
 venv="${1:-.venv}"
 
@@ -10,12 +10,15 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # prometheus brings promtool and the server the health metric tests run for real.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# Headless Chromium renders the dashboard, status page and report in the browser tests.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} with apt-get"
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+        "${need_apt[@]}" >/dev/null
 fi
 # The packaged mosquitto service is not ours: the hub runs its own broker.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then

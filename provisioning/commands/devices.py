@@ -2,17 +2,23 @@
 
 import argparse
 import asyncio
+import json
 import logging
+import sys
 import time
+import uuid
 from typing import Any
 
 import aiomqtt
 
-from appliance import mqtt
+from appliance import mqtt, topics
 from appliance.cli import print_json, print_table
-from appliance.errors import ConfigError
+from appliance.config import parse_value
+from appliance.errors import ConfigError, LinkError
+from appliance.payloads import COMMANDS, CommandRequest, CommandResult
 from provisioning import broker
 from provisioning.commands.common import add_home, home_of
+from provisioning.fleet import DeviceSummary, fleet
 from provisioning.home import HubHome
 from provisioning.hub import broker_address, hub_tls
 from provisioning.registry import Registry
@@ -32,6 +38,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_home(r)
     r.add_argument("device_id")
     r.set_defaults(handler=revoke)
+
+    c = dsub.add_parser("cmd", help="send a command to a device and print its result")
+    add_home(c)
+    c.add_argument("device_id")
+    c.add_argument("name", help=f"one of: {', '.join(COMMANDS)}")
+    c.add_argument("args", nargs="*", metavar="KEY=VALUE", help="command arguments")
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(handler=command)
+
+
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.0f}%"
+
+
+def _health(summary: DeviceSummary) -> str:
+    if summary.health_at is None:
+        return "no report yet"
+    parts = [
+        f"cpu {_pct(summary.cpu_ratio)}",
+        f"mem {_pct(summary.memory_used_ratio)}",
+        f"disk {_pct(summary.disk_used_ratio)}",
+    ]
+    if summary.alerts:
+        parts.append("ALERTS: " + ",".join(a["alert"] for a in summary.alerts))
+    return " ".join(parts)
 
 
 def _ago(ts: float | None) -> str:
@@ -55,14 +87,16 @@ def list_devices(args: argparse.Namespace) -> int:
     home.require()
     registry = Registry(home.registry)
     try:
-        devices = [d.as_dict() for d in registry.devices()]
+        summaries = fleet(registry)
     finally:
         registry.close()
     if args.json:
-        print_json(devices)
+        print_json([s.as_dict() for s in summaries])
         return 0
-    print_table(
-        [
+    rows = []
+    for s in summaries:
+        d = s.device.as_dict()
+        rows.append(
             {
                 "device": d["id"],
                 "status": d["availability"],
@@ -70,11 +104,10 @@ def list_devices(args: argparse.Namespace) -> int:
                 "labels": ",".join(f"{k}={v}" for k, v in d["labels"].items()),
                 "hardware": _hardware(d["facts"]),
                 "version": d["software_version"] or "-",
+                "health": _health(s),
             }
-            for d in devices
-        ],
-        ["device", "status", "last_seen", "version", "hardware", "labels"],
-    )
+        )
+    print_table(rows, ["device", "status", "last_seen", "version", "health", "hardware", "labels"])
     return 0
 
 
@@ -106,3 +139,70 @@ def revoke(args: argparse.Namespace) -> int:
             f"now: {exc}; it will be refused when it next connects)"
         )
     return 0
+
+
+def _parse_args(pairs: list[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad argument {pair!r}: use KEY=VALUE")
+        parsed[key] = parse_value(value)
+    return parsed
+
+
+async def send_command(
+    home: HubHome, device_id: str, name: str, args: dict[str, Any], timeout: float
+) -> CommandResult:
+    """Publish a command as the hub and wait for the device's answer with the same id."""
+    config = home.load_config()
+    host, port = broker_address(config)
+    request = CommandRequest(id=uuid.uuid4().hex, args=args, sent_at=time.time())
+    result_topic = topics.command_result(device_id, name)
+    try:
+        async with mqtt.client(
+            host, port, f"hub-cli-{request.id[:8]}", hub_tls(home, config), timeout=10
+        ) as client:
+            await client.subscribe(result_topic, qos=1)
+            await client.publish(topics.command(device_id, name), request.model_dump_json(), qos=1)
+            async with asyncio.timeout(timeout):
+                async for message in client.messages:
+                    payload = message.payload if isinstance(message.payload, bytes) else b""
+                    result = CommandResult.model_validate_json(payload)
+                    if result.id in (request.id, ""):
+                        return result
+    except TimeoutError as exc:
+        raise LinkError(f"{device_id} did not answer {name!r} within {timeout:.0f} s") from exc
+    except aiomqtt.MqttError as exc:
+        raise LinkError(f"cannot reach the hub's broker at {host}:{port}: {exc}") from exc
+    raise LinkError("the broker closed the connection")
+
+
+def command(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    home.require()
+    if args.name not in COMMANDS:
+        raise ConfigError(f"unknown command {args.name!r}; known: {', '.join(COMMANDS)}")
+    registry = Registry(home.registry)
+    try:
+        device = registry.device(args.device_id)
+    finally:
+        registry.close()
+    if device is None:
+        raise ConfigError(f"no device {args.device_id!r}; see `spoke-hub devices`")
+    state = device.as_dict()["availability"]
+    if state != "online":
+        raise LinkError(
+            f"device {args.device_id} is {state} (last seen {_ago(device.last_seen)});"
+            " commands reach only online devices"
+        )
+    result = asyncio.run(
+        send_command(home, args.device_id, args.name, _parse_args(args.args), args.timeout)
+    )
+    if args.json:
+        print_json(result.model_dump())
+    elif result.ok:
+        print(json.dumps(result.result, indent=2, sort_keys=True))
+    else:
+        print(f"spoke-hub: {args.device_id} refused {args.name!r}: {result.error}", file=sys.stderr)
+    return 0 if result.ok else 1

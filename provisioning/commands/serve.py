@@ -54,7 +54,7 @@ async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
             hub = HubService(home, config, registry)
             hub.on_failure = supervisor.report_failure
             await supervisor.add(hub)
-            await supervisor.add(HubWeb(home, config))
+            await supervisor.add(HubWeb(home, config, registry))
             log.info("hub running", extra={"home": str(home.root)})
             stopper = asyncio.create_task(stop.wait())
             failed = asyncio.create_task(supervisor.failed.wait())

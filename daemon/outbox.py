@@ -50,13 +50,18 @@ class Outbox(TaskGroupService):
         self._publisher: Publisher | None = None
         self.on_drop: Callable[[int], None] | None = None
 
-    def put(self, kind: str, data: dict[str, Any]) -> str:
-        """Store an event durably (it is on disk when this returns) and return its id."""
-        event_id = uuid.uuid4().hex
+    def put(self, kind: str, data: dict[str, Any], event_id: str | None = None) -> str:
+        """Store an event durably (it is on disk when this returns) and return its id.
+
+        A caller that may repeat itself after a crash passes a deterministic ``event_id``: a
+        repeat still waiting here is ignored, one already delivered is dropped by the hub.
+        """
+        event_id = event_id or uuid.uuid4().hex
         event = {"id": event_id, "kind": kind, "ts": time.time(), "data": data}
         with self._conn:
             self._conn.execute(
-                "INSERT INTO outbox (id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO outbox (id, kind, payload, created_at)"
+                " VALUES (?, ?, ?, ?)",
                 (event_id, kind, json.dumps(event), event["ts"]),
             )
             dropped = self._trim()

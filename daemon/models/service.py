@@ -1,0 +1,441 @@
+"""The model reconciler: desired state in, a verified and health-gated active model out.
+
+It runs on a desired-state hint from the hub and every ``reconcile_interval_s``:
+
+1. resolve the desired target through TUF (worker thread, file-locked cache);
+2. refuse a downgrade the hub did not pin (rollback protection beyond TUF);
+3. download it (resumable, bounded by the signed length and a total deadline), verify it and
+   store it content-addressed;
+4. prepare it: backend session plus the card's golden smoke test;
+5. activate it: atomic symlink swap plus an in-memory swap that drains in-flight requests;
+6. health gate: commit after N good inferences or T quiet seconds, else roll back on its own;
+7. keep the newest K versions.
+
+Every refusal leaves the active model untouched and goes to the hub twice: as an event through
+the durable outbox and as ``model.last_error`` in the reported state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from appliance.config import ModelsSection
+from appliance.delivery import DesiredState
+from appliance.errors import SpokeError
+from appliance.service import TaskGroupService
+from daemon.models.download import download_target
+from daemon.models.errors import DeliveryInterrupted, ModelRefused
+from daemon.models.fetch import RangeFetcher
+from daemon.models.gate import HealthGate, downgrade_refusal
+from daemon.models.manager import ActiveModel, ModelManager
+from daemon.models.store import META_FILE, ModelStore
+from daemon.models.tufclient import Resolved, TufClient
+
+log = logging.getLogger(__name__)
+
+#: Refusals about the model itself: the same signed bytes are never tried again.
+FINAL_CODES = frozenset(
+    {"smoke-test", "bad-artifact", "health-gate", "downgrade", "target-mismatch",
+     "interrupted-probation"}
+)
+
+Prepare = Callable[[Path, str], ActiveModel]
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+def validate_artifact(path: Path, expect: dict[str, Any]) -> None:
+    """A store entry must be a valid artifact whose card is the one the signed target names."""
+    from models.artifact import load_artifact
+    from models.errors import ModelError
+
+    card_sha = hashlib.sha256((path / "card.json").read_bytes()).hexdigest()
+    if expect.get("card_sha256") and card_sha != expect["card_sha256"]:
+        raise ModelRefused("bad-artifact", "card.json is not the one the target metadata signs")
+    try:
+        card = load_artifact(path).card
+    except ModelError as exc:
+        raise ModelRefused("bad-artifact", str(exc)) from exc
+    if (card.name, card.version) != (expect.get("name"), expect.get("version")):
+        raise ModelRefused(
+            "target-mismatch",
+            f"the artifact is {card.ref}, the signed target says "
+            f"{expect.get('name')}@{expect.get('version')}",
+        )
+
+
+def prepare_model(path: Path, backend: str) -> ActiveModel:
+    """Load a store entry, build its backend and smoke-test it with the card's golden input."""
+    from models.artifact import load_artifact
+    from models.backends import create_backend
+    from models.pipeline import Pipeline
+
+    meta = json.loads((path / META_FILE).read_text())
+    try:
+        artifact = load_artifact(path)
+    except SpokeError as exc:
+        raise ModelRefused("bad-artifact", str(exc)) from exc
+    try:
+        engine = create_backend(artifact, backend)
+    except SpokeError as exc:
+        raise ModelRefused("smoke-test", f"no backend could run it: {exc}") from exc
+    try:
+        engine.smoke_test()
+    except SpokeError as exc:
+        engine.close()
+        raise ModelRefused("smoke-test", str(exc)) from exc
+    return ActiveModel(
+        sha256=meta["sha256"],
+        name=artifact.card.name,
+        version=artifact.card.version,
+        artifact=artifact,
+        backend=engine,
+        pipeline=Pipeline(artifact, engine),
+    )
+
+
+class ModelService(TaskGroupService):
+    name = "models"
+
+    def __init__(
+        self,
+        root: Path,
+        config: ModelsSection,
+        emit: Emit,
+        prepare: Prepare = prepare_model,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.store = ModelStore(root)
+        self.manager = ModelManager()
+        self.emit = emit
+        self.prepare = prepare
+        self.tuf: TufClient | None = None
+        self.gate: HealthGate | None = None
+        self.on_change: list[Callable[[], Awaitable[None]]] = []
+        self._wake = asyncio.Event()
+        self._reload = False
+        self._fallback: ActiveModel | None = None
+        self._retry_s = config.retry_initial_s
+        self._busy = asyncio.Lock()
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self.manager.observers.append(self._observe)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop_ref = asyncio.get_running_loop()
+        with self.store.locked():
+            for line in self.store.recover():
+                log.warning("model store recovery: %s", line)
+        await self._load_current()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.spawn(self._loop(), "reconcile")
+
+    async def stop(self) -> None:
+        await self.cancel_tasks()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        self.manager.swap(None)
+        if self._fallback is not None:
+            self._fallback.backend.close()
+            self._fallback = None
+
+    def attach(self, root: bytes, base_url: str, fetcher: RangeFetcher) -> None:
+        """The hub link is up: the repository at ``base_url``, trusted from ``root``."""
+        self.tuf = TufClient(self.store.tuf_cache, root, base_url, fetcher)
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """``spoke models activate|rollback`` changed the store: serve what it says now."""
+        self._reload = True
+        self._wake.set()
+
+    async def on_desired(self, payload: bytes) -> None:
+        """A desired-state hint from the hub (retained, so it also arrives on every connect)."""
+        try:
+            desired = DesiredState.model_validate_json(payload) if payload else DesiredState()
+        except ValidationError as exc:
+            log.warning("ignored malformed desired state", extra={"error": str(exc)})
+            return
+        value = desired.model_dump(mode="json")
+        with self.store.locked():
+            data = self.store.state()
+            if data.get("desired") != value:
+                data["desired"] = value
+                hold = data.get("hold")
+                if hold and hold.get("desired") != value:
+                    data["hold"] = None
+                self.store.save(data)
+        log.info("desired state", extra={"desired": value})
+        self.wake()
+
+    # --- what the hub and the API see ---------------------------------------------------------
+
+    def reported(self) -> dict[str, Any]:
+        data = self.store.state()
+        active = self.manager.current()
+        desired = (data.get("desired") or {}).get("model")
+        return {
+            "name": active.name if active else None,
+            "version": active.version if active else None,
+            "sha256": active.sha256 if active else None,
+            "state": "none" if active is None else "probation" if data.get("probation")
+            else "committed",
+            "desired": f"{desired['name']}@{desired['version']}" if desired else None,
+            "hold": bool(data.get("hold")),
+            "last_error": data.get("last_error"),
+        }
+
+    async def _changed(self) -> None:
+        for callback in list(self.on_change):
+            with contextlib.suppress(SpokeError):
+                await callback()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            timeout = self.config.reconcile_interval_s
+            if self.gate is not None:
+                timeout = 0.5
+            elif self._retry_s != self.config.retry_initial_s:
+                timeout = min(timeout, self._retry_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            try:
+                async with self._busy:
+                    if self._reload:
+                        self._reload = False
+                        await self._load_current()
+                    if self.gate is not None:
+                        await self._check_gate()
+                    else:
+                        await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+
+    async def reconcile(self) -> None:
+        """One pass: bring the active model to the desired one, or say why not."""
+        data = self.store.state()
+        desired = (data.get("desired") or {}).get("model")
+        if desired is None or self.tuf is None or data.get("probation"):
+            return
+        if data.get("hold") and data["hold"].get("desired") == data.get("desired"):
+            return
+        active = self.manager.current()
+        if active and (active.name, active.version) == (desired["name"], desired["version"]):
+            return
+        try:
+            await self._deliver(desired, data)
+            self._retry_s = self.config.retry_initial_s
+        except ModelRefused as exc:
+            self._refused(desired, exc.code, exc.reason, final=exc.code in FINAL_CODES,
+                          sha=getattr(exc, "sha256", None))
+            self._backoff()
+            await self._changed()
+        except DeliveryInterrupted as exc:
+            self._refused(desired, exc.code, exc.reason, final=False, kind="model_interrupted")
+            self._backoff()
+            await self._changed()
+
+    def _backoff(self) -> None:
+        self._retry_s = min(self._retry_s * 2, self.config.retry_cap_s)
+
+    async def _deliver(self, desired: dict[str, Any], data: dict[str, Any]) -> None:
+        tuf = self.tuf
+        assert tuf is not None
+        resolved: Resolved = await asyncio.to_thread(tuf.resolve, desired["target"])
+        sha = resolved.sha256
+        prior = data["refused"].get(sha)
+        if prior and prior.get("final"):
+            return  # already refused for good and reported; wait for another desired state
+        try:
+            await self._deliver_resolved(desired, data, resolved)
+        except ModelRefused as exc:
+            exc.sha256 = sha  # type: ignore[attr-defined]
+            raise
+
+    async def _deliver_resolved(
+        self, desired: dict[str, Any], data: dict[str, Any], resolved: Resolved
+    ) -> None:
+        sha, custom = resolved.sha256, resolved.info.custom or {}
+        if (custom.get("name"), custom.get("version")) != (desired["name"], desired["version"]):
+            raise ModelRefused(
+                "target-mismatch",
+                f"{resolved.info.path} is signed as {custom.get('name')}@{custom.get('version')}",
+            )
+        committed = self.store.meta(data["committed"]) if data.get("committed") else None
+        why = downgrade_refusal(
+            desired["version"], committed.get("version") if committed else None,
+            bool(desired.get("pinned")),
+        )
+        if why:
+            raise ModelRefused("downgrade", why)
+        meta = {
+            "sha256": sha,
+            "length": resolved.info.length,
+            "target": resolved.info.path,
+            "name": custom.get("name"),
+            "version": custom.get("version"),
+            "card_sha256": custom.get("card_sha256"),
+            "installed_at": time.time(),
+        }
+        if not self.store.has(sha):
+            await asyncio.to_thread(self._download_and_install, resolved, meta)
+        model = await asyncio.to_thread(self.prepare, self.store.path(sha), self.config.backend)
+        await self._activate(model, f"desired {desired['name']}@{desired['version']}")
+
+    def _download_and_install(self, resolved: Resolved, meta: dict[str, Any]) -> None:
+        assert self.tuf is not None
+        started = time.monotonic()
+        partial = self.store.partial(resolved.sha256)
+        resumed_from = partial.stat().st_size if partial.exists() else 0
+        log.info("downloading model", extra={"target": resolved.info.path,
+                                             "bytes": resolved.info.length,
+                                             "resume_from": resumed_from})
+        download_target(self.tuf.fetcher, resolved.url, resolved.info, partial,
+                        started + self.config.download_deadline_s)
+        log.info("downloaded model", extra={"target": resolved.info.path,
+                                            "seconds": round(time.monotonic() - started, 2)})
+        with self.store.locked():
+            self.store.install(partial, meta, lambda p: validate_artifact(p, meta))
+
+    async def _activate(self, model: ActiveModel, reason: str) -> None:
+        with self.store.locked():
+            old_sha = await asyncio.to_thread(self.store.activate, model.sha256, reason)
+        old = self.manager.current()
+        self._fallback = old if old is not None and old.sha256 == old_sha else None
+        self.manager.swap(model, retire_old=False)
+        if old is not None and self._fallback is None:
+            self.manager.retire(old)
+        self.gate = HealthGate(time.monotonic(), self.config.gate_good_inferences,
+                               self.config.gate_quiet_s, self.config.gate_max_errors)
+        self.emit("model_activated", {"name": model.name, "version": model.version,
+                                      "sha256": model.sha256, "previous": old_sha,
+                                      "reason": reason})
+        log.info("model activated; health gate running",
+                 extra={"model": f"{model.name}@{model.version}"})
+        await self._changed()
+        self.wake()
+
+    def _observe(self, model: ActiveModel, ok: bool, error: str | None) -> None:
+        gate = self.gate
+        if gate is not None and model is self.manager.current():
+            gate.observe(ok, error)
+            if gate.verdict(time.monotonic()) and self._loop_ref is not None:
+                # Leases end in inference threads: wake the loop the thread-safe way.
+                with contextlib.suppress(RuntimeError):
+                    self._loop_ref.call_soon_threadsafe(self._wake.set)
+
+    async def _check_gate(self) -> None:
+        gate, active = self.gate, self.manager.current()
+        if gate is None or active is None:
+            self.gate = None
+            return
+        verdict = gate.verdict(time.monotonic())
+        if verdict is None:
+            return
+        self.gate = None
+        fallback, self._fallback = self._fallback, None
+        if verdict == "pass":
+            with self.store.locked():
+                self.store.commit(active.sha256)
+                data = self.store.state()
+                data["last_error"] = None
+                self.store.save(data)
+            if fallback is not None:
+                self.manager.retire(fallback)
+            self.emit("model_committed", {"name": active.name, "version": active.version,
+                                          "sha256": active.sha256, "gate": gate.reason()})
+            log.info("model committed", extra={"model": f"{active.name}@{active.version}",
+                                               "gate": gate.reason()})
+            with self.store.locked():
+                removed = self.store.gc(self.config.keep_versions)
+            if removed:
+                log.info("model store gc", extra={"removed": removed})
+        else:
+            with self.store.locked():
+                back = self.store.rollback(f"health gate failed: {gate.reason()}")
+            if fallback is not None and fallback.sha256 == back:
+                self.manager.swap(fallback)
+            else:
+                if fallback is not None:
+                    self.manager.retire(fallback)
+                await self._load_current()
+            desired = (self.store.state().get("desired") or {}).get("model") or {
+                "name": active.name, "version": active.version, "target": None}
+            self._refused(desired, "health-gate", gate.reason(), final=True, sha=active.sha256,
+                          kind="model_rolled_back")
+        await self._changed()
+
+    async def _load_current(self) -> None:
+        """Serve what ``current`` points at; a model that no longer verifies is rolled back."""
+        for _ in range(3):
+            sha = self.store.current()
+            active = self.manager.current()
+            if sha is None:
+                if active is not None:
+                    self.manager.swap(None)
+                return
+            if active is not None and active.sha256 == sha:
+                return
+            try:
+                model = await asyncio.to_thread(
+                    self.prepare, self.store.path(sha), self.config.backend
+                )
+            except ModelRefused as exc:
+                log.error("the current model does not verify; rolling back",
+                          extra={"sha256": sha, "error": str(exc)})
+                with self.store.locked():
+                    self.store.rollback(f"current model failed to load: {exc}")
+                continue
+            self.manager.swap(model)
+            log.info("serving model", extra={"model": f"{model.name}@{model.version}"})
+            await self._changed()
+            return
+
+    def _refused(
+        self,
+        desired: dict[str, Any],
+        code: str,
+        reason: str,
+        final: bool,
+        sha: str | None = None,
+        kind: str = "model_refused",
+    ) -> None:
+        active = self.manager.current()
+        record = {
+            "code": code,
+            "reason": reason,
+            "name": desired.get("name"),
+            "version": desired.get("version"),
+            "target": desired.get("target"),
+            "sha256": sha,
+            "active": f"{active.name}@{active.version}" if active else None,
+            "ts": time.time(),
+        }
+        with self.store.locked():
+            data = self.store.state()
+            data["last_error"] = record
+            if sha and final:
+                data["refused"][sha] = record | {"final": True}
+            self.store.note(data, kind, code=code, version=desired.get("version"))
+            self.store.save(data)
+        log.warning("model not activated", extra={"code": code, "reason": reason})
+        self.emit(kind, record)

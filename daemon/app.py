@@ -27,6 +27,9 @@ from daemon.hublink import HubLink
 from daemon.outbox import Outbox
 from daemon.provisioner import Provisioner
 from daemon.state import Identity, StateDir, StatusFile
+from daemon.uplink.api import UplinkApi
+from daemon.uplink.provider import ModelProvider, NoModel, StaticModel, StaticModelLoader
+from daemon.uplink.service import UplinkService
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ class RunOptions:
     trust_key: Path
     bundle: Path | None
     boot_dir: Path
+    #: ``--model DIR``: serve this artifact on the uplink (no hub model delivery needed).
+    model: Path | None = None
+    #: ``--standalone``: no provisioning and no hub link, just the API (air-gapped sites).
+    standalone: bool = False
 
 
 class Daemon:
@@ -50,6 +57,13 @@ class Daemon:
         self.health_history: deque[dict[str, Any]] = deque(maxlen=HEALTH_HISTORY)
         self.restart_requested = asyncio.Event()
         self.hublink: HubLink | None = None
+        #: Where the uplink takes its model from (see daemon/uplink/provider.py): a fixed one
+        #: with ``--model``; the model manager replaces ``NoModel`` when it runs.
+        self.model_provider: ModelProvider = (
+            StaticModel(options.model, config.uplink.backend, config.uplink.max_batch_tiles)
+            if options.model is not None
+            else NoModel()
+        )
 
     # --- what the services share ----------------------------------------------------------
 
@@ -143,11 +157,24 @@ class Daemon:
             self.config.health, self._publish_health, metrics=self.metrics, facts=self._facts
         )
         self.hublink = None
-        return [
-            sdnotify.Watchdog(),
+        self.uplink = UplinkService(
+            self.options.state.root / "uplink",
+            self.config.uplink,
+            self.model_provider,
+            self.config.api.max_upload_bytes,
+            self.metrics,
             self.outbox,
-            self.api,
-            self.health,
+        )
+        UplinkApi(self.uplink, self.config.api.max_upload_bytes).install(self.api.app)
+        services: list[Service] = [sdnotify.Watchdog(), self.outbox]
+        if isinstance(self.model_provider, StaticModel):
+            # Before the uplink, so it stops after it: no image runs on a closed backend.
+            services.append(StaticModelLoader(self.model_provider, self._model_loaded))
+        services += [self.uplink, self.api, self.health]
+        if self.options.standalone:
+            self.status.provisioning("standalone", "started with --standalone: no hub")
+            return services
+        services.append(
             Provisioner(
                 self.options.state,
                 self.config.hub,
@@ -156,8 +183,15 @@ class Daemon:
                 self.options.bundle,
                 self.options.boot_dir,
                 self._on_enrolled,
-            ),
-        ]
+            )
+        )
+        return services
+
+    def _model_loaded(self, model: Any) -> None:
+        from appliance.health import ActiveModel
+
+        with contextlib.suppress(Exception):
+            self.metrics.set_active_model(ActiveModel(name=model.name, version=model.version))
 
     async def _run_once(self, stop: asyncio.Event) -> tuple[int, bool]:
         """Run every service until stop, failure or restart; True if a restart was asked."""

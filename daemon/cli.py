@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "daemon.commands.model",
     "daemon.commands.infer",
     "daemon.commands.bench",
+    "daemon.commands.tokens",
 ]
 
 

@@ -2,9 +2,11 @@
 
 import argparse
 import asyncio
+import re
 from pathlib import Path
 
 from appliance.config import DaemonConfig, load_config
+from appliance.errors import ConfigError
 from appliance.logs import setup_logging
 from appliance.service import run_until_signal
 from daemon.app import Daemon, RunOptions
@@ -42,16 +44,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="where the image's boot partition may carry a bundle",
     )
     p.add_argument("--log-json", action="store_true", help="log JSON lines")
+    p.add_argument("--model", type=Path, help="serve this model artifact on the drone uplink API")
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no hub: skip provisioning and serve the uplink API only (needs --model)",
+    )
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help="uplink API address (default [api] listen)"
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir.resolve())
     config = load_config(DaemonConfig, args.config or state.config, ENV_PREFIX)
+    if args.listen:
+        if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}", args.listen):
+            raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT")
+        api = config.api.model_copy(update={"listen": args.listen})
+        config = config.model_copy(update={"api": api})
+    if args.standalone and args.model is None:
+        raise ConfigError("--standalone needs --model DIR: there is no hub to deliver one")
+    if args.model is not None and not args.model.exists():
+        raise ConfigError(f"--model {args.model}: no such artifact")
     setup_logging(args.log_json or config.daemon.log_json, config.daemon.log_level)
-    if args.bundle is not None and load_identity(state) is None:
+    if args.bundle is not None and not args.standalone and load_identity(state) is None:
         # A bundle named on the command line is checked now: a bad one is a clear error.
         read_verified_bundle(args.bundle, args.trust_key)
     state.root.mkdir(parents=True, exist_ok=True, mode=0o750)
-    options = RunOptions(state, args.trust_key, args.bundle, args.boot_dir)
+    options = RunOptions(
+        state,
+        args.trust_key,
+        args.bundle,
+        args.boot_dir,
+        model=args.model.resolve() if args.model else None,
+        standalone=args.standalone,
+    )
     return asyncio.run(run_until_signal(Daemon(options, config).run))

@@ -125,11 +125,17 @@ class Hub:
         return None
 
     def devices(self) -> list[dict[str, Any]]:
-        out = subprocess.run(
-            [str(self.bin), "devices", "--home", str(self.home), "--json"],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        return list(json.loads(out))
+        for attempt in range(3):
+            done = subprocess.run(
+                [str(self.bin), "devices", "--home", str(self.home), "--json"],
+                capture_output=True, text=True,
+            )
+            if done.returncode == 0:
+                return list(json.loads(done.stdout))
+            log(f"spoke-hub devices failed ({done.returncode}, try {attempt + 1}): "
+                f"{done.stderr.strip()[-500:]}")
+            time.sleep(2)
+        raise TestFailure("spoke-hub devices --json keeps failing")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -186,7 +192,8 @@ class Machine:
             "-display", "none", "-monitor", "none", "-nodefaults",
             "-serial", f"file:{self.serial}",
             "-qmp", f"unix:{self.work / 'qmp.sock'},server=on,wait=off",
-            "-drive", f"if=virtio,format=qcow2,file={self.disk}",
+            "-drive", f"if=none,id=disk,format=qcow2,file={self.disk}",
+            "-device", "virtio-blk-pci,drive=disk,bootindex=1",
             "-device", "qemu-xhci,id=xhci",
             "-drive", f"if=none,id=stick,format=raw,readonly=on,file={self.stick}",
             "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on",
@@ -304,10 +311,10 @@ def probe_kvm(image: Path, work: Path) -> str:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    why = (probe / "qemu.log").read_text(errors="replace").strip().splitlines()
-    log(f"KVM probe: {'reached userspace' if verdict == 'kvm' else 'failed'} after "
-        f"{time.monotonic() - t0:.0f} s{'' if verdict == 'kvm' else ': ' + (why[-1] if why else 'no userspace line')}"
-        f" -> {verdict.upper()}")
+    lines = (probe / "qemu.log").read_text(errors="replace").strip().splitlines()
+    why = "reached userspace" if verdict == "kvm" else "failed: " + next(
+        (x for x in lines if "KVM" in x or "error" in x), "no userspace line")
+    log(f"KVM probe {why} after {time.monotonic() - t0:.0f} s -> {verdict.upper()}")
     shutil.rmtree(probe, ignore_errors=True)
     return verdict
 
@@ -401,8 +408,8 @@ def main() -> int:
                   f"{first['id']} in {run.timings['first_boot_to_online_s']} s")
         labels = dict(kv.split("=", 1) for kv in LABELS.split(","))
         run.check("labels from the bundle", first["labels"] == labels, str(first["labels"]))
-        run.check("reported state and hardware facts", bool(first["state"]) and bool(first["facts"]),
-                  json.dumps(first["state"])[:200])
+        run.check("reported state and hardware facts",
+                  bool(first["state"]) and bool(first["facts"]), json.dumps(first["state"])[:200])
         banner = wait_for(
             "the console banner", lambda: re.search(
                 rf"spoke: device={re.escape(first['id'])} provisioning=enrolled hub=connected",
@@ -432,8 +439,9 @@ def main() -> int:
         machine.power_off()
         t0 = time.monotonic()
         machine.start("factory-reset", extra_cmdline="spoke.factory_reset=1")
-        fresh = wait_for("the reset appliance enrolled and online", online_device(hub, {first["id"]}),
-                         args.online_timeout, alive=machine.dead)
+        fresh = wait_for("the reset appliance enrolled and online",
+                         online_device(hub, {first["id"]}), args.online_timeout,
+                         alive=machine.dead)
         run.timings["factory_reset_to_online_s"] = round(time.monotonic() - t0, 1)
         console = machine.console()
         run.check("factory reset wiped the data partition", "data partition" in console
@@ -460,7 +468,7 @@ def main() -> int:
 
 
 def dump_logs(work: Path, machine: Machine | None) -> None:
-    for path in sorted(work.glob("serial-*.log")) + [work / "qemu.log", work / "hub.log"]:
+    for path in [*sorted(work.glob("serial-*.log")), work / "qemu.log", work / "hub.log"]:
         if not path.exists():
             continue
         text = path.read_text(errors="replace")

@@ -51,8 +51,18 @@ mkdir -p "$ctx/wheelhouse" "$out_dir"
 echo "build.sh: building the wheelhouse ($profile${extras:+, extras: $extras})"
 [ -x "$venv/bin/pip" ] || { echo "build.sh: no venv at $venv (run make setup)" >&2; exit 1; }
 rm -f "$ctx"/wheelhouse/spoke-*.whl
-req="$repo"
-[ -z "$extras" ] || req="$repo[$extras]"
+# The project's wheel comes from the work tree (what a developer is changing), or with
+# SPOKE_IMAGE_SOURCE=head from the last commit only (git archive), for a build that does not
+# pick up half-written files of someone working in the same tree.
+src="$repo"
+if [ "${SPOKE_IMAGE_SOURCE:-worktree}" = head ]; then
+    src="$here/build/source-head"
+    rm -rf "$src" && mkdir -p "$src"
+    git -C "$repo" archive HEAD | tar -x -C "$src"
+    echo "build.sh: the project's wheel is built from HEAD ($(git -C "$repo" rev-parse --short HEAD))"
+fi
+req="$src"
+[ -z "$extras" ] || req="$src[$extras]"
 "$venv/bin/pip" wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheelhouse" "$req" \
     2> >(grep -v -e "is ignored: it is neither a file nor a directory" -e BuildBackendWarning \
               -e "return '\\\\n'.join" >&2)
@@ -69,7 +79,9 @@ grep -q "BEGIN PUBLIC KEY" "$ctx/provisioning.pub.new" || {
 mv "$ctx/provisioning.pub.new" "$ctx/provisioning.pub"
 cp "$repo/docs/IMAGE.md" "$ctx/IMAGE.md" 2>/dev/null || echo "see docs/IMAGE.md" >"$ctx/IMAGE.md"
 
-echo "build.sh: mkosi build ($profile)"
+# mkosi's apt and dpkg output is long: it goes to a log, printed only when the build fails.
+mkosi_log="$out_dir/spoke-$profile.mkosi.log"
+echo "build.sh: mkosi build ($profile), log in $mkosi_log"
 mkosi --directory "$here/mkosi" \
       --profile "$profile" \
       --output "spoke-$profile" \
@@ -77,7 +89,11 @@ mkosi --directory "$here/mkosi" \
       --cache-dir "${SPOKE_MKOSI_CACHE:-/var/cache/spoke-mkosi}" \
       --build-sources "$ctx:" \
       --force \
-      build
+      build >"$mkosi_log" 2>&1 || {
+    echo "build.sh: mkosi failed; the last 200 lines of $mkosi_log:" >&2
+    tail -n 200 "$mkosi_log" >&2
+    exit 1
+}
 t1=$(date +%s)
 
 raw="$out_dir/spoke-$profile.raw"

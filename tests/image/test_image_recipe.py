@@ -37,7 +37,8 @@ def _analyze_offline_supported() -> bool:
 @pytest.mark.skipif(not _analyze_offline_supported(), reason="needs systemd-analyze >= 250")
 def test_spoke_service_exposure_is_at_most_3() -> None:
     out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNITS / "spoke.service")],
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager",
+         str(UNITS / "spoke.service")],
         capture_output=True, text=True, check=True,
     ).stdout
     m = re.search(r"Overall exposure level for spoke\.service: ([0-9.]+)", out)

@@ -263,8 +263,8 @@ class ModelService(TaskGroupService):
         resolved: Resolved = await asyncio.to_thread(tuf.resolve, desired["target"])
         sha = resolved.sha256
         prior = data["refused"].get(sha)
-        if prior and prior.get("final"):
-            return  # already refused for good and reported; wait for another desired state
+        if prior and prior.get("final") and prior.get("desired") == desired:
+            return  # refused for good and reported; wait for another desired state
         try:
             await self._deliver_resolved(desired, data, resolved)
         except ModelRefused as exc:
@@ -434,7 +434,7 @@ class ModelService(TaskGroupService):
             data = self.store.state()
             data["last_error"] = record
             if sha and final:
-                data["refused"][sha] = record | {"final": True}
+                data["refused"][sha] = record | {"final": True, "desired": desired}
             self.store.note(data, kind, code=code, version=desired.get("version"))
             self.store.save(data)
         log.warning("model not activated", extra={"code": code, "reason": reason})

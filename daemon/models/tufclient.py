@@ -42,6 +42,10 @@ def classify(exc: Exception) -> ModelRefused | DeliveryInterrupted:
     if isinstance(exc, exceptions.EqualVersionNumberError):
         return ModelRefused("bad-version", text)
     if isinstance(exc, exceptions.BadVersionNumberError):
+        # "Expected targets v3, got v2": metadata that another snapshot names (mix-and-match);
+        # otherwise a version below one already trusted (rollback).
+        if text.startswith("Expected"):
+            return ModelRefused("mix-and-match", text)
         return ModelRefused("metadata-rollback", text)
     if isinstance(exc, exceptions.UnsignedMetadataError):
         return ModelRefused("bad-signature", text)

@@ -1,0 +1,200 @@
+"""Faults during delivery and after activation: the active model stays verified and serving."""
+
+import contextlib
+import errno
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from daemon.models import download
+from daemon.models.manager import ActiveModel
+from daemon.models.service import prepare_model
+from tests.delivery.conftest import FAST, Harness
+from tests.delivery.simulator import SimulatedRepository
+
+
+async def test_hub_unreachable_mid_download_resumes_later(
+    harness: Harness, artifacts: dict[str, Path]
+):
+    sim = harness.sim
+    row = sim.publish(artifacts["1.1.0"])
+    rel = sim.target_rel(row)
+    half = int(row["length"]) // 2
+    sim.cut_after[rel] = half
+    await harness.desire("1.1.0")
+    await harness.settle()
+    assert harness.last("model_interrupted")["code"] == "hub-unreachable"
+    assert harness.active() == "1.0.0"
+    assert harness.service.store.partial(str(row["sha256"])).stat().st_size == half
+    del sim.cut_after[rel]
+    await harness.settle()
+    assert harness.active() == "1.1.0"
+    offsets = [offset for r, offset in sim.requests if r == rel]
+    assert offsets == [0, half]  # the second attempt asked only for the rest
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+async def test_disk_full_during_download_leaves_the_active_model(
+    harness: Harness, artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+):
+    """A real full filesystem where we may mount one (a 64 KiB tmpfs under the downloads
+    directory, root only); else ENOSPC injected at the write boundary."""
+    sim = harness.sim
+    row = sim.publish(artifacts["1.1.0"])
+    downloads = harness.service.store.downloads
+    mounted = _mount_tmpfs(downloads, "64k")
+    if not mounted:
+        real_write = download._write_all
+        written = {"n": 0}
+
+        def full(fd: int, data: bytes) -> None:
+            written["n"] += len(data)
+            if written["n"] > 64 * 1024:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_write(fd, data)
+
+        monkeypatch.setattr(download, "_write_all", full)
+    try:
+        assert int(row["length"]) > 64 * 1024
+        await harness.desire("1.1.0")
+        await harness.settle()
+        assert harness.last("model_interrupted")["code"] == "disk-full"
+        assert harness.active() == "1.0.0"
+        assert list(downloads.iterdir()) == []  # the partial file was removed to free space
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(downloads)], check=True)
+
+
+async def test_model_whose_smoke_test_fails_is_refused(
+    harness: Harness, artifacts: dict[str, Path], tmp_path: Path
+):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(artifacts["1.1.0"], bad)
+    card = json.loads((bad / "card.json").read_text())
+    card["golden"]["expected"] = [[1.0 - v for v in row] for row in card["golden"]["expected"]]
+    (bad / "card.json").write_text(json.dumps(card))
+    harness.sim.publish(bad)
+    await harness.desire("1.1.0")
+    await harness.settle()
+    assert harness.last("model_refused")["code"] == "smoke-test"
+    assert harness.active() == "1.0.0"
+    # Refused for good: the next pass does not try the same signed bytes again.
+    harness.events.clear()
+    await harness.settle()
+    assert harness.events == []
+
+
+class _Broken:
+    """A backend that passed its smoke test and then fails every inference."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.inner.describe())
+
+
+def _prepare_breaking(version: str):
+    def prepare(path: Path, backend: str) -> ActiveModel:
+        model = prepare_model(path, backend)
+        if model.version == version:
+            model.backend = _Broken(model.backend)
+        return model
+
+    return prepare
+
+
+async def test_model_failing_the_health_gate_is_rolled_back(
+    tmp_path: Path, artifacts: dict[str, Path]
+):
+    sim = SimulatedRepository()
+    sim.publish(artifacts["1.0.0"])
+    config = FAST.model_copy(update={"gate_quiet_s": 30.0})
+    h = await Harness(tmp_path, sim, config, prepare=_prepare_breaking("1.1.0")).start()
+    await h.desire("1.0.0")
+    await h.service.reconcile()
+    h.service.gate.good = 99  # let 1.0.0 through at once
+    await h.settle()
+    sim.publish(artifacts["1.1.0"])
+    await h.desire("1.1.0")
+    await h.service.reconcile()
+    assert h.active() == "1.1.0" and h.service.gate is not None
+    batch = h.service.manager.current().artifact.golden_batch()
+    with contextlib.suppress(RuntimeError), h.service.manager.lease() as m:
+        m.backend.infer(batch)
+    await h.settle()
+    assert h.active() == "1.0.0"
+    event = h.last("model_rolled_back")
+    assert event["code"] == "health-gate" and "illegal memory access" in event["reason"]
+    store = h.service.store
+    assert store.meta(store.current() or "")["version"] == "1.0.0"
+    await h.close()
+
+
+async def test_downgrade_is_refused_unless_pinned(harness: Harness, artifacts: dict[str, Path]):
+    harness.sim.publish(artifacts["1.1.0"])
+    await harness.desire("1.1.0")
+    await harness.settle()
+    await harness.desire("1.0.0")
+    await harness.settle()
+    assert harness.last("model_refused")["code"] == "downgrade"
+    assert harness.active() == "1.1.0"
+    await harness.desire("1.0.0", pinned=True)
+    await harness.settle()
+    assert harness.active() == "1.0.0"
+
+
+async def test_swap_under_load_fails_no_request(harness: Harness, artifacts: dict[str, Path]):
+    """Four clients keep inferring through leases while the model is swapped: none fails."""
+    manager = harness.service.manager
+    batch = manager.current().artifact.golden_batch()
+    stop = threading.Event()
+    served: dict[str, int] = {}
+    failures: list[str] = []
+    infer_lock = threading.Lock()  # the backends' one-caller-at-a-time contract
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                with manager.lease() as m, infer_lock:
+                    m.backend.infer(batch)
+                    served[m.version] = served.get(m.version, 0) + 1
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        harness.sim.publish(artifacts["1.1.0"])
+        await harness.desire("1.1.0")
+        await harness.settle()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert served.get("1.0.0", 0) > 0 and served.get("1.1.0", 0) > 0
+    assert harness.active() == "1.1.0"

@@ -34,18 +34,23 @@ MAX_UPLOAD = 256 * 1024
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     model = build_model(tiny_config(), seed=0)
-    return write_artifact(model, tmp_path_factory.mktemp("art") / "tiny", name="tiny",
-                          version="0.1.0")
+    return write_artifact(
+        model, tmp_path_factory.mktemp("art") / "tiny", name="tiny", version="0.1.0"
+    )
 
 
 @pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory: pytest.TempPathFactory,
-                 monkeypatch: pytest.MonkeyPatch) -> None:
+def engine_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPOKE_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
 
 
-def image_bytes(width: int = 64, height: int = 48, seed: int = 0, fmt: str = "PNG",
-                gps: tuple[float, float] | None = None) -> bytes:
+def image_bytes(
+    width: int = 64,
+    height: int = 48,
+    seed: int = 0,
+    fmt: str = "PNG",
+    gps: tuple[float, float] | None = None,
+) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     out = io.BytesIO()
     kwargs: dict[str, Any] = {}
@@ -69,8 +74,12 @@ class Uplink:
         return {"Authorization": f"Bearer {self.token}"}
 
     async def post(self, data: bytes, content_type: str = "image/png", **query: str) -> Any:
-        return await self.client.post("/v1/images", data=data, params=query,
-                                      headers={**self.auth, "Content-Type": content_type})
+        return await self.client.post(
+            "/v1/images",
+            data=data,
+            params=query,
+            headers={**self.auth, "Content-Type": content_type},
+        )
 
     async def wait_done(self, image_id: str, timeout: float = 30.0) -> dict[str, Any]:
         import asyncio
@@ -88,7 +97,8 @@ class Uplink:
 
     def dropped(self, reason: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "spoke_inputs_dropped_total", {"reason": reason})
+            "spoke_inputs_dropped_total", {"reason": reason}
+        )
         return value or 0.0
 
 
@@ -101,17 +111,23 @@ def tiny_provider(tiny_artifact: Artifact) -> StaticModel:
 
 
 @pytest.fixture
-async def make_uplink(tmp_path: Path, aiohttp_client: Any, tiny_provider: StaticModel
-                      ) -> AsyncIterator[Callable[..., Any]]:
+async def make_uplink(
+    tmp_path: Path, aiohttp_client: Any, tiny_provider: StaticModel
+) -> AsyncIterator[Callable[..., Any]]:
     started: list[tuple[UplinkService, Outbox]] = []
 
     async def make(provider: Any = None, root: Path | None = None, **config: Any) -> Uplink:
         root = root or tmp_path / "uplink"
         metrics = DaemonMetrics()
         outbox = Outbox(root.parent / "outbox.db")
-        service = UplinkService(root, UplinkSection(**config),
-                                tiny_provider if provider is None else provider, MAX_UPLOAD,
-                                metrics, outbox)
+        service = UplinkService(
+            root,
+            UplinkSection(**config),
+            tiny_provider if provider is None else provider,
+            MAX_UPLOAD,
+            metrics,
+            outbox,
+        )
         _, token = service.tokens.create(f"test-{len(started)}")
         server = ApiServer(ApiSection(max_upload_bytes=MAX_UPLOAD), metrics.exposition)
         UplinkApi(service, MAX_UPLOAD).install(server.app)

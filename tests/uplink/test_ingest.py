@@ -34,13 +34,18 @@ async def test_posting_the_same_image_twice_does_not_compute_it_again(uplink: Up
     first = await (await uplink.post(data)).json()
     await uplink.wait_done(first["id"])
     batches = uplink.metrics.registry.get_sample_value(
-        "spoke_inference_batch_size_count", {"backend": "torch"})
+        "spoke_inference_batch_size_count", {"backend": "torch"}
+    )
     again = await uplink.post(data)
     body = await again.json()
     assert again.status == 202 and body["id"] == first["id"] and body["duplicate"] is True
     assert body["status"] == "done"
-    assert uplink.metrics.registry.get_sample_value(
-        "spoke_inference_batch_size_count", {"backend": "torch"}) == batches
+    assert (
+        uplink.metrics.registry.get_sample_value(
+            "spoke_inference_batch_size_count", {"backend": "torch"}
+        )
+        == batches
+    )
 
 
 async def test_multipart_carries_mission_drone_and_capture_time(uplink: Uplink) -> None:
@@ -55,7 +60,10 @@ async def test_multipart_carries_mission_drone_and_capture_time(uplink: Uplink) 
     assert resp.status == 202, await resp.text()
     result = await uplink.wait_done((await resp.json())["id"])
     assert (result["mission"], result["drone"], result["captured_at"]) == (
-        "flight-7", "dji-3", "2026-05-01T10:00:00+00:00")
+        "flight-7",
+        "dji-3",
+        "2026-05-01T10:00:00+00:00",
+    )
 
 
 async def test_overlay_is_a_png(uplink: Uplink) -> None:

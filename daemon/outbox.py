@@ -123,3 +123,4 @@ class Outbox(TaskGroupService):
                     continue
                 with self._conn:
                     self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row["seq"],))
+                log.debug("event delivered", extra={"seq": row["seq"]})

@@ -92,6 +92,7 @@ class HubService(TaskGroupService):
             topics.ALL_AVAILABLE,
             topics.ALL_STATE,
             topics.ALL_HEALTH,
+            topics.ALL_EVENTS,
         ):
             if not mqtt.granted(await client.subscribe(topic, qos=1)):
                 raise LinkError(f"the broker refused the hub's subscription to {topic}")

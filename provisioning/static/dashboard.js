@@ -49,7 +49,8 @@ function render(devices) {
     body.appendChild(row);
   }
   document.getElementById("summary").textContent =
-    devices.length + " devices, " + online + " online · updated " + new Date().toLocaleTimeString();
+    devices.length + (devices.length === 1 ? " device, " : " devices, ") + online +
+    " online · updated " + new Date().toLocaleTimeString();
 }
 
 async function refresh() {

@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "provisioning.commands.devices",
     "provisioning.commands.data",
     "provisioning.commands.pretrain",
+    "provisioning.commands.events",
 ]
 
 

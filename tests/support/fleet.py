@@ -180,7 +180,13 @@ class Appliance:
         self.api_port = free_port()
         self.process: Process | None = None
 
-    def start(self, bundle: Path | None = None, env: dict[str, str] | None = None) -> "Appliance":
+    def start(
+        self,
+        bundle: Path | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> "Appliance":
+        """``args``: extra ``spoke run`` arguments, e.g. ``["--model", DIR]``."""
         argv = [
             sys.executable,
             "-m",
@@ -195,6 +201,7 @@ class Appliance:
         ]
         if bundle is not None:
             argv += ["--bundle", str(bundle)]
+        argv += args or []
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         self.process = Process(
             argv,

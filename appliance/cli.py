@@ -4,7 +4,7 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from appliance.errors import SpokeError
@@ -12,16 +12,24 @@ from appliance.errors import SpokeError
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser(prog: str, description: str, modules: Sequence[str]) -> argparse.ArgumentParser:
-    """Each module in ``modules`` has ``register(subparsers)`` adding its commands."""
+def build_parser(
+    prog: str, description: str, commands: Mapping[str, str], argv: Sequence[str]
+) -> argparse.ArgumentParser:
+    """A parser for ``commands`` (name -> module with ``register(subparsers)``).
+
+    Only the module of the command being run is imported, so ``spoke status`` does not pay
+    for torch; the full list of modules is imported only to print the top-level help.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = commands.get(next((a for a in argv if not a.startswith("-")), ""))
+    modules = [chosen] if chosen else list(dict.fromkeys(commands.values()))
     for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:

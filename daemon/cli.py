@@ -1,22 +1,26 @@
 """``spoke``: the appliance's command line. Each group of commands lives in its own module."""
 
+import sys
 from collections.abc import Sequence
 
 from appliance.cli import build_parser, run_cli
 
-COMMAND_MODULES = [
-    "daemon.commands.run",
-    "daemon.commands.status",
-    "daemon.commands.model",
-    "daemon.commands.infer",
-    "daemon.commands.bench",
-    "daemon.commands.tokens",
-]
+# Each top-level command and the module that registers it (imported only when used).
+COMMANDS = {
+    "run": "daemon.commands.run",
+    "status": "daemon.commands.status",
+    "model": "daemon.commands.model",
+    "infer": "daemon.commands.infer",
+    "bench": "daemon.commands.bench",
+    "tokens": "daemon.commands.tokens",
+    "models": "daemon.commands.models",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser("spoke", "The Spoke appliance daemon and its tools.", COMMAND_MODULES)
-    return run_cli(parser, argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser("spoke", "The Spoke appliance daemon and its tools.", COMMANDS, args)
+    return run_cli(parser, args)
 
 
 if __name__ == "__main__":

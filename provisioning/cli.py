@@ -1,25 +1,32 @@
 """``spoke-hub``: the hub's command line. Each group of commands lives in its own module."""
 
+import sys
 from collections.abc import Sequence
 
 from appliance.cli import build_parser, run_cli
 
-COMMAND_MODULES = [
-    "provisioning.commands.init",
-    "provisioning.commands.serve",
-    "provisioning.commands.bundle",
-    "provisioning.commands.devices",
-    "provisioning.commands.data",
-    "provisioning.commands.pretrain",
-    "provisioning.commands.events",
-]
+# Each top-level command and the module that registers it (imported only when used).
+COMMANDS = {
+    "init": "provisioning.commands.init",
+    "serve": "provisioning.commands.serve",
+    "bundle": "provisioning.commands.bundle",
+    "devices": "provisioning.commands.devices",
+    "device": "provisioning.commands.devices",
+    "data": "provisioning.commands.data",
+    "pretrain": "provisioning.commands.pretrain",
+    "evaluate": "provisioning.commands.pretrain",
+    "events": "provisioning.commands.events",
+    "models": "provisioning.commands.models",
+    "policy": "provisioning.commands.policy",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(
-        "spoke-hub", "The Spoke hub: enrollment, fleet and models.", COMMAND_MODULES
+        "spoke-hub", "The Spoke hub: enrollment, fleet and models.", COMMANDS, args
     )
-    return run_cli(parser, argv)
+    return run_cli(parser, args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS health (
     device_id TEXT NOT NULL REFERENCES devices(id),
     ts REAL NOT NULL,
+    received_at REAL NOT NULL,
     snapshot TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS health_by_device ON health (device_id, ts);
@@ -246,12 +247,11 @@ class Registry:
     def add_health(self, device_id: str, ts: float, snapshot: dict[str, Any]) -> None:
         """Keep the latest snapshots of each device, at most HEALTH_HISTORY of them."""
         with self.conn:
+            now = time.time()
+            self.conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
             self.conn.execute(
-                "UPDATE devices SET last_seen = ? WHERE id = ?", (time.time(), device_id)
-            )
-            self.conn.execute(
-                "INSERT INTO health (device_id, ts, snapshot) VALUES (?, ?, ?)",
-                (device_id, ts, json.dumps(snapshot)),
+                "INSERT INTO health (device_id, ts, received_at, snapshot) VALUES (?, ?, ?, ?)",
+                (device_id, ts, now, json.dumps(snapshot)),
             )
             self.conn.execute(
                 "DELETE FROM health WHERE device_id = ? AND rowid NOT IN (SELECT rowid FROM"

@@ -1,0 +1,279 @@
+"""Fleet benchmarks on loopback: time to online, idle memory, enrollment rate, health ingest.
+
+Each number is reported beside a baseline measured in the same run, since these machines are
+noisy: python's own start-up for time to online, a bare interpreter for memory, one device
+enrolling alone for the enrollment rate, one device reporting alone for the ingest lag.
+
+    python -m scripts.bench_fleet [--runs 10] [--devices 1000] [--json]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from appliance import identity, mqtt, topics
+from appliance.bundle import BundlePayload
+from appliance.payloads import EnrollRequest
+from daemon.health.sampler import Sampler
+from tests.support.fleet import REPO, Appliance, Hub, wait_for
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "p25": q[0],
+        "p75": q[2],
+    }
+
+
+def online_at(hub: Hub, device_id: str | None) -> float | None:
+    conn = sqlite3.connect(hub.home / "registry.db")
+    try:
+        row = conn.execute(
+            "SELECT id FROM devices WHERE availability = 'online'"
+            + (" AND id = ?" if device_id else ""),
+            (device_id,) if device_id else (),
+        ).fetchone()
+    finally:
+        conn.close()
+    return time.monotonic() if row else None
+
+
+def time_to_online(hub: Hub, root: Path, runs: int) -> dict[str, Any]:
+    bundle = hub.bundle(root / "ttl.spoke", "--max-uses", str(runs + 1))
+    times, rss = [], []
+    baseline = []
+    for i in tqdm(range(runs), desc="time to online", file=sys.stderr):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "daemon", "--help"], capture_output=True, cwd=REPO)
+        baseline.append(time.monotonic() - started)
+        box = Appliance(root, hub, f"ttl{i}")
+        before = {d for d in hub.devices()}
+        started = time.monotonic()
+        box.start(bundle)
+        try:
+            device_id = wait_for(
+                lambda: next(
+                    (
+                        d
+                        for d, v in hub.devices().items()
+                        if d not in before and v["availability"] == "online"
+                    ),
+                    None,
+                ),
+                60,
+                "online",
+            )
+            times.append(time.monotonic() - started)
+            if i == 0:
+                time.sleep(10)
+                assert box.process is not None
+                rss.append(rss_bytes(box.process.proc.pid))
+        finally:
+            box.kill()
+        del device_id
+    bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    time.sleep(1)
+    bare_rss = rss_bytes(bare.pid)
+    bare.wait()
+    return {
+        "time_to_online_s": spread(times),
+        "python_start_and_import_s": spread(baseline),
+        "ratio_to_start_and_import": statistics.median(times) / statistics.median(baseline),
+        "daemon_idle_rss_bytes": rss[0],
+        "bare_python_rss_bytes": bare_rss,
+        "rss_ratio_to_bare_python": rss[0] / bare_rss,
+    }
+
+
+class SimulatedDevice:
+    """A device that enrolls for real with a claim credential and then reports health."""
+
+    def __init__(self, bundle: BundlePayload, creds: Path) -> None:
+        self.bundle = bundle
+        self.creds = creds
+        self.key = identity.generate_key()
+        self.device_id = identity.device_id_for(self.key.public_key())
+        self.cert: Path | None = None
+
+    async def enroll(self) -> None:
+        b = self.bundle
+        request = EnrollRequest(
+            claim_id=b.claim.id,
+            claim_token=b.claim.token,
+            csr=identity.build_csr(self.key, {"simulated": True}).decode(),
+            software_version="bench",
+        )
+        response_topic = topics.enroll_response(self.device_id)
+        tls = mqtt.tls_context(
+            self.creds / "ca.crt", self.creds / "claim.crt", self.creds / "claim.key"
+        )
+        async with mqtt.client(b.hub.host, b.hub.mqtt_port, self.device_id, tls) as client:
+            await client.subscribe(response_topic, qos=1)
+            await client.publish(
+                topics.ENROLL_REQUEST,
+                request.model_dump_json(),
+                qos=1,
+                properties=mqtt.publish_properties(response_topic, b"c"),
+            )
+            async for message in client.messages:
+                answer = json.loads(message.payload)  # type: ignore[arg-type]
+                if answer["status"] != "accepted":
+                    raise RuntimeError(answer)
+                self.cert = self.creds / f"{self.device_id}.crt"
+                self.cert.write_text(answer["certificate"])
+                (self.creds / f"{self.device_id}.key").write_bytes(identity.key_to_pem(self.key))
+                return
+
+    async def report(
+        self, snapshot: dict[str, Any], interval: float, until: float, offset: float
+    ) -> None:
+        tls = mqtt.tls_context(
+            self.creds / "ca.crt",
+            self.creds / f"{self.device_id}.crt",
+            self.creds / f"{self.device_id}.key",
+        )
+        async with mqtt.client(
+            self.bundle.hub.host, self.bundle.hub.mqtt_port, self.device_id, tls, timeout=60
+        ) as client:
+            await asyncio.sleep(offset)
+            while time.time() < until:
+                body = json.dumps(snapshot | {"taken_at_s": time.time()})
+                await client.publish(topics.health(self.device_id), body, qos=1, timeout=60)
+                await asyncio.sleep(interval)
+
+
+def claim_creds(bundle_file: Path, creds: Path) -> BundlePayload:
+    import base64
+
+    payload = BundlePayload.model_validate_json(
+        base64.b64decode(json.loads(bundle_file.read_text())["payload"])
+    )
+    creds.mkdir(exist_ok=True)
+    (creds / "ca.crt").write_text(payload.ca_certificate)
+    (creds / "claim.crt").write_text(payload.claim.certificate)
+    (creds / "claim.key").write_text(payload.claim.key)
+    return payload
+
+
+async def enroll_all(devices: list[SimulatedDevice], concurrency: int) -> float:
+    gate = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(devices), desc=f"enrolling x{concurrency}", file=sys.stderr)
+
+    async def one(d: SimulatedDevice) -> None:
+        async with gate:
+            await d.enroll()
+            bar.update()
+
+    started = time.monotonic()
+    await asyncio.gather(*(one(d) for d in devices))
+    bar.close()
+    return len(devices) / (time.monotonic() - started) * 60
+
+
+def ingest_lag(hub: Hub, since: float) -> list[float]:
+    conn = sqlite3.connect(hub.home / "registry.db")
+    try:
+        rows = conn.execute("SELECT received_at - ts FROM health WHERE ts >= ?", (since,))
+        return [r[0] for r in rows]
+    finally:
+        conn.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def fleet_load(
+    hub: Hub, root: Path, n: int, interval: float, duration: float
+) -> dict[str, Any]:
+    payload = claim_creds(hub.bundle(root / "sim.spoke", "--max-uses", str(n + 10)), root / "creds")
+    devices = [SimulatedDevice(payload, root / "creds") for _ in range(n + 1)]
+    single = await enroll_all(devices[:1], 1)
+    rate = await enroll_all(devices[1:], 32)
+    snapshot = (
+        Sampler()
+        .sample(__import__("appliance.health", fromlist=["DaemonFacts"]).DaemonFacts())
+        .model_dump(mode="json")
+    )
+
+    async def run(group: list[SimulatedDevice]) -> list[float]:
+        start = time.time()
+        until = start + duration
+        await asyncio.gather(
+            *(
+                d.report(snapshot, interval, until, interval * i / len(group))
+                for i, d in enumerate(group)
+            )
+        )
+        await asyncio.sleep(1)
+        return ingest_lag(hub, start)
+
+    alone = await run(devices[:1])
+    print(f"reporting: {n} devices every {interval:.0f} s for {duration:.0f} s", file=sys.stderr)
+    loaded = await run(devices[1:])
+    return {
+        "enrollments_per_minute": rate,
+        "enrollments_per_minute_single_device": single,
+        "enrollment_ratio_to_single": rate / single,
+        "enrollment_ratio_to_1000_per_minute_anchor": rate / 1000,
+        "health_devices": n,
+        "health_interval_s": interval,
+        "health_messages": len(loaded),
+        "ingest_lag_p50_s": percentile(loaded, 50),
+        "ingest_lag_p99_s": percentile(loaded, 99),
+        "ingest_lag_alone_p50_s": percentile(alone, 50),
+        "ingest_lag_p99_ratio_to_alone_p50": percentile(loaded, 99) / percentile(alone, 50),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONPATH", str(REPO))
+    with tempfile.TemporaryDirectory(prefix="spoke-bench-") as tmp:
+        root = Path(tmp)
+        hub = Hub(root).start()
+        try:
+            results = time_to_online(hub, root, args.runs)
+            results |= asyncio.run(
+                fleet_load(hub, root, args.devices, args.interval, args.duration)
+            )
+        finally:
+            hub.stop()
+    print(
+        json.dumps(results, indent=2)
+        if args.json
+        else "\n".join(f"{k}: {v}" for k, v in results.items())
+    )
+
+
+if __name__ == "__main__":
+    main()

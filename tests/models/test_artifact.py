@@ -67,7 +67,8 @@ def test_tar_of_an_artifact_loads(tiny_artifact: Artifact, tmp_path: Path) -> No
 
 
 def test_tar_entries_other_than_the_three_files_are_not_extracted(
-        tiny_artifact: Artifact, tmp_path: Path) -> None:
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
     (tmp_path / "evil").write_text("x")
     with tarfile.open(tmp_path / "a.tar", "w") as tar:
         for f in (CARD_FILE, ONNX_FILE, WEIGHTS_FILE):
@@ -75,7 +76,20 @@ def test_tar_entries_other_than_the_three_files_are_not_extracted(
         tar.add(tmp_path / "evil", arcname="../../evil")
     loaded = load_artifact(tmp_path / "a.tar")
     assert sorted(p.name for p in loaded.root.iterdir()) == sorted(
-        [CARD_FILE, ONNX_FILE, WEIGHTS_FILE])
+        [CARD_FILE, ONNX_FILE, WEIGHTS_FILE]
+    )
+
+
+def test_tar_with_a_link_in_place_of_a_file_is_refused(tiny_artifact: Artifact,
+                                                       tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        for f in (CARD_FILE, ONNX_FILE):
+            tar.add(tiny_artifact.root / f, arcname=f)
+        link = tarfile.TarInfo(WEIGHTS_FILE)
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(ArtifactError, match="must be regular files"):
+        load_artifact(tmp_path / "a.tar")
 
 
 def test_wrong_hash_is_refused(tiny_artifact: Artifact, tmp_path: Path) -> None:
@@ -101,7 +115,8 @@ def test_missing_card_is_refused(tiny_artifact: Artifact, tmp_path: Path) -> Non
 
 
 def test_card_that_does_not_match_the_graph_is_refused(
-        tiny_artifact: Artifact, tmp_path: Path) -> None:
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
     root = copy_artifact(tiny_artifact, tmp_path / "a")
     export_onnx(build_model(tiny_config(img_size=64), seed=0), root / ONNX_FILE)
     card = json.loads((root / CARD_FILE).read_text())
@@ -111,7 +126,8 @@ def test_card_that_does_not_match_the_graph_is_refused(
 
 
 def test_labels_that_do_not_match_the_graph_output_are_refused(
-        tiny_artifact: Artifact, tmp_path: Path) -> None:
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
     root = copy_artifact(tiny_artifact, tmp_path / "a")
     export_onnx(build_model(tiny_config(num_classes=3), seed=0), root / ONNX_FILE)
     card = json.loads((root / CARD_FILE).read_text())
@@ -121,9 +137,11 @@ def test_labels_that_do_not_match_the_graph_output_are_refused(
 
 
 def test_weights_that_do_not_match_the_config_are_refused(
-        tiny_artifact: Artifact, tmp_path: Path) -> None:
-    other = write_artifact(build_model(tiny_config(depth=1), seed=0), tmp_path / "other",
-                           name="other", version="1.0.0")
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
+    other = write_artifact(
+        build_model(tiny_config(depth=1), seed=0), tmp_path / "other", name="other", version="1.0.0"
+    )
     root = copy_artifact(tiny_artifact, tmp_path / "a")
     (root / WEIGHTS_FILE).write_bytes((other.root / WEIGHTS_FILE).read_bytes())
     card = json.loads((root / CARD_FILE).read_text())
@@ -132,16 +150,20 @@ def test_weights_that_do_not_match_the_config_are_refused(
         load_artifact(root)
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"version": "1.0"}, "not a semantic version"),
-    ({"labels": ["a", "b"]}, "2 labels for a 6-class config"),
-    ({"thresholds": {"crack": 0.5}}, "thresholds must name exactly the labels"),
-    ({"unexpected": 1}, "unknown keys \\['unexpected'\\]"),
-    ({"format": 99}, "format 99 is not 1"),
-    ({"config": {"img_size": 32, "bogus": 1}}, "unknown ViTConfig keys: bogus"),
-])
-def test_invalid_card_fields_are_named(tiny_artifact: Artifact, tmp_path: Path,
-                                       changes: dict, message: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"version": "1.0"}, "not a semantic version"),
+        ({"labels": ["a", "b"]}, "2 labels for a 6-class config"),
+        ({"thresholds": {"crack": 0.5}}, "thresholds must name exactly the labels"),
+        ({"unexpected": 1}, "unknown keys \\['unexpected'\\]"),
+        ({"format": 99}, "format 99 is not 1"),
+        ({"config": {"img_size": 32, "bogus": 1}}, "unknown ViTConfig keys: bogus"),
+    ],
+)
+def test_invalid_card_fields_are_named(
+    tiny_artifact: Artifact, tmp_path: Path, changes: dict, message: str
+) -> None:
     root = copy_artifact(tiny_artifact, tmp_path / "a")
     edit_card(root, **changes)
     with pytest.raises(ArtifactError, match=message):

@@ -11,7 +11,7 @@ import sys
 from {cli} import main
 main({argv!r})
 heavy = sorted(m for m in ("torch", "onnxruntime", "models") if m in sys.modules)
-print(",".join(heavy))
+print("HEAVY=" + ",".join(heavy))
 """
 
 
@@ -23,7 +23,9 @@ def imported_after(cli: str, argv: list[str]) -> str:
         cwd=REPO,
         timeout=60,
     )
-    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY=")]
+    assert marker, proc.stderr
+    return marker[-1].removeprefix("HEAVY=")
 
 
 def test_spoke_status_does_not_import_torch(tmp_path: Path) -> None:

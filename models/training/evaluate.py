@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from appliance.errors import DataError
 from models.artifact import load_artifact
 from models.data import LABELS, tile_arrays
 from models.preprocess import Preprocessing
@@ -50,6 +51,12 @@ class EvalConfig:
     finetune_lr: float = 5e-4
     probe_steps: int = 300
     probe_lr: float = 1e-2
+    starts: tuple[str, ...] = STARTS
+
+    def __post_init__(self) -> None:
+        unknown = set(self.starts) - set(STARTS)
+        if unknown or not self.starts:
+            raise DataError(f"starting points: choose from {', '.join(STARTS)}")
 
 
 @dataclass(frozen=True)
@@ -150,9 +157,11 @@ def starting_points(
     cfg: EvalConfig, work: Path, reuse: dict[str, Path], log: Callable[[str], None]
 ) -> dict[str, VisionTransformer]:
     """The MAE and supervised encoders (pre-trained now into ``work`` unless given) and a
-    randomly initialised one with the same seed."""
+    randomly initialised one with the same seed (always: it also times the fine-tune settings)."""
     models: dict[str, VisionTransformer] = {}
     for start, method in (("ssl", "mae"), ("supervised", "supervised")):
+        if start not in cfg.starts:
+            continue
         path = reuse.get(start) or work / f"pretrained-{method}"
         if not path.exists():
             pcfg = dataclasses.replace(cfg.pretrain, method=method)
@@ -191,7 +200,7 @@ def evaluate(
     )
     log(f"evaluate: fine-tuning in {settings.describe()}")
     rows: list[Row] = []
-    for start in STARTS:
+    for start in cfg.starts:
         model = models[start]
         pool_f = features(model, pool, pre, settings.precision)
         test_f = features(model, test, pre, settings.precision)
@@ -271,7 +280,8 @@ def report(cfg: EvalConfig, rows: Sequence[Row], command: str, seconds: float) -
     setup = [
         f"- Model: `{p.preset}` at {vit.img_size} px (dim {vit.embed_dim}, depth {vit.depth}, "
         f"patch {vit.patch_size}), chosen to fit a 2-core CPU.",
-        f"- Pre-training: {budget} each for MAE (mask ratio {p.mask_ratio}) and supervised, "
+        f"- Pre-training: {budget} each for MAE (mask ratio {p.mask_ratio}, target blur "
+        f"{p.target_blur}) and supervised, "
         f"batch {p.batch_size}, peak lr {p.lr}, on generated domains "
         f"{', '.join(map(str, p.domains))} ({p.tiles_per_domain} tiles each).",
         f"- Held-out domain {cfg.target_domain}: a pool of {cfg.pool_size} tiles to label from "

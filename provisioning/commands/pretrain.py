@@ -60,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="compare MAE, supervised and scratch on a held-out site")
     _add_pretrain_options(e)
     e.add_argument("--target-domain", type=int, default=1000, help="the held-out site")
+    e.add_argument("--starts", default="ssl,supervised,scratch", help="starting points to compare")
     e.add_argument("--shots", default="10,30,100,300", help="labeled tiles per class")
     e.add_argument("--pool", type=int, default=2500, help="tiles of the site to label from")
     e.add_argument("--test", type=int, default=600, help="test tiles of the site")
@@ -133,6 +134,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         pool_size=args.pool,
         test_size=args.test,
         shots=_ints(args.shots, "--shots"),
+        starts=tuple(s.strip() for s in args.starts.split(",") if s.strip()),
         finetune_steps=args.finetune_steps,
         finetune_batch=args.finetune_batch,
     )

@@ -5,9 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.errors import DataError
 from models.data import LABELS
-from models.training.evaluate import select_shots
+from models.training.evaluate import EvalConfig, select_shots
 from models.training.metrics import score
+from models.training.pretrain import PretrainConfig
 from provisioning.cli import main
 
 
@@ -82,3 +84,8 @@ def test_evaluate_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFixture
     capsys.readouterr()
     assert main(argv) == 0, "a second run reuses the pre-trained models in --work"
     assert "pretrain:" not in capsys.readouterr().out
+
+
+def test_unknown_starting_points_are_refused() -> None:
+    with pytest.raises(DataError, match="starting points"):
+        EvalConfig(PretrainConfig(steps=1), starts=("imagenet",))

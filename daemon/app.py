@@ -24,6 +24,7 @@ from daemon import remote, sdnotify
 from daemon.api.server import ApiServer
 from daemon.health import DaemonMetrics, HealthService
 from daemon.hublink import HubLink
+from daemon.models.service import ModelService
 from daemon.outbox import Outbox
 from daemon.provisioner import Provisioner
 from daemon.state import Identity, StateDir, StatusFile
@@ -64,18 +65,38 @@ class Daemon:
             if options.model is not None
             else NoModel()
         )
+        #: Signed model delivery (daemon/models): its manager is the uplink's provider.
+        self.models: ModelService | None = None
+        if options.model is None and not options.standalone:
+            self.models = ModelService(
+                options.state.root / "models",
+                config.models,
+                lambda kind, data: self.outbox.put(kind, data),
+            )
+            self.models.manager.on_activate.append(self._model_loaded)
+            self.model_provider = self.models.manager
 
     # --- what the services share ----------------------------------------------------------
 
     def state_fields(self) -> dict[str, Any]:
         """Extra reported-state fields; services that own them add theirs here."""
-        return {"api_port": self.api.port}
+        fields: dict[str, Any] = {"api_port": self.api.port}
+        if self.models is not None:
+            fields["model"] = self.models.reported()
+        return fields
 
     def _facts(self) -> DaemonFacts:
         return DaemonFacts(
             last_hub_contact_s=self.status.data["hub"].get("last_contact"),
             outbox_depth=self.outbox.depth(),
+            active_model=self._active_model(),
         )
+
+    def _active_model(self) -> Any:
+        from appliance.health import ActiveModel
+
+        current = self.model_provider.current()
+        return ActiveModel(name=current.name, version=current.version) if current else None
 
     async def _publish_health(self, snapshot: HealthSnapshot, alerts: list[AlertEvent]) -> None:
         """Alerts go through the durable outbox first; the snapshot itself is best-effort."""
@@ -144,7 +165,29 @@ class Daemon:
         link.handlers[f"{topics.ROOT}/{ident.device_id}/cmd/+"] = self._commands(link).on_message
         self.hublink = link
         self.outbox.attach(self._publish_event)
+        if self.models is not None:
+            self._attach_models(self.models, link)
         await self.supervisor.add(link)
+
+    def _attach_models(self, models: ModelService, link: HubLink) -> None:
+        """Desired-state hints from the hub; the repository on the hub's HTTPS port."""
+        from daemon.models.fetch import HttpsFetcher
+        from daemon.models.service import pinned_root
+
+        ident = link.ident
+
+        async def on_desired(message: Any) -> None:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            await models.on_desired(payload)
+
+        link.handlers[topics.desired(ident.device_id)] = on_desired
+        models.on_change = [link.publish_state]
+        root = pinned_root(models.store, self.options.state.bundle, self.options.trust_key)
+        if root is None:
+            models.no_trust_root()
+            return
+        fetcher = HttpsFetcher(ident.ca, read_timeout=self.config.models.read_timeout_s)
+        models.attach(root, f"https://{ident.hub_host}:{ident.http_port}/repository", fetcher)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -170,6 +213,8 @@ class Daemon:
         if isinstance(self.model_provider, StaticModel):
             # Before the uplink, so it stops after it: no image runs on a closed backend.
             services.append(StaticModelLoader(self.model_provider, self._model_loaded))
+        if self.models is not None:
+            services.append(self.models)  # before the uplink, so it stops after it
         services += [self.uplink, self.api, self.health]
         if self.options.standalone:
             self.status.provisioning("standalone", "started with --standalone: no hub")

@@ -59,6 +59,9 @@ class HubService(TaskGroupService):
         self.registry = registry
         self.connected = asyncio.Event()
         self.enrollments = 0
+        #: Counts broker sessions, so a publisher of retained state knows to send it again.
+        self.sessions = 0
+        self._client: aiomqtt.Client | None = None
 
     async def start(self) -> None:
         self.spawn(self._run(), "mqtt")
@@ -76,6 +79,8 @@ class HubService(TaskGroupService):
                 ) as client:
                     await self._subscribe(client)
                     backoff.reset()
+                    self._client = client
+                    self.sessions += 1
                     self.connected.set()
                     log.info("hub connected to broker", extra={"host": host, "port": port})
                     async for message in client.messages:
@@ -85,6 +90,16 @@ class HubService(TaskGroupService):
                 delay = backoff.next_delay()
                 log.warning("broker connection lost", extra={"error": str(exc), "retry_s": delay})
                 await asyncio.sleep(delay)
+
+    async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        """Publish on the hub's session, or raise LinkError while the broker is unreachable."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise LinkError("the hub is not connected to the broker")
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=10)
+        except aiomqtt.MqttError as exc:
+            raise LinkError(f"publish to {topic} failed: {exc}") from exc
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for topic in (

@@ -52,6 +52,10 @@ class HubWeb:
         r.add_get("/healthz", self._healthz)
         r.add_get("/", self._dashboard)
         r.add_static("/static/", STATIC)
+        # The signed model repository, as plain files (TUF metadata and hash-named targets).
+        repository = home.repository / "public"
+        repository.mkdir(parents=True, exist_ok=True)
+        r.add_static("/repository/", repository)
         r.add_get("/api/v1/devices", self._devices)
         r.add_get("/metrics", self._metrics)
         r.add_post("/v1/devices/{device}/support-bundles", self._support_bundle)

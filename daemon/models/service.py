@@ -51,7 +51,7 @@ FINAL_CODES = frozenset(
 )
 
 Prepare = Callable[[Path, str], ActiveModel]
-Emit = Callable[[str, dict[str, Any]], None]
+Emit = Callable[[str, dict[str, Any]], object]
 
 
 def validate_artifact(path: Path, expect: dict[str, Any]) -> None:
@@ -159,6 +159,13 @@ class ModelService(TaskGroupService):
 
     def wake(self) -> None:
         self._wake.set()
+
+    def no_trust_root(self) -> None:
+        """The bundle carried no TUF root: no model can be verified, so none is installed."""
+        if (self.store.state().get("last_error") or {}).get("code") != "no-trust-root":
+            self._refused({}, "no-trust-root", "the provisioning bundle carries no TUF root; "
+                          "re-provision with a bundle from a hub that has a model repository",
+                          final=False)
 
     def request_reload(self) -> None:
         """``spoke models activate|rollback`` changed the store: serve what it says now."""
@@ -439,3 +446,23 @@ class ModelService(TaskGroupService):
             self.store.save(data)
         log.warning("model not activated", extra={"code": code, "reason": reason})
         self.emit(kind, record)
+
+
+def pinned_root(store: ModelStore, bundle: Path, trust_key: Path) -> bytes | None:
+    """The TUF root this appliance trusts: pinned from its verified provisioning bundle on first
+    use (no trust on first use of the network), then read from the pin."""
+    pin = store.tuf_cache / "pinned-root.json"
+    if pin.exists():
+        return pin.read_bytes()
+    from appliance.fsutil import atomic_write
+    from daemon.provisioner import read_verified_bundle
+
+    try:
+        payload = read_verified_bundle(bundle, trust_key)
+    except SpokeError as exc:
+        log.error("cannot pin the model repository root", extra={"error": str(exc)})
+        return None
+    if payload.tuf_root is None:
+        return None
+    atomic_write(pin, payload.tuf_root)
+    return payload.tuf_root.encode()

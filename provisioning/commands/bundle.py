@@ -45,6 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(handler=revoke)
 
 
+def _tuf_root(home: HubHome) -> str | None:
+    """The model repository's newest root, which the appliance pins (created on first use)."""
+    from provisioning import repository
+
+    config = home.load_config()
+    repository.ensure_repository(home.repository, home.offline_keys, config.repository)
+    return repository.root_json(home.repository)
+
+
 def create_bundle(
     home: HubHome, labels: dict[str, str], lifetime_s: float, max_uses: int
 ) -> tuple[str, bytes]:
@@ -87,6 +96,7 @@ def create_bundle(
         created_at=time.time(),
         expires_at=expires_at,
         max_uses=max_uses,
+        tuf_root=_tuf_root(home),
     )
     signing = identity.load_signing_key(home.signing_key.read_bytes())
     return claim_id, sign_bundle(payload, signing)

@@ -14,7 +14,7 @@ import aiomqtt
 from appliance import mqtt, topics
 from appliance.cli import print_json, print_table
 from appliance.config import parse_value
-from appliance.errors import ConfigError, LinkError
+from appliance.errors import ConfigError, LinkError, SpokeError
 from appliance.payloads import COMMANDS, CommandRequest, CommandResult
 from provisioning import broker
 from provisioning.commands.common import add_home, home_of
@@ -82,16 +82,42 @@ def _hardware(facts: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _desired_models(home: HubHome, registry: Registry) -> dict[str, str]:
+    """Each device's desired model under the current policy (what the hub publishes)."""
+    from provisioning.rollout import fleet_desired
+
+    try:
+        desired = fleet_desired(home, home.load_config(), registry)
+    except SpokeError:
+        return {}
+    return {
+        device: f"{d.model.name}@{d.model.version}" if d.model else f"- ({d.note or 'none'})"
+        for device, d in desired.items()
+    }
+
+
+def _model_columns(device: Any, desired: dict[str, str]) -> dict[str, str]:
+    """Desired and reported model: ``name@version (state)``, or why the last one was refused."""
+    model = (device.state or {}).get("model") or {}
+    reported = f"{model['name']}@{model['version']} ({model.get('state')})" if model.get(
+        "name") else "-"
+    error = model.get("last_error") or {}
+    if error.get("code"):
+        reported += f" refused {error.get('version')}: {error['code']}"
+    return {"desired_model": desired.get(device.id, "-"), "model": reported}
+
+
 def list_devices(args: argparse.Namespace) -> int:
     home = home_of(args)
     home.require()
     registry = Registry(home.registry)
     try:
         summaries = fleet(registry)
+        desired = _desired_models(home, registry)
     finally:
         registry.close()
     if args.json:
-        print_json([s.as_dict() for s in summaries])
+        print_json([s.as_dict() | _model_columns(s.device, desired) for s in summaries])
         return 0
     rows = []
     for s in summaries:
@@ -106,8 +132,13 @@ def list_devices(args: argparse.Namespace) -> int:
                 "version": d["software_version"] or "-",
                 "health": _health(s),
             }
+            | _model_columns(s.device, desired)
         )
-    print_table(rows, ["device", "status", "last_seen", "version", "health", "hardware", "labels"])
+    print_table(
+        rows,
+        ["device", "status", "last_seen", "version", "desired_model", "model", "health",
+         "hardware", "labels"],
+    )
     return 0
 
 

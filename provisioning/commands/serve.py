@@ -12,6 +12,7 @@ from provisioning.commands.common import add_home, home_of
 from provisioning.home import HubHome
 from provisioning.hub import HubService
 from provisioning.registry import Registry
+from provisioning.rollout import RolloutService
 from provisioning.web import HubWeb
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
             hub = HubService(home, config, registry)
             hub.on_failure = supervisor.report_failure
             await supervisor.add(hub)
+            rollout = RolloutService(home, config, registry, hub)
+            rollout.on_failure = supervisor.report_failure
+            await supervisor.add(rollout)
             await supervisor.add(HubWeb(home, config, registry))
             log.info("hub running", extra={"home": str(home.root)})
             stopper = asyncio.create_task(stop.wait())

@@ -43,8 +43,13 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Harness:
     """A reconciler attached to a simulated repository; ``events`` is what went to the hub."""
 
-    def __init__(self, tmp: Path, sim: SimulatedRepository, config: ModelsSection = FAST,
-                 prepare: Any = prepare_model) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        sim: SimulatedRepository,
+        config: ModelsSection = FAST,
+        prepare: Any = prepare_model,
+    ) -> None:
         self.sim = sim
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.service = ModelService(tmp / "models", config, self._emit, prepare=prepare)
@@ -67,8 +72,11 @@ class Harness:
         from appliance.delivery import DesiredModel, DesiredState
         from provisioning.repository import target_path
 
-        state = DesiredState(model=DesiredModel(name=name, version=version,
-                                                target=target_path(name, version), pinned=pinned))
+        state = DesiredState(
+            model=DesiredModel(
+                name=name, version=version, target=target_path(name, version), pinned=pinned
+            )
+        )
         await self.service.on_desired(state.model_dump_json().encode())
 
     async def settle(self, timeout: float = 10.0) -> None:

@@ -23,11 +23,13 @@ CHUNK = 16 * 1024
 
 
 class SimulatedRepository(RangeFetcher):
-    def __init__(self, root_keys: int = 1, threshold: int = 1, expiry: Expiry = Expiry()) -> None:
+    def __init__(
+        self, root_keys: int = 1, threshold: int = 1, expiry: Expiry | None = None
+    ) -> None:
         self.storage = MemoryStorage()
         self.online = {role: new_signer() for role in repo_mod.ONLINE_ROLES}
         self.root_signers = [new_signer() for _ in range(root_keys)]
-        self.repo = ModelRepository(self.storage, dict(self.online), expiry)
+        self.repo = ModelRepository(self.storage, dict(self.online), expiry or Expiry())
         self.repo.create(list(self.root_signers), threshold)
         self.base = BASE
         # Attack and fault knobs.

@@ -116,15 +116,14 @@ async def test_endless_data_is_cut_at_the_signed_length(
     assert not harness.service.store.partial(str(row["sha256"])).exists()
 
 
-async def test_slow_retrieval_is_cut_by_the_deadline(
-    tmp_path: Path, artifacts: dict[str, Path]
-):
+async def test_slow_retrieval_is_cut_by_the_deadline(tmp_path: Path, artifacts: dict[str, Path]):
     from tests.delivery.simulator import SimulatedRepository
 
     sim = SimulatedRepository()
     sim.publish(artifacts["1.0.0"])
-    h = await Harness(tmp_path, sim, ModelsSection(**(FAST.model_dump() | {
-        "download_deadline_s": 0.5}))).start()
+    h = await Harness(
+        tmp_path, sim, ModelsSection(**(FAST.model_dump() | {"download_deadline_s": 0.5}))
+    ).start()
     await h.desire("1.0.0")
     await h.settle()
     h.events.clear()

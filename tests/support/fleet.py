@@ -172,6 +172,49 @@ class Hub:
         """Enrollments answered since this hub process started."""
         return self.process.output().count("device enrolled") if self.process else 0
 
+    # --- model delivery -------------------------------------------------------------------
+
+    def publish(self, artifact: Path) -> dict[str, Any]:
+        out = cli("spoke-hub", "models", "publish", "--home", str(self.home), str(artifact),
+                  "--json").stdout
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    def apply_policy(self, text: str) -> None:
+        path = self.home / "policy-input.toml"
+        path.write_text(text)
+        cli("spoke-hub", "policy", "apply", "--home", str(self.home), str(path))
+
+    def target_file(self, row: dict[str, Any]) -> Path:
+        """The served file of a published target (what an attacker on the hub would edit)."""
+        dirname, _, base = str(row["target"]).rpartition("/")
+        return self.home / "repository" / "public" / "targets" / dirname / (
+            f"{row['sha256']}.{base}"
+        )
+
+    def device_model(self, device_id: str) -> dict[str, Any]:
+        """The model part of the device's reported state, as the hub stored it."""
+        state = self.devices().get(device_id, {}).get("state") or {}
+        model: dict[str, Any] = state.get("model") or {}
+        return model
+
+    def wait_model(self, device_id: str, version: str, state: str = "committed",
+                   timeout: float = 60) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            m = self.device_model(device_id)
+            return m if (m.get("version"), m.get("state")) == (version, state) else None
+
+        return wait_for(check, timeout, f"{device_id} to report {version} {state}")
+
+    def events(self, device_id: str, kind: str) -> list[dict[str, Any]]:
+        from provisioning.registry import Registry
+
+        registry = Registry(self.home / "registry.db")
+        try:
+            return registry.events(device_id, kind)
+        finally:
+            registry.close()
+
 
 class Appliance:
     def __init__(self, root: Path, hub: Hub, name: str = "appliance") -> None:
@@ -238,3 +281,9 @@ class Appliance:
         if self.process:
             self.process.kill()
         self.process = None
+
+    def models(self) -> dict[str, Any]:
+        """``spoke models list --json``: the store, the active model, the last refusal."""
+        out = cli("spoke", "models", "list", "--state-dir", str(self.state_dir), "--json").stdout
+        result: dict[str, Any] = json.loads(out)
+        return result

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.uplink.openapi import openapi_document
 from daemon.uplink.service import CONTENT_TYPES, EXTENSIONS, Metadata, Refused, UplinkService
@@ -147,7 +148,10 @@ class UplinkApi:
         data: bytes | None = None
         content_type = ""
         for _ in range(MAX_PARTS + 1):
-            part = await reader.next()
+            try:
+                part = await reader.next()
+            except (HttpProcessingError, ValueError, AssertionError) as exc:
+                raise BadRequest(f"malformed multipart body: {exc}") from exc
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
@@ -251,7 +255,10 @@ class UplinkApi:
 async def _read_part(part: BodyPartReader, limit: int) -> bytes | None:
     buf = bytearray()
     while True:
-        chunk = await part.read_chunk(READ_CHUNK)
+        try:
+            chunk = await part.read_chunk(READ_CHUNK)
+        except (HttpProcessingError, ValueError, AssertionError) as exc:
+            raise BadRequest(f"malformed multipart part: {exc}") from exc
         if not chunk:
             return bytes(buf)
         buf += chunk

@@ -323,6 +323,21 @@ class ModelService(TaskGroupService):
         with self.store.locked():
             self.store.install(partial, meta, lambda p: validate_artifact(p, meta))
 
+    async def activate_local(self, sha: str, reason: str) -> None:
+        """Activate a model this appliance installed in the store itself (a promoted fine-tune,
+        see ``daemon/finetune/promote.py``) by the path a delivered one takes: smoke test, atomic
+        swap, health gate, rollback. Like ``spoke models activate``, it holds against the hub's
+        desired state until the hub desires something new. Raises ``ModelRefused``."""
+        async with self._busy:
+            model = await asyncio.to_thread(self.prepare, self.store.path(sha),
+                                            self.config.backend)
+            with self.store.locked():
+                data = self.store.state()
+                data["hold"] = {"desired": data.get("desired"), "sha256": sha,
+                                "action": "finetune", "ts": time.time()}
+                self.store.save(data)
+            await self._activate(model, reason)
+
     async def _activate(self, model: ActiveModel, reason: str) -> None:
         with self.store.locked():
             old_sha = await asyncio.to_thread(self.store.activate, model.sha256, reason)

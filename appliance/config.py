@@ -123,6 +123,29 @@ class ModelsSection(Section):
     keep_versions: int = Field(3, ge=2)
 
 
+class FinetuneSection(Section):
+    """The ``[finetune]`` section: local fine-tuning jobs, their evaluation gate and limits.
+
+    A candidate is promoted only if its macro-F1 on the held-out split beats the current
+    model's by ``margin`` and no label loses more than ``max_label_drop`` F1. Jobs run in their
+    own process at ``niceness`` with ``threads`` CPU threads (and ``gpu_memory_fraction`` of a
+    GPU), for ``default_budget_s`` unless the job says otherwise. ``upload`` is the site's
+    policy for the hub: ``none``, or ``weights`` (the trained head or adapters and the
+    comparison, for review; never images).
+    """
+
+    margin: float = Field(0.01, ge=0, le=1)
+    max_label_drop: float = Field(0.05, ge=0, le=1)
+    held_out_fraction: float = Field(0.25, gt=0, lt=1)
+    niceness: int = Field(10, ge=0, le=19)
+    threads: int = Field(1, ge=1, le=256)
+    gpu_memory_fraction: float = Field(0.5, gt=0, le=1)
+    default_budget_s: float = Field(600.0, gt=0, le=86400)
+    checkpoint_every_s: float = Field(15.0, gt=0)
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    upload: str = Field("none", pattern="^(none|weights)$")
+
+
 class DaemonConfig(Section):
     daemon: DaemonSection = DaemonSection()
     hub: HubLinkSection = HubLinkSection()
@@ -130,6 +153,7 @@ class DaemonConfig(Section):
     api: ApiSection = ApiSection()
     models: ModelsSection = ModelsSection()
     uplink: UplinkSection = UplinkSection()
+    finetune: FinetuneSection = FinetuneSection()
 
 
 class HubSection(Section):

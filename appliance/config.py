@@ -79,6 +79,8 @@ class ApiSection(Section):
     tls_cert: str | None = None
     tls_key: str | None = None
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # The read-only status page on ``/`` and ``/status.json`` (daemon/web/status.py).
+    status_page: bool = True
 
 
 class UplinkSection(Section):

@@ -209,6 +209,10 @@ class Daemon:
             self.outbox,
         )
         UplinkApi(self.uplink, self.config.api.max_upload_bytes).install(self.api.app)
+        if self.config.api.status_page:  # the read-only page on / (daemon/web/status.py)
+            from daemon.web.status import Sources, StatusPage
+
+            StatusPage(Sources.of_daemon(self)).install(self.api.app)
         services: list[Service] = [sdnotify.Watchdog(), self.outbox]
         if isinstance(self.model_provider, StaticModel):
             # Before the uplink, so it stops after it: no image runs on a closed backend.

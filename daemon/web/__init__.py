@@ -1,0 +1,1 @@
+"""Pages for people at the site: the technician's status page and the inspector's report."""

@@ -1,0 +1,176 @@
+"""Read-only views of the uplink results store for the status page and the mission report.
+
+The store (``daemon/uplink/store.py``) has one writer thread inside the daemon. These readers
+open their own short-lived connection with ``mode=ro`` (WAL lets readers run beside the
+writer), so the status page and ``spoke report`` never take the writer's lock and work the
+same whether the daemon runs or not. Call them from a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+BACKGROUND = "background"
+JSON_COLUMNS = ("labels", "probs", "tiles", "timings", "warnings")
+STATUSES = ("queued", "running", "done", "failed")
+# How bad each CODEBRIM defect is for the structure, for ranking findings: exposed or spalled
+# concrete means the reinforcement is at risk now; stains and cracks may lead there; salt
+# deposits are mostly a moisture sign. A label we do not know ranks in the middle.
+SEVERITY = {"exposed_bars": 3, "spallation": 3, "corrosion_stain": 2, "crack": 2,
+            "efflorescence": 1}
+SEVERITY_NAMES = {3: "high", 2: "medium", 1: "low"}
+DEFAULT_SEVERITY = 2
+
+
+def defects(row: dict[str, Any]) -> list[str]:
+    """The defect labels of a done image (``background`` is not a finding)."""
+    if row.get("status") != "done":
+        return []
+    return [lab for lab in (row.get("labels") or []) if lab != BACKGROUND]
+
+
+def severity(row: dict[str, Any]) -> tuple[int, float]:
+    """(class, probability) of an image's worst finding; (0, 0.0) without one. Sorts worst
+    last, so ``sorted(..., key=severity, reverse=True)`` puts the worst first."""
+    found = defects(row)
+    if not found:
+        return (0, 0.0)
+    probs = row.get("probs") or {}
+    return max((SEVERITY.get(lab, DEFAULT_SEVERITY), float(probs.get(lab, 0.0)))
+               for lab in found)
+
+
+def decode_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in JSON_COLUMNS:
+        if out.get(key) is not None:
+            out[key] = json.loads(out[key])
+    return out
+
+
+class Results:
+    """The results of ``STATE/uplink`` read-only; each method opens and closes a connection."""
+
+    def __init__(self, uplink_root: Path) -> None:
+        self.root = uplink_root
+        self.db_path = uplink_root / "results.db"
+        self.images_dir = uplink_root / "images"
+
+    def exists(self) -> bool:
+        return self.db_path.exists()
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            conn.row_factory = sqlite3.Row
+            yield conn
+        finally:
+            conn.close()
+
+    def mission(self, mission: str) -> list[dict[str, Any]]:
+        if not self.exists():
+            return []
+        with self._conn() as conn:
+            return [decode_row(r) for r in conn.execute(
+                "SELECT * FROM images WHERE mission = ? ORDER BY seq", (mission,))]
+
+    def get(self, image_id: str) -> dict[str, Any] | None:
+        if not self.exists():
+            return None
+        with self._conn() as conn:
+            row = conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+        return None if row is None else decode_row(row)
+
+    def read_image(self, row: dict[str, Any]) -> bytes | None:
+        if not row.get("stored"):
+            return None
+        try:
+            return (self.images_dir / row["path"]).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def activity(self, recent: int = 12, now: float | None = None) -> dict[str, Any]:
+        """What the status page shows of the uplink: totals, the last hour, recent findings."""
+        now = time.time() if now is None else now
+        empty: dict[str, Any] = {
+            "total": 0, "by_status": dict.fromkeys(STATUSES, 0), "last_hour": 0,
+            "last_received_at": None, "last_finished_at": None, "missions": [],
+            "recent": [], "failed": []}
+        if not self.exists():
+            return empty
+        with self._conn() as conn:
+            by_status = dict.fromkeys(STATUSES, 0)
+            for r in conn.execute("SELECT status, COUNT(*) AS n FROM images GROUP BY status"):
+                by_status[r["status"]] = r["n"]
+            last = conn.execute(
+                "SELECT MAX(received_at) AS rec, MAX(finished_at) AS fin, "
+                "SUM(CASE WHEN finished_at >= ? AND status = 'done' THEN 1 ELSE 0 END) AS hour "
+                "FROM images", (now - 3600,)).fetchone()
+            missions = [dict(r) for r in conn.execute(
+                "SELECT mission, COUNT(*) AS images, MAX(received_at) AS last_received_at "
+                "FROM images WHERE mission IS NOT NULL GROUP BY mission "
+                "ORDER BY last_received_at DESC LIMIT 5")]
+            found = [decode_row(r) for r in conn.execute(
+                "SELECT id, mission, drone, status, labels, probs, captured_at, received_at, "
+                "finished_at, latitude, longitude, stored, path, tiles, width, height "
+                "FROM images WHERE status = 'done' AND labels IS NOT NULL "
+                "AND EXISTS (SELECT 1 FROM json_each(images.labels) WHERE value != ?) "
+                "ORDER BY seq DESC LIMIT ?", (BACKGROUND, recent))]
+            failed = [dict(r) for r in conn.execute(
+                "SELECT id, mission, reason, finished_at FROM images WHERE status = 'failed' "
+                "ORDER BY seq DESC LIMIT 3")]
+        return {
+            "total": sum(by_status.values()), "by_status": by_status,
+            "last_hour": last["hour"] or 0, "last_received_at": last["rec"],
+            "last_finished_at": last["fin"], "missions": missions,
+            "recent": found, "failed": failed,
+        }
+
+    def used_by(self, client: str) -> bool:
+        """Whether any image was posted with the token named ``client``."""
+        if not self.exists():
+            return False
+        with self._conn() as conn:
+            return conn.execute("SELECT 1 FROM images WHERE client = ? LIMIT 1",
+                                (client,)).fetchone() is not None
+
+
+def thumbnail(data: bytes, row: dict[str, Any], side: int = 320, quality: int = 75,
+              max_boxes: int = 6) -> bytes:
+    """A small JPEG of a stored image with the tiles that found its defects most surely
+    outlined.
+
+    The image was fully validated (size and pixel bounds) when it was ingested; JPEGs are
+    decoded at a reduced scale (``draft``), so a 12 MP frame costs a few milliseconds.
+    """
+    from PIL import Image, ImageDraw
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (side * 2, side * 2))
+        width, height = row.get("width") or im.width, row.get("height") or im.height
+        small = im.convert("RGB")
+    small.thumbnail((side, side))
+    scale_x, scale_y = small.width / width, small.height / height
+    draw = ImageDraw.Draw(small)
+    labels = [lab for lab in (row.get("labels") or []) if lab != BACKGROUND]
+    scored = []
+    for tile in row.get("tiles") or []:
+        probs = tile.get("probs") or {}
+        worst = max((probs.get(lab, 0.0) for lab in labels), default=0.0)
+        if worst >= 0.5:
+            scored.append((worst, tile["box"]))
+    # The strongest few: an outline on every tile would hide the picture.
+    for worst, (x0, y0, x1, y1) in sorted(scored, reverse=True)[:max_boxes]:
+        draw.rectangle((x0 * scale_x, y0 * scale_y, x1 * scale_x - 1, y1 * scale_y - 1),
+                       outline=(255, 64 + int(150 * (1 - worst)), 0), width=2)
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=quality)
+    return out.getvalue()

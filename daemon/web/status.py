@@ -1,0 +1,292 @@
+"""The technician's status page: ``GET /`` (HTML), ``/status.json``, thumbnails, static assets.
+
+Read-only and without login, for the site network: it shows what the appliance is doing and
+why it is stuck, never anything that lets a reader change it or use the uplink, except during
+a pairing window someone opened on purpose (``daemon/web/pairing.py``). Every asset is served
+by the daemon itself (no CDN), the page refreshes ``/status.json`` every few seconds, and a
+strict Content-Security-Policy keeps it to its own script and style.
+
+``StatusPage`` reads the daemon's parts through ``Sources``: each is optional, so the page
+also works for ``spoke run --standalone`` and in tests that build only some of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from appliance import __version__
+from daemon.web import pairing
+from daemon.web.results import Results, severity, thumbnail
+
+if TYPE_CHECKING:
+    from daemon.health.service import HealthService
+    from daemon.uplink.service import UplinkService
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+REFRESH_S = 5
+RECENT = 12
+THUMB_CACHE = 64
+IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+STUCK = {"waiting-for-bundle", "bundle-refused", "hub-unreachable", "enrollment-refused"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+# What each health alert means to a technician standing next to the box.
+ALERT_TITLES = {
+    "disk_full": "Disk almost full",
+    "memory_pressure": "Memory pressure",
+    "gpu_temperature": "GPU too hot",
+    "gpu_throttling": "GPU throttling",
+    "gpu_ecc_errors": "GPU memory errors (ECC)",
+    "nvml_lost": "GPU driver lost",
+    "no_active_model": "No active model",
+    "hub_unreachable": "Hub unreachable for a long time",
+}
+
+
+@dataclass
+class Sources:
+    """Where the page reads from; any of them may be missing."""
+
+    status: Callable[[], dict[str, Any]] = dict
+    uplink_root: Path | None = None
+    health: HealthService | None = None
+    uplink: UplinkService | None = None
+    model: Callable[[], dict[str, Any] | None] = lambda: None
+    tls_cert: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_daemon(cls, daemon: Any) -> Sources:
+        """The parts of a ``daemon.app.Daemon`` (after ``_build``)."""
+
+        def model() -> dict[str, Any] | None:
+            current = daemon.model_provider.current()
+            info: dict[str, Any] = {}
+            if getattr(daemon, "models", None) is not None:
+                info.update(daemon.models.reported())
+            if current is not None:
+                info.update(name=current.name, version=current.version)
+                backend = getattr(current, "backend", None)
+                if backend is not None:
+                    info["backend"] = getattr(backend, "name", None)
+            return info or None
+
+        return cls(
+            status=lambda: daemon.status.data,
+            uplink_root=daemon.options.state.root / "uplink",
+            health=daemon.health,
+            uplink=daemon.uplink,
+            model=model,
+            tls_cert=daemon.config.api.tls_cert,
+        )
+
+
+def _health_view(health: HealthService | None) -> dict[str, Any] | None:
+    if health is None or health.latest is None:
+        return None
+    snap = health.latest
+    host = snap.host
+    cores = host.cpu.usage_ratio_per_core
+    root = next((f for f in host.filesystems if f.mountpoint == "/"), None)
+    disks = sorted(host.filesystems, key=lambda f: f.used_ratio, reverse=True)
+    temps = [t.celsius for t in host.temperatures]
+    return {
+        "taken_at": snap.taken_at_s,
+        "cpu_ratio": sum(cores) / len(cores) if cores else None,
+        "cores": len(cores),
+        "load_1m": host.cpu.load_1m,
+        "memory_used_ratio": 1 - host.memory.available_ratio,
+        "memory_total_bytes": host.memory.total_bytes,
+        "disk": [{"mountpoint": f.mountpoint, "used_ratio": f.used_ratio,
+                  "free_bytes": f.free_bytes} for f in ([root] if root else disks[:1])],
+        "max_temperature_celsius": max(temps) if temps else None,
+        "uptime_s": host.uptime_s,
+        "gpu": {
+            "status": snap.gpu.status, "message": snap.gpu.message,
+            "driver_version": snap.gpu.driver_version,
+            "gpus": [{"index": g.index, "name": g.name,
+                      "utilization_ratio": g.utilization_ratio,
+                      "memory_used_bytes": g.memory_used_bytes,
+                      "memory_total_bytes": g.memory_total_bytes,
+                      "temperature_celsius": g.temperature_celsius,
+                      "power_draw_watts": g.power_draw_watts,
+                      "throttle_reasons": g.throttle_reasons} for g in snap.gpu.gpus],
+        },
+        "faults": list(snap.faults),
+    }
+
+
+def _alerts(health: HealthService | None) -> list[dict[str, Any]]:
+    if health is None:
+        return []
+    from daemon.health.alerts import RULES
+
+    severities = {rule.alert: rule.severity for rule in RULES}
+    return [{"alert": alert, "subject": subject,
+             "title": ALERT_TITLES.get(alert, alert.replace("_", " ")),
+             "severity": severities.get(alert, "warning")}
+            for alert, subject in health.alerts.active]
+
+
+def _finding(row: dict[str, Any]) -> dict[str, Any]:
+    probs = row.get("probs") or {}
+    labels = [lab for lab in (row.get("labels") or []) if lab != "background"]
+    sev, _ = severity(row)
+    return {
+        "id": row["id"], "mission": row["mission"], "drone": row["drone"],
+        "labels": [{"label": lab, "prob": round(float(probs.get(lab, 0.0)), 3)}
+                   for lab in sorted(labels, key=lambda lab: -float(probs.get(lab, 0.0)))],
+        "severity": sev, "captured_at": row["captured_at"], "finished_at": row["finished_at"],
+        "gps": None if row.get("latitude") is None else
+        {"latitude": row["latitude"], "longitude": row["longitude"]},
+        "thumbnail": f"/status/thumbs/{row['id']}.jpg" if row.get("stored") else None,
+    }
+
+
+class StatusPage:
+    def __init__(self, sources: Sources, refresh_s: float = REFRESH_S) -> None:
+        self.sources = sources
+        self.refresh_s = refresh_s
+        self._thumbs: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_ids: set[str] = set()
+        self._fingerprint = pairing.cert_fingerprint(sources.tls_cert)
+        self._qr_cache: tuple[str, str] | None = None
+        self._paired: str | None = None
+
+    def install(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/", self.index)
+        r.add_get("/status.json", self.status_json)
+        r.add_get("/status/thumbs/{id}.jpg", self.thumb)
+        r.add_static("/status/static/", STATIC)
+
+    @property
+    def results(self) -> Results | None:
+        root = self.sources.uplink_root
+        return None if root is None else Results(root)
+
+    # -- routes --------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        response = web.FileResponse(STATIC / "status.html")
+        response.headers.update(PAGE_HEADERS)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    async def status_json(self, request: web.Request) -> web.Response:
+        data = await self.snapshot(self._base_url(request))
+        return web.json_response(data, headers={**PAGE_HEADERS, "Cache-Control": "no-store"})
+
+    async def thumb(self, request: web.Request) -> web.Response:
+        """Only images the page currently lists: the page is not a way to browse the store."""
+        image_id = request.match_info["id"]
+        results = self.results
+        if not IMAGE_ID.match(image_id) or results is None or image_id not in self._recent_ids:
+            raise web.HTTPNotFound(text="not a recent detection")
+        jpeg = self._thumbs.get(image_id)
+        if jpeg is None:
+            jpeg = await asyncio.to_thread(self._make_thumb, results, image_id)
+            if jpeg is None:
+                raise web.HTTPNotFound(text="the stored image is gone (retention)")
+            self._thumbs[image_id] = jpeg
+            while len(self._thumbs) > THUMB_CACHE:
+                self._thumbs.popitem(last=False)
+        return web.Response(body=jpeg, content_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=3600",
+                                     "X-Content-Type-Options": "nosniff"})
+
+    @staticmethod
+    def _make_thumb(results: Results, image_id: str) -> bytes | None:
+        row = results.get(image_id)
+        data = None if row is None else results.read_image(row)
+        if row is None or data is None:
+            return None
+        return thumbnail(data, row)
+
+    def _base_url(self, request: web.Request) -> str:
+        """The uplink URL as this client reached us (the phone is on the same network)."""
+        scheme = "https" if self.sources.tls_cert else "http"
+        host = request.host if re.fullmatch(r"[A-Za-z0-9.\-:\[\]]{1,260}", request.host) \
+            else "appliance"
+        return f"{scheme}://{host}"
+
+    # -- the snapshot --------------------------------------------------------------------
+
+    async def snapshot(self, base_url: str) -> dict[str, Any]:
+        src = self.sources
+        status = src.status() or {}
+        prov = dict(status.get("provisioning") or {"state": "unknown"})
+        prov["stuck"] = prov.get("state") in STUCK
+        results = self.results
+        activity = await asyncio.to_thread(results.activity, RECENT) if results else None
+        uplink: dict[str, Any] | None = None
+        recent: list[dict[str, Any]] = []
+        if activity is not None:
+            recent = [_finding(r) for r in activity.pop("recent")]
+            self._recent_ids = {f["id"] for f in recent}
+            uplink = activity
+        if src.uplink is not None:
+            uplink = {**(uplink or {}), "queue_depth": src.uplink.queue_depth(),
+                      "queue_limit": src.uplink.config.queue_depth,
+                      "ready": src.uplink.ready()}
+        return {
+            "generated_at": time.time(),
+            "refresh_s": self.refresh_s,
+            "software_version": __version__,
+            "device_id": status.get("device_id"),
+            "provisioning": prov,
+            "hub": status.get("hub"),
+            "api": {"url": base_url, "tls": bool(src.tls_cert)},
+            "model": src.model(),
+            "health": _health_view(src.health),
+            "alerts": _alerts(src.health),
+            "uplink": uplink,
+            "recent": recent,
+            "pairing": await asyncio.to_thread(self._pairing, base_url),
+            **src.extra,
+        }
+
+    def _pairing(self, base_url: str) -> dict[str, Any]:
+        root = self.sources.uplink_root
+        offer = pairing.read_offer(root) if root is not None else None
+        view: dict[str, Any] = {"url": base_url, "offer": None, "paired": None}
+        if offer is not None and root is not None:
+            results = self.results
+            if results is not None and results.used_by(offer.name):
+                self._paired = offer.name
+                pairing.remove_offer(root)  # done: the token stops being shown at once
+                offer = None
+            elif offer.expired():
+                with contextlib.suppress(OSError):
+                    pairing.remove_offer(root)
+                offer = None
+        view["paired"] = self._paired
+        if offer is not None:
+            view["offer"] = {"name": offer.name, "token": offer.token,
+                             "expires_at": offer.expires_at}
+        uri = pairing.pairing_uri(base_url, offer, self._fingerprint)
+        if self._qr_cache is None or self._qr_cache[0] != uri:
+            self._qr_cache = (uri, pairing.qr_svg_data_uri(uri))
+        view["qr"] = self._qr_cache[1]
+        view["qr_text"] = uri
+        view["fingerprint"] = self._fingerprint
+        return view

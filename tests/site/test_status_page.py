@@ -1,0 +1,131 @@
+"""The technician's status page, served by a real daemon (standalone, tiny model)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from daemon.web import pairing
+from tests.site.conftest import MISSION, Running, start_daemon
+from tests.site.shots import shot
+
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
+                                    reason="chromium (Debian) missing")
+
+
+async def status(running: Running) -> dict:
+    code, body, headers = await running.get("/status.json")
+    assert code == 200
+    assert headers["Cache-Control"] == "no-store"
+    return json.loads(body)
+
+
+async def test_status_json_shows_state_model_health_and_uplink(
+        running: Running, mission: list[str]) -> None:
+    s = await status(running)
+    assert s["provisioning"]["state"] == "standalone"
+    assert s["provisioning"]["stuck"] is False
+    assert s["model"]["name"] == "tiny-vit" and s["model"]["version"] == "0.3.1"
+    assert s["model"]["backend"] == "torch"
+    assert s["health"]["gpu"]["status"] in ("ok", "absent", "unavailable", "fault")
+    assert 0 <= s["health"]["memory_used_ratio"] <= 1
+    assert s["uplink"]["by_status"]["done"] == len(mission)
+    assert s["uplink"]["missions"][0]["mission"] == MISSION
+    assert s["uplink"]["ready"] is True
+
+
+async def test_recent_detections_have_thumbnails(running: Running, mission: list[str]) -> None:
+    s = await status(running)
+    assert s["recent"], "the tiny model with low thresholds finds something"
+    found = s["recent"][0]
+    assert found["id"] in mission and found["labels"]
+    code, body, headers = await running.get(found["thumbnail"])
+    assert code == 200 and headers["Content-Type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(body)).size) <= 320
+
+
+async def test_thumbnails_only_for_listed_detections(running: Running,
+                                                     mission: list[str]) -> None:
+    await status(running)
+    code, _, _ = await running.get(f"/status/thumbs/{'0' * 64}.jpg")
+    assert code == 404
+
+
+async def test_page_never_shows_a_token_without_a_pairing_offer(running: Running) -> None:
+    s = await status(running)
+    assert s["pairing"]["offer"] is None
+    assert s["pairing"]["qr_text"] == running.base
+    assert s["pairing"]["qr"].startswith("data:image/svg+xml")
+    assert "spk_" not in json.dumps(s)
+
+
+async def test_pairing_offer_shows_token_until_the_app_uses_it(
+        running: Running, frames: list[Path]) -> None:
+    uplink_root = running.state / "uplink"
+    _, token = running.daemon.uplink.tokens.create("drone-app")
+    pairing.write_offer(uplink_root, "drone-app", token, minutes=5)
+    assert (uplink_root / "pairing.json").stat().st_mode & 0o077 == 0
+    s = await status(running)
+    assert s["pairing"]["offer"]["token"] == token
+    assert s["pairing"]["qr_text"].startswith("spoke-uplink://pair?")
+    assert token in s["pairing"]["qr_text"]
+    running.token = token  # the app posts its first image with the paired token
+    await running.post_frames(frames[:1], mission="pairing-test")
+    s = await status(running)
+    assert s["pairing"]["offer"] is None and s["pairing"]["paired"] == "drone-app"
+    assert token not in json.dumps(s)
+    assert not (uplink_root / "pairing.json").exists()
+
+
+async def test_expired_pairing_offer_is_not_shown(running: Running) -> None:
+    uplink_root = running.state / "uplink"
+    offer = pairing.write_offer(uplink_root, "late", "spk_x", minutes=1)
+    data = json.loads((uplink_root / "pairing.json").read_text())
+    data["expires_at"] = offer.created_at - 1
+    (uplink_root / "pairing.json").write_text(json.dumps(data))
+    s = await status(running)
+    assert s["pairing"]["offer"] is None and "spk_x" not in json.dumps(s)
+
+
+async def test_page_has_a_strict_content_security_policy(running: Running) -> None:
+    code, body, headers = await running.get("/")
+    assert code == 200 and b"Spoke appliance" in body
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert b"http://" not in body and b"https://" not in body  # no external assets
+
+
+async def test_status_page_can_be_turned_off(tmp_path: Path) -> None:
+    daemon, stop, task = await start_daemon(tmp_path / "state", None, status_page=False)
+    try:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, \
+                s.get(f"http://127.0.0.1:{daemon.api.port}/status.json") as r:
+            assert r.status == 404
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@needs_chromium
+@pytest.mark.parametrize(("name", "width", "height"),
+                         [("phone", 390, 844), ("phone-full", 390, 2400),
+                          ("desktop", 1280, 1300)])
+async def test_status_page_renders_in_chromium(running: Running, mission: list[str], name: str,
+                                               width: int, height: int) -> None:
+    from tests.support.browser import render
+
+    path = shot(f"status-{name}.png")
+    page = await asyncio.to_thread(render, running.base + "/", path, width, height)
+    assert page.console_errors == []
+    assert "tiny-vit 0.3.1" in page.dom
+    assert "Standalone (no hub)" in page.dom
+    assert 'data-image="' in page.dom  # recent detections rendered
+    assert path.stat().st_size > 10_000

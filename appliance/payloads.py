@@ -56,7 +56,7 @@ class Event(Payload):
     data: dict[str, Any]
 
 
-COMMANDS = ("ping", "health", "restart", "support-bundle")
+COMMANDS = ("ping", "health", "restart", "support-bundle", "finetune")
 ArgValue = str | int | float | bool
 
 

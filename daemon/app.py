@@ -7,6 +7,7 @@ the hub stops everything the same way and builds it all again, in the same proce
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -22,6 +23,9 @@ from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.service import Service, Supervisor, TaskGroupService
 from daemon import remote, sdnotify
 from daemon.api.server import ApiServer
+from daemon.finetune.api import FinetuneApi
+from daemon.finetune.review import review_upload
+from daemon.finetune.service import FinetuneService
 from daemon.health import DaemonMetrics, HealthService
 from daemon.hublink import HubLink
 from daemon.models.service import ModelService
@@ -83,6 +87,9 @@ class Daemon:
         fields: dict[str, Any] = {"api_port": self.api.port}
         if self.models is not None:
             fields["model"] = self.models.reported()
+        finetune = getattr(self, "finetune", None)
+        if finetune is not None:
+            fields["finetune"] = finetune.reported()
         return fields
 
     def _facts(self) -> DaemonFacts:
@@ -154,8 +161,14 @@ class Daemon:
                 url, remote.tls_for(ident), remote.tarball(files)
             )
 
+        async def finetune(args: dict[str, Any]) -> dict[str, Any]:
+            # Same job as POST /v1/finetune; progress and outcome come back as events.
+            job = await self.finetune.start_job(dict(args), source="hub")
+            return {"job": job["id"], "status": job["status"], "plan": job["progress"]}
+
         commands.handlers.update(
-            {"ping": ping, "health": health, "restart": restart, "support-bundle": support_bundle}
+            {"ping": ping, "health": health, "restart": restart, "support-bundle": support_bundle,
+             "finetune": finetune}
         )
         return commands
 
@@ -167,6 +180,8 @@ class Daemon:
         self.outbox.attach(self._publish_event)
         if self.models is not None:
             self._attach_models(self.models, link)
+        self.finetune.on_change = [link.publish_state]
+        self.finetune.upload = functools.partial(review_upload, ident)
         await self.supervisor.add(link)
 
     def _attach_models(self, models: ModelService, link: HubLink) -> None:
@@ -209,6 +224,18 @@ class Daemon:
             self.outbox,
         )
         UplinkApi(self.uplink, self.config.api.max_upload_bytes).install(self.api.app)
+        # Local fine-tuning (daemon/finetune): samples, jobs, promotion through self.models.
+        self.finetune = FinetuneService(
+            self.options.state.root / "finetune",
+            self.config.finetune,
+            self.model_provider,
+            lambda kind, data: self.outbox.put(kind, data),
+            models=self.models,
+            device_key=self.options.state.identity / "device.key",
+        )
+        FinetuneApi(self.finetune, self.uplink.tokens.verify, self._uplink_image).install(
+            self.api.app
+        )
         if self.config.api.status_page:  # the read-only page on / (daemon/web/status.py)
             from daemon.web.status import Sources, StatusPage
 
@@ -219,7 +246,7 @@ class Daemon:
             services.append(StaticModelLoader(self.model_provider, self._model_loaded))
         if self.models is not None:
             services.append(self.models)  # before the uplink, so it stops after it
-        services += [self.uplink, self.api, self.health]
+        services += [self.uplink, self.finetune, self.api, self.health]
         if self.options.standalone:
             self.status.provisioning("standalone", "started with --standalone: no hub")
             return services
@@ -241,6 +268,14 @@ class Daemon:
 
         with contextlib.suppress(Exception):
             self.metrics.set_active_model(ActiveModel(name=model.name, version=model.version))
+        finetune = getattr(self, "finetune", None)
+        if finetune is not None:
+            finetune.model_changed(model)
+
+    async def _uplink_image(self, image_id: str) -> bytes | None:
+        """An uploaded drone image's bytes (a sample may be a tile of one), or None."""
+        row = await self.uplink.query("get", image_id)
+        return None if row is None else await self.uplink.query("read_image", row)
 
     async def _run_once(self, stop: asyncio.Event) -> tuple[int, bool]:
         """Run every service until stop, failure or restart; True if a restart was asked."""

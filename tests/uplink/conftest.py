@@ -105,9 +105,15 @@ class Uplink:
 MakeUplink = Callable[..., "AsyncIterator[Uplink]"]
 
 
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_artifact: Artifact) -> Any:
+    """One torch backend for the session: tests run one at a time, so sharing it is safe."""
+    return create_backend(tiny_artifact, "torch")
+
+
 @pytest.fixture
-def tiny_provider(tiny_artifact: Artifact) -> StaticModel:
-    return StaticModel.of(tiny_artifact, create_backend(tiny_artifact, "torch"))
+def tiny_provider(tiny_artifact: Artifact, tiny_backend: Any) -> StaticModel:
+    return StaticModel.of(tiny_artifact, tiny_backend)
 
 
 @pytest.fixture

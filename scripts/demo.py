@@ -122,7 +122,6 @@ class Demo:
             state.mkdir()
             # The bundle sits where a technician's USB stick would put it.
             (state / "bundle.spoke").write_bytes(bundle.read_bytes())
-            (state / "spoke.toml").write_text(demo_appliance_config())
             self.spawn(
                 f"appliance-{i}",
                 "daemon",
@@ -145,7 +144,7 @@ class Demo:
         step("One appliance's own view (spoke status)")
         print(tool("daemon", "status", "--state-dir", str(self.root / "appliance-0")), end="")
 
-        model_delivery_steps(self)
+        uplink_steps(self)
 
     def stop(self) -> None:
         step("Shutting down: appliances first (they report 'stopped'), then the hub")
@@ -162,85 +161,97 @@ class Demo:
             raise SystemExit("demo: a process did not stop cleanly; logs are in " + str(self.root))
 
 
-# --- signed model delivery (issue 5) ---------------------------------------------------------
+# --- drone uplink (issue 4) ------------------------------------------------------------------
 
-def demo_appliance_config() -> str:
-    """Each demo appliance's spoke.toml: its own API port on loopback (two appliances share
-    the host), ONNX Runtime (no backend probing) and a 3-second health gate, so a rollout
-    shows in seconds rather than the default two minutes."""
-    return f"""[api]
-listen = "127.0.0.1:{free_port()}"
-
-[models]
-backend = "onnxruntime"
-gate_quiet_s = 3
-retry_initial_s = 1
-"""
-
-DEMO_POLICY = """# Bridge appliances run codebrim-vit-t 1.x; a new version reaches half first.
-[[rule]]
-name = "bridges"
-selector = "site in (bridge-17, bridge-18), region!=south"
-model = "codebrim-vit-t"
-version = ">=1.0,<2"
-canary = 50
-"""
+UPLINK_FRAMES = 4
 
 
-def _models_of(demo: Demo) -> list[tuple[str | None, str | None]]:
-    found = []
-    for d in demo.devices():
-        model = (d.get("state") or {}).get("model") or {}
-        found.append((model.get("version"), model.get("state")))
-    return found
+def uplink_steps(demo: Demo) -> None:
+    """A drone uplink appliance on the same site: it enrolls with the bundle, serves the
+    uplink API with a model given on its command line, processes generated drone frames posted
+    by a real HTTP client, and the hub shows the detection summaries it received."""
+    import asyncio
 
+    import aiohttp
 
-def _wait_fleet_on(demo: Demo, version: str, timeout: float = 180) -> None:
-    wait_until(
-        lambda: _models_of(demo) == [(version, "committed")] * APPLIANCES,
-        timeout,
-        f"every appliance to commit {version}",
+    state, port = demo.root / "uplink-box", free_port()
+    state.mkdir()
+    (state / "bundle.spoke").write_bytes((demo.root / "bridge-17.spoke").read_bytes())
+    (state / "spoke.toml").write_text(
+        f'[api]\nlisten = "127.0.0.1:{port}"\n\n[uplink]\nbackend = "onnxruntime"\n'
     )
+    step("Drone uplink: a model artifact, generated drone frames and an API token")
+    model = demo.root / "uplink-model"
+    print(tool("daemon", "model", "create", "--preset", "vit-tiny-p16-112", "--name",
+               "codebrim-vit-t", "--version", "1.0.0", "--out", str(model)), end="")
+    frames = demo.root / "frames"
+    print(tool("provisioning", "data", "generate", "--domain", "3", "--frames",
+               str(UPLINK_FRAMES), "--frame-size", "1600x1200", "--out", str(frames)), end="")
+    token = tool("daemon", "tokens", "create", "--state-dir", str(state), "--name",
+                 "ground-station").strip()
+    print(f"token for ground-station: {token[:10]}... (shown once, stored hashed)")
 
+    step(f"Starting the uplink appliance: spoke run --model {model.name} (API on port {port})")
+    demo.spawn("uplink-box", "daemon", "run", "--state-dir", str(state), "--trust-key",
+               str(demo.root / "provisioning.pub"), "--boot-dir", str(demo.root / "boot"),
+               "--model", str(model))
+    base = f"http://127.0.0.1:{port}"
 
-def model_delivery_steps(demo: Demo) -> None:
-    """Publish a model and a placement policy; the appliances pull, verify and activate it;
-    a second version rolls out canary first; ``spoke-hub devices`` shows each step."""
-    home = str(demo.home)
-    artifacts = demo.root / "artifacts"
-    step("Making two small model artifacts (vit-tiny-p16-112: 1.0.0, and 1.1.0 retrained)")
-    for version, seed in (("1.0.0", "0"), ("1.1.0", "1")):
-        print(tool("daemon", "model", "create", "--preset", "vit-tiny-p16-112", "--name",
-                   "codebrim-vit-t", "--version", version, "--seed", seed, "--out",
-                   str(artifacts / version)), end="")
+    def ready() -> bool:
+        import urllib.request
 
-    step("Publishing 1.0.0 to the hub's signed model repository (TUF targets)")
-    print(tool("provisioning", "models", "publish", "--home", home, str(artifacts / "1.0.0")),
-          end="")
-    print(tool("provisioning", "models", "list", "--home", home), end="")
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
-    step("Applying a placement policy (spoke-hub policy apply)")
-    print(DEMO_POLICY, end="")
-    policy = demo.root / "policy.toml"
-    policy.write_text(DEMO_POLICY)
-    print(tool("provisioning", "policy", "apply", "--home", home, str(policy)), end="")
+    wait_until(ready, 90, "the uplink API to be ready")
 
-    step("The appliances pull 1.0.0 over HTTPS, verify it against the pinned TUF root, "
-         "smoke-test and activate it (canary first)")
-    _wait_fleet_on(demo, "1.0.0")
-    print(tool("provisioning", "devices", "--home", home), end="")
+    async def post_all() -> list[dict[str, Any]]:
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base) as http:
+            async def post(path: Path) -> str:
+                form = aiohttp.FormData()
+                form.add_field("mission", "bridge-17-pass-1")
+                form.add_field("drone", "drone-1")
+                form.add_field("image", path.read_bytes(), content_type="image/jpeg",
+                               filename=path.name)
+                async with http.post("/v1/images", data=form, headers=auth) as resp:
+                    body = await resp.json()
+                    print(f"POST {path.name}: {resp.status} {body['id'][:12]}... "
+                          f"-> {body['location'][:22]}...")
+                    return str(body["id"])
 
-    step("Publishing 1.1.0: the canary appliance takes it first, then the rest")
-    print(tool("provisioning", "models", "publish", "--home", home, str(artifacts / "1.1.0")),
-          end="")
-    wait_until(lambda: ("1.1.0", "committed") in _models_of(demo) or
-               ("1.1.0", "probation") in _models_of(demo), 120, "the canary to take 1.1.0")
-    print(tool("provisioning", "devices", "--home", home), end="")
-    _wait_fleet_on(demo, "1.1.0")
-    step("Every appliance committed 1.1.0 after its health gate (spoke-hub devices)")
-    print(tool("provisioning", "devices", "--home", home), end="")
-    step("One appliance's model store (spoke models list): 1.0.0 kept for rollback")
-    print(tool("daemon", "models", "list", "--state-dir", str(demo.root / "appliance-0")),
+            ids = await asyncio.gather(*(post(p) for p in sorted(frames.glob("*.jpg"))))
+            results = []
+            for image_id in ids:
+                while True:
+                    async with http.get(f"/v1/images/{image_id}", headers=auth) as resp:
+                        result = await resp.json()
+                    if result["status"] in ("done", "failed"):
+                        results.append(result)
+                        break
+                    await asyncio.sleep(0.3)
+            async with http.get("/v1/missions/bridge-17-pass-1", headers=auth) as resp:
+                summary = await resp.json()
+            print(f"mission bridge-17-pass-1: {summary['processed']} of {summary['images']} "
+                  f"processed, labels {summary['label_counts']}")
+            return results
+
+    step(f"Posting {UPLINK_FRAMES} drone frames concurrently (multipart, aiohttp client)")
+    for r in asyncio.run(post_all()):
+        gps = r["gps"] or {}
+        print(f"{r['id'][:12]}  {r['status']:<6} {len(r['tiles'] or [])} tiles  "
+              f"{', '.join(r['labels'] or []) or '-'}  at {gps.get('latitude')},"
+              f"{gps.get('longitude')}  ({r['model']['name']}@{r['model']['version']})")
+
+    step("The detection summaries the hub received (spoke-hub events); no image left the box")
+    wait_until(
+        lambda: len(json.loads(tool("provisioning", "events", "--home", str(demo.home),
+                                    "--kind", "detection", "--json"))) >= UPLINK_FRAMES,
+        60, "the hub to receive the detection events")
+    print(tool("provisioning", "events", "--home", str(demo.home), "--kind", "detection"),
           end="")
 
 

@@ -122,6 +122,7 @@ class Demo:
             state.mkdir()
             # The bundle sits where a technician's USB stick would put it.
             (state / "bundle.spoke").write_bytes(bundle.read_bytes())
+            (state / "spoke.toml").write_text(demo_appliance_config())
             self.spawn(
                 f"appliance-{i}",
                 "daemon",
@@ -144,6 +145,8 @@ class Demo:
         step("One appliance's own view (spoke status)")
         print(tool("daemon", "status", "--state-dir", str(self.root / "appliance-0")), end="")
 
+        model_delivery_steps(self)
+
         uplink_steps(self)
 
     def stop(self) -> None:
@@ -159,6 +162,88 @@ class Demo:
         print(f"exit codes: {codes}")
         if any(codes):
             raise SystemExit("demo: a process did not stop cleanly; logs are in " + str(self.root))
+
+
+# --- signed model delivery (issue 5) ---------------------------------------------------------
+
+def demo_appliance_config() -> str:
+    """Each demo appliance's spoke.toml: its own API port on loopback (two appliances share
+    the host), ONNX Runtime (no backend probing) and a 3-second health gate, so a rollout
+    shows in seconds rather than the default two minutes."""
+    return f"""[api]
+listen = "127.0.0.1:{free_port()}"
+
+[models]
+backend = "onnxruntime"
+gate_quiet_s = 3
+retry_initial_s = 1
+"""
+
+DEMO_POLICY = """# Bridge appliances run codebrim-vit-t 1.x; a new version reaches half first.
+[[rule]]
+name = "bridges"
+selector = "site in (bridge-17, bridge-18), region!=south"
+model = "codebrim-vit-t"
+version = ">=1.0,<2"
+canary = 50
+"""
+
+
+def _models_of(demo: Demo) -> list[tuple[str | None, str | None]]:
+    found = []
+    for d in demo.devices():
+        model = (d.get("state") or {}).get("model") or {}
+        found.append((model.get("version"), model.get("state")))
+    return found
+
+
+def _wait_fleet_on(demo: Demo, version: str, timeout: float = 180) -> None:
+    wait_until(
+        lambda: _models_of(demo) == [(version, "committed")] * APPLIANCES,
+        timeout,
+        f"every appliance to commit {version}",
+    )
+
+
+def model_delivery_steps(demo: Demo) -> None:
+    """Publish a model and a placement policy; the appliances pull, verify and activate it;
+    a second version rolls out canary first; ``spoke-hub devices`` shows each step."""
+    home = str(demo.home)
+    artifacts = demo.root / "artifacts"
+    step("Making two small model artifacts (vit-tiny-p16-112: 1.0.0, and 1.1.0 retrained)")
+    for version, seed in (("1.0.0", "0"), ("1.1.0", "1")):
+        print(tool("daemon", "model", "create", "--preset", "vit-tiny-p16-112", "--name",
+                   "codebrim-vit-t", "--version", version, "--seed", seed, "--out",
+                   str(artifacts / version)), end="")
+
+    step("Publishing 1.0.0 to the hub's signed model repository (TUF targets)")
+    print(tool("provisioning", "models", "publish", "--home", home, str(artifacts / "1.0.0")),
+          end="")
+    print(tool("provisioning", "models", "list", "--home", home), end="")
+
+    step("Applying a placement policy (spoke-hub policy apply)")
+    print(DEMO_POLICY, end="")
+    policy = demo.root / "policy.toml"
+    policy.write_text(DEMO_POLICY)
+    print(tool("provisioning", "policy", "apply", "--home", home, str(policy)), end="")
+
+    step("The appliances pull 1.0.0 over HTTPS, verify it against the pinned TUF root, "
+         "smoke-test and activate it (canary first)")
+    _wait_fleet_on(demo, "1.0.0")
+    print(tool("provisioning", "devices", "--home", home), end="")
+
+    step("Publishing 1.1.0: the canary appliance takes it first, then the rest")
+    print(tool("provisioning", "models", "publish", "--home", home, str(artifacts / "1.1.0")),
+          end="")
+    wait_until(lambda: ("1.1.0", "committed") in _models_of(demo) or
+               ("1.1.0", "probation") in _models_of(demo), 120, "the canary to take 1.1.0")
+    print(tool("provisioning", "devices", "--home", home), end="")
+    _wait_fleet_on(demo, "1.1.0")
+    step("Every appliance committed 1.1.0 after its health gate (spoke-hub devices)")
+    print(tool("provisioning", "devices", "--home", home), end="")
+    step("One appliance's model store (spoke models list): 1.0.0 kept for rollback")
+    print(tool("daemon", "models", "list", "--state-dir", str(demo.root / "appliance-0")),
+          end="")
 
 
 # --- drone uplink (issue 4) ------------------------------------------------------------------

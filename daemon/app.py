@@ -35,6 +35,7 @@ from daemon.state import Identity, StateDir, StatusFile
 from daemon.uplink.api import UplinkApi
 from daemon.uplink.provider import ModelProvider, NoModel, StaticModel, StaticModelLoader
 from daemon.uplink.service import UplinkService
+from daemon.web.report import install_route as install_report_route
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,9 @@ class Daemon:
             self.metrics,
             self.outbox,
         )
-        UplinkApi(self.uplink, self.config.api.max_upload_bytes).install(self.api.app)
+        uplink_api = UplinkApi(self.uplink, self.config.api.max_upload_bytes)
+        uplink_api.install(self.api.app)
+        install_report_route(self.api.app, uplink_api, lambda: self.status.data.get("device_id"))
         # Local fine-tuning (daemon/finetune): samples, jobs, promotion through self.models.
         self.finetune = FinetuneService(
             self.options.state.root / "finetune",

@@ -144,13 +144,16 @@ class Results:
 
 
 def thumbnail(data: bytes, row: dict[str, Any], side: int = 320, quality: int = 75,
-              max_boxes: int = 6) -> bytes:
+              max_boxes: int = 6, heat: bool = False) -> bytes:
     """A small JPEG of a stored image with the tiles that found its defects most surely
-    outlined.
+    outlined; with ``heat``, under the same red-to-yellow heatmap as the API's overlay.png
+    (``models.pipeline.render_overlay``) of the highest defect probability per pixel.
 
-    The image was fully validated (size and pixel bounds) when it was ingested; JPEGs are
-    decoded at a reduced scale (``draft``), so a 12 MP frame costs a few milliseconds.
+    Pillow and numpy only (no model code, so ``spoke report`` starts fast). The image was
+    fully validated (size and pixel bounds) when it was ingested; JPEGs are decoded at a
+    reduced scale (``draft``), so a 12 MP frame costs a few milliseconds.
     """
+    import numpy as np
     from PIL import Image, ImageDraw
 
     with Image.open(io.BytesIO(data)) as im:
@@ -158,18 +161,32 @@ def thumbnail(data: bytes, row: dict[str, Any], side: int = 320, quality: int = 
         width, height = row.get("width") or im.width, row.get("height") or im.height
         small = im.convert("RGB")
     small.thumbnail((side, side))
-    scale_x, scale_y = small.width / width, small.height / height
+    sx, sy = small.width / width, small.height / height
+    defect_labels = [lab for lab in (row.get("probs") or {}) if lab != BACKGROUND]
+    found = [lab for lab in (row.get("labels") or []) if lab != BACKGROUND]
+    tiles = row.get("tiles") or []
+    if heat and tiles:
+        level = np.zeros((small.height, small.width), dtype=np.float32)
+        for tile in tiles:
+            p = max((tile["probs"].get(lab, 0.0) for lab in defect_labels), default=0.0)
+            x0, y0, x1, y1 = (round(v * s) for v, s in zip(tile["box"], (sx, sy, sx, sy),
+                                                          strict=True))
+            np.maximum(level[y0:y1, x0:x1], p, out=level[y0:y1, x0:x1])
+        base = np.asarray(small, dtype=np.float32)
+        color = np.stack([np.full_like(level, 255.0), 255.0 * level, np.zeros_like(level)], -1)
+        alpha = (0.55 * level)[..., None]
+        small = Image.fromarray((base * (1 - alpha) + color * alpha).clip(0, 255)
+                                .astype(np.uint8))
     draw = ImageDraw.Draw(small)
-    labels = [lab for lab in (row.get("labels") or []) if lab != BACKGROUND]
     scored = []
-    for tile in row.get("tiles") or []:
+    for tile in tiles:
         probs = tile.get("probs") or {}
-        worst = max((probs.get(lab, 0.0) for lab in labels), default=0.0)
+        worst = max((probs.get(lab, 0.0) for lab in found), default=0.0)
         if worst >= 0.5:
             scored.append((worst, tile["box"]))
     # The strongest few: an outline on every tile would hide the picture.
     for worst, (x0, y0, x1, y1) in sorted(scored, reverse=True)[:max_boxes]:
-        draw.rectangle((x0 * scale_x, y0 * scale_y, x1 * scale_x - 1, y1 * scale_y - 1),
+        draw.rectangle((x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1),
                        outline=(255, 64 + int(150 * (1 - worst)), 0), width=2)
     out = io.BytesIO()
     small.save(out, format="JPEG", quality=quality)

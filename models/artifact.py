@@ -44,11 +44,24 @@ GOLDEN_IMAGES = 2
 GOLDEN_ATOL = 0.05
 MAX_TAR_BYTES = 2 * 1024**3
 
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-                     r"(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_CARD_KEYS = {"format", "name", "version", "config", "labels", "preprocessing", "thresholds",
-              "metrics", "parent", "golden", "files"}
+_CARD_KEYS = {
+    "format",
+    "name",
+    "version",
+    "config",
+    "labels",
+    "preprocessing",
+    "thresholds",
+    "metrics",
+    "parent",
+    "golden",
+    "files",
+}
 
 
 @dataclass(frozen=True)
@@ -64,13 +77,22 @@ class Golden:
         if input_size % GOLDEN_PATTERN:
             raise ArtifactError(f"input size {input_size} is not a multiple of {GOLDEN_PATTERN}")
         k = input_size // GOLDEN_PATTERN
-        small = np.stack([np.frombuffer(bytes.fromhex(p), dtype=np.uint8)
-                          .reshape(GOLDEN_PATTERN, GOLDEN_PATTERN, 3) for p in self.patterns])
+        small = np.stack(
+            [
+                np.frombuffer(bytes.fromhex(p), dtype=np.uint8).reshape(
+                    GOLDEN_PATTERN, GOLDEN_PATTERN, 3
+                )
+                for p in self.patterns
+            ]
+        )
         return small.repeat(k, axis=1).repeat(k, axis=2)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"patterns": list(self.patterns), "expected": [list(e) for e in self.expected],
-                "atol": self.atol}
+        return {
+            "patterns": list(self.patterns),
+            "expected": [list(e) for e in self.expected],
+            "atol": self.atol,
+        }
 
 
 @dataclass(frozen=True)
@@ -89,11 +111,19 @@ class ModelCard:
     parent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "name": self.name, "version": self.version,
-                "config": self.config.to_dict(), "labels": list(self.labels),
-                "preprocessing": self.preprocessing.to_dict(), "thresholds": self.thresholds,
-                "metrics": self.metrics, "parent": self.parent, "golden": self.golden.to_dict(),
-                "files": self.files}
+        return {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "config": self.config.to_dict(),
+            "labels": list(self.labels),
+            "preprocessing": self.preprocessing.to_dict(),
+            "thresholds": self.thresholds,
+            "metrics": self.metrics,
+            "parent": self.parent,
+            "golden": self.golden.to_dict(),
+            "files": self.files,
+        }
 
     @property
     def ref(self) -> str:
@@ -138,8 +168,9 @@ class Artifact:
             raise ArtifactError(f"golden output shape {probs.shape} != expected {expected.shape}")
         diff = float(np.max(np.abs(probs.astype(np.float32) - expected)))
         if not diff <= self.card.golden.atol:
-            raise ArtifactError(f"golden output differs by {diff:.4f} "
-                                f"(tolerance {self.card.golden.atol})")
+            raise ArtifactError(
+                f"golden output differs by {diff:.4f} (tolerance {self.card.golden.atol})"
+            )
         return diff
 
 
@@ -151,12 +182,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_artifact(model: VisionTransformer, out_dir: Path, *, name: str, version: str,
-                   labels: Sequence[str] = CODEBRIM_LABELS,
-                   thresholds: dict[str, float] | None = None,
-                   preprocessing: Preprocessing | None = None,
-                   metrics: dict[str, float] | None = None, parent: str | None = None,
-                   golden_seed: int = 0) -> Artifact:
+def write_artifact(
+    model: VisionTransformer,
+    out_dir: Path,
+    *,
+    name: str,
+    version: str,
+    labels: Sequence[str] = CODEBRIM_LABELS,
+    thresholds: dict[str, float] | None = None,
+    preprocessing: Preprocessing | None = None,
+    metrics: dict[str, float] | None = None,
+    parent: str | None = None,
+    golden_seed: int = 0,
+) -> Artifact:
     """Export ``model`` into a new directory ``out_dir`` (refused if it exists and is not
     empty), atomically: the files are written beside it and the directory renamed into place.
 
@@ -176,10 +214,18 @@ def write_artifact(model: VisionTransformer, out_dir: Path, *, name: str, versio
         export_onnx(model, work / ONNX_FILE)
         save_weights(model, work / WEIGHTS_FILE)
         golden = _make_golden(model, preprocessing, golden_seed)
-        card = ModelCard(name=name, version=version, config=cfg, labels=labels,
-                         preprocessing=preprocessing, thresholds=thresholds, golden=golden,
-                         files={f: sha256_file(work / f) for f in (ONNX_FILE, WEIGHTS_FILE)},
-                         metrics=dict(metrics or {}), parent=parent)
+        card = ModelCard(
+            name=name,
+            version=version,
+            config=cfg,
+            labels=labels,
+            preprocessing=preprocessing,
+            thresholds=thresholds,
+            golden=golden,
+            files={f: sha256_file(work / f) for f in (ONNX_FILE, WEIGHTS_FILE)},
+            metrics=dict(metrics or {}),
+            parent=parent,
+        )
         _validate_card(card)
         (work / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
         for f in (ONNX_FILE, WEIGHTS_FILE, CARD_FILE):
@@ -197,8 +243,7 @@ def write_artifact(model: VisionTransformer, out_dir: Path, *, name: str, versio
 
 def _make_golden(model: VisionTransformer, pre: Preprocessing, seed: int) -> Golden:
     rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (GOLDEN_IMAGES, GOLDEN_PATTERN, GOLDEN_PATTERN, 3),
-                         dtype=np.uint8)
+    small = rng.integers(0, 256, (GOLDEN_IMAGES, GOLDEN_PATTERN, GOLDEN_PATTERN, 3), dtype=np.uint8)
     golden = Golden(tuple(p.tobytes().hex() for p in small), ())
     batch = torch.from_numpy(pre.normalize(golden.images(pre.input_size)))
     with torch.inference_mode():
@@ -272,8 +317,9 @@ def _load_dir(root: Path) -> Artifact:
     try:
         artifact.build_model()
     except ModelError as exc:
-        raise ArtifactError(f"{root / WEIGHTS_FILE} does not match the card's config: {exc}") \
-            from exc
+        raise ArtifactError(
+            f"{root / WEIGHTS_FILE} does not match the card's config: {exc}"
+        ) from exc
     return artifact
 
 
@@ -291,23 +337,30 @@ def read_card(root: Path) -> ModelCard:
     missing = _CARD_KEYS - set(data)
     unknown = set(data) - _CARD_KEYS
     if missing or unknown:
-        raise ArtifactError(f"{card_path}: missing keys {sorted(missing) or 'none'}, "
-                            f"unknown keys {sorted(unknown) or 'none'}")
+        raise ArtifactError(
+            f"{card_path}: missing keys {sorted(missing) or 'none'}, "
+            f"unknown keys {sorted(unknown) or 'none'}"
+        )
     if data["format"] != FORMAT_VERSION:
         raise ArtifactError(f"{card_path}: format {data['format']!r} is not {FORMAT_VERSION}")
     try:
         golden = data["golden"]
         card = ModelCard(
-            name=str(data["name"]), version=str(data["version"]),
-            config=ViTConfig.from_dict(data["config"]), labels=tuple(data["labels"]),
+            name=str(data["name"]),
+            version=str(data["version"]),
+            config=ViTConfig.from_dict(data["config"]),
+            labels=tuple(data["labels"]),
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             thresholds={str(k): float(v) for k, v in data["thresholds"].items()},
-            golden=Golden(tuple(golden["patterns"]),
-                          tuple(tuple(float(v) for v in row) for row in golden["expected"]),
-                          float(golden["atol"])),
+            golden=Golden(
+                tuple(golden["patterns"]),
+                tuple(tuple(float(v) for v in row) for row in golden["expected"]),
+                float(golden["atol"]),
+            ),
             files={str(k): str(v) for k, v in data["files"].items()},
             metrics={str(k): float(v) for k, v in data["metrics"].items()},
-            parent=None if data["parent"] is None else str(data["parent"]))
+            parent=None if data["parent"] is None else str(data["parent"]),
+        )
     except ModelError as exc:
         raise ArtifactError(f"{card_path}: {exc}") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -325,8 +378,9 @@ def _validate_card(card: ModelCard) -> None:
     if not _SEMVER.match(card.version):
         raise ArtifactError(f"version {card.version!r} is not a semantic version")
     if len(card.labels) != card.config.num_classes:
-        raise ArtifactError(f"{len(card.labels)} labels for a {card.config.num_classes}-class "
-                            "config")
+        raise ArtifactError(
+            f"{len(card.labels)} labels for a {card.config.num_classes}-class config"
+        )
     if len(set(card.labels)) != len(card.labels) or not all(card.labels):
         raise ArtifactError("labels must be unique and non-empty")
     if set(card.thresholds) != set(card.labels):
@@ -334,15 +388,18 @@ def _validate_card(card: ModelCard) -> None:
     if not all(0.0 <= t <= 1.0 for t in card.thresholds.values()):
         raise ArtifactError("thresholds must be between 0 and 1")
     if card.preprocessing.input_size != card.config.img_size:
-        raise ArtifactError(f"preprocessing input_size {card.preprocessing.input_size} != "
-                            f"config img_size {card.config.img_size}")
+        raise ArtifactError(
+            f"preprocessing input_size {card.preprocessing.input_size} != "
+            f"config img_size {card.config.img_size}"
+        )
     if set(card.files) - {ONNX_FILE, WEIGHTS_FILE}:
         raise ArtifactError(f"unexpected files listed: {sorted(set(card.files))}")
     g = card.golden
     if len(g.patterns) != len(g.expected) or not g.patterns or g.atol <= 0:
         raise ArtifactError("golden data needs one expected row per pattern and atol > 0")
-    if any(len(p) != GOLDEN_PATTERN * GOLDEN_PATTERN * 3 * 2 for p in g.patterns) or \
-            any(len(row) != card.config.num_classes for row in g.expected):
+    if any(len(p) != GOLDEN_PATTERN * GOLDEN_PATTERN * 3 * 2 for p in g.patterns) or any(
+        len(row) != card.config.num_classes for row in g.expected
+    ):
         raise ArtifactError("golden patterns or expected rows have the wrong size")
 
 
@@ -350,8 +407,12 @@ def _check_graph(card: ModelCard, sig: GraphSignature) -> None:
     cfg = card.config
     want_in = (cfg.in_chans, cfg.img_size, cfg.img_size)
     if len(sig.input_shape) != 4 or sig.input_shape[1:] != want_in:
-        raise ArtifactError(f"card/graph mismatch: graph input {sig.input_shape}, card expects "
-                            f"(batch, {', '.join(map(str, want_in))})")
+        raise ArtifactError(
+            f"card/graph mismatch: graph input {sig.input_shape}, card expects "
+            f"(batch, {', '.join(map(str, want_in))})"
+        )
     if len(sig.output_shape) != 2 or sig.output_shape[1] != len(card.labels):
-        raise ArtifactError(f"card/graph mismatch: graph output {sig.output_shape}, card has "
-                            f"{len(card.labels)} labels")
+        raise ArtifactError(
+            f"card/graph mismatch: graph output {sig.output_shape}, card has "
+            f"{len(card.labels)} labels"
+        )

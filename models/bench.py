@@ -73,9 +73,9 @@ def synthetic_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) ->
     """A concrete-like grey texture: blotchy low-frequency shading plus fine grain. Like a
     real photo, and unlike white noise, it compresses and decodes at a realistic rate."""
     rng = np.random.default_rng(seed)
-    blotches = Image.fromarray(rng.integers(90, 170, (height // 64 + 1, width // 64 + 1),
-                                            dtype=np.uint8)).resize((width, height),
-                                                                    Image.Resampling.BICUBIC)
+    blotches = Image.fromarray(
+        rng.integers(90, 170, (height // 64 + 1, width // 64 + 1), dtype=np.uint8)
+    ).resize((width, height), Image.Resampling.BICUBIC)
     grain = rng.integers(-12, 13, (height, width), dtype=np.int16)
     grey = np.clip(np.asarray(blotches, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
     rgb = np.stack([grey, grey, (grey * 0.95).astype(np.uint8)], axis=-1)
@@ -107,9 +107,14 @@ def end_to_end(pipeline: Pipeline, image: bytes) -> dict[str, Any]:
     total = time.perf_counter() - start
     tiles = len(result.tiles)
     overhead = total - result.timings["infer"]
-    return {"tiles": tiles, "seconds": round(total, 3), "tiles_per_s": tiles / total,
-            "images_per_s": 1.0 / total, "overhead_share": overhead / total,
-            "stages": {k: round(v, 3) for k, v in result.timings.items()}}
+    return {
+        "tiles": tiles,
+        "seconds": round(total, 3),
+        "tiles_per_s": tiles / total,
+        "images_per_s": 1.0 / total,
+        "overhead_share": overhead / total,
+        "stages": {k: round(v, 3) for k, v in result.timings.items()},
+    }
 
 
 def _configs() -> list[tuple[str, Callable[[Artifact], Backend]]]:
@@ -162,33 +167,58 @@ def run_bench(artifact: Artifact, plan: BenchPlan, progress: Progress) -> dict[s
         backend.batch_size = best
         e2e = end_to_end(Pipeline(artifact, backend, options), image)
         backend.close()
-        rows.append({
-            "config": label, "device": backend.device, "batch_rates": rates,
-            "model_batch1": rates[1], "best_batch": best,
-            "model_best": rates[best], "gflops_model": rates[best] * flops / 1e9,
-            "gflops_e2e": e2e["tiles_per_s"] * flops / 1e9,
-            "model_batch1_vs_naive": rates[1] / naive_model,
-            "model_best_vs_naive": rates[best] / naive_model,
-            "e2e": e2e, "e2e_vs_naive": e2e["tiles_per_s"] / naive_e2e["tiles_per_s"],
-        })
+        rows.append(
+            {
+                "config": label,
+                "device": backend.device,
+                "batch_rates": rates,
+                "model_batch1": rates[1],
+                "best_batch": best,
+                "model_best": rates[best],
+                "gflops_model": rates[best] * flops / 1e9,
+                "gflops_e2e": e2e["tiles_per_s"] * flops / 1e9,
+                "model_batch1_vs_naive": rates[1] / naive_model,
+                "model_best_vs_naive": rates[best] / naive_model,
+                "e2e": e2e,
+                "e2e_vs_naive": e2e["tiles_per_s"] / naive_e2e["tiles_per_s"],
+            }
+        )
     measured = [r for r in rows if "skipped" not in r]
     top = max(measured, key=lambda r: r["e2e_vs_naive"])
     return {
-        "cpu": cpu_model(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "threads": torch.get_num_threads(), "model": artifact.card.ref,
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "threads": torch.get_num_threads(),
+        "model": artifact.card.ref,
         "load_average": {"start": load_before, "end": os.getloadavg()[0]},
-        "config": {"img_size": cfg.img_size, "patch_size": cfg.patch_size,
-                   "embed_dim": cfg.embed_dim, "depth": cfg.depth},
+        "config": {
+            "img_size": cfg.img_size,
+            "patch_size": cfg.patch_size,
+            "embed_dim": cfg.embed_dim,
+            "depth": cfg.depth,
+        },
         "gflop_per_tile": flops / 1e9,
-        "image": {"width": plan.size[0], "height": plan.size[1], "jpeg_bytes": len(image),
-                  "tiles": naive_e2e["tiles"], "overlap": naive_pipeline.overlap},
-        "naive": {"model_batch1": naive_model, "gflops_model": naive_model * flops / 1e9,
-                  "e2e": naive_e2e},
+        "image": {
+            "width": plan.size[0],
+            "height": plan.size[1],
+            "jpeg_bytes": len(image),
+            "tiles": naive_e2e["tiles"],
+            "overlap": naive_pipeline.overlap,
+        },
+        "naive": {
+            "model_batch1": naive_model,
+            "gflops_model": naive_model * flops / 1e9,
+            "e2e": naive_e2e,
+        },
         "rows": rows,
-        "targets": {"best": top["config"], "e2e_speedup": top["e2e_vs_naive"],
-                    "e2e_speedup_met": top["e2e_vs_naive"] >= TARGET_SPEEDUP,
-                    "overhead_share": top["e2e"]["overhead_share"],
-                    "overhead_met": top["e2e"]["overhead_share"] < TARGET_OVERHEAD_SHARE},
+        "targets": {
+            "best": top["config"],
+            "e2e_speedup": top["e2e_vs_naive"],
+            "e2e_speedup_met": top["e2e_vs_naive"] >= TARGET_SPEEDUP,
+            "overhead_share": top["e2e"]["overhead_share"],
+            "overhead_met": top["e2e"]["overhead_share"] < TARGET_OVERHEAD_SHARE,
+        },
     }
 
 
@@ -222,7 +252,8 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"({r['model_best_vs_naive']:.2f}x) | {r['model_batch1']:.1f} "
             f"({r['model_batch1_vs_naive']:.2f}x) | {r['gflops_model']:.0f} "
             f"| {e['tiles_per_s']:.1f} ({r['e2e_vs_naive']:.2f}x) | {e['images_per_s']:.3f} "
-            f"| {e['overhead_share']:.1%} |")
+            f"| {e['overhead_share']:.1%} |"
+        )
     t = res["targets"]
     lines += [
         "",

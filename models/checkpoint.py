@@ -33,14 +33,20 @@ def resample_pos_embed(pos_embed: Tensor, grid_size: int) -> Tensor:
         return pos_embed
     dim = patch_pos.shape[-1]
     grid = patch_pos.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False,
-                         antialias=grid_size < old)
+    grid = F.interpolate(
+        grid,
+        size=(grid_size, grid_size),
+        mode="bicubic",
+        align_corners=False,
+        antialias=grid_size < old,
+    )
     patch_pos = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, dim)
     return torch.cat([cls_pos, patch_pos.to(pos_embed.dtype)], dim=1)
 
 
-def load_state_dict(model: VisionTransformer, state: dict[str, Tensor],
-                    strict_head: bool = True) -> None:
+def load_state_dict(
+    model: VisionTransformer, state: dict[str, Tensor], strict_head: bool = True
+) -> None:
     """Load a timm-named state dict into ``model``, resampling ``pos_embed`` if needed.
 
     ``strict_head=False`` skips a head of another label count (starting a fine-tune from a
@@ -51,17 +57,25 @@ def load_state_dict(model: VisionTransformer, state: dict[str, Tensor],
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], model.cfg.grid_size)
     own = model.state_dict()
     fresh_head: set[str] = set()
-    if not strict_head and "head.weight" in state and \
-            state["head.weight"].shape != own["head.weight"].shape:
+    if (
+        not strict_head
+        and "head.weight" in state
+        and state["head.weight"].shape != own["head.weight"].shape
+    ):
         fresh_head = {"head.weight", "head.bias"}
         state = {k: v for k, v in state.items() if k not in fresh_head}
     missing = sorted(set(own) - set(state) - fresh_head)
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ModelError(f"checkpoint does not fit the model: missing {missing or 'none'}, "
-                         f"unexpected {unexpected or 'none'}")
-    wrong = [f"{k}: {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items()
-             if v.shape != own[k].shape]
+        raise ModelError(
+            f"checkpoint does not fit the model: missing {missing or 'none'}, "
+            f"unexpected {unexpected or 'none'}"
+        )
+    wrong = [
+        f"{k}: {tuple(v.shape)} != {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if v.shape != own[k].shape
+    ]
     if wrong:
         raise ModelError("checkpoint shapes do not fit the model: " + "; ".join(wrong))
     model.load_state_dict(state, strict=False)

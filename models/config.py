@@ -40,17 +40,31 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:
-            raise ModelError(f"img_size {self.img_size} is not a multiple of "
-                             f"patch_size {self.patch_size}")
+            raise ModelError(
+                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.embed_dim % self.num_heads:
-            raise ModelError(f"embed_dim {self.embed_dim} is not divisible by "
-                             f"num_heads {self.num_heads}")
-        if min(self.img_size, self.patch_size, self.embed_dim, self.depth, self.num_heads,
-               self.num_classes, self.in_chans) < 1:
+            raise ModelError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
+        if (
+            min(
+                self.img_size,
+                self.patch_size,
+                self.embed_dim,
+                self.depth,
+                self.num_heads,
+                self.num_classes,
+                self.in_chans,
+            )
+            < 1
+        ):
             raise ModelError("every ViTConfig size must be positive")
         if self.weight_init not in WEIGHT_INIT_POLICIES:
-            raise ModelError(f"unknown weight_init {self.weight_init!r}; "
-                             f"choose one of {', '.join(WEIGHT_INIT_POLICIES)}")
+            raise ModelError(
+                f"unknown weight_init {self.weight_init!r}; "
+                f"choose one of {', '.join(WEIGHT_INIT_POLICIES)}"
+            )
 
     @property
     def grid_size(self) -> int:
@@ -105,7 +119,12 @@ def preset(name: str, **overrides: Any) -> ViTConfig:
 
 def tiny_config(**overrides: Any) -> ViTConfig:
     """A very small ViT (32 px, dim 32, depth 2) for tests and notebooks: runs in milliseconds."""
-    fields: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
-                              "num_heads": 2}
+    fields: dict[str, Any] = {
+        "img_size": 32,
+        "patch_size": 8,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+    }
     fields.update(overrides)
     return ViTConfig(**fields)

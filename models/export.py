@@ -40,8 +40,13 @@ def export_onnx(model: VisionTransformer, path: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                Probabilities(model), (dummy,), str(path), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                Probabilities(model),
+                (dummy,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
     finally:

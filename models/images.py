@@ -28,9 +28,13 @@ _IFD_EXIF, _IFD_GPS = 0x8769, 0x8825
 _TAG_DATETIME_ORIGINAL, _TAG_OFFSET_ORIGINAL = 0x9003, 0x9011
 #: EXIF orientation -> the transpose that makes the image upright (as Pillow's exif_transpose).
 _TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 
 
@@ -69,11 +73,17 @@ class ImageMeta:
     warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "width": self.width, "height": self.height,
-                "orientation": self.orientation,
-                "gps": None if self.gps is None else vars(self.gps),
-                "captured_at": self.captured_at, "camera_make": self.camera_make,
-                "camera_model": self.camera_model, "warnings": list(self.warnings)}
+        return {
+            "format": self.format,
+            "width": self.width,
+            "height": self.height,
+            "orientation": self.orientation,
+            "gps": None if self.gps is None else vars(self.gps),
+            "captured_at": self.captured_at,
+            "camera_make": self.camera_make,
+            "camera_model": self.camera_model,
+            "warnings": list(self.warnings),
+        }
 
 
 @dataclass(frozen=True)
@@ -103,23 +113,32 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
         with _open(data) as im:
             width, height = im.size
             if width * height > limits.max_pixels:
-                raise TooManyPixels(f"{width}x{height} is {width * height} pixels, more than "
-                                    f"the {limits.max_pixels}-pixel limit; refused before "
-                                    "decoding")
+                raise TooManyPixels(
+                    f"{width}x{height} is {width * height} pixels, more than "
+                    f"the {limits.max_pixels}-pixel limit; refused before "
+                    "decoding"
+                )
             _load(im)  # before EXIF: reading a PNG's EXIF would otherwise decode it unchecked
             exif = _read_exif(im, notes)
             orientation = exif.pop("orientation", 1)
             rgb = im.convert("RGB")
             fmt = im.format or "unknown"
-    notes.extend(str(w.message) for w in caught
-                 if not issubclass(w.category, Image.DecompressionBombWarning))
+    notes.extend(
+        str(w.message) for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)
+    )
     if orientation in _TRANSPOSE:
         rgb = rgb.transpose(_TRANSPOSE[orientation])
     pixels = np.asarray(rgb)
     for note in notes:
         log.warning("image EXIF: %s", note)
-    meta = ImageMeta(format=fmt, width=pixels.shape[1], height=pixels.shape[0],
-                     orientation=orientation, warnings=tuple(notes), **exif)
+    meta = ImageMeta(
+        format=fmt,
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        orientation=orientation,
+        warnings=tuple(notes),
+        **exif,
+    )
     return DecodedImage(pixels, meta)
 
 

@@ -58,17 +58,25 @@ class ImageResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.meta.to_dict(), "labels": self.labels, "probs": self.probs,
-                "tiles": [{"box": list(t.box), "probs": t.probs} for t in self.tiles],
-                "timings": self.timings}
+        return {
+            "image": self.meta.to_dict(),
+            "labels": self.labels,
+            "probs": self.probs,
+            "tiles": [{"box": list(t.box), "probs": t.probs} for t in self.tiles],
+            "timings": self.timings,
+        }
 
 
 class Pipeline:
     """One artifact, one backend, one set of tiling options and image limits."""
 
-    def __init__(self, artifact: Artifact, backend: Backend,
-                 options: TileOptions = TileOptions(),
-                 limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        backend: Backend,
+        options: TileOptions = TileOptions(),
+        limits: ImageLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.card = artifact.card
         self.backend = backend
         self.options = options
@@ -84,21 +92,31 @@ class Pipeline:
 
     def tile(self, image: DecodedImage) -> TiledImage:
         """Model-sized uint8 tiles with their boxes in the original image's pixels."""
-        return tile_image(image.pixels, self.card.preprocessing.input_size, self.overlap,
-                          self.options.downscale, self._pad)
+        return tile_image(
+            image.pixels,
+            self.card.preprocessing.input_size,
+            self.overlap,
+            self.options.downscale,
+            self._pad,
+        )
 
     def aggregate(self, image: DecodedImage, tiled: TiledImage, probs: np.ndarray) -> ImageResult:
         """Per-image probability = max over tiles; a label is reported at or over its
         threshold."""
         labels = self.card.labels
         if probs.shape != (len(tiled.boxes), len(labels)):
-            raise ModelError(f"probabilities {probs.shape} do not match "
-                             f"{len(tiled.boxes)} tiles x {len(labels)} labels")
+            raise ModelError(
+                f"probabilities {probs.shape} do not match "
+                f"{len(tiled.boxes)} tiles x {len(labels)} labels"
+            )
         rounded = np.round(probs.astype(np.float64), 5).tolist()
-        findings = [TileFinding((x0, y0, x1, y1), dict(zip(labels, row, strict=True)))
-                    for (x0, y0, x1, y1), row in zip(tiled.boxes.tolist(), rounded, strict=True)]
-        peak = dict(zip(labels, np.round(probs.max(axis=0).astype(np.float64), 5).tolist(),
-                        strict=True))
+        findings = [
+            TileFinding((x0, y0, x1, y1), dict(zip(labels, row, strict=True)))
+            for (x0, y0, x1, y1), row in zip(tiled.boxes.tolist(), rounded, strict=True)
+        ]
+        peak = dict(
+            zip(labels, np.round(probs.max(axis=0).astype(np.float64), 5).tolist(), strict=True)
+        )
         found = [lab for lab in labels if peak[lab] >= self.card.thresholds[lab]]
         return ImageResult(image.meta, findings, peak, found)
 
@@ -114,20 +132,26 @@ class Pipeline:
         t3 = time.perf_counter()
         result = self.aggregate(image, tiled, probs)
         t4 = time.perf_counter()
-        result.timings = {"decode": t1 - t0, "tile": t2 - t1, "infer": t3 - t2,
-                          "aggregate": t4 - t3}
+        result.timings = {
+            "decode": t1 - t0,
+            "tile": t2 - t1,
+            "infer": t3 - t2,
+            "aggregate": t4 - t3,
+        }
         return result
 
 
-def render_overlay(image: DecodedImage, result: ImageResult,
-                   max_side: int = OVERLAY_MAX_SIDE) -> bytes:
+def render_overlay(
+    image: DecodedImage, result: ImageResult, max_side: int = OVERLAY_MAX_SIDE
+) -> bytes:
     """A PNG of the image (shrunk to ``max_side``) under a heatmap of the highest defect
     probability covering each pixel: transparent at 0, opaque red-to-yellow towards 1."""
     meta = result.meta
     scale = min(1.0, max_side / max(meta.width, meta.height))
     size = (max(1, round(meta.width * scale)), max(1, round(meta.height * scale)))
-    base = np.asarray(Image.fromarray(image.pixels).resize(size, Image.Resampling.BILINEAR),
-                      dtype=np.float32)
+    base = np.asarray(
+        Image.fromarray(image.pixels).resize(size, Image.Resampling.BILINEAR), dtype=np.float32
+    )
     heat = np.zeros((size[1], size[0]), dtype=np.float32)
     defects = [lab for lab in result.probs if lab not in BACKGROUND_LABELS]
     for finding in result.tiles:

@@ -38,8 +38,13 @@ def tile_positions(length: int, tile: int, overlap: int) -> list[int]:
     return [min(i * stride, length - tile) for i in range(count)]
 
 
-def tile_image(pixels: np.ndarray, tile: int, overlap: int = 0, downscale: int = 1,
-               pad_value: tuple[int, int, int] = (0, 0, 0)) -> TiledImage:
+def tile_image(
+    pixels: np.ndarray,
+    tile: int,
+    overlap: int = 0,
+    downscale: int = 1,
+    pad_value: tuple[int, int, int] = (0, 0, 0),
+) -> TiledImage:
     """Tiles of (height, width, 3) uint8 ``pixels``; see the module docstring for the geometry."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ModelError(f"expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
@@ -61,8 +66,12 @@ def tile_image(pixels: np.ndarray, tile: int, overlap: int = 0, downscale: int =
     i = 0
     for y in ys:
         for x in xs:
-            tiles[i] = work[y:y + tile, x:x + tile]
-            boxes[i] = (x * downscale, y * downscale, min((x + tile) * downscale, width),
-                        min((y + tile) * downscale, height))
+            tiles[i] = work[y : y + tile, x : x + tile]
+            boxes[i] = (
+                x * downscale,
+                y * downscale,
+                min((x + tile) * downscale, width),
+                min((y + tile) * downscale, height),
+            )
             i += 1
     return TiledImage(tiles, boxes, width, height)

@@ -38,8 +38,9 @@ class Backend(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, artifact: Artifact, precision: str, device: str,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self, artifact: Artifact, precision: str, device: str, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
         if batch_size < 1:
             raise BackendError(f"batch_size must be positive, not {batch_size}")
         cfg = artifact.card.config
@@ -59,14 +60,18 @@ class Backend(ABC):
         ``batch_size`` here, so throughput does not depend on how requests happen to arrive.
         """
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
-            raise BackendError(f"{self.name}: input must be a float32 numpy array, got "
-                               f"{getattr(batch, 'dtype', type(batch).__name__)}")
+            raise BackendError(
+                f"{self.name}: input must be a float32 numpy array, got "
+                f"{getattr(batch, 'dtype', type(batch).__name__)}"
+            )
         if batch.ndim != 4 or batch.shape[1:] != self.input_shape or batch.shape[0] < 1:
-            raise BackendError(f"{self.name}: input shape {batch.shape} is not "
-                               f"(N>=1, {', '.join(map(str, self.input_shape))})")
+            raise BackendError(
+                f"{self.name}: input shape {batch.shape} is not "
+                f"(N>=1, {', '.join(map(str, self.input_shape))})"
+            )
         outputs = []
         for start in range(0, batch.shape[0], self.batch_size):
-            chunk = np.ascontiguousarray(batch[start:start + self.batch_size])
+            chunk = np.ascontiguousarray(batch[start : start + self.batch_size])
             try:
                 out = self._infer(chunk)
             except SpokeError:
@@ -74,8 +79,10 @@ class Backend(ABC):
             except Exception as exc:
                 raise BackendError(f"{self.name} inference failed: {exc}") from exc
             if out.shape != (chunk.shape[0], self.num_classes):
-                raise BackendError(f"{self.name}: output shape {out.shape} is not "
-                                   f"({chunk.shape[0]}, {self.num_classes})")
+                raise BackendError(
+                    f"{self.name}: output shape {out.shape} is not "
+                    f"({chunk.shape[0]}, {self.num_classes})"
+                )
             outputs.append(out.astype(np.float32, copy=False))
         return np.concatenate(outputs)
 
@@ -89,8 +96,12 @@ class Backend(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What a status page or a log line says about this backend."""
-        info: dict[str, Any] = {"backend": self.name, "precision": self.precision,
-                                "device": self.device, "batch_size": self.batch_size}
+        info: dict[str, Any] = {
+            "backend": self.name,
+            "precision": self.precision,
+            "device": self.device,
+            "batch_size": self.batch_size,
+        }
         if self.selection:
             info["auto_selection"] = self.selection
         return info

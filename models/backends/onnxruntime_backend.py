@@ -28,20 +28,28 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, artifact: Artifact, precision: str = "fp32",
-                 batch_size: int = DEFAULT_BATCH_SIZE, use_gpu: bool = True,
-                 cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        precision: str = "fp32",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        use_gpu: bool = True,
+        cache_dir: Path | None = None,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailable("onnxruntime is not installed") from exc
         if precision not in PRECISIONS:
-            raise BackendUnavailable(f"onnxruntime: unknown precision {precision!r}; choose "
-                                     f"one of {', '.join(PRECISIONS)}")
+            raise BackendUnavailable(
+                f"onnxruntime: unknown precision {precision!r}; choose "
+                f"one of {', '.join(PRECISIONS)}"
+            )
         precision = "fp32" if precision == "auto" else precision
         available = set(ort.get_available_providers())
-        providers = [p for p in _GPU_PROVIDERS if use_gpu and precision == "fp32"
-                     and p in available]
+        providers = [
+            p for p in _GPU_PROVIDERS if use_gpu and precision == "fp32" and p in available
+        ]
         providers.append("CPUExecutionProvider")
         graph = artifact.onnx_path
         if precision == "int8":
@@ -68,8 +76,9 @@ class OnnxRuntimeBackend(Backend):
 def quantized_graph(artifact: Artifact, ort_version: str, cache_dir: Path) -> Path:
     """The artifact's graph, shape-inferred, optimised and dynamically quantised to int8;
     built once per (graph, onnxruntime version) and cached."""
-    key = hashlib.sha256(f"{artifact.card.files[ONNX_FILE]}\n{ort_version}\nint8-dynamic"
-                         .encode()).hexdigest()
+    key = hashlib.sha256(
+        f"{artifact.card.files[ONNX_FILE]}\n{ort_version}\nint8-dynamic".encode()
+    ).hexdigest()
     path = cache_dir / f"{key}.int8.onnx"
     if path.is_file():
         return path
@@ -84,6 +93,5 @@ def quantized_graph(artifact: Artifact, ort_version: str, cache_dir: Path) -> Pa
             quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8)
             quantized.replace(path)
     except Exception as exc:
-        raise BackendError(f"onnxruntime could not quantise {artifact.onnx_path}: {exc}") \
-            from exc
+        raise BackendError(f"onnxruntime could not quantise {artifact.onnx_path}: {exc}") from exc
     return path

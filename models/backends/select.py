@@ -29,20 +29,26 @@ def available_backends() -> list[str]:
     names = ["torch"]
     try:
         import onnxruntime  # noqa: F401
+
         names.append("onnxruntime")
     except ImportError:
         pass
     if torch.cuda.is_available():
         try:
             import tensorrt  # noqa: F401
+
             names.append("tensorrt")
         except ImportError:
             pass
     return names
 
 
-def create_backend(artifact: Artifact, name: str = "auto", precision: str = "auto",
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> Backend:
+def create_backend(
+    artifact: Artifact,
+    name: str = "auto",
+    precision: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Backend:
     """Build the named backend; ``auto`` times every usable candidate that passes the golden
     smoke test (reduced precisions included: the card's tolerance is the contract) and keeps
     the fastest (``backend.selection`` records the rates it saw)."""
@@ -53,8 +59,9 @@ def create_backend(artifact: Artifact, name: str = "auto", precision: str = "aut
     if name == "tensorrt":
         return TensorRTBackend(artifact, precision, batch_size=batch_size)
     if name != "auto":
-        raise BackendUnavailable(f"unknown backend {name!r}; choose one of "
-                                 f"{', '.join(BACKEND_NAMES)}")
+        raise BackendUnavailable(
+            f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}"
+        )
     return _fastest(artifact, _candidates(artifact, batch_size))
 
 
@@ -69,8 +76,9 @@ def _candidates(artifact: Artifact, batch_size: int) -> dict[str, Factory]:
         cands["torch/fp16"] = lambda: TorchBackend(artifact, "fp16", batch_size=batch_size)
     else:
         del cands["tensorrt/auto"]
-        cands["onnxruntime/int8"] = lambda: OnnxRuntimeBackend(artifact, "int8",
-                                                               batch_size=batch_size)
+        cands["onnxruntime/int8"] = lambda: OnnxRuntimeBackend(
+            artifact, "int8", batch_size=batch_size
+        )
         if cpu_has_bf16():
             cands["torch/bf16"] = lambda: TorchBackend(artifact, "bf16", batch_size=batch_size)
     return cands

@@ -26,11 +26,23 @@ _FP16_MIN_CAPABILITY = (5, 3)
 _WORKSPACE_BYTES = 1 << 30
 
 
-def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str,
-                     capability: tuple[int, int], precision: str, max_batch: int) -> str:
+def engine_cache_key(
+    onnx_sha256: str,
+    trt_version: str,
+    gpu_name: str,
+    capability: tuple[int, int],
+    precision: str,
+    max_batch: int,
+) -> str:
     """A file-name-safe key: change any input and the engine is rebuilt, never reused."""
-    fields = [onnx_sha256, trt_version, gpu_name, f"sm{capability[0]}{capability[1]}", precision,
-              f"b{max_batch}"]
+    fields = [
+        onnx_sha256,
+        trt_version,
+        gpu_name,
+        f"sm{capability[0]}{capability[1]}",
+        precision,
+        f"b{max_batch}",
+    ]
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()
 
 
@@ -39,9 +51,14 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, artifact: Artifact, precision: str = "auto",
-                 batch_size: int = DEFAULT_BATCH_SIZE, cache_dir: Path | None = None,
-                 device_index: int = 0) -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        precision: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cache_dir: Path | None = None,
+        device_index: int = 0,
+    ) -> None:
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -57,9 +74,14 @@ class TensorRTBackend(Backend):
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._torch_device = torch.device("cuda", device_index)
-        key = engine_cache_key(artifact.card.files[ONNX_FILE], trt.__version__,
-                               torch.cuda.get_device_name(device_index), capability, precision,
-                               batch_size)
+        key = engine_cache_key(
+            artifact.card.files[ONNX_FILE],
+            trt.__version__,
+            torch.cuda.get_device_name(device_index),
+            capability,
+            precision,
+            batch_size,
+        )
         self.engine_path = (cache_dir or default_cache_dir()) / f"{key}.engine"
         self.cache_hit = self.engine_path.is_file()
         if not self.cache_hit:
@@ -85,8 +107,9 @@ class TensorRTBackend(Backend):
             config.set_flag(trt.BuilderFlag.FP16)
         profile = builder.create_optimization_profile()
         c, h, w = self.input_shape
-        profile.set_shape(INPUT_NAME, (1, c, h, w), (self.batch_size, c, h, w),
-                          (self.batch_size, c, h, w))
+        profile.set_shape(
+            INPUT_NAME, (1, c, h, w), (self.batch_size, c, h, w), (self.batch_size, c, h, w)
+        )
         config.add_optimization_profile(profile)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
@@ -95,8 +118,9 @@ class TensorRTBackend(Backend):
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         inp = torch.from_numpy(batch).to(self._torch_device)
-        out = torch.empty((batch.shape[0], self.num_classes), dtype=self._out_dtype,
-                          device=self._torch_device)
+        out = torch.empty(
+            (batch.shape[0], self.num_classes), dtype=self._out_dtype, device=self._torch_device
+        )
         self.context.set_input_shape(INPUT_NAME, tuple(inp.shape))
         self.context.set_tensor_address(INPUT_NAME, inp.data_ptr())
         self.context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
@@ -107,8 +131,11 @@ class TensorRTBackend(Backend):
         return out.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "engine": str(self.engine_path),
-                "engine_cache_hit": self.cache_hit}
+        return {
+            **super().describe(),
+            "engine": str(self.engine_path),
+            "engine_cache_hit": self.cache_hit,
+        }
 
     def close(self) -> None:
         del self.context

@@ -20,8 +20,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def cpu_has_bf16() -> bool:
     """True when oneDNN has native bf16 kernels here (AVX512-BF16 or AMX); otherwise bf16 is
     emulated and slower than fp32."""
-    return bool(torch.backends.mkldnn.is_available() and
-                torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 class TorchBackend(Backend):
@@ -30,8 +31,13 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, artifact: Artifact, precision: str = "auto", device: str | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        precision: str = "auto",
+        device: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("torch: CUDA was requested but no GPU is visible")
@@ -42,8 +48,7 @@ class TorchBackend(Backend):
             raise BackendUnavailable(f"torch: {precision} is not available on {device}")
         if precision == "bf16" and not cpu_has_bf16():
             raise BackendUnavailable("torch: this CPU has no native bf16 instructions")
-        super().__init__(artifact, "fp32" if precision == "auto" else precision, device,
-                         batch_size)
+        super().__init__(artifact, "fp32" if precision == "auto" else precision, device, batch_size)
         self.model = Probabilities(artifact.build_model()).to(device).eval()
         if precision == "auto" and (device == "cuda" or cpu_has_bf16()):
             fp32_rate = probe_throughput(self, batch_size)

@@ -12,13 +12,13 @@ from models.vit import build_model
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     model = build_model(tiny_config(), seed=0)
-    return write_artifact(model, tmp_path_factory.mktemp("art") / "tiny", name="tiny",
-                          version="0.1.0")
+    return write_artifact(
+        model, tmp_path_factory.mktemp("art") / "tiny", name="tiny", version="0.1.0"
+    )
 
 
 @pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory: pytest.TempPathFactory,
-                 monkeypatch: pytest.MonkeyPatch) -> None:
+def engine_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Quantised graphs and engines go to a per-session directory, never to ~/.cache."""
     cache = tmp_path_factory.getbasetemp() / "engine-cache"
     monkeypatch.setenv("SPOKE_ENGINE_CACHE", str(cache))

@@ -80,8 +80,9 @@ def test_tar_entries_other_than_the_three_files_are_not_extracted(
     )
 
 
-def test_tar_with_a_link_in_place_of_a_file_is_refused(tiny_artifact: Artifact,
-                                                       tmp_path: Path) -> None:
+def test_tar_with_a_link_in_place_of_a_file_is_refused(
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
     with tarfile.open(tmp_path / "a.tar", "w") as tar:
         for f in (CARD_FILE, ONNX_FILE):
             tar.add(tiny_artifact.root / f, arcname=f)

@@ -1,7 +1,7 @@
 """Backends: the template-method contract, parity between engines, and ``auto``."""
 
+import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,12 +13,6 @@ from models.backends.onnxruntime_backend import OnnxRuntimeBackend
 from models.backends.tensorrt_backend import TensorRTBackend, engine_cache_key
 from models.backends.torch_backend import TorchBackend, cpu_has_bf16
 from models.errors import BackendError, BackendUnavailable
-
-tensorrt: ModuleType | None
-try:
-    import tensorrt
-except ImportError:
-    tensorrt = None
 
 #: fp32 PyTorch and fp32 ONNX Runtime differ only by kernel summation order.
 PARITY_ATOL = 1e-5
@@ -42,8 +36,7 @@ def test_torch_bf16_passes_the_golden_smoke_test(tiny_artifact: Artifact) -> Non
 
 
 @pytest.mark.parametrize("name", ["torch", "onnxruntime"])
-def test_every_cpu_backend_passes_the_golden_smoke_test(tiny_artifact: Artifact,
-                                                        name: str) -> None:
+def test_every_cpu_backend_passes_the_golden_smoke_test(tiny_artifact: Artifact, name: str) -> None:
     assert create_backend(tiny_artifact, name, "fp32").smoke_test() < 1e-4
 
 
@@ -83,7 +76,8 @@ def test_auto_picks_a_measured_backend_and_says_which(tiny_artifact: Artifact) -
     info = backend.describe()
     assert f"{info['backend']}/{info['precision']}" in info["auto_selection"]
     assert info["auto_selection"][f"{info['backend']}/{info['precision']}"] == max(
-        info["auto_selection"].values())
+        info["auto_selection"].values()
+    )
 
 
 def test_torch_auto_precision_resolves_to_a_concrete_one(tiny_artifact: Artifact) -> None:
@@ -121,7 +115,7 @@ def test_tensorrt_without_a_gpu_is_unavailable(tiny_artifact: Artifact) -> None:
 def _tensorrt_skip_reason() -> str | None:
     if not torch.cuda.is_available():
         return "no NVIDIA GPU visible to torch (torch.cuda.is_available() is False)"
-    if tensorrt is None:
+    if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt package is not installed (pip install '.[gpu]')"
     return None
 
@@ -129,7 +123,10 @@ def _tensorrt_skip_reason() -> str | None:
 @pytest.mark.gpu
 @pytest.mark.skipif(_tensorrt_skip_reason() is not None, reason=str(_tensorrt_skip_reason()))
 def test_tensorrt_matches_onnxruntime_and_caches_its_engine(
-        tiny_artifact: Artifact, tmp_path: Path) -> None:
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
+    import tensorrt
+
     first = TensorRTBackend(tiny_artifact, "fp16", batch_size=8, cache_dir=tmp_path)
     assert not first.cache_hit
     x = batch(5)
@@ -137,13 +134,21 @@ def test_tensorrt_matches_onnxruntime_and_caches_its_engine(
     np.testing.assert_allclose(first.infer(x), reference, atol=tiny_artifact.card.golden.atol)
     second = TensorRTBackend(tiny_artifact, "fp16", batch_size=8, cache_dir=tmp_path)
     assert second.cache_hit
-    assert second.engine_path.name.startswith(engine_cache_key(
-        tiny_artifact.card.files[ONNX_FILE], tensorrt.__version__,
-        torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0), "fp16", 8))
+    assert second.engine_path.name.startswith(
+        engine_cache_key(
+            tiny_artifact.card.files[ONNX_FILE],
+            tensorrt.__version__,
+            torch.cuda.get_device_name(0),
+            torch.cuda.get_device_capability(0),
+            "fp16",
+            8,
+        )
+    )
 
 
 def test_onnxruntime_int8_passes_the_golden_smoke_test_and_is_cached(
-        tiny_artifact: Artifact, tmp_path: Path) -> None:
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
     backend = OnnxRuntimeBackend(tiny_artifact, "int8", cache_dir=tmp_path)
     assert backend.smoke_test() <= tiny_artifact.card.golden.atol
     cached = list(tmp_path.glob("*.int8.onnx"))

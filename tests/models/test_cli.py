@@ -24,37 +24,75 @@ def images(tmp_path: Path) -> list[Path]:
     return [good, empty, also_good]
 
 
-def test_model_create_writes_a_valid_artifact(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_create_writes_a_valid_artifact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "m"
-    code = main(["model", "create", "--preset", "vit-tiny-p16-112", "--labels", "crack",
-                 "rust", "--name", "site-a", "--version", "1.2.3", "--out", str(out)])
+    code = main(
+        [
+            "model",
+            "create",
+            "--preset",
+            "vit-tiny-p16-112",
+            "--labels",
+            "crack",
+            "rust",
+            "--name",
+            "site-a",
+            "--version",
+            "1.2.3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     card = load_artifact(out).card
-    assert (card.ref, card.labels, card.config.img_size) == ("site-a@1.2.3", ("crack", "rust"),
-                                                             112)
+    assert (card.ref, card.labels, card.config.img_size) == ("site-a@1.2.3", ("crack", "rust"), 112)
     assert "wrote site-a@1.2.3" in capsys.readouterr().out
 
 
 def test_model_create_refuses_a_bad_version_in_one_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["model", "create", "--preset", "vit-tiny-p16-112", "--version", "one",
-                 "--out", str(tmp_path / "m")])
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "model",
+            "create",
+            "--preset",
+            "vit-tiny-p16-112",
+            "--version",
+            "one",
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     assert code == 2
-    assert capsys.readouterr().err.strip() == \
-        "spoke: error: version 'one' is not a semantic version"
+    assert (
+        capsys.readouterr().err.strip() == "spoke: error: version 'one' is not a semantic version"
+    )
 
 
-def test_model_show_prints_the_card(tiny_artifact: Artifact,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_show_prints_the_card(
+    tiny_artifact: Artifact, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["model", "show", str(tiny_artifact.root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "tiny"
 
 
 def test_infer_reports_a_bad_file_and_goes_on(
-        tiny_artifact: Artifact, images: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["infer", *map(str, images), "--model", str(tiny_artifact.root),
-                 "--backend", "torch", "--json"])
+    tiny_artifact: Artifact, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "infer",
+            *map(str, images),
+            "--model",
+            str(tiny_artifact.root),
+            "--backend",
+            "torch",
+            "--json",
+        ]
+    )
     assert code == 1
     results = json.loads(capsys.readouterr().out)["results"]
     assert [r["ok"] for r in results] == [True, False, True]
@@ -64,9 +102,11 @@ def test_infer_reports_a_bad_file_and_goes_on(
 
 
 def test_infer_exit_code_is_zero_when_every_file_worked(
-        tiny_artifact: Artifact, images: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["infer", str(images[0]), "--model", str(tiny_artifact.root),
-                 "--backend", "onnxruntime"])
+    tiny_artifact: Artifact, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["infer", str(images[0]), "--model", str(tiny_artifact.root), "--backend", "onnxruntime"]
+    )
     assert code == 0
     out = capsys.readouterr()
     assert out.out.startswith(f"{images[0]}: ")
@@ -74,31 +114,47 @@ def test_infer_exit_code_is_zero_when_every_file_worked(
 
 
 def test_infer_auto_says_which_backend_it_picked(
-        tiny_artifact: Artifact, images: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_artifact: Artifact, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["infer", str(images[2]), "--model", str(tiny_artifact.root)]) == 0
     assert "auto picked the fastest of: torch/fp32 " in capsys.readouterr().err
 
 
-def test_infer_writes_one_overlay_per_image(tiny_artifact: Artifact, images: list[Path],
-                                            tmp_path: Path) -> None:
-    main(["infer", str(images[0]), str(images[2]), "--model", str(tiny_artifact.root),
-          "--backend", "torch", "--overlay", str(tmp_path / "heat.png")])
+def test_infer_writes_one_overlay_per_image(
+    tiny_artifact: Artifact, images: list[Path], tmp_path: Path
+) -> None:
+    main(
+        [
+            "infer",
+            str(images[0]),
+            str(images[2]),
+            "--model",
+            str(tiny_artifact.root),
+            "--backend",
+            "torch",
+            "--overlay",
+            str(tmp_path / "heat.png"),
+        ]
+    )
     for name, size in (("heat-good.png", (70, 40)), ("heat-also.png", (32, 32))):
         with Image.open(tmp_path / name) as im:
             assert im.size == size
 
 
-def test_infer_with_a_broken_model_is_one_line(tmp_path: Path, images: list[Path],
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_infer_with_a_broken_model_is_one_line(
+    tmp_path: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["infer", str(images[0]), "--model", str(tmp_path)])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"spoke: error: {tmp_path}: missing file card.json"
 
 
 def test_bench_quick_reports_ratios_against_the_naive_baseline(
-        tiny_artifact: Artifact, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["bench", "--quick", "--json", "--model", str(tiny_artifact.root),
-                 "--size", "96x64"])
+    tiny_artifact: Artifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["bench", "--quick", "--json", "--model", str(tiny_artifact.root), "--size", "96x64"]
+    )
     assert code == 0
     res = json.loads(capsys.readouterr().out)
     assert res["image"]["tiles"] == 4 * 3
@@ -112,9 +168,23 @@ def test_bench_quick_reports_ratios_against_the_naive_baseline(
 
 def test_spoke_infer_runs_as_a_process(tiny_artifact: Artifact, images: list[Path]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "daemon", "infer", str(images[1]), str(images[0]),
-         "--model", str(tiny_artifact.root), "--backend", "onnxruntime"],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "infer",
+            str(images[1]),
+            str(images[0]),
+            "--model",
+            str(tiny_artifact.root),
+            "--backend",
+            "onnxruntime",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 1
     assert f"{images[1]}: error: empty file (0 bytes)" in proc.stderr
     assert proc.stdout.startswith(f"{images[0]}: ")

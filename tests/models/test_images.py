@@ -44,13 +44,15 @@ def test_exif_orientation_is_applied(orientation: int) -> None:
 
 def test_gps_capture_time_and_camera_are_read() -> None:
     exif = exif_with(x010f="DJI", x0110="FC3582")
-    exif[0x8825] = {1: "S", 2: (33.0, 51.0, 21.6), 3: "W", 4: (151.0, 12.0, 36.0), 5: 0,
-                    6: 120.5}
+    exif[0x8825] = {1: "S", 2: (33.0, 51.0, 21.6), 3: "W", 4: (151.0, 12.0, 36.0), 5: 0, 6: 120.5}
     exif[0x8769] = {0x9003: "2024:05:06 07:08:09", 0x9011: "+10:00"}
     meta = decode_image(encode(noise_image(8, 8), "JPEG", exif=exif)).meta
     assert meta.gps is not None
     assert (meta.gps.latitude, meta.gps.longitude, meta.gps.altitude) == (
-        pytest.approx(-33.856), pytest.approx(-151.21), 120.5)
+        pytest.approx(-33.856),
+        pytest.approx(-151.21),
+        120.5,
+    )
     assert meta.captured_at == "2024-05-06T07:08:09+10:00"
     assert (meta.camera_make, meta.camera_model) == ("DJI", "FC3582")
 
@@ -104,7 +106,8 @@ def test_more_encoded_bytes_than_the_limit_is_refused() -> None:
 
 
 def test_more_pixels_than_the_limit_is_refused_before_decoding(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     data = encode(noise_image(20, 30), "PNG", exif=exif_with(x0110="cam"))
 
     def no_decoding(self: ImageFile.ImageFile) -> None:
@@ -137,7 +140,7 @@ def test_non_image_bytes_are_refused() -> None:
 def test_corrupt_image_data_is_refused() -> None:
     data = bytearray(encode(noise_image(64, 64), "PNG"))
     idat = data.index(b"IDAT")
-    data[idat + 10: idat + 60] = bytes(50)  # the zlib stream no longer inflates
+    data[idat + 10 : idat + 60] = bytes(50)  # the zlib stream no longer inflates
     with pytest.raises(UnsupportedImage, match="corrupt PNG data"):
         decode_image(bytes(data))
 

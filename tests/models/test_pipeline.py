@@ -17,8 +17,9 @@ from tests.models.helpers import encode, noise_image
 
 @pytest.fixture
 def pipeline(tiny_artifact: Artifact) -> Pipeline:
-    return Pipeline(tiny_artifact, create_backend(tiny_artifact, "onnxruntime"),
-                    TileOptions(overlap=8))
+    return Pipeline(
+        tiny_artifact, create_backend(tiny_artifact, "onnxruntime"), TileOptions(overlap=8)
+    )
 
 
 def test_run_reports_every_tile_with_its_original_box(pipeline: Pipeline) -> None:
@@ -40,15 +41,18 @@ def test_steps_compose_like_run(pipeline: Pipeline) -> None:
     image = pipeline.decode(data)
     tiled = pipeline.tile(image)
     probs = pipeline.backend.infer(pipeline.card.preprocessing.normalize(tiled.tiles))
-    assert pipeline.aggregate(image, tiled, probs).to_dict()["tiles"] == \
-        pipeline.run(data).to_dict()["tiles"]
+    assert (
+        pipeline.aggregate(image, tiled, probs).to_dict()["tiles"]
+        == pipeline.run(data).to_dict()["tiles"]
+    )
 
 
 def test_labels_are_those_at_or_over_their_threshold(pipeline: Pipeline) -> None:
     image = pipeline.decode(encode(noise_image(32, 56), "PNG"))  # two tiles
     tiled = pipeline.tile(image)
-    probs = np.array([[0.1, 0.5, 0.2, 0.0, 0.0, 0.9], [0.2, 0.3, 0.49, 0.0, 0.0, 0.1]],
-                     dtype=np.float32)
+    probs = np.array(
+        [[0.1, 0.5, 0.2, 0.0, 0.0, 0.9], [0.2, 0.3, 0.49, 0.0, 0.0, 0.1]], dtype=np.float32
+    )
     result = pipeline.aggregate(image, tiled, probs)
     assert result.labels == ["crack", "corrosion_stain"]
 
@@ -61,8 +65,11 @@ def test_aggregate_refuses_probabilities_of_the_wrong_shape(pipeline: Pipeline) 
 
 
 def test_bounds_apply_in_the_pipeline(tiny_artifact: Artifact) -> None:
-    pipe = Pipeline(tiny_artifact, create_backend(tiny_artifact, "torch", "fp32"),
-                    limits=ImageLimits(max_bytes=10))
+    pipe = Pipeline(
+        tiny_artifact,
+        create_backend(tiny_artifact, "torch", "fp32"),
+        limits=ImageLimits(max_bytes=10),
+    )
     with pytest.raises(Exception, match="10-byte limit"):
         pipe.run(encode(noise_image(8, 8), "PNG"))
     with pytest.raises(TruncatedImage):

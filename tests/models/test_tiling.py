@@ -10,22 +10,24 @@ from models.tiling import tile_image, tile_positions
 from tests.models.helpers import noise_image
 
 
-@pytest.mark.parametrize(("length", "tile", "overlap"),
-                         [(100, 32, 8), (96, 32, 0), (33, 32, 4), (32, 32, 16), (4000, 224, 32)])
-def test_positions_cover_the_axis_without_leaving_it(length: int, tile: int,
-                                                     overlap: int) -> None:
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"),
+    [(100, 32, 8), (96, 32, 0), (33, 32, 4), (32, 32, 16), (4000, 224, 32)],
+)
+def test_positions_cover_the_axis_without_leaving_it(length: int, tile: int, overlap: int) -> None:
     starts = tile_positions(length, tile, overlap)
     assert starts[0] == 0
     assert starts[-1] + tile == length
     covered = np.zeros(length, bool)
     for s in starts:
-        covered[s:s + tile] = True
+        covered[s : s + tile] = True
     assert covered.all()
 
 
 @pytest.mark.parametrize(("length", "tile", "overlap"), [(100, 32, 8), (33, 32, 4), (250, 64, 0)])
 def test_neighbours_overlap_by_at_least_the_overlap_and_the_edge_tile_more(
-        length: int, tile: int, overlap: int) -> None:
+    length: int, tile: int, overlap: int
+) -> None:
     starts = tile_positions(length, tile, overlap)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(tile - g == overlap for g in gaps[:-1])

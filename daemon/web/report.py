@@ -299,7 +299,11 @@ figure img{display:block;width:100%;height:auto}
 figcaption{padding:8px 10px;font-size:13px}
 td img{width:96px;height:auto;border-radius:4px;display:block}
 a{color:#1d4ed8}
-.legend span{margin-right:12px;white-space:nowrap}
+.legend span{margin-right:12px;white-space:nowrap}.legend span.muted{white-space:normal}
+.scroll{overflow-x:auto}
+@media (max-width:600px){.kpis{grid-template-columns:repeat(2,1fr)}.barcell{display:none}
+header h1{font-size:19px}main{padding:8px}section{padding:12px}
+th,td{padding:5px 4px}td img{width:72px}}
 .legend i{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:4px}
 footer{color:#637083;font-size:12px;text-align:center;padding:4px 16px 24px}
 @media print{body{background:#fff}main{padding:0}section{border:none;padding:8px 0}
@@ -359,13 +363,15 @@ def build_report(mission: str, rows: Sequence[dict[str, Any]], read_image: Image
     count_rows = "".join(
         f"<tr><td>{e(pretty(lab))}</td><td>{badge(lab)}</td>"
         f"<td>{counts[lab]}</td><td>{counts[lab] / max(1, len(done)):.0%}</td>"
-        f'<td><div class="bar"><i style="width:{counts[lab] / max(1, len(done)) * 100:.0f}%;'
+        f'<td class="barcell"><div class="bar"><i style="width:'
+        f'{counts[lab] / max(1, len(done)) * 100:.0f}%;'
         f'background:{SEV_COLORS[SEVERITY.get(lab, 2) if lab != BACKGROUND else 0]}"></i></div>'
         f"</td><td>{peaks[lab]:.0%}</td></tr>" for lab in order)
     counts_html = (
-        '<table class="num"><thead><tr><th>Label</th><th>severity</th><th>images</th>'
-        f'<th>share</th><th></th><th>max prob.</th></tr></thead><tbody>{count_rows}</tbody>'
-        '</table>' if counts else '<p class="muted">No image was processed yet.</p>')
+        '<div class="scroll"><table class="num"><thead><tr><th>Label</th><th>severity</th>'
+        '<th>images</th><th>share</th><th class="barcell"></th><th>max prob.</th></tr></thead>'
+        f'<tbody>{count_rows}</tbody></table></div>' if counts
+        else '<p class="muted">No image was processed yet.</p>')
 
     # The worst images, with overlays.
     worst = sorted(findings, key=lambda f: (f.severity, f.prob), reverse=True)[:top]
@@ -404,9 +410,9 @@ def build_report(mission: str, rows: Sequence[dict[str, Any]], read_image: Image
             f'<td>{_geo_link(f)}</td><td>{" · ".join(links)}<br>'
             f'<code class="small" title="{e(f.id)}">{e(f.id[:12])}</code></td></tr>')
     findings_html = (
-        '<table><thead><tr><th>#</th><th>image</th><th>severity</th><th>findings</th>'
-        '<th>captured</th><th>position</th><th>links · image id</th></tr></thead><tbody>'
-        + "".join(table_rows) + "</tbody></table>" if findings else
+        '<div class="scroll"><table><thead><tr><th>#</th><th>image</th><th>severity</th>'
+        '<th>findings</th><th>captured</th><th>position</th><th>links · image id</th></tr>'
+        '</thead><tbody>' + "".join(table_rows) + "</tbody></table></div>" if findings else
         '<p class="muted">No defect found in this mission.</p>')
 
     failed = [r for r in rows if r["status"] == "failed"]

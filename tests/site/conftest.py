@@ -86,15 +86,15 @@ class Running:
         return ids
 
 
-async def start_daemon(state: Path, model: Path | None, **api: Any) -> tuple[Daemon, asyncio.Event,
-                                                                            asyncio.Task[int]]:
+async def start_daemon(state: Path, model: Path | None, standalone: bool = True, **api: Any
+                       ) -> tuple[Daemon, asyncio.Event, asyncio.Task[int]]:
     config = DaemonConfig(
         api=ApiSection(listen="127.0.0.1:0", **api),
         uplink=UplinkSection(backend="torch", workers=1),
         health=HealthSection(interval_s=1.0),
     )
     options = RunOptions(StateDir(state), trust_key=state / "none.pub", bundle=None,
-                         boot_dir=state / "boot", model=model, standalone=True)
+                         boot_dir=state / "boot", model=model, standalone=standalone)
     state.mkdir(parents=True, exist_ok=True)
     daemon = Daemon(options, config)
     stop = asyncio.Event()

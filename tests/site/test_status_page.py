@@ -129,3 +129,64 @@ async def test_status_page_renders_in_chromium(running: Running, mission: list[s
     assert "Standalone (no hub)" in page.dom
     assert 'data-image="' in page.dom  # recent detections rendered
     assert path.stat().st_size > 10_000
+
+
+@pytest.fixture
+async def unprovisioned(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A daemon that looks for its bundle and finds none: the technician's first sight."""
+    daemon, stop, task = await start_daemon(tmp_path / "state", None, standalone=False)
+    base = f"http://127.0.0.1:{daemon.api.port}"
+    for _ in range(200):
+        if daemon.status.data["provisioning"]["state"] == "waiting-for-bundle":
+            break
+        await asyncio.sleep(0.05)
+    yield base
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+async def test_stuck_provisioning_shows_its_reason(unprovisioned: str) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(unprovisioned + "/status.json") as r:
+        data = await r.json()
+    prov = data["provisioning"]
+    assert prov["state"] == "waiting-for-bundle" and prov["stuck"] is True
+    assert "no bundle found" in prov["reason"]
+    assert data["model"] is None or data["model"].get("name") is None
+    assert data["uplink"]["ready"] is False
+
+
+@needs_chromium
+async def test_stuck_page_renders_the_reason_in_chromium(unprovisioned: str) -> None:
+    from tests.support.browser import render
+
+    path = shot("status-stuck-phone.png")
+    page = await asyncio.to_thread(render, unprovisioned + "/", path, 390, 844)
+    assert page.console_errors == []
+    assert "Waiting for a provisioning bundle" in page.dom
+    assert "no bundle found" in page.dom and "Needs attention" in page.dom
+
+
+def test_spoke_pair_offers_a_token_and_cancel_revokes_it(tmp_path: Path) -> None:
+    from daemon.cli import main
+    from daemon.uplink.tokens import TokenStore
+
+    assert main(["pair", "--state-dir", str(tmp_path), "--name", "tablet", "--minutes", "5"]) == 0
+    offer = pairing.read_offer(tmp_path / "uplink")
+    assert offer is not None and offer.name == "tablet" and not offer.expired()
+    store = TokenStore(tmp_path / "uplink" / "tokens.db")
+    try:
+        assert store.verify(offer.token) == "tablet"
+        assert main(["pair", "--state-dir", str(tmp_path), "--cancel"]) == 0
+        assert pairing.read_offer(tmp_path / "uplink") is None
+        assert store.verify(offer.token) is None  # never used: revoked with the offer
+    finally:
+        store.close()
+
+
+def test_spoke_pair_refuses_a_long_window(tmp_path: Path) -> None:
+    from daemon.cli import main
+
+    assert main(["pair", "--state-dir", str(tmp_path), "--minutes", "600"]) == 2
+    assert pairing.read_offer(tmp_path / "uplink") is None

@@ -95,8 +95,8 @@ function renderHub(hub, provisioning) {
     pill($("hub-state"), hub.address ? "Disconnected" : "Not connected yet", hub.address ? "bad" : "warn");
   }
   facts($("hub-facts"), [
-    ["Address", hub.address || null],
-    [hub.connected ? "Connected" : "Down", hub.since ? ago(hub.since) : null],
+    ["Address", hub.address || undefined],
+    [hub.connected ? "Connected" : "Down", hub.since ? ago(hub.since) : undefined],
     ["Last contact", ago(hub.last_contact)],
     ["Error", hub.error || undefined],
   ]);

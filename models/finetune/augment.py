@@ -16,7 +16,7 @@ from models.training.batches import augment as flips_and_rotations
 
 def _blur(image: np.ndarray) -> np.ndarray:
     """A [1 2 1]/4 binomial blur in both directions (edges replicated)."""
-    x = image.astype(np.float32)
+    x: np.ndarray = image.astype(np.float32)
     p = np.pad(x, ((1, 1), (0, 0), (0, 0)), mode="edge")
     x = (p[:-2] + 2 * p[1:-1] + p[2:]) / 4
     p = np.pad(x, ((0, 0), (1, 1), (0, 0)), mode="edge")

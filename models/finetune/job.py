@@ -176,7 +176,7 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
 def next_steps(spec: JobSpec, method: str, n_train: int) -> int | None:
     per_epoch = max(1, math.ceil(n_train / spec.batch_size))
     if method == "linear":
-        per_epoch = max(1, math.ceil(n_train * LINEAR_VIEWS / spec.batch_size))
+        per_epoch = 1  # full batch over the cached features of every view
     if spec.epochs is not None:
         return spec.epochs * per_epoch
     if spec.budget_s is not None:
@@ -188,6 +188,8 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     started = time.monotonic()
     device = spec.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         torch.cuda.set_per_process_memory_fraction(spec.gpu_memory_fraction)
     torch.set_num_threads(spec.threads)
@@ -227,9 +229,7 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
         module: torch.nn.Module = model.head
 
         def batch_loss(step: int) -> Tensor:
-            idx = torch.from_numpy(step_indices(len(feats), min(spec.batch_size, len(feats)),
-                                                spec.seed, step))
-            return F.binary_cross_entropy_with_logits(model.head(feats[idx]), ys[idx])
+            return F.binary_cross_entropy_with_logits(model.head(feats), ys)
     else:
         prepare(model, method, seed=spec.seed, rank=spec.lora_rank, blocks=spec.partial_blocks)
         model.to(device)
@@ -288,6 +288,8 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
         "trained_weights": None,
         "version": spec.version,
         "parent": card.ref,
+        "device": device,
+        "threads": spec.threads,
     }
     if comparison.promote:
         report({"phase": "exporting"})

@@ -1,0 +1,70 @@
+"""What a promoted fine-tune may send to the hub for review, when the site's policy allows it
+(``[finetune] upload = "weights"``): the trained head or adapter weights, the candidate's card and
+the comparison on the held-out split. Never an image, never a sample path.
+
+It goes over mutual TLS to ``/v1/devices/{id}/finetune-reviews`` on the hub's HTTPS port,
+which files it under the device id its certificate names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from appliance.errors import LinkError
+
+TIMEOUT_S = 60.0
+
+
+def review_files(job_dir: Path, result: dict[str, Any]) -> dict[str, bytes]:
+    summary = {k: result.get(k) for k in ("method", "samples", "train", "held_out", "labels",
+                                          "steps", "train_seconds", "comparison", "version",
+                                          "parent", "promotion")}
+    summary["job"] = job_dir.name
+    files = {"review.json": json.dumps(summary, indent=2, default=str).encode()}
+    weights = result.get("trained_weights")
+    if weights:
+        files["trained.safetensors"] = Path(weights).read_bytes()
+    candidate = result.get("candidate")
+    if candidate:
+        files["card.json"] = (Path(candidate) / "card.json").read_bytes()
+    return files
+
+
+def tarball(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+async def review_upload(ident: Any, job_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    from daemon.remote import tls_for
+
+    files = review_files(job_dir, result)
+    url = (f"https://{ident.hub_host}:{ident.http_port}/v1/devices/{ident.device_id}"
+           "/finetune-reviews")
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=tarball(files), ssl=tls_for(ident),
+                         headers={"Content-Type": "application/gzip"}) as resp,
+        ):
+            if resp.status != 201:
+                detail = (await resp.text())[:200]
+                raise LinkError(f"the hub refused the review upload: HTTP {resp.status} {detail}")
+            answer: dict[str, Any] = await resp.json()
+    except aiohttp.ClientError as exc:
+        raise LinkError(f"review upload failed: {exc}") from exc
+    return {"uploaded": True, "files": sorted(files), **answer}

@@ -1,0 +1,604 @@
+"""The fine-tune job runner inside ``spoke run``.
+
+One job at a time, each in its own process (``python -m models.finetune.worker``) at a raised
+niceness with capped threads (and a GPU memory fraction when on a GPU), so the daemon and the
+uplink keep their CPU. The worker dies with the daemon (``PR_SET_PDEATHSIG``); a job that was
+running when the daemon died is queued again on start and resumes from its checkpoint. A worker
+killed from outside (the OOM killer, kill -9) is restarted from its checkpoint a few times.
+
+Progress goes to the job row, to server-sent-event subscribers and, throttled, to the hub as
+``finetune_progress`` events; the outcome goes to the hub as ``finetune_finished`` (or
+``finetune_failed`` / ``finetune_cancelled``) and into the reported state. A candidate that
+passes the evaluation gate is promoted through ``daemon/finetune/promote.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from appliance.config import FinetuneSection
+from appliance.errors import DataError, SpokeError
+from appliance.fsutil import atomic_write
+from appliance.service import TaskGroupService
+from daemon.finetune.jobs import FINAL, JobConflict, JobStore
+from daemon.finetune.samples import SampleStore, UnknownLabels
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Emit = Callable[[str, dict[str, Any]], object]
+METHODS = ("auto", "linear", "lora", "partial", "full")
+MAX_ATTEMPTS = 3
+PROGRESS_EVENT_EVERY_S = 5.0
+REPO = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1
+OPTION_KEYS = {"method", "budget", "epochs", "seed"}
+
+
+def parse_budget(value: Any) -> float:
+    """``600``, ``"90s"``, ``"10m"``, ``"1h"`` -> seconds."""
+    if isinstance(value, bool):
+        raise DataError(f"budget {value!r}: give seconds or 90s / 10m / 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
+        if m is None:
+            raise DataError(f"budget {value!r}: give seconds or 90s / 10m / 1h")
+        seconds = float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
+    if not 0 < seconds <= 24 * 3600:
+        raise DataError("the budget must be between 1 second and 24 hours")
+    return seconds
+
+
+def check_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validated job options (what the API, the CLI and the hub's command may set)."""
+    unknown = set(raw) - OPTION_KEYS
+    if unknown:
+        raise DataError(f"unknown fine-tune option(s) {', '.join(sorted(unknown))}; known: "
+                        f"{', '.join(sorted(OPTION_KEYS))}")
+    out: dict[str, Any] = {"method": str(raw.get("method") or "auto")}
+    if out["method"] not in METHODS:
+        raise DataError(f"method {out['method']!r}: choose one of {', '.join(METHODS)}")
+    if raw.get("budget") is not None:
+        out["budget_s"] = parse_budget(raw["budget"])
+    if raw.get("epochs") is not None:
+        try:
+            epochs = int(raw["epochs"])
+        except (TypeError, ValueError) as exc:
+            raise DataError("epochs must be a whole number") from exc
+        if not 1 <= epochs <= 10_000 or isinstance(raw["epochs"], bool):
+            raise DataError("epochs must be between 1 and 10000")
+        out["epochs"] = epochs
+    if raw.get("seed") is not None:
+        try:
+            out["seed"] = int(raw["seed"])
+        except (TypeError, ValueError) as exc:
+            raise DataError("seed must be a whole number") from exc
+    return out
+
+
+def _child_limits(niceness: int) -> Callable[[], None]:
+    def apply() -> None:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
+        with contextlib.suppress(Exception):  # Linux only: die with the daemon
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return apply
+
+
+class FinetuneService(TaskGroupService):
+    name = "finetune"
+
+    def __init__(self, root: Path, config: FinetuneSection, provider: Any, emit: Emit,
+                 models: Any = None, device_key: Path | None = None) -> None:
+        super().__init__()
+        self.root = root
+        self.config = config
+        self.provider = provider
+        self.emit = emit
+        self.models = models  # daemon.models.service.ModelService, or None (--model)
+        self.device_key = device_key
+        self.samples: SampleStore | None = None
+        self.jobs: JobStore | None = None
+        self.on_change: list[Callable[[], Awaitable[None]]] = []
+        #: Set by the daemon when the hub link is up: ``upload(job_dir, result) -> dict``.
+        self.upload: Callable[[Path, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        self._db_exec = ThreadPoolExecutor(1, thread_name_prefix="finetune-db")
+        self._wake = asyncio.Event()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._running: str | None = None
+        self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
+        self._last_event = 0.0
+        self._stopping = False
+        self._reported: dict[str, Any] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.samples = await self.db(SampleStore, self.root)
+        self.jobs = await self.db(JobStore, self.root)
+        resumed = await self.db(self.jobs.requeue_interrupted)
+        if resumed:
+            log.info("fine-tune jobs to resume", extra={"jobs": resumed})
+        self._stopping = False
+        self._reported = await self.db(self._summary)
+        self.spawn(self._loop(), "runner")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        await self.cancel_tasks()
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 5)
+        for store in (self.samples, self.jobs):
+            if store is not None:
+                await self.db(store.close)
+        self._db_exec.shutdown(wait=True)
+        self._db_exec = ThreadPoolExecutor(1, thread_name_prefix="finetune-db")
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Every store call on one thread, in order."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_exec, functools.partial(fn, *args, **kwargs))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- what the API and the hub see ----------------------------------------------------------
+
+    def known_labels(self) -> tuple[list[str], str | None]:
+        """The active model's labels and ``name@version``."""
+        model = self.provider.current()
+        if model is None:
+            from daemon.finetune.samples import active_labels
+
+            return active_labels(self.root.parent)
+        return list(model.artifact.card.labels), f"{model.name}@{model.version}"
+
+    def model_changed(self, model: Any) -> None:
+        """Record the served model's labels so ``spoke samples`` can check them offline."""
+        if model is None:
+            return
+        with contextlib.suppress(Exception):
+            card = model.artifact.card
+            atomic_write(self.root / "active-model.json", json.dumps(
+                {"name": card.name, "version": card.version, "labels": list(card.labels)}))
+
+    def reported(self) -> dict[str, Any] | None:
+        """The last job, for the reported state (cached: this runs on the event loop)."""
+        return self._reported
+
+    def _summary(self) -> dict[str, Any] | None:
+        assert self.jobs is not None
+        recent = self.jobs.recent(1)
+        if not recent:
+            return None
+        job = recent[0]
+        result = job["result"] or {}
+        comparison = result.get("comparison") or {}
+        promotion = result.get("promotion") or {}
+        return {
+            "job": job["id"], "status": job["status"],
+            "method": result.get("method") or (job["options"] or {}).get("method"),
+            "macro_f1_current": (comparison.get("current") or {}).get("macro_f1"),
+            "macro_f1_candidate": (comparison.get("candidate") or {}).get("macro_f1"),
+            "promotion": promotion.get("state"),
+            "version": promotion.get("version"),
+            "error": (job["error"] or {}).get("reason"),
+        }
+
+    async def _changed(self) -> None:
+        self._reported = await self.db(self._summary)
+        for callback in list(self.on_change):
+            with contextlib.suppress(SpokeError):
+                await callback()
+
+    def subscribe(self, job_id: str) -> asyncio.Queue[dict[str, Any] | None]:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
+        self._subscribers.setdefault(job_id, set()).add(queue)
+        return queue
+
+    def unsubscribe(self, job_id: str, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        subs = self._subscribers.get(job_id)
+        if subs is not None:
+            subs.discard(queue)
+            if not subs:
+                del self._subscribers[job_id]
+
+    def _publish(self, job_id: str, item: dict[str, Any] | None) -> None:
+        for queue in list(self._subscribers.get(job_id, ())):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(item)
+
+    # -- starting and cancelling -------------------------------------------------------------
+
+    def plan(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Everything a job needs, checked now: the parent model, the samples, the label set
+        and a split that works. Raises a ``DataError`` naming what is wrong."""
+        import numpy as np
+
+        from models.finetune.methods import default_method
+        from models.finetune.split import stratified_split
+
+        assert self.samples is not None
+        model = self.provider.current()
+        if model is None:
+            raise DataError("no active model to fine-tune yet")
+        card = model.artifact.card
+        rows = self.samples.rows()
+        accepted = self.samples.accepted_labels()
+        labels = list(card.labels)
+        for row in rows:
+            for name in row["labels"]:
+                if name not in labels:
+                    if name not in accepted:
+                        raise UnknownLabels(
+                            f"sample {row['id'][:12]} has label {name!r}, which the active "
+                            f"model {card.ref} does not know; relabel it or add it with "
+                            "--new-label")
+                    labels.append(name)
+        targets = np.zeros((len(rows), len(labels)), dtype=np.float32)
+        for i, row in enumerate(rows):
+            for name in row["labels"]:
+                targets[i, labels.index(name)] = 1.0
+        train, held = stratified_split(targets, labels, self.config.held_out_fraction,
+                                       int(options.get("seed", 0)))
+        taken: list[str] = []
+        if self.models is not None:
+            taken = [str(m.get("version")) for m in self.models.store.entries()]
+        from daemon.finetune.promote import next_version
+
+        method = options["method"]
+        if method == "auto":
+            method = default_method(len(train), gpu=bool(_gpus()))
+        return {
+            "parent": card.ref, "parent_path": str(model.artifact.root),
+            "name": card.name, "version": next_version(card.version, taken),
+            "labels": labels, "method": method, "samples": len(rows),
+            "train": len(train), "held_out": len(held),
+            "sample_list": [[str(self.samples.path(r)), r["labels"]] for r in rows],
+        }
+
+    async def start_job(self, raw: dict[str, Any], source: str = "api") -> dict[str, Any]:
+        """Validate, plan and queue a job; raises ``DataError`` (``JobConflict`` if busy)."""
+        assert self.jobs is not None
+        options = check_options(raw)
+        active = await self.db(self.jobs.active)
+        if active is not None:
+            raise JobConflict(f"job {active['id']} is {active['status']}; one job runs at a "
+                              "time (wait for it, or cancel it)")
+        plan = await self.db(self.plan, options)
+        job = await self.db(self.jobs.create, options | {"source": source})
+        await self.db(self._write_spec, job["id"], options, plan)
+        self.emit("finetune_queued", {"job": job["id"], "source": source,
+                                      "method": plan["method"], "parent": plan["parent"],
+                                      "samples": plan["samples"]})
+        self.wake()
+        return await self.db(self.jobs.get, job["id"]) or job
+
+    def _write_spec(self, job_id: str, options: dict[str, Any], plan: dict[str, Any]) -> None:
+        from models.finetune.job import JobSpec
+
+        assert self.jobs is not None
+        job_dir = self.jobs.dir(job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        budget = options.get("budget_s")
+        if budget is None and options.get("epochs") is None:
+            budget = self.config.default_budget_s
+        spec = JobSpec(
+            parent=plan["parent_path"],
+            samples=tuple((p, tuple(labs)) for p, labs in plan["sample_list"]),
+            labels=tuple(plan["labels"]), out=str(job_dir / "candidate"), name=plan["name"],
+            version=plan["version"], method=plan["method"], epochs=options.get("epochs"),
+            budget_s=budget, seed=int(options.get("seed", 0)),
+            val_fraction=self.config.held_out_fraction, margin=self.config.margin,
+            max_label_drop=self.config.max_label_drop, threads=self.config.threads,
+            device="auto", gpu_memory_fraction=self.config.gpu_memory_fraction,
+            checkpoint=str(job_dir / "checkpoint.pt"),
+            checkpoint_every_s=self.config.checkpoint_every_s,
+            checkpoint_every_steps=self.config.checkpoint_every_steps)
+        atomic_write(job_dir / "job.json", json.dumps(spec.to_dict(), indent=2))
+        plan_view = {k: v for k, v in plan.items() if k != "sample_list"}
+        self.jobs.update(job_id, progress={"phase": "queued", **plan_view})
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        assert self.jobs is not None
+        job = await self.db(self.jobs.request_cancel, job_id)
+        if self._running == job_id and self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.terminate()
+        self.wake()
+        return job
+
+    # -- the runner ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        assert self.jobs is not None
+        while True:
+            job = await self.db(self.jobs.active)
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                self._wake.clear()
+                continue
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("fine-tune job failed", extra={"job": job["id"]})
+                await self._finish(job["id"], "failed",
+                                   error={"code": "internal", "reason": str(exc)})
+
+    async def _run(self, job: dict[str, Any]) -> None:
+        assert self.jobs is not None
+        job_id = job["id"]
+        job_dir = self.jobs.dir(job_id)
+        if job["cancel"]:
+            await self._finish(job_id, "cancelled")
+            return
+        if not (job_dir / "job.json").exists():
+            # Queued from the command line: plan it now (errors fail the job, clearly).
+            try:
+                options = check_options({k: v for k, v in job["options"].items()
+                                         if k in OPTION_KEYS})
+                if "budget_s" in job["options"]:
+                    options["budget_s"] = float(job["options"]["budget_s"])
+                plan = await self.db(self.plan, options)
+                await self.db(self._write_spec, job_id, options, plan)
+            except DataError as exc:
+                await self._finish(job_id, "failed", error={
+                    "code": getattr(exc, "code", "bad_input"), "reason": str(exc)})
+                return
+        attempts = job["attempts"] + 1
+        await self.db(self.jobs.update, job_id, status="running", attempts=attempts,
+                      started_at=job["started_at"] or time.time())
+        self._running = job_id
+        if attempts == 1:
+            self.emit("finetune_started", {"job": job_id})
+        else:
+            log.info("resuming fine-tune job", extra={"job": job_id, "attempt": attempts})
+        await self._changed()
+        outcome, error, result = await self._supervise(job_id, job_dir)
+        self._running = None
+        if self._stopping:
+            return  # left "running": the next start resumes it from its checkpoint
+        if outcome == "killed":
+            if attempts < MAX_ATTEMPTS:
+                log.warning("fine-tune worker died; resuming from its checkpoint",
+                            extra={"job": job_id, "error": error})
+                await self.db(self.jobs.update, job_id, status="queued")
+                return
+            await self._finish(job_id, "failed", error={
+                "code": "worker_died", "reason": f"the worker died {attempts} times: {error}"})
+            return
+        if outcome == "cancelled":
+            (job_dir / "checkpoint.pt").unlink(missing_ok=True)
+            await self._finish(job_id, "cancelled")
+            return
+        if outcome == "error":
+            await self._finish(job_id, "failed", error=error)
+            return
+        assert result is not None
+        result["promotion"] = await self._promote(job_id, job_dir, result)
+        if result["promotion"].get("state") in ("activated",) and \
+                self.config.upload == "weights" and self.upload is not None:
+            result["review_upload"] = await self._upload(job_dir, result)
+        await self._finish(job_id, "done", result=result)
+
+    async def _supervise(self, job_id: str, job_dir: Path
+                         ) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
+        """Run the worker to its end; (outcome, error, result)."""
+        assert self.jobs is not None
+        env = dict(os.environ)
+        threads = str(self.config.threads)
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+                   OPENBLAS_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+        stderr = (job_dir / "worker.log").open("ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "models.finetune.worker", str(job_dir),
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
+                preexec_fn=_child_limits(self.config.niceness), limit=1 << 22)
+        finally:
+            stderr.close()
+        self._proc = proc
+        log.info("fine-tune worker started", extra={"job": job_id, "pid": proc.pid,
+                                                    "niceness": self.config.niceness,
+                                                    "threads": self.config.threads})
+        watcher = asyncio.create_task(self._watch_cancel(job_id, proc))
+        result: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        try:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    continue
+                kind = msg.pop("event", None)
+                if kind == "progress":
+                    await self._progress(job_id, msg)
+                elif kind == "result":
+                    result = msg
+                elif kind == "error":
+                    error = msg
+                elif kind == "log":
+                    log.info("fine-tune: %s", str(msg.get("line", "")).rstrip())
+            code = await proc.wait()
+        finally:
+            watcher.cancel()
+            self._proc = None
+        job = await self.db(self.jobs.get, job_id)
+        if job is not None and job["cancel"]:
+            return "cancelled", None, None
+        if result is not None and code == 0:
+            return "done", None, result
+        if error is not None:
+            return "error", error, None
+        return "killed", {"code": "worker_died",
+                          "reason": f"exit status {code} with no result"}, None
+
+    async def _watch_cancel(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
+        assert self.jobs is not None
+        while proc.returncode is None:
+            await asyncio.sleep(0.5)
+            job = await self.db(self.jobs.get, job_id)
+            if job is not None and job["cancel"] and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+                return
+
+    async def _progress(self, job_id: str, data: dict[str, Any]) -> None:
+        assert self.jobs is not None
+        data = {"ts": time.time(), **data}
+        job = await self.db(self.jobs.get, job_id)
+        merged = (job["progress"] if job else None) or {}
+        merged.update(data)
+        await self.db(self.jobs.update, job_id, progress=merged)
+        self._publish(job_id, {"job": job_id, "status": "running", "progress": merged})
+        now = time.monotonic()
+        if data.get("phase") != "train" or now - self._last_event >= PROGRESS_EVENT_EVERY_S:
+            self._last_event = now
+            self.emit("finetune_progress", {"job": job_id, **data})
+
+    async def _finish(self, job_id: str, status: str, *, error: dict[str, Any] | None = None,
+                      result: dict[str, Any] | None = None) -> None:
+        assert self.jobs is not None
+        values: dict[str, Any] = {"status": status, "finished_at": time.time()}
+        if error is not None:
+            values["error"] = error
+        if result is not None:
+            values["result"] = result
+        await self.db(self.jobs.update, job_id, **values)
+        job = await self.db(self.jobs.get, job_id)
+        event: dict[str, Any] = {"job": job_id, "status": status}
+        if status == "done" and result is not None:
+            comparison = result["comparison"]
+            event.update(
+                method=result["method"], samples=result["samples"],
+                held_out=result["held_out"],
+                macro_f1_current=comparison["current"]["macro_f1"],
+                macro_f1_candidate=comparison["candidate"]["macro_f1"],
+                per_label_delta=comparison["per_label_delta"], gate=comparison["promote"],
+                reasons=comparison["reasons"], promotion=result["promotion"],
+                parent=result["parent"], skipped=len(result["skipped"]))
+            kind = "finetune_finished"
+        elif status == "failed":
+            event["error"] = error
+            kind = "finetune_failed"
+        else:
+            kind = "finetune_cancelled"
+        self.emit(kind, event)
+        log.info("fine-tune job ended", extra={"job": job_id, "status": status})
+        self._publish(job_id, job)
+        self._publish(job_id, None)
+        await self._changed()
+
+    # -- promotion -------------------------------------------------------------------------
+
+    async def _promote(self, job_id: str, job_dir: Path, result: dict[str, Any]
+                       ) -> dict[str, Any]:
+        if not result["comparison"]["promote"]:
+            return {"state": "not-promoted", "reason": "; ".join(result["comparison"]["reasons"])}
+        if self.models is None:
+            return {"state": "not-promoted", "version": result["version"],
+                    "reason": "this daemon serves a fixed --model: promotion needs the model "
+                              "store (the candidate is kept in " + str(job_dir) + ")"}
+        current = self.models.manager.current()
+        if current is None or f"{current.name}@{current.version}" != result["parent"]:
+            return {"state": "not-promoted", "reason": "the active model changed during the "
+                    "job; the candidate was measured against " + result["parent"]}
+        from daemon.finetune.promote import PromotionRefused, build_entry, validate_entry
+        from daemon.models.errors import ModelRefused
+
+        assert self.device_key is not None
+        key = self.device_key
+        store = self.models.store
+        try:
+            tar, meta = await asyncio.to_thread(
+                build_entry, Path(result["candidate"]), job_dir, self.device_key, job_id,
+                result["parent"])
+
+            def install() -> None:
+                with store.locked():
+                    store.install(tar, meta, lambda p: validate_entry(p, meta, key))
+
+            await asyncio.to_thread(install)
+            await self.models.activate_local(meta["sha256"], f"fine-tune {job_id}")
+        except PromotionRefused as exc:
+            return {"state": "refused", "code": exc.code, "reason": exc.reason}
+        except ModelRefused as exc:
+            return {"state": "refused", "code": exc.code, "reason": exc.reason}
+        except (DataError, OSError) as exc:
+            return {"state": "refused", "code": "install", "reason": str(exc)}
+        self.spawn(self._follow_gate(job_id, meta["sha256"]), f"gate-{job_id}")
+        return {"state": "activated", "version": meta["version"], "sha256": meta["sha256"],
+                "signer": meta["signed"]["signer"],
+                "reason": "activated; the health gate decides whether it stays"}
+
+    async def _follow_gate(self, job_id: str, sha: str) -> None:
+        """Record whether the health gate kept the promoted model."""
+        assert self.jobs is not None and self.models is not None
+        while self.models.gate is not None:
+            await asyncio.sleep(0.5)
+        committed = self.models.store.state().get("committed") == sha
+        job = await self.db(self.jobs.get, job_id)
+        if job is None or not job["result"]:
+            return
+        result = job["result"]
+        result["promotion"]["state"] = "committed" if committed else "rolled-back"
+        await self.db(self.jobs.update, job_id, result=result)
+        self.emit("finetune_promotion", {"job": job_id, "sha256": sha,
+                                         "state": result["promotion"]["state"],
+                                         "version": result["promotion"].get("version")})
+        await self._changed()
+
+    async def _upload(self, job_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+        assert self.upload is not None
+        try:
+            return await self.upload(job_dir, result)
+        except SpokeError as exc:
+            log.warning("review upload failed", extra={"error": str(exc)})
+            return {"uploaded": False, "reason": str(exc)}
+
+
+def _gpus() -> list[Any]:
+    with contextlib.suppress(Exception):
+        from daemon.hardware import nvidia_gpus
+
+        return nvidia_gpus()
+    return []
+
+
+def remove_job_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["FINAL", "FinetuneService", "check_options", "parse_budget"]

@@ -14,6 +14,8 @@ COMMANDS = {
     "bench": "daemon.commands.bench",
     "tokens": "daemon.commands.tokens",
     "models": "daemon.commands.models",
+    "samples": "daemon.commands.samples",
+    "finetune": "daemon.commands.finetune",
     "report": "daemon.commands.report",
     "pair": "daemon.commands.pair",
 }

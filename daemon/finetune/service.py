@@ -602,3 +602,10 @@ def remove_job_dir(path: Path) -> None:
 
 
 __all__ = ["FINAL", "FinetuneService", "check_options", "parse_budget"]
+
+
+def load_section(state_dir: Path) -> FinetuneSection:
+    """The ``[finetune]`` section as the daemon sees it (config file plus environment)."""
+    from appliance.config import DaemonConfig, load_config
+
+    return load_config(DaemonConfig, state_dir / "spoke.toml", "SPOKE_").finetune

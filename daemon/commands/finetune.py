@@ -1,0 +1,268 @@
+"""``spoke finetune start|status|list|cancel``: fine-tuning jobs on this appliance.
+
+Jobs run inside ``spoke run`` (one at a time, in a worker process); this command queues one in
+the state directory's job store, which the daemon picks up within a second, and with ``--wait``
+follows it to its end: progress, then the current model's and the candidate's metrics on the
+held-out split, and whether the candidate was promoted and why. The exit status of ``--wait``
+is 0 when the job finished (promoted or not), 1 when it failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.cli import print_json, print_table
+from appliance.errors import ConfigError, DataError
+from daemon.commands.run import add_state_dir
+
+METHODS = ("auto", "linear", "lora", "partial", "full")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune the active model on the labeled samples")
+    fsub = p.add_subparsers(dest="finetune_command", required=True, metavar="ACTION")
+    s = fsub.add_parser("start", help="start a job (runs inside the daemon)")
+    add_state_dir(s)
+    s.add_argument("--method", choices=METHODS, default="auto",
+                   help="linear probe, LoRA, last blocks, full (default: from the sample count "
+                        "and the hardware)")
+    s.add_argument("--budget", help="time budget, e.g. 90s, 10m (default [finetune] "
+                   "default_budget_s)")
+    s.add_argument("--epochs", type=int, help="epochs (else the method's default or the budget)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--wait", action="store_true", help="follow the job to its end")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=start)
+    st = fsub.add_parser("status", help="a job's state and outcome (default: the latest)")
+    add_state_dir(st)
+    st.add_argument("job", nargs="?")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(handler=status)
+    ls = fsub.add_parser("list", help="recent jobs")
+    add_state_dir(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=list_jobs)
+    c = fsub.add_parser("cancel", help="cancel a queued or running job")
+    add_state_dir(c)
+    c.add_argument("job")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(handler=cancel)
+
+
+def _jobs(args: argparse.Namespace) -> Any:
+    from daemon.finetune.jobs import JobStore
+
+    return JobStore(args.state_dir.resolve() / "finetune")
+
+
+def daemon_running(state_dir: Path) -> bool:
+    try:
+        status = json.loads((state_dir / "status.json").read_text())
+        pid = int(status["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if status.get("stopped"):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def precheck(state_dir: Path, seed: int) -> None:
+    """The checks the daemon makes too, made here for an immediate answer: an active model,
+    known labels, enough samples to hold some out."""
+    import numpy as np
+
+    from daemon.finetune.samples import SampleStore, UnknownLabels, active_labels
+    from models.finetune.split import stratified_split
+
+    known, model = active_labels(state_dir)
+    if model is None:
+        raise DataError("no active model to fine-tune yet")
+    store = SampleStore(state_dir / "finetune")
+    try:
+        rows, accepted = store.rows(), store.accepted_labels()
+    finally:
+        store.close()
+    labels = list(known)
+    for row in rows:
+        for name in row["labels"]:
+            if name not in labels:
+                if name not in accepted:
+                    raise UnknownLabels(f"sample {row['id'][:12]} has label {name!r}, which "
+                                        f"{model} does not know; relabel it or use --new-label")
+                labels.append(name)
+    targets = np.zeros((len(rows), len(labels)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for name in row["labels"]:
+            targets[i, labels.index(name)] = 1.0
+    from daemon.finetune.service import load_section
+
+    stratified_split(targets, labels, load_section(state_dir).held_out_fraction, seed)
+
+
+def start(args: argparse.Namespace) -> int:
+    from daemon.finetune.service import check_options
+
+    state_dir = args.state_dir.resolve()
+    options = check_options({"method": args.method, "budget": args.budget,
+                             "epochs": args.epochs, "seed": args.seed})
+    if not daemon_running(state_dir):
+        raise ConfigError(f"no daemon is running for {state_dir}: jobs run inside `spoke run` "
+                          "(start it, then try again)")
+    precheck(state_dir, int(options.get("seed", 0)))
+    jobs = _jobs(args)
+    try:
+        job = jobs.create(options | {"source": "cli"})
+    finally:
+        jobs.close()
+    if not args.wait:
+        if args.json:
+            print_json(job)
+        else:
+            print(f"queued {job['id']}; follow it with `spoke finetune status {job['id']}`")
+        return 0
+    return follow(args, job["id"])
+
+
+def _progress_line(progress: dict[str, Any]) -> str | None:
+    phase = progress.get("phase")
+    if phase == "train":
+        steps = progress.get("steps")
+        of = f"/{steps}" if steps else ""
+        return (f"  training: step {progress.get('step')}{of}, loss {progress.get('loss')}, "
+                f"{progress.get('elapsed_s')} s")
+    if phase == "queued":
+        return (f"  queued: {progress.get('method')} on {progress.get('samples')} samples "
+                f"({progress.get('held_out')} held out) -> {progress.get('name')}@"
+                f"{progress.get('version')}")
+    return f"  {phase}" if phase else None
+
+
+def follow(args: argparse.Namespace, job_id: str, poll_s: float = 0.5) -> int:
+    jobs = _jobs(args)
+    last: str | None = None
+    try:
+        while True:
+            job = jobs.get(job_id)
+            if job is None:
+                raise DataError(f"no job {job_id}")
+            if not args.json:
+                line = _progress_line(job["progress"] or {})
+                if line and line != last:
+                    print(line, flush=True)
+                    last = line
+            if job["status"] in ("done", "failed", "cancelled"):
+                break
+            time.sleep(poll_s)
+    finally:
+        jobs.close()
+    if args.json:
+        print_json(job)
+    else:
+        show(job)
+    return 0 if job["status"] == "done" else 1
+
+
+def show(job: dict[str, Any]) -> None:
+    print(f"job {job['id']}: {job['status']}")
+    if job["error"]:
+        print(f"  error ({job['error'].get('code')}): {job['error'].get('reason')}")
+    result = job["result"]
+    if not result:
+        return
+    comparison = result["comparison"]
+    cur, cand = comparison["current"], comparison["candidate"]
+    print(f"  {result['method']} on {result['train']} samples, {result['held_out']} held out, "
+          f"{result['steps']} steps in {result['train_seconds']} s"
+          + (f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else "")
+          + (f"; {len(result['skipped'])} unreadable sample(s) skipped" if result["skipped"]
+             else ""))
+    rows = [{"label": name, "current": f"{cur['per_label_f1'][name]:.3f}",
+             "candidate": f"{cand['per_label_f1'][name]:.3f}",
+             "change": f"{comparison['per_label_delta'][name]:+.3f}"}
+            for name in cand["per_label_f1"]]
+    rows.append({"label": "macro-F1", "current": f"{cur['macro_f1']:.3f}",
+                 "candidate": f"{cand['macro_f1']:.3f}",
+                 "change": f"{comparison['macro_f1_delta']:+.3f}"})
+    rows.append({"label": "exact match", "current": f"{cur['exact_match']:.3f}",
+                 "candidate": f"{cand['exact_match']:.3f}", "change": ""})
+    print_table(rows, ["label", "current", "candidate", "change"])
+    verdict = "passed" if comparison["promote"] else "refused"
+    print(f"evaluation gate {verdict}: " + "; ".join(comparison["reasons"]))
+    promotion = result.get("promotion") or {}
+    state = promotion.get("state")
+    if state in ("activated", "committed"):
+        print(f"promoted: {promotion.get('version')} ({state}; signed by "
+              f"{promotion.get('signer')})")
+    elif state == "rolled-back":
+        print(f"promoted {promotion.get('version')}, but the health gate rolled it back")
+    else:
+        print(f"not promoted: {promotion.get('reason')}")
+
+
+def status(args: argparse.Namespace) -> int:
+    jobs = _jobs(args)
+    try:
+        job = jobs.get(args.job) if args.job else next(iter(jobs.recent(1)), None)
+    finally:
+        jobs.close()
+    if job is None:
+        raise DataError(f"no job {args.job}" if args.job else "no fine-tune job yet")
+    if args.json:
+        print_json(job)
+    else:
+        show(job)
+        line = _progress_line(job["progress"] or {})
+        if job["status"] in ("queued", "running") and line:
+            print(line)
+    return 0
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    jobs = _jobs(args)
+    try:
+        rows = jobs.recent(20)
+    finally:
+        jobs.close()
+    if args.json:
+        print_json(rows)
+        return 0
+
+    def outcome(job: dict[str, Any]) -> str:
+        result = job["result"] or {}
+        promotion = (result.get("promotion") or {}).get("state")
+        if job["error"]:
+            return str(job["error"].get("code"))
+        return str(promotion or "")
+
+    print_table([{"job": j["id"], "status": j["status"],
+                  "method": (j["result"] or {}).get("method") or j["options"].get("method"),
+                  "outcome": outcome(j)} for j in rows], ["job", "status", "method", "outcome"])
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    jobs = _jobs(args)
+    try:
+        job = jobs.request_cancel(args.job)
+    finally:
+        jobs.close()
+    if args.json:
+        print_json(job)
+    else:
+        print(f"cancelling {job['id']}" + ("" if job["status"] == "queued" else
+                                           " (the worker is being stopped)"))
+    if job["status"] == "queued":
+        sys.stdout.flush()
+    return 0

@@ -116,8 +116,7 @@ async def test_status_page_can_be_turned_off(tmp_path: Path) -> None:
 
 @needs_chromium
 @pytest.mark.parametrize(("name", "width", "height"),
-                         [("phone", 390, 844), ("phone-full", 390, 2400),
-                          ("desktop", 1280, 1300)])
+                         [("phone", 390, 844), ("desktop", 1280, 1300)])
 async def test_status_page_renders_in_chromium(running: Running, mission: list[str], name: str,
                                                width: int, height: int) -> None:
     from tests.support.browser import render

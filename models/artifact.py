@@ -205,6 +205,7 @@ def write_artifact(
     labels = tuple(labels)
     thresholds = dict(thresholds) if thresholds is not None else dict.fromkeys(labels, 0.5)
     preprocessing = preprocessing or Preprocessing(cfg.img_size)
+    _check_description(name, version, cfg, labels, thresholds, preprocessing)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ArtifactError(f"{out_dir} already exists and is not an empty directory")
@@ -372,26 +373,37 @@ def read_card(root: Path) -> ModelCard:
     return card
 
 
-def _validate_card(card: ModelCard) -> None:
-    if not _NAME.match(card.name):
-        raise ArtifactError(f"invalid model name {card.name!r}")
-    if not _SEMVER.match(card.version):
-        raise ArtifactError(f"version {card.version!r} is not a semantic version")
-    if len(card.labels) != card.config.num_classes:
-        raise ArtifactError(
-            f"{len(card.labels)} labels for a {card.config.num_classes}-class config"
-        )
-    if len(set(card.labels)) != len(card.labels) or not all(card.labels):
+def _check_description(
+    name: str,
+    version: str,
+    cfg: ViTConfig,
+    labels: tuple[str, ...],
+    thresholds: dict[str, float],
+    preprocessing: Preprocessing,
+) -> None:
+    """The card fields a person chooses; checked before an export spends any time."""
+    if not _NAME.match(name):
+        raise ArtifactError(f"invalid model name {name!r}")
+    if not _SEMVER.match(version):
+        raise ArtifactError(f"version {version!r} is not a semantic version")
+    if len(labels) != cfg.num_classes:
+        raise ArtifactError(f"{len(labels)} labels for a {cfg.num_classes}-class config")
+    if len(set(labels)) != len(labels) or not all(labels):
         raise ArtifactError("labels must be unique and non-empty")
-    if set(card.thresholds) != set(card.labels):
+    if set(thresholds) != set(labels):
         raise ArtifactError("thresholds must name exactly the labels")
-    if not all(0.0 <= t <= 1.0 for t in card.thresholds.values()):
+    if not all(0.0 <= t <= 1.0 for t in thresholds.values()):
         raise ArtifactError("thresholds must be between 0 and 1")
-    if card.preprocessing.input_size != card.config.img_size:
+    if preprocessing.input_size != cfg.img_size:
         raise ArtifactError(
-            f"preprocessing input_size {card.preprocessing.input_size} != "
-            f"config img_size {card.config.img_size}"
+            f"preprocessing input_size {preprocessing.input_size} != config img_size {cfg.img_size}"
         )
+
+
+def _validate_card(card: ModelCard) -> None:
+    _check_description(
+        card.name, card.version, card.config, card.labels, card.thresholds, card.preprocessing
+    )
     if set(card.files) - {ONNX_FILE, WEIGHTS_FILE}:
         raise ArtifactError(f"unexpected files listed: {sorted(set(card.files))}")
     g = card.golden

@@ -24,6 +24,7 @@ def images(tmp_path: Path) -> list[Path]:
     return [good, empty, also_good]
 
 
+@pytest.mark.slow
 def test_model_create_writes_a_valid_artifact(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

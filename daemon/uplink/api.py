@@ -106,17 +106,18 @@ class UplinkApi:
     # -- ingestion -----------------------------------------------------------------------
 
     async def post_image(self, request: web.Request) -> web.Response:
-        if request.content_type == "multipart/form-data":
-            self.service.admit_room()
-            data, content_type, meta = await self._read_multipart(request)
-        else:
-            content_type = request.content_type
-            self.service.admit_type(content_type)
-            self.service.admit_room()
-            meta = _metadata(dict(request.query))
-            data = await self._read_capped(request.content, request.content_length)
-        accepted = await self.service.ingest(data, content_type, meta,
-                                             client=request.get(CLIENT))
+        multipart = request.content_type == "multipart/form-data"
+        if not multipart:
+            self.service.admit_type(request.content_type)
+        with self.service.slot():  # 429 before a byte of the body is read
+            if multipart:
+                data, content_type, meta = await self._read_multipart(request)
+            else:
+                content_type = request.content_type
+                meta = _metadata(dict(request.query))
+                data = await self._read_capped(request.content, request.content_length)
+            accepted = await self.service.ingest(data, content_type, meta,
+                                                 client=request.get(CLIENT), slot_held=True)
         location = f"/v1/images/{accepted.id}"
         return web.json_response(
             {"id": accepted.id, "status": accepted.status, "location": location,

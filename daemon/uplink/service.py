@@ -25,7 +25,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,9 +203,29 @@ class UplinkService(TaskGroupService):
                           f"the queue is full ({self.config.queue_depth} images waiting); "
                           "retry later", retry_after=self.retry_after())
 
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a queue slot while a body is read: concurrent uploads count against
+        ``queue_depth`` too, so memory for bodies in flight is bounded by
+        ``queue_depth x max_upload_bytes``. Pass ``slot_held=True`` to ``ingest`` inside."""
+        self.admit_room()
+        self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
+
     async def ingest(self, data: bytes, content_type: str, meta: Metadata,
-                     source: str = "api", client: str | None = None) -> Accepted:
+                     source: str = "api", client: str | None = None,
+                     slot_held: bool = False) -> Accepted:
         """Validate, store durably and queue one image; raises ``Refused``."""
+        if slot_held:
+            return await self._ingest(data, content_type, meta, source, client)
+        with self.slot():
+            return await self._ingest(data, content_type, meta, source, client)
+
+    async def _ingest(self, data: bytes, content_type: str, meta: Metadata, source: str,
+                      client: str | None) -> Accepted:
         from daemon.uplink.store import NewImage
         from models.errors import EmptyImage, ImageError, ImageTooLarge, TooManyPixels
 
@@ -215,40 +235,35 @@ class UplinkService(TaskGroupService):
         known = await self._db(self.store.get, image_id)
         if known is not None:
             return Accepted(image_id, known["status"], False)
-        self.admit_room()
         if len(data) > self.max_upload_bytes:
             self._drop("too_large")
             raise Refused(413, "too_large",
                           f"{len(data)} bytes is more than the {self.max_upload_bytes}-byte "
                           "limit")
-        self._reserved += 1
         try:
-            try:
-                image = await self._cpu_run(self._decode, data)
-            except (ImageTooLarge, TooManyPixels) as exc:
-                self._drop("too_large")
-                raise Refused(413, "too_large", str(exc)) from exc
-            except EmptyImage as exc:
-                self._drop("empty")
-                raise Refused(422, "empty", str(exc)) from exc
-            except ImageError as exc:
-                self._drop("corrupt")
-                raise Refused(422, "corrupt", str(exc)) from exc
-            m = image.meta
-            gps = (m.gps.latitude, m.gps.longitude, m.gps.altitude) if m.gps else None
-            new = NewImage(
-                id=image_id, content_type=content_type, data=data, source=source,
-                client=client, mission=meta.mission, drone=meta.drone,
-                captured_at=meta.captured_at or m.captured_at, format=m.format, width=m.width,
-                height=m.height, gps=gps, warnings=m.warnings)
-            row, created = await self._db(self.store.add, new)
-            if created:
-                if len(self._hot) < self.config.workers:
-                    self._hot[image_id] = image  # spare the worker a second decode
-                self._enqueue(image_id)
-            return Accepted(image_id, row["status"], created)
-        finally:
-            self._reserved -= 1
+            image = await self._cpu_run(self._decode, data)
+        except (ImageTooLarge, TooManyPixels) as exc:
+            self._drop("too_large")
+            raise Refused(413, "too_large", str(exc)) from exc
+        except EmptyImage as exc:
+            self._drop("empty")
+            raise Refused(422, "empty", str(exc)) from exc
+        except ImageError as exc:
+            self._drop("corrupt")
+            raise Refused(422, "corrupt", str(exc)) from exc
+        m = image.meta
+        gps = (m.gps.latitude, m.gps.longitude, m.gps.altitude) if m.gps else None
+        new = NewImage(
+            id=image_id, content_type=content_type, data=data, source=source,
+            client=client, mission=meta.mission, drone=meta.drone,
+            captured_at=meta.captured_at or m.captured_at, format=m.format, width=m.width,
+            height=m.height, gps=gps, warnings=m.warnings)
+        row, created = await self._db(self.store.add, new)
+        if created:
+            if len(self._hot) < self.config.workers:
+                self._hot[image_id] = image  # spare the worker a second decode
+            self._enqueue(image_id)
+        return Accepted(image_id, row["status"], created)
 
     def _decode(self, data: bytes) -> DecodedImage:
         from models.images import ImageLimits, decode_image

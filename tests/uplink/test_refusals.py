@@ -170,3 +170,32 @@ async def test_multipart_image_of_another_type_is_415(uplink: Uplink) -> None:
 async def test_unknown_image_is_404(uplink: Uplink) -> None:
     resp = await uplink.client.get("/v1/images/" + "a" * 64, headers=uplink.auth)
     assert resp.status == 404
+
+
+async def test_uploads_in_flight_count_against_the_queue(make_uplink: Any) -> None:
+    """Memory stays bounded: a body being read holds a queue slot, so with every slot taken
+    by slow uploads the next request is refused before its body is read."""
+    import asyncio
+
+    uplink: Uplink = await make_uplink(provider=NoModel(), queue_depth=1)
+    release = asyncio.Event()
+    data = image_bytes(seed=8)
+
+    async def slow_body() -> Any:
+        yield data[:100]
+        await release.wait()
+        yield data[100:]
+
+    first = asyncio.create_task(
+        uplink.client.post(
+            "/v1/images", data=slow_body(), headers={**uplink.auth, "Content-Type": "image/png"}
+        )
+    )
+    for _ in range(100):
+        if uplink.service._reserved:
+            break
+        await asyncio.sleep(0.02)
+    second = await uplink.post(image_bytes(seed=9))
+    assert second.status == 429
+    release.set()
+    assert (await first).status == 202

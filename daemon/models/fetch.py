@@ -22,6 +22,9 @@ CHUNK = 256 * 1024
 class RangeFetcher(FetcherInterface):
     """A fetcher that can also start a file at an offset."""
 
+    #: Bytes received so far (metadata and targets): what a delivery cost on the wire.
+    bytes_received: int = 0
+
     @abc.abstractmethod
     def open_range(self, url: str, offset: int) -> tuple[int, Iterator[bytes]]:
         """Return (where the returned bytes start, the bytes). A server that ignores the range
@@ -52,10 +55,11 @@ class HttpsFetcher(RangeFetcher):
         start = offset if resp.status == 206 else 0
         return start, self._chunks(resp, url)
 
-    @staticmethod
-    def _chunks(resp: urllib3.BaseHTTPResponse, url: str) -> Iterator[bytes]:
+    def _chunks(self, resp: urllib3.BaseHTTPResponse, url: str) -> Iterator[bytes]:
         try:
-            yield from resp.stream(CHUNK)
+            for chunk in resp.stream(CHUNK):
+                self.bytes_received += len(chunk)
+                yield chunk
         except urllib3.exceptions.HTTPError as exc:
             raise exceptions.DownloadError(f"{url}: connection lost: {exc}") from exc
         finally:

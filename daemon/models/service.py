@@ -50,12 +50,13 @@ FINAL_CODES = frozenset(
      "interrupted-probation"}
 )
 
-Prepare = Callable[[Path, str], ActiveModel]
+Prepare = Callable[..., ActiveModel]  # (path, backend, artifact=None) -> ActiveModel
 Emit = Callable[[str, dict[str, Any]], object]
 
 
-def validate_artifact(path: Path, expect: dict[str, Any]) -> None:
-    """A store entry must be a valid artifact whose card is the one the signed target names."""
+def validate_artifact(path: Path, expect: dict[str, Any]) -> Any:
+    """A store entry must be a valid artifact whose card is the one the signed target names.
+    Returns the loaded ``Artifact`` (so preparing it does not hash the files a second time)."""
     from models.artifact import load_artifact
     from models.errors import ModelError
 
@@ -63,28 +64,32 @@ def validate_artifact(path: Path, expect: dict[str, Any]) -> None:
     if expect.get("card_sha256") and card_sha != expect["card_sha256"]:
         raise ModelRefused("bad-artifact", "card.json is not the one the target metadata signs")
     try:
-        card = load_artifact(path).card
+        artifact = load_artifact(path)
     except ModelError as exc:
         raise ModelRefused("bad-artifact", str(exc)) from exc
+    card = artifact.card
     if (card.name, card.version) != (expect.get("name"), expect.get("version")):
         raise ModelRefused(
             "target-mismatch",
             f"the artifact is {card.ref}, the signed target says "
             f"{expect.get('name')}@{expect.get('version')}",
         )
+    return artifact
 
 
-def prepare_model(path: Path, backend: str) -> ActiveModel:
-    """Load a store entry, build its backend and smoke-test it with the card's golden input."""
+def prepare_model(path: Path, backend: str, artifact: Any = None) -> ActiveModel:
+    """Load a store entry (unless ``artifact`` is it, just validated), build its backend and
+    smoke-test it with the card's golden input."""
     from models.artifact import load_artifact
     from models.backends import create_backend
     from models.pipeline import Pipeline
 
     meta = json.loads((path / META_FILE).read_text())
-    try:
-        artifact = load_artifact(path)
-    except SpokeError as exc:
-        raise ModelRefused("bad-artifact", str(exc)) from exc
+    if artifact is None:
+        try:
+            artifact = load_artifact(path)
+        except SpokeError as exc:
+            raise ModelRefused("bad-artifact", str(exc)) from exc
     try:
         engine = create_backend(artifact, backend)
     except SpokeError as exc:
@@ -128,6 +133,7 @@ class ModelService(TaskGroupService):
         self._fallback: ActiveModel | None = None
         self._retry_s = config.retry_initial_s
         self._busy = asyncio.Lock()
+        self._bytes_at_start = 0
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self.manager.observers.append(self._observe)
 
@@ -267,6 +273,7 @@ class ModelService(TaskGroupService):
     async def _deliver(self, desired: dict[str, Any], data: dict[str, Any]) -> None:
         tuf = self.tuf
         assert tuf is not None
+        self._bytes_at_start = tuf.fetcher.bytes_received
         resolved: Resolved = await asyncio.to_thread(tuf.resolve, desired["target"])
         sha = resolved.sha256
         prior = data["refused"].get(sha)
@@ -303,12 +310,17 @@ class ModelService(TaskGroupService):
             "card_sha256": custom.get("card_sha256"),
             "installed_at": time.time(),
         }
+        fresh = None
         if not self.store.has(sha):
-            await asyncio.to_thread(self._download_and_install, resolved, meta)
-        model = await asyncio.to_thread(self.prepare, self.store.path(sha), self.config.backend)
+            fresh = await asyncio.to_thread(self._download_and_install, resolved, meta)
+        started = time.monotonic()
+        model = await asyncio.to_thread(self.prepare, self.store.path(sha), self.config.backend,
+                                        artifact=fresh)
+        log.info("model prepared", extra={"model": f"{model.name}@{model.version}",
+                                          "seconds": round(time.monotonic() - started, 2)})
         await self._activate(model, f"desired {desired['name']}@{desired['version']}")
 
-    def _download_and_install(self, resolved: Resolved, meta: dict[str, Any]) -> None:
+    def _download_and_install(self, resolved: Resolved, meta: dict[str, Any]) -> Any:
         assert self.tuf is not None
         started = time.monotonic()
         partial = self.store.partial(resolved.sha256)
@@ -320,8 +332,21 @@ class ModelService(TaskGroupService):
                         started + self.config.download_deadline_s)
         log.info("downloaded model", extra={"target": resolved.info.path,
                                             "seconds": round(time.monotonic() - started, 2)})
+        validated: dict[str, Any] = {}
+
+        def validate(path: Path) -> None:
+            validated["artifact"] = validate_artifact(path, meta)
+
+        started = time.monotonic()
         with self.store.locked():
-            self.store.install(partial, meta, lambda p: validate_artifact(p, meta))
+            dest = self.store.install(partial, meta, validate)
+        log.info("model verified and stored", extra={"target": resolved.info.path,
+                                                     "seconds": round(time.monotonic() - started,
+                                                                      2)})
+        artifact = validated.get("artifact")
+        if artifact is not None:
+            artifact.root = dest  # validated in the temporary directory renamed to dest
+        return artifact
 
     async def activate_local(self, sha: str, reason: str) -> None:
         """Activate a model this appliance installed in the store itself (a promoted fine-tune,
@@ -348,9 +373,10 @@ class ModelService(TaskGroupService):
             self.manager.retire(old)
         self.gate = HealthGate(time.monotonic(), self.config.gate_good_inferences,
                                self.config.gate_quiet_s, self.config.gate_max_errors)
+        fetched = self.tuf.fetcher.bytes_received - self._bytes_at_start if self.tuf else 0
         self.emit("model_activated", {"name": model.name, "version": model.version,
                                       "sha256": model.sha256, "previous": old_sha,
-                                      "reason": reason})
+                                      "reason": reason, "bytes_fetched": fetched})
         log.info("model activated; health gate running",
                  extra={"model": f"{model.name}@{model.version}"})
         await self._changed()

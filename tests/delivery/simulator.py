@@ -79,6 +79,7 @@ class SimulatedRepository(RangeFetcher):
             sent += CHUNK
             if self.on_chunk:
                 self.on_chunk(rel, sent)
+            self.bytes_received += CHUNK
             yield b"\0" * CHUNK
 
     def _chunks(self, rel: str, data: bytes, offset: int) -> Iterator[bytes]:
@@ -90,6 +91,7 @@ class SimulatedRepository(RangeFetcher):
             end = min(len(data), pos + CHUNK, cut if cut is not None and cut > pos else len(data))
             if self.chunk_delay_s:
                 time.sleep(self.chunk_delay_s)
+            self.bytes_received += end - pos
             yield data[pos:end]
             pos = end
             if self.on_chunk:

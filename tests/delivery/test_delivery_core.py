@@ -20,6 +20,16 @@ async def test_new_version_is_downloaded_verified_activated_and_committed(
     assert harness.service.reported()["state"] == "committed"
 
 
+async def test_bytes_fetched_are_the_target_plus_a_little_metadata(
+    harness: Harness, artifacts: dict[str, Path]
+) -> None:
+    row = harness.sim.publish(artifacts["1.1.0"])
+    await harness.desire("1.1.0")
+    await harness.settle()
+    fetched = harness.last("model_activated")["bytes_fetched"]
+    assert int(row["length"]) < fetched < int(row["length"]) + 16 * 1024
+
+
 async def test_root_with_two_of_three_threshold_is_trusted(
     tmp_path: Path, artifacts: dict[str, Path]
 ) -> None:

@@ -117,8 +117,8 @@ class _Broken:
 
 
 def _prepare_breaking(version: str):
-    def prepare(path: Path, backend: str) -> ActiveModel:
-        model = prepare_model(path, backend)
+    def prepare(path: Path, backend: str, artifact: Any = None) -> ActiveModel:
+        model = prepare_model(path, backend, artifact)
         if model.version == version:
             model.backend = _Broken(model.backend)
         return model

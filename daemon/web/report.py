@@ -482,14 +482,16 @@ def install_route(app: web.Application, api: UplinkApi,
     from daemon.uplink.api import error
 
     results = Results(api.service.root)
+    one_at_a_time = asyncio.Semaphore(1)  # a report decodes images: keep CPU for inference
 
     async def report(request: web.Request) -> web.StreamResponse:
         mission = request.match_info["mission"]
         rows = await api.service.query("mission", mission)
         if not rows:
             return error(404, "not_found", f"no images for mission {mission!r}")
-        page = await asyncio.to_thread(build_report, mission, rows, results.read_image,
-                                       device_id=device_id())
+        async with one_at_a_time:
+            page = await asyncio.to_thread(build_report, mission, rows, results.read_image,
+                                           device_id=device_id())
         headers = {"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff",
                    "Cache-Control": "no-store"}
         if request.query.get("download"):

@@ -110,14 +110,18 @@ class Results:
             by_status = dict.fromkeys(STATUSES, 0)
             for r in conn.execute("SELECT status, COUNT(*) AS n FROM images GROUP BY status"):
                 by_status[r["status"]] = r["n"]
+            # Each of these runs on an index (received_at, seq): no full scan per refresh.
             last = conn.execute(
-                "SELECT MAX(received_at) AS rec, MAX(finished_at) AS fin, "
-                "SUM(CASE WHEN finished_at >= ? AND status = 'done' THEN 1 ELSE 0 END) AS hour "
-                "FROM images", (now - 3600,)).fetchone()
+                "SELECT (SELECT MAX(received_at) FROM images) AS rec, "
+                "(SELECT finished_at FROM images WHERE status = 'done' "
+                " ORDER BY seq DESC LIMIT 1) AS fin, "
+                "(SELECT COUNT(*) FROM images WHERE received_at >= ? AND status = 'done') "
+                "AS hour", (now - 3600,)).fetchone()
             missions = [dict(r) for r in conn.execute(
                 "SELECT mission, COUNT(*) AS images, MAX(received_at) AS last_received_at "
-                "FROM images WHERE mission IS NOT NULL GROUP BY mission "
-                "ORDER BY last_received_at DESC LIMIT 5")]
+                "FROM images WHERE mission IN (SELECT DISTINCT mission FROM images "
+                " WHERE received_at >= ? AND mission IS NOT NULL) GROUP BY mission "
+                "ORDER BY last_received_at DESC LIMIT 5", (now - 7 * 86400,))]
             found = [decode_row(r) for r in conn.execute(
                 "SELECT id, mission, drone, status, labels, probs, captured_at, received_at, "
                 "finished_at, latitude, longitude, stored, path, tiles, width, height "

@@ -98,6 +98,7 @@ class Daemon:
             last_hub_contact_s=self.status.data["hub"].get("last_contact"),
             outbox_depth=self.outbox.depth(),
             active_model=self._active_model(),
+            queue_depths={"uplink": self.uplink.queue_depth()},
         )
 
     def _active_model(self) -> Any:

@@ -1,0 +1,59 @@
+"""A job survives kill -9: of its worker (restarted from the checkpoint) and of the daemon
+(the worker dies with it; the job resumes on the next start)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.finetune.conftest import FAST, Site, open_site
+
+
+async def wait_step(site: Site, job_id: str, step: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = await site.service.db(site.service.jobs.get, job_id)
+        progress = job["progress"] or {}
+        if progress.get("phase") == "train" and progress.get("step", 0) >= step:
+            return
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, progress
+        await asyncio.sleep(0.1)
+
+
+async def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint(
+    site: Site, site_tiles: Path
+):
+    await site.add_tiles(site_tiles)
+    job = await site.start(method="lora", epochs=8)
+    await wait_step(site, job["id"], 4)
+    proc = site.service._proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    done = await site.wait(job["id"])
+    assert done["status"] == "done", done
+    assert done["attempts"] == 2
+    assert done["result"]["resumed_from"] >= 2
+    assert done["result"]["steps"] == 16
+
+
+async def test_a_job_interrupted_by_a_daemon_restart_resumes_on_the_next_start(
+    site: Site, site_tiles: Path, aiohttp_client: Any
+):
+    await site.add_tiles(site_tiles)
+    job = await site.start(method="lora", epochs=8)
+    await wait_step(site, job["id"], 4)
+    await site.service.stop()  # as a restart would: the worker goes, the job stays "running"
+    await site.models.stop()
+    again = await open_site(site.state, aiohttp_client, FAST, site.events)
+    try:
+        done = await again.wait(job["id"])
+        assert done["status"] == "done", done
+        assert done["result"]["resumed_from"] >= 2
+    finally:
+        await again.service.stop()
+        await again.models.stop()

@@ -186,16 +186,17 @@ function renderUplink(u) {
   } else {
     pill($("uplink-state"), u.queue_depth ? "Processing" : "Ready", "ok");
   }
+  const stored = u.by_status !== undefined;
   facts($("uplink-facts"), [
     ["Queue", u.queue_depth === undefined ? undefined : u.queue_depth + " / " + u.queue_limit],
-    ["Images", u.total + " (" + u.by_status.done + " done, " + u.by_status.failed + " failed)"],
-    ["Last hour", u.last_hour + " processed"],
-    ["Last received", ago(u.last_received_at)],
-    ["Last failure", u.failed.length ? u.failed[0].reason : undefined],
+    ["Images", stored ? u.total + " (" + u.by_status.done + " done, " + u.by_status.failed + " failed)" : undefined],
+    ["Last hour", stored ? u.last_hour + " processed" : undefined],
+    ["Last received", stored ? ago(u.last_received_at) : undefined],
+    ["Last failure", stored && u.failed.length ? u.failed[0].reason : undefined],
   ]);
   const missions = $("missions");
   missions.replaceChildren();
-  for (const m of u.missions) {
+  for (const m of u.missions || []) {
     missions.append(el("li", "Mission " + m.mission + ": " + m.images + " images, last " + ago(m.last_received_at)));
   }
 }

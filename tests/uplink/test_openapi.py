@@ -29,6 +29,8 @@ from tests.support.fleet import free_port
 from tests.uplink.conftest import MAX_UPLOAD, image_bytes
 
 schema = schemathesis.openapi.from_dict(openapi_document())
+# Schemathesis has no built-in serializer for image/tiff bodies; JPEG and PNG cover raw uploads.
+pytestmark = pytest.mark.filterwarnings("ignore:Skipped test cases with unsupported payload")
 CHECKS = (status_code_conformance, content_type_conformance, response_schema_conformance)
 
 

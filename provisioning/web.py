@@ -59,6 +59,8 @@ class HubWeb:
         r.add_get("/api/v1/devices", self._devices)
         r.add_get("/metrics", self._metrics)
         r.add_post("/v1/devices/{device}/support-bundles", self._support_bundle)
+        # A site's promoted fine-tune for review (weights and metrics only; daemon/finetune).
+        r.add_post("/v1/devices/{device}/finetune-reviews", self._finetune_review)
         self._runner: web.AppRunner | None = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -88,6 +90,24 @@ class HubWeb:
         path = self.home.root / "support" / device_id / f"{time.strftime('%Y%m%dT%H%M%S')}.tar.gz"
         atomic_write(path, data, mode=0o600)
         log.info("support bundle stored", extra={"device": device_id, "bytes": len(data)})
+        return web.json_response({"stored": str(path), "bytes": len(data)}, status=201)
+
+    async def _finetune_review(self, request: web.Request) -> web.Response:
+        """Head or adapter weights, card and held-out comparison of a promoted fine-tune, when
+        the site's policy uploads them; filed under the device its certificate names."""
+        device_id = request.match_info["device"]
+        if not topics.valid_id(device_id) or peer_common_name(request) != device_id:
+            raise web.HTTPForbidden(text="a device may upload only with its own certificate")
+        device = self.registry.device(device_id)
+        if device is None or device.revoked_at is not None:
+            raise web.HTTPForbidden(text="unknown or revoked device")
+        data = await request.read()
+        if not data:
+            raise web.HTTPBadRequest(text="empty review upload")
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        path = self.home.root / "finetune-reviews" / device_id / f"{stamp}.tar.gz"
+        atomic_write(path, data, mode=0o600)
+        log.info("fine-tune review stored", extra={"device": device_id, "bytes": len(data)})
         return web.json_response({"stored": str(path), "bytes": len(data)}, status=201)
 
     def _tls(self) -> ssl.SSLContext:

@@ -147,6 +147,8 @@ class Demo:
 
         model_delivery_steps(self)
 
+        finetune_steps(self)
+
         uplink_steps(self)
 
     def stop(self) -> None:
@@ -244,6 +246,42 @@ def model_delivery_steps(demo: Demo) -> None:
     step("One appliance's model store (spoke models list): 1.0.0 kept for rollback")
     print(tool("daemon", "models", "list", "--state-dir", str(demo.root / "appliance-0")),
           end="")
+
+
+# --- local fine-tuning (issue 8) ------------------------------------------------------------
+
+FINETUNE_SAMPLES = 60
+SITE_DOMAIN = 17  # the generator's site seed for bridge-17: this site's own concrete
+
+
+def finetune_steps(demo: Demo) -> None:
+    """An engineer on site labels about 60 tiles of this bridge (generated from the site's own
+    domain), fine-tunes the delivered model on the appliance with a linear probe, and sees both
+    models' metrics on the held-out split and whether the gate promoted the candidate. The hub
+    hears about it as an event and in the reported state; no image leaves the site."""
+    state = str(demo.root / "appliance-0")
+    tiles = demo.root / "site-samples"
+    step(f"Fine-tuning: labeling {FINETUNE_SAMPLES} tiles of bridge-17's own concrete "
+         "(spoke-hub data generate, spoke samples import)")
+    print(tool("provisioning", "data", "generate", "--domain", str(SITE_DOMAIN), "--tiles",
+               str(FINETUNE_SAMPLES), "--size", "112", "--out", str(tiles)), end="")
+    print(tool("daemon", "samples", "import", str(tiles), "--state-dir", state), end="")
+    print(tool("daemon", "samples", "list", "--state-dir", state).splitlines()[-2])
+
+    step("Fine-tuning on the appliance: spoke finetune start --method linear --wait "
+         "(a worker process at low priority; held-out split, evaluation gate, promotion)")
+    started = time.monotonic()
+    print(tool("daemon", "finetune", "start", "--state-dir", state, "--method", "linear",
+               "--wait"), end="")
+    print(f"(fine-tune took {time.monotonic() - started:.0f} s end to end)")
+
+    step("What the hub heard (spoke-hub events --kind finetune_finished): metrics, no images")
+    wait_until(lambda: json.loads(tool("provisioning", "events", "--home", str(demo.home),
+                                       "--kind", "finetune_finished", "--json")),
+               60, "the hub to receive the fine-tune outcome")
+    print(tool("provisioning", "events", "--home", str(demo.home), "--kind",
+               "finetune_finished"), end="")
+    print(tool("daemon", "models", "list", "--state-dir", state), end="")
 
 
 # --- drone uplink (issue 4) ------------------------------------------------------------------

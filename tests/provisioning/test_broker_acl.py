@@ -157,7 +157,8 @@ def test_device_can_use_its_own_topics(
     assert witness.received(own) == [b"hello"]
     assert probe.subscribe(topics.desired(device_id_of(me)))
     witness.publish(topics.desired(device_id_of(me)), b"yours")
-    assert probe.received(topics.desired(device_id_of(me))) == [b"yours"]
+    # The hub's retained desired state may arrive first; ours must arrive too.
+    assert b"yours" in probe.received(topics.desired(device_id_of(me)))
 
 
 def test_claim_credential_can_do_nothing_but_enroll(

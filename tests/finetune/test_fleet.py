@@ -5,6 +5,7 @@ promoted model shows in the reported state; then `spoke finetune start --wait` o
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ ENV = {
     "SPOKE_FINETUNE__MARGIN": "0",
     "SPOKE_FINETUNE__MAX_LABEL_DROP": "1",
     "SPOKE_FINETUNE__NICENESS": "5",
+    "SPOKE_FINETUNE__UPLOAD": "weights",
 }
 POLICY = """
 [[rule]]
@@ -59,6 +61,11 @@ def test_the_hub_fine_tunes_a_site_model_without_its_images_leaving(
         hub.wait_model(device, "1.0.1-ft.1")
         reported = hub.devices()[device]["state"]["finetune"]
         assert reported["job"] == job_id and reported["version"] == "1.0.1-ft.1"
+
+        reviews = list((hub.home / "finetune-reviews" / device).glob("*.tar.gz"))
+        assert len(reviews) == 1
+        with tarfile.open(reviews[0]) as tar:  # weights, card, comparison: never an image
+            assert sorted(tar.getnames()) == ["card.json", "review.json", "trained.safetensors"]
 
         local = cli("spoke", "finetune", "start", "--state-dir", state, "--method", "linear",
                     "--epochs", "50", "--wait", check=False)

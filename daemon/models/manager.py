@@ -90,6 +90,16 @@ class ModelManager:
             if close:
                 _close(active)
 
+    def record(self, model: ActiveModel, ok: bool, error: str | None = None) -> None:
+        """Report an inference outcome the lease did not see (a caller that catches a model
+        error itself and marks the request failed should call this, so the health gate counts
+        it)."""
+        for observer in list(self.observers):
+            try:
+                observer(model, ok, error)
+            except Exception:
+                log.exception("model observer failed")
+
     def swap(self, new: ActiveModel | None, retire_old: bool = True) -> ActiveModel | None:
         """Make ``new`` the active model. The old one is closed once no lease holds it, unless
         ``retire_old`` is False (the reconciler keeps it ready for a rollback, then retires it).

@@ -338,8 +338,9 @@ class ModelService(TaskGroupService):
             validated["artifact"] = validate_artifact(path, meta)
 
         started = time.monotonic()
-        with self.store.locked():
-            dest = self.store.install(partial, meta, validate)
+        # No store lock here: the entry is built in a private directory and renamed into place
+        # (the lock is a flock the event loop also takes, and this can take seconds).
+        dest = self.store.install(partial, meta, validate)
         log.info("model verified and stored", extra={"target": resolved.info.path,
                                                      "seconds": round(time.monotonic() - started,
                                                                       2)})
@@ -431,6 +432,7 @@ class ModelService(TaskGroupService):
             self._refused(desired, "health-gate", gate.reason(), final=True, sha=active.sha256,
                           kind="model_rolled_back")
         await self._changed()
+        self.wake()  # the desired state may have moved on while the gate ran
 
     async def _load_current(self) -> None:
         """Serve what ``current`` points at; a model that no longer verifies is rolled back."""
@@ -480,13 +482,16 @@ class ModelService(TaskGroupService):
         }
         with self.store.locked():
             data = self.store.state()
+            previous = data.get("last_error") or {}
+            repeat = all(previous.get(k) == record[k] for k in ("code", "version", "sha256"))
             data["last_error"] = record
             if sha and final:
                 data["refused"][sha] = record | {"final": True, "desired": desired}
             self.store.note(data, kind, code=code, version=desired.get("version"))
             self.store.save(data)
         log.warning("model not activated", extra={"code": code, "reason": reason})
-        self.emit(kind, record)
+        if not repeat:  # a retry that fails the same way is not news for the hub's event log
+            self.emit(kind, record)
 
 
 def pinned_root(store: ModelStore, bundle: Path, trust_key: Path) -> bytes | None:

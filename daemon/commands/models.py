@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
-    return ModelStore(StateDir(args.state_dir.resolve()).root / "models")
+    """The store as it is: reading it never creates it (a state dir may not be ours)."""
+    root = StateDir(args.state_dir.resolve()).root / "models"
+    return ModelStore(root, create=root.is_dir())
 
 
 def collect(store: ModelStore) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def version_key(version: str) -> tuple[Any, ...]:
 
 
 class ModelStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, create: bool = True) -> None:
         self.root = root
         self.entries_dir = root / "store"
         self.downloads = root / "downloads"
@@ -65,9 +65,10 @@ class ModelStore:
         self.previous_link = root / "previous"
         self.state_path = root / "state.json"
         self.tuf_cache = root / "tuf"
-        root.mkdir(parents=True, exist_ok=True)
-        self.entries_dir.mkdir(exist_ok=True)
-        self.downloads.mkdir(exist_ok=True)
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+            self.entries_dir.mkdir(exist_ok=True)
+            self.downloads.mkdir(exist_ok=True)
 
     # --- the journal ----------------------------------------------------------------------
 
@@ -123,6 +124,8 @@ class ModelStore:
             return None
 
     def entries(self) -> list[dict[str, Any]]:
+        if not self.entries_dir.is_dir():
+            return []
         found = [m for p in self.entries_dir.iterdir() if (m := self.meta(p.name)) is not None]
         return sorted(found, key=lambda m: version_key(str(m.get("version", "0"))))
 

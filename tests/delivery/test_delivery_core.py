@@ -40,3 +40,20 @@ async def test_root_with_two_of_three_threshold_is_trusted(
     await h.settle()
     assert h.active() == "1.0.0"
     await h.close()
+
+
+async def test_gc_keeps_the_newest_versions_and_the_previous(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
+    from tests.delivery.conftest import FAST
+
+    sim = SimulatedRepository()
+    h = await Harness(tmp_path, sim, FAST.model_copy(update={"keep_versions": 2})).start()
+    for version in ("1.0.0", "1.1.0", "2.0.0"):
+        sim.publish(artifacts[version])
+        await h.desire(version)
+        await h.settle()
+    store = h.service.store
+    assert [m["version"] for m in store.entries()] == ["1.1.0", "2.0.0"]
+    assert store.meta(store.previous() or "")["version"] == "1.1.0"
+    await h.close()

@@ -79,6 +79,8 @@ class JobSpec:
     checkpoint_every_steps: int | None = None
     lora_rank: int = 4
     partial_blocks: int = 2
+    #: Write the candidate even when the gate refuses it (benchmarks, notebooks).
+    always_export: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -291,7 +293,7 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
         "device": device,
         "threads": spec.threads,
     }
-    if comparison.promote:
+    if comparison.promote or spec.always_export:
         report({"phase": "exporting"})
         out_dir = Path(spec.out)
         if out_dir.exists():

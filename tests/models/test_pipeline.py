@@ -89,3 +89,15 @@ def test_overlay_is_shrunk_to_its_maximum_side(pipeline: Pipeline) -> None:
     png = render_overlay(pipeline.decode(data), pipeline.run(data), max_side=50)
     with Image.open(io.BytesIO(png)) as im:
         assert im.size == (50, 35)
+
+
+def test_run_in_chunks_matches_one_big_batch(tiny_artifact: Artifact) -> None:
+    backend = create_backend(tiny_artifact, "onnxruntime", batch_size=1)  # chunks of 4 tiles
+    pipe = Pipeline(tiny_artifact, backend, TileOptions(overlap=8))
+    data = encode(noise_image(70, 100), "PNG")
+    image = pipe.decode(data)
+    tiled = pipe.tile(image)
+    whole = pipe.aggregate(
+        image, tiled, backend.infer(pipe.card.preprocessing.normalize(tiled.tiles))
+    )
+    assert pipe.run(data).to_dict()["tiles"] == whole.to_dict()["tiles"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -48,39 +49,45 @@ def create_backend(
     name: str = "auto",
     precision: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    cache_dir: Path | None = None,
 ) -> Backend:
     """Build the named backend; ``auto`` times every usable candidate that passes the golden
     smoke test (reduced precisions included: the card's tolerance is the contract) and keeps
-    the fastest (``backend.selection`` records the rates it saw)."""
+    the fastest (``backend.selection`` records the rates it saw). ``cache_dir`` holds TensorRT
+    engines and quantised graphs (default: ``default_cache_dir()``)."""
     if name == "torch":
         return TorchBackend(artifact, precision, batch_size=batch_size)
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(artifact, precision, batch_size=batch_size)
+        return OnnxRuntimeBackend(artifact, precision, batch_size=batch_size, cache_dir=cache_dir)
     if name == "tensorrt":
-        return TensorRTBackend(artifact, precision, batch_size=batch_size)
+        return TensorRTBackend(artifact, precision, batch_size=batch_size, cache_dir=cache_dir)
     if name != "auto":
         raise BackendUnavailable(
             f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}"
         )
-    return _fastest(artifact, _candidates(artifact, batch_size))
+    return _fastest(artifact, _candidates(artifact, batch_size, cache_dir))
 
 
-def _candidates(artifact: Artifact, batch_size: int) -> dict[str, Factory]:
-    gpu = torch.cuda.is_available()
+def _candidates(artifact: Artifact, batch_size: int, cache_dir: Path | None) -> dict[str, Factory]:
+    if torch.cuda.is_available():
+        return {
+            "tensorrt/auto": lambda: TensorRTBackend(
+                artifact, "auto", batch_size=batch_size, cache_dir=cache_dir
+            ),
+            "torch/fp16": lambda: TorchBackend(artifact, "fp16", batch_size=batch_size),
+            "onnxruntime/fp32": lambda: OnnxRuntimeBackend(
+                artifact, "fp32", batch_size=batch_size, cache_dir=cache_dir
+            ),
+        }
     cands: dict[str, Factory] = {
-        "tensorrt/auto": lambda: TensorRTBackend(artifact, "auto", batch_size=batch_size),
         "torch/fp32": lambda: TorchBackend(artifact, "fp32", batch_size=batch_size),
         "onnxruntime/fp32": lambda: OnnxRuntimeBackend(artifact, "fp32", batch_size=batch_size),
+        "onnxruntime/int8": lambda: OnnxRuntimeBackend(
+            artifact, "int8", batch_size=batch_size, cache_dir=cache_dir
+        ),
     }
-    if gpu:
-        cands["torch/fp16"] = lambda: TorchBackend(artifact, "fp16", batch_size=batch_size)
-    else:
-        del cands["tensorrt/auto"]
-        cands["onnxruntime/int8"] = lambda: OnnxRuntimeBackend(
-            artifact, "int8", batch_size=batch_size
-        )
-        if cpu_has_bf16():
-            cands["torch/bf16"] = lambda: TorchBackend(artifact, "bf16", batch_size=batch_size)
+    if cpu_has_bf16():
+        cands["torch/bf16"] = lambda: TorchBackend(artifact, "bf16", batch_size=batch_size)
     return cands
 
 

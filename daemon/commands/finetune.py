@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--method", choices=METHODS, default="auto",
                    help="linear probe, LoRA, last blocks, full (default: from the sample count "
                         "and the hardware)")
-    s.add_argument("--budget", help="time budget, e.g. 90s, 10m (default [finetune] "
+    s.add_argument("--budget", help="time cap, e.g. 90s, 10m (default [finetune] "
                    "default_budget_s)")
     s.add_argument("--epochs", type=int, help="epochs (else the method's default or the budget)")
     s.add_argument("--seed", type=int)

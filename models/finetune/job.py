@@ -175,15 +175,13 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
     return score(shifted[:, present], targets[:, present], names)
 
 
-def next_steps(spec: JobSpec, method: str, n_train: int) -> int | None:
+def next_steps(spec: JobSpec, method: str, n_train: int) -> int:
+    """Steps for the given (or the method's default) epochs; a time budget only caps them."""
     per_epoch = max(1, math.ceil(n_train / spec.batch_size))
     if method == "linear":
         per_epoch = 1  # full batch over the cached features of every view
-    if spec.epochs is not None:
-        return spec.epochs * per_epoch
-    if spec.budget_s is not None:
-        return None  # the time budget alone decides
-    return DEFAULT_EPOCHS[method] * per_epoch
+    epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS[method]
+    return epochs * per_epoch
 
 
 def run_job(spec: JobSpec, report: Report = lambda _: None,

@@ -200,7 +200,7 @@ class Machine:
             "-netdev", self.netdev(), "-device", "virtio-net-pci,netdev=n0",
             "-rtc", "base=utc",
         ]
-        cmd += ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg"]
+        cmd += accel_args(self.accel)
         if extra_cmdline is None:
             cmd += [
                 "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
@@ -258,6 +258,15 @@ class Machine:
             self.proc.wait()
 
 
+def accel_args(accel: str) -> list[str]:
+    # TCG's default CPU model (qemu64) is x86-64-v1; numpy 2 needs x86-64-v2 (SSE4.2, POPCNT) and
+    # the daemon dies with SIGILL there. qemu64 plus exactly those features (not "max", under
+    # which this kernel's timer check fails and the boot crawls).
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg", "-cpu", "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16"]
+
+
 def uki_cmdline(uki: Path) -> str:
     """The kernel command line baked into the UKI (its .cmdline section), via pefile."""
     code = (
@@ -286,7 +295,7 @@ def probe_kvm(image: Path, work: Path) -> str:
                     str(disk)], check=True)
     shutil.copyfile(OVMF_VARS, vars_)
     cmd = [
-        "qemu-system-x86_64", "-machine", "q35", "-accel", "kvm", "-smp", "2", "-m", "2048",
+        "qemu-system-x86_64", "-machine", "q35", *accel_args("kvm"), "-smp", "2", "-m", "2048",
         "-display", "none", "-monitor", "none", "-nodefaults", "-serial", f"file:{serial}",
         "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,file={vars_}",

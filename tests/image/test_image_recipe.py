@@ -37,9 +37,16 @@ def _analyze_offline_supported() -> bool:
 @pytest.mark.skipif(not _analyze_offline_supported(), reason="needs systemd-analyze >= 250")
 def test_spoke_service_exposure_is_at_most_3() -> None:
     out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager",
-         str(UNITS / "spoke.service")],
-        capture_output=True, text=True, check=True,
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            str(UNITS / "spoke.service"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     m = re.search(r"Overall exposure level for spoke\.service: ([0-9.]+)", out)
     assert m, out
@@ -88,29 +95,50 @@ def test_shell_scripts_parse(script: str) -> None:
 
 # --- the first-boot import, run on the host against a real hub home and bundle ---------------
 
+
 @pytest.fixture(scope="module")
 def hub_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("hub") / "home"
-    subprocess.run([str(BIN / "spoke-hub"), "init", "--home", str(home), "--public-host",
-                    "127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(BIN / "spoke-hub"), "init", "--home", str(home), "--public-host", "127.0.0.1"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return home
 
 
 @pytest.fixture(scope="module")
 def signed_bundle(hub_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "bundle.spoke"
-    subprocess.run([str(BIN / "spoke-hub"), "bundle", "create", "--home", str(hub_home),
-                    "--labels", "site=test", "--out", str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(BIN / "spoke-hub"),
+            "bundle",
+            "create",
+            "--home",
+            str(hub_home),
+            "--labels",
+            "site=test",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def trust_key(hub_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     key = tmp_path_factory.mktemp("key") / "provisioning.pub"
-    key.write_text(subprocess.run([str(BIN / "spoke-hub"), "bundle", "pubkey", "--home",
-                                   str(hub_home)], check=True, capture_output=True,
-                                  text=True).stdout)
+    key.write_text(
+        subprocess.run(
+            [str(BIN / "spoke-hub"), "bundle", "pubkey", "--home", str(hub_home)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     return key
 
 
@@ -126,12 +154,14 @@ def import_bundle(tmp_path: Path, stick: Path, key: Path) -> subprocess.Complete
         "SPOKE_OWNER": f"{os.getuid()}:{os.getgid()}",
         "SPOKE_RUN_DIR": str(run),
     }
-    return subprocess.run(["sh", str(IMPORT_BUNDLE), "--dir", str(stick)], env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["sh", str(IMPORT_BUNDLE), "--dir", str(stick)], env=env, capture_output=True, text=True
+    )
 
 
-def test_import_copies_a_verified_bundle(tmp_path: Path, signed_bundle: Path,
-                                         trust_key: Path) -> None:
+def test_import_copies_a_verified_bundle(
+    tmp_path: Path, signed_bundle: Path, trust_key: Path
+) -> None:
     stick = tmp_path / "stick"
     stick.mkdir()
     shutil.copy(signed_bundle, stick / "site.spoke")
@@ -141,7 +171,8 @@ def test_import_copies_a_verified_bundle(tmp_path: Path, signed_bundle: Path,
 
 
 def test_import_refuses_an_altered_bundle_and_copies_nothing(
-        tmp_path: Path, signed_bundle: Path, trust_key: Path) -> None:
+    tmp_path: Path, signed_bundle: Path, trust_key: Path
+) -> None:
     stick = tmp_path / "stick"
     stick.mkdir()
     data = bytearray(signed_bundle.read_bytes())
@@ -154,12 +185,15 @@ def test_import_refuses_an_altered_bundle_and_copies_nothing(
 
 
 def test_import_refuses_a_bundle_signed_by_another_key(
-        tmp_path: Path, signed_bundle: Path, hub_home: Path) -> None:
+    tmp_path: Path, signed_bundle: Path, hub_home: Path
+) -> None:
     other = tmp_path / "other.pub"
-    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(tmp_path / "k")],
-                   check=True)
-    subprocess.run(["openssl", "pkey", "-in", str(tmp_path / "k"), "-pubout", "-out", str(other)],
-                   check=True)
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(tmp_path / "k")], check=True
+    )
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(tmp_path / "k"), "-pubout", "-out", str(other)], check=True
+    )
     stick = tmp_path / "stick"
     stick.mkdir()
     shutil.copy(signed_bundle, stick / "bundle.spoke")
@@ -168,8 +202,9 @@ def test_import_refuses_a_bundle_signed_by_another_key(
     assert not (tmp_path / "state/bundle.spoke").exists()
 
 
-def test_import_ignores_sticks_once_enrolled(tmp_path: Path, signed_bundle: Path,
-                                             trust_key: Path) -> None:
+def test_import_ignores_sticks_once_enrolled(
+    tmp_path: Path, signed_bundle: Path, trust_key: Path
+) -> None:
     (tmp_path / "state/identity").mkdir(parents=True)
     (tmp_path / "state/identity/identity.json").write_text("{}")
     stick = tmp_path / "stick"
@@ -193,15 +228,29 @@ def test_import_refuses_an_oversized_file(tmp_path: Path, trust_key: Path) -> No
 @pytest.mark.skipif(not _analyze_offline_supported(), reason="needs systemd-analyze >= 250")
 def test_nvidia_flavour_keeps_exposure_at_most_3(tmp_path: Path) -> None:
     """The nvidia drop-in opens /dev to the GPU nodes only; the merged unit still scores <= 3."""
-    dropin = (MKOSI / "mkosi.profiles/nvidia/mkosi.extra/usr/lib/systemd/system/spoke.service.d"
-              / "nvidia.conf").read_text()
-    merged = (UNITS / "spoke.service").read_text().replace(
-        "[Install]", dropin.split("[Service]", 1)[1] + "\n[Install]")
+    dropin = (
+        MKOSI
+        / "mkosi.profiles/nvidia/mkosi.extra/usr/lib/systemd/system/spoke.service.d"
+        / "nvidia.conf"
+    ).read_text()
+    merged = (
+        (UNITS / "spoke.service")
+        .read_text()
+        .replace("[Install]", dropin.split("[Service]", 1)[1] + "\n[Install]")
+    )
     merged = re.sub(r"^PrivateDevices=yes\n", "", merged, flags=re.M)
     (tmp_path / "spoke.service").write_text(merged)
     out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager",
-         str(tmp_path / "spoke.service")], capture_output=True, text=True, check=True,
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            str(tmp_path / "spoke.service"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     m = re.search(r"Overall exposure level for spoke\.service: ([0-9.]+)", out)
     assert m, out

@@ -35,19 +35,21 @@ async def test_a_candidate_that_passes_the_gate_is_signed_and_activated(
 
 
 async def test_the_comparison_is_stored_when_the_gate_refuses(site: Site, site_tiles: Path):
-    from dataclasses import replace
-
+    """Also: a stored sample whose file went bad on disk is skipped and reported, not fatal."""
     site.service.config = replace_config(site.service.config, margin=1.0)
     await site.add_tiles(site_tiles)
+    rotten = sorted((site.state / "finetune" / "samples").rglob("*.png"))[0]
+    rotten.write_bytes(rotten.read_bytes()[:100])
     job = await site.start(method="linear", epochs=2)
     done = await site.wait(job["id"])
     assert done["status"] == "done"
+    skipped = done["result"]["skipped"]
+    assert [s["path"] for s in skipped] == [str(rotten)] and skipped[0]["reason"]
     assert done["result"]["comparison"]["promote"] is False
     assert done["result"]["promotion"]["state"] == "not-promoted"
     assert "does not beat" in done["result"]["promotion"]["reason"]
     assert site.models.manager.current().version == "1.0.0"
     assert site.last("finetune_finished")["gate"] is False
-    del replace
 
 
 def replace_config(config, **changes):

@@ -10,7 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.finetune.conftest import FAST, Site, open_site
+
+pytestmark = pytest.mark.slow
 
 
 async def wait_step(site: Site, job_id: str, step: int, timeout: float = 60.0) -> None:

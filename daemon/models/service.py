@@ -234,7 +234,12 @@ class ModelService(TaskGroupService):
             try:
                 async with self._busy:
                     if self._reload:
+                        # The operator chose a model by hand: that ends any health gate.
                         self._reload = False
+                        self.gate = None
+                        if self._fallback is not None:
+                            self.manager.retire(self._fallback)
+                            self._fallback = None
                         await self._load_current()
                     if self.gate is not None:
                         await self._check_gate()

@@ -282,6 +282,46 @@ class ModelRepository:
         self._write_targets(targets)
         return info
 
+    def rotate_root(
+        self, root_signers: list[Signer], new_online: dict[str, Signer] | None = None
+    ) -> int:
+        """Sign root version N+1 with the offline ``root_signers`` (a threshold of them), with
+        fresh online keys for the roles in ``new_online`` (a compromised or aging online key),
+        then re-sign targets, snapshot and timestamp with the online keys now trusted.
+
+        Appliances follow the chain from the root they pinned: each new root must carry a
+        threshold of signatures from the old root's keys and from its own.
+        """
+        from tuf.api.exceptions import UnsignedMetadataError
+
+        current = Metadata[Root].from_bytes(self.root_bytes())
+        root = current.signed
+        root.version += 1
+        root.expires = _now() + self.expiry.root
+        for role, signer in (new_online or {}).items():
+            if role not in ONLINE_ROLES:
+                raise RepositoryError(f"{role} is not an online role")
+            for keyid in list(root.roles[role].keyids):
+                root.revoke_key(keyid, role)
+            root.add_key(signer.public_key, role)
+        md = Metadata(root)
+        for signer in root_signers:
+            md.sign(signer, append=True)
+        try:
+            current.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
+            root.verify_delegate(Root.type, md.signed_bytes, md.signatures)
+        except UnsignedMetadataError as exc:
+            raise RepositoryError(f"not enough root keys to sign a new root: {exc}") from exc
+        data = _bytes(md)
+        self.storage.write(f"metadata/{root.version}.root.json", data)
+        self.storage.write("metadata/root.json", data)
+        self.online.update(new_online or {})
+        targets = self.targets()
+        targets.signed.version += 1
+        targets.signed.expires = _now() + self.expiry.targets
+        self._write_targets(targets)
+        return root.version
+
     def refresh(self, now: dt.datetime | None = None) -> list[str]:
         """Re-sign online roles that have less than half their lifetime left; returns them.
 
@@ -378,6 +418,27 @@ def init_repository(
         repo = ModelRepository(DirStorage(root / "public"), online, Expiry.from_config(config))
         repo.create(root_signers, threshold)
     return paths
+
+
+def rotate_root(
+    root: Path, config: RepositorySection, root_key_files: list[Path], roles: list[str]
+) -> int:
+    """Rotate the online keys of ``roles`` (new keys written to ``root/keys``), signing the new
+    root with the given offline root key files. Returns the new root version."""
+    root_signers: list[Signer] = []
+    for path in root_key_files:
+        try:
+            root_signers.append(signer_from_pem(path.read_bytes()))
+        except OSError as exc:
+            raise ConfigError(f"cannot read root key {path}: {exc.strerror}") from exc
+    with locked(root):
+        repo = open_repository(root, config)
+        fresh: dict[str, Signer] = {role: new_signer() for role in roles}
+        version = repo.rotate_root(root_signers, fresh)
+        for role, signer in fresh.items():
+            assert isinstance(signer, CryptoSigner)
+            write_secret(root / "keys" / f"{role}.pem", signer_to_pem(signer))
+    return version
 
 
 def ensure_repository(root: Path, offline_dir: Path, config: RepositorySection) -> None:

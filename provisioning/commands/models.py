@@ -34,6 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(handler=list_models)
 
+    rot = msub.add_parser(
+        "rotate-root", help="sign a new root with offline keys, rotating online keys"
+    )
+    add_home(rot)
+    rot.add_argument("--root-key", type=Path, action="append", required=True,
+                     help="an offline root key file (repeat up to the threshold)")
+    rot.add_argument("--rotate", action="append", default=[],
+                     choices=list(repository.ONLINE_ROLES),
+                     help="give this online role a new key (repeatable)")
+    rot.set_defaults(handler=rotate_root)
+
     r = msub.add_parser("root", help="the root metadata appliances pin (in every bundle)")
     add_home(r)
     r.add_argument("--json", action="store_true", help="the root metadata itself")
@@ -104,4 +115,15 @@ def root(args: argparse.Namespace) -> int:
         print(data.decode(), end="")
     else:
         print(json.dumps(repository.describe_root(data), indent=2))
+    return 0
+
+
+def rotate_root(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    config = home.load_config()
+    version = repository.rotate_root(home.repository, config.repository, args.root_key,
+                                     args.rotate)
+    rotated = ", ".join(args.rotate) or "no online keys"
+    print(f"root version {version} signed ({rotated} rotated); appliances follow it from the "
+          "root they pinned. New bundles carry it.")
     return 0

@@ -61,3 +61,40 @@ def test_online_keys_never_include_the_root_keys(tmp_path: Path):
     with pytest.raises(RepositoryError, match="already"):
         repository.init_repository(tmp_path / "repo", tmp_path / "offline",
                                    RepositorySection(), 1, 1)
+
+
+async def test_appliance_follows_a_root_rotation_of_a_compromised_targets_key(
+    tmp_path: Path, artifacts: dict[str, Path]
+):
+    from provisioning.repository import new_signer
+    from tests.delivery.conftest import Harness
+
+    sim = SimulatedRepository(root_keys=3, threshold=2)
+    sim.publish(artifacts["1.0.0"])
+    h = await Harness(tmp_path, sim).start()  # pins root v1
+    await h.desire("1.0.0")
+    await h.settle()
+    old_targets_key = sim.repo.online["targets"]
+    assert sim.repo.rotate_root(sim.root_signers[:2], {"targets": new_signer()}) == 2
+    sim.publish(artifacts["1.1.0"])
+    await h.desire("1.1.0")
+    await h.settle()
+    assert h.active() == "1.1.0"
+
+    # Whoever stole the old targets key can no longer sign targets the appliance accepts.
+    sim.repo.online["targets"] = old_targets_key
+    sim.publish(artifacts["2.0.0"])
+    await h.desire("2.0.0")
+    await h.settle()
+    assert h.last("model_refused")["code"] == "bad-signature"
+    assert h.active() == "1.1.0"
+    await h.close()
+
+
+def test_root_rotation_needs_the_threshold_of_offline_keys():
+    from provisioning.repository import new_signer
+
+    sim = SimulatedRepository(root_keys=3, threshold=2)
+    with pytest.raises(RepositoryError, match="not enough root keys"):
+        sim.repo.rotate_root(sim.root_signers[:1], {"targets": new_signer()})
+    assert Metadata[Root].from_bytes(sim.root).signed.version == 1

@@ -145,12 +145,30 @@ class ModelService(TaskGroupService):
             for line in self.store.recover():
                 log.warning("model store recovery: %s", line)
         await self._load_current()
+        self._resume_gate()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
         self.spawn(self._loop(), "reconcile")
 
+    def _resume_gate(self) -> None:
+        """After a clean stop during probation, the model being served gets a fresh gate."""
+        probation = self.store.state().get("probation")
+        active = self.manager.current()
+        if probation and active is not None and active.sha256 == probation["sha256"]:
+            self.gate = HealthGate(time.monotonic(), self.config.gate_good_inferences,
+                                   self.config.gate_quiet_s, self.config.gate_max_errors)
+
     async def stop(self) -> None:
         await self.cancel_tasks()
+        if self.gate is not None:
+            # Stopped on purpose mid-gate: say so, or the next start would take it for a
+            # crash caused by the new model and roll it back.
+            with self.store.locked():
+                data = self.store.state()
+                if data.get("probation"):
+                    data["probation"]["resume"] = True
+                    self.store.save(data)
+            self.gate = None
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.manager.swap(None)

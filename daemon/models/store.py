@@ -259,7 +259,13 @@ class ModelStore:
         data = self.state()
         probation = data.get("probation")
         current = self.current()
-        if probation:
+        if (probation and probation.get("resume") and current is not None
+                and current == probation["sha256"]):
+            # A clean stop during the health gate (SIGTERM, a restart): the gate starts over.
+            probation["resume"] = False
+            self.save(data)
+            did.append(f"health gate of {current[:12]} resumes after a clean stop")
+        elif probation:
             if current is not None and current == probation["sha256"]:
                 did.append(f"interrupted probation of {current[:12]}: rolled back")
                 back = self.rollback("the daemon restarted before the health gate passed")

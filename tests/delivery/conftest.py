@@ -65,6 +65,7 @@ class Harness:
         with svc.store.locked():
             svc.store.recover()
         await svc._load_current()
+        svc._resume_gate()
         svc.attach(self.sim.root, self.sim.base, self.sim)
         return self
 

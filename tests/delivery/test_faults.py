@@ -199,3 +199,29 @@ async def test_swap_under_load_fails_no_request(harness: Harness, artifacts: dic
     assert failures == []
     assert served.get("1.0.0", 0) > 0 and served.get("1.1.0", 0) > 0
     assert harness.active() == "1.1.0"
+
+
+async def test_clean_stop_during_the_health_gate_resumes_it(
+    tmp_path: Path, artifacts: dict[str, Path]
+):
+    """SIGTERM (or a remote restart) mid-gate is not a crash: the new model keeps serving and
+    its gate starts over; only a kill during the gate rolls back (see test_power_loss)."""
+    sim = SimulatedRepository()
+    sim.publish(artifacts["1.0.0"])
+    config = FAST.model_copy(update={"gate_quiet_s": 30.0, "gate_good_inferences": 1000})
+    h = await Harness(tmp_path, sim, config).start()
+    await h.desire("1.0.0")
+    await h.service.reconcile()
+    h.service.gate.good = 10_000
+    await h.settle()
+    sim.publish(artifacts["1.1.0"])
+    await h.desire("1.1.0")
+    await h.service.reconcile()
+    assert h.service.gate is not None
+    await h.close()
+
+    again = await Harness(tmp_path, sim, config).start()
+    assert again.active() == "1.1.0"
+    assert again.service.gate is not None
+    assert again.service.store.state()["probation"]["sha256"] == again.service.store.current()
+    await again.close()

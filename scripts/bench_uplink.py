@@ -156,6 +156,14 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 300) -
     raise SystemExit("bench_uplink: the daemon did not become ready")
 
 
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,7 +242,7 @@ def main() -> None:
         "preset": args.preset, "backend": args.backend, "frame": f"{width}x{height}",
         "direct_images_per_s": round(1 / direct_s, 3), "direct_s_per_image": round(direct_s, 2),
         "direct_s_per_image_before_after": [round(direct_before, 2), round(direct_after, 2)],
-        "levels": rows, "cpu": platform.processor() or platform.machine(),
+        "levels": rows, "cpu": cpu_model(),
         "cpus": os.cpu_count(), "load_before": [round(v, 1) for v in load_start],
         "load_after": [round(v, 1) for v in os.getloadavg()],
     }

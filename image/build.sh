@@ -63,7 +63,11 @@ if [ "${SPOKE_IMAGE_SOURCE:-worktree}" = head ]; then
 fi
 req="$src"
 [ -z "$extras" ] || req="$src[$extras]"
-"$venv/bin/pip" wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheelhouse" "$req" \
+constraints=()
+profile_constraints="$here/mkosi/mkosi.profiles/$profile/constraints.txt"
+[ ! -f "$profile_constraints" ] || constraints=(--constraint "$profile_constraints")
+"$venv/bin/pip" wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheelhouse" \
+    ${constraints[@]+"${constraints[@]}"} "$req" \
     2> >(grep -v -e "is ignored: it is neither a file nor a directory" -e BuildBackendWarning \
               -e "return '\\\\n'.join" >&2)
 t_wheels=$(date +%s)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,22 @@ class Demo:
         finetune_steps(self)
 
         uplink_steps(self)
+        self.show_urls()
+
+    def show_urls(self) -> None:
+        """Where a person looks next: the hub's dashboard, a box's status page, the report."""
+        config = tomllib.loads((self.home / "hub.toml").read_text())["hub"]
+        box = self.root / "uplink-box"
+        port = tomllib.loads((box / "spoke.toml").read_text())["api"]["listen"].rsplit(":", 1)[1]
+        report = self.root / "bridge-17-pass-1.html"
+        tool("daemon", "report", "bridge-17-pass-1", "--state-dir", str(box), "--out", str(report))
+        step("Open these")
+        print(f"hub dashboard:         https://localhost:{config['http_port']}/ "
+              "(certificate from the hub's own CA)")
+        print(f"appliance status page: http://127.0.0.1:{port}/")
+        print(f"mission report:        file://{report}")
+        print(f"  (also GET http://127.0.0.1:{port}/v1/missions/bridge-17-pass-1/report "
+              "with the uplink token)")
 
     def stop(self) -> None:
         step("Shutting down: appliances first (they report 'stopped'), then the hub")
@@ -207,16 +224,33 @@ def _wait_fleet_on(demo: Demo, version: str, timeout: float = 180) -> None:
     )
 
 
+def foundation_artifacts(artifacts: Path) -> None:
+    """The hub's foundation model (MAE pre-training on generated concrete imagery, built once
+    from a seed and cached), packaged for this fleet as codebrim-vit-t 1.0.0 and 1.1.0."""
+    from models.artifact import load_artifact, write_artifact
+    from models.training.foundation import build_foundation_model
+
+    step("Building the foundation model at the hub (MAE on generated concrete imagery, seed 0; "
+         "cached under ~/.cache/spoke after the first run)")
+    foundation = load_artifact(build_foundation_model(seed=0))
+    card = foundation.card
+    model = foundation.build_model()
+    step("Packaging it for the fleet: codebrim-vit-t 1.0.0, and 1.1.0 (the same weights under "
+         "a new version, to show a canary rollout)")
+    for version in ("1.0.0", "1.1.0"):
+        write_artifact(model, artifacts / version, name="codebrim-vit-t", version=version,
+                       labels=card.labels, thresholds=card.thresholds,
+                       preprocessing=card.preprocessing, metrics=card.metrics,
+                       parent=f"{card.name}@{card.version}")
+        print(f"{artifacts / version}: parent {card.name}@{card.version}")
+
+
 def model_delivery_steps(demo: Demo) -> None:
     """Publish a model and a placement policy; the appliances pull, verify and activate it;
     a second version rolls out canary first; ``spoke-hub devices`` shows each step."""
     home = str(demo.home)
     artifacts = demo.root / "artifacts"
-    step("Making two small model artifacts (vit-tiny-p16-112: 1.0.0, and 1.1.0 retrained)")
-    for version, seed in (("1.0.0", "0"), ("1.1.0", "1")):
-        print(tool("daemon", "model", "create", "--preset", "vit-tiny-p16-112", "--name",
-                   "codebrim-vit-t", "--version", version, "--seed", seed, "--out",
-                   str(artifacts / version)), end="")
+    foundation_artifacts(artifacts)
 
     step("Publishing 1.0.0 to the hub's signed model repository (TUF targets)")
     print(tool("provisioning", "models", "publish", "--home", home, str(artifacts / "1.0.0")),

@@ -2,6 +2,10 @@
 # Builds the Spoke appliance disk image with mkosi: one command per flavour.
 #
 #   image/build.sh [--profile cpu|nvidia] (--hub-home DIR | --trust-key FILE) [--output-dir DIR]
+#                  [--without-extras]
+#
+# --without-extras leaves the flavour's Python extra out (the OS part of the flavour is still
+# built): to check e.g. the nvidia driver layer on a host that cannot fetch TensorRT's wheels.
 #
 # 1. installs the host tools (image/host-setup.sh; CI starts from a fresh clone),
 # 2. builds a wheelhouse of the project and its dependencies on the host (`pip wheel`), so the
@@ -18,6 +22,7 @@ hub_home=""
 trust_key=""
 out_dir="$here/build/out"
 venv="${VENV:-$repo/.venv}"
+without_extras=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -25,7 +30,8 @@ while [ $# -gt 0 ]; do
         --hub-home) hub_home="$2"; shift 2 ;;
         --trust-key) trust_key="$2"; shift 2 ;;
         --output-dir) out_dir="$2"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --without-extras) without_extras=1; shift ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -34,6 +40,7 @@ case "$profile" in
     nvidia) extras="gpu" ;;
     *) echo "build.sh: unknown profile '$profile' (cpu or nvidia)" >&2; exit 2 ;;
 esac
+[ "$without_extras" -eq 0 ] || extras=""
 if [ -z "$hub_home" ] && [ -z "$trust_key" ]; then
     echo "build.sh: say which provisioning key the image trusts: --hub-home DIR or --trust-key FILE" >&2
     exit 2
@@ -92,6 +99,7 @@ mkosi --directory "$here/mkosi" \
       --output-dir "$out_dir" \
       --cache-dir "${SPOKE_MKOSI_CACHE:-/var/cache/spoke-mkosi}" \
       --build-sources "$ctx:" \
+      --environment "SPOKE_EXTRAS=$extras" \
       --force \
       build >"$mkosi_log" 2>&1 || {
     echo "build.sh: mkosi failed; the last 200 lines of $mkosi_log:" >&2

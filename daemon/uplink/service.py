@@ -309,7 +309,7 @@ class UplinkService(TaskGroupService):
             lease.__exit__(None, None, None)
 
     async def _process(self, image_id: str, model: ServedModel) -> None:
-        from models.errors import ImageError, ModelError
+        from models.errors import ImageError
         from models.pipeline import Pipeline, TileOptions
 
         assert self.store is not None
@@ -335,7 +335,7 @@ class UplinkService(TaskGroupService):
             t3 = time.perf_counter()
             result = await self._cpu_run(pipeline.aggregate, image, tiled, probs)
             t4 = time.perf_counter()
-        except (ImageError, ModelError) as exc:
+        except ImageError as exc:  # the image's fault; a model error reaches the lease (and gate)
             await self._db(self.store.mark_failed, image_id, str(exc))
             return
         result.timings = {"decode_s": round(t1 - t0, 4), "tile_s": round(t2 - t1, 4),

@@ -38,7 +38,7 @@ def test_kill_9_of_the_daemon_stops_the_worker_and_the_job_resumes(
         wait_for(lambda: (state / "finetune" / "active-model.json").exists(), 60, "the model")
         cli("spoke", "samples", "import", str(site_tiles), "--state-dir", str(state))
         cli("spoke", "finetune", "start", "--state-dir", str(state), "--method", "lora",
-            "--epochs", "10")
+            "--epochs", "100")  # the kill must land mid-training on an idle machine too
         wait_for(lambda: (job_state(state)["progress"] or {}).get("step", 0) >= 4, 90,
                  "training to pass step 4")
         workers = [p for p in psutil.Process(daemon.proc.pid).children()

@@ -92,16 +92,11 @@ cp "$repo/docs/IMAGE.md" "$ctx/IMAGE.md" 2>/dev/null || echo "see docs/IMAGE.md"
 
 # mkosi's apt and dpkg output is long: it goes to a log, printed only when the build fails.
 mkosi_log="$out_dir/spoke-$profile.mkosi.log"
-# The downloaded packages are kept per checkout: two builds (two CI runs on one machine) never
-# share apt's cache and its locks. SPOKE_MKOSI_CACHE picks another place.
-cache_dir="${SPOKE_MKOSI_CACHE:-$here/build/mkosi-cache}"
-mkdir -p "$cache_dir"
 echo "build.sh: mkosi build ($profile), log in $mkosi_log"
 mkosi --directory "$here/mkosi" \
       --profile "$profile" \
       --output "spoke-$profile" \
       --output-dir "$out_dir" \
-      --cache-dir "$cache_dir" \
       --build-sources "$ctx:" \
       --environment "SPOKE_EXTRAS=$extras" \
       --force \

@@ -61,41 +61,25 @@ def test_commands_on_a_missing_home_say_to_init(tmp_path: Path) -> None:
     assert "spoke-hub init" in proc.stderr
 
 
-def test_bundle_with_bad_labels_is_refused(tmp_path: Path) -> None:
+def create_bundle_with(tmp_path: Path, *options: str) -> tuple[int, str]:
+    """Run `bundle create` with ``options`` on a fresh hub home; return code and stderr."""
     home = tmp_path / "hub"
     init(home)
-    proc = cli(
-        "spoke-hub",
-        "bundle",
-        "create",
-        "--home",
-        str(home),
-        "--labels",
-        "site bad",
-        "--out",
-        str(tmp_path / "b.spoke"),
-        check=False,
-    )
-    assert proc.returncode == 2 and "bad label" in proc.stderr
+    proc = cli("spoke-hub", "bundle", "create", "--home", str(home), *options,
+               "--out", str(tmp_path / "b.spoke"), check=False)
+    return proc.returncode, proc.stderr
+
+
+def test_bundle_with_bad_labels_is_refused(tmp_path: Path) -> None:
+    code, err = create_bundle_with(tmp_path, "--labels", "site bad")
+    assert code == 2 and "bad label" in err
     assert not (tmp_path / "b.spoke").exists()
 
 
 def test_bundle_with_bad_expiry_is_refused(tmp_path: Path) -> None:
-    home = tmp_path / "hub"
-    init(home)
-    proc = cli(
-        "spoke-hub",
-        "bundle",
-        "create",
-        "--home",
-        str(home),
-        "--expires",
-        "soon",
-        "--out",
-        str(tmp_path / "b.spoke"),
-        check=False,
-    )
-    assert proc.returncode == 2 and "not a duration" in proc.stderr
+    code, err = create_bundle_with(tmp_path, "--expires", "soon")
+    assert code == 2 and "not a duration" in err
+    assert not (tmp_path / "b.spoke").exists()
 
 
 def test_bundle_file_is_private(tmp_path: Path) -> None:

@@ -119,6 +119,9 @@ class UplinkService(TaskGroupService):
         from daemon.uplink.store import ResultStore
 
         self.store = await self._db(ResultStore, self.root)
+        if self.store.orphans_removed:
+            log.warning("removed image files a crash left without a row",
+                        extra={"count": self.store.orphans_removed})
         for image_id in await self._db(self.store.requeue_interrupted):
             self._enqueue(image_id)
         if self._pending:
@@ -130,7 +133,8 @@ class UplinkService(TaskGroupService):
         if self.config.watch_dir:
             from daemon.uplink.watch import WatchFolder
 
-            watch = WatchFolder(Path(self.config.watch_dir), self.config.watch_stable_s)
+            watch = WatchFolder(Path(self.config.watch_dir), self.config.watch_stable_s,
+                                self.config.watch_incomplete_s)
             self.spawn(self._watch(watch), "watch")
         self._started = True
 

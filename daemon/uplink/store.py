@@ -6,6 +6,10 @@ and the connection runs with ``synchronous=FULL``, so once ``add`` returns (and 
 202) a power loss or kill -9 cannot lose the image. All methods are synchronous and meant to be
 called from a single thread: the service funnels them through one writer thread.
 
+Opening the store removes orphans: an image file (or a temp file of ``atomic_write``) with no
+row is what a crash between the file's rename and the row's commit leaves. No client was told
+202 for it, so it is deleted, and the count is kept in ``orphans_removed``.
+
 Retention (``sweep``) deletes stored image files oldest first past a byte budget or an age, and
 only for images that are done or failed; the result rows stay.
 """
@@ -112,9 +116,21 @@ class ResultStore:
         conn.executescript(SCHEMA)
         self.db = sqlite_utils.Database(conn)
         self.table = self.db.table("images")
+        self.orphans_removed = self._remove_orphans()
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def _remove_orphans(self) -> int:
+        """Delete image files without a row (found by the power-cut-mid-burst fault scenario)."""
+        removed = 0
+        for path in self.images_dir.glob("*/*"):
+            known = not path.name.startswith(".") and self.db.execute(
+                "SELECT 1 FROM images WHERE id = ?", [path.name]).fetchone() is not None
+            if not known:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     # -- writes --------------------------------------------------------------------------
 

@@ -91,6 +91,8 @@ class UplinkSection(Section):
     ``max_wait_ms`` for more. Stored images are deleted oldest first past ``retention_max_bytes``
     or ``retention_max_age_s`` once processed. ``export`` says what of an image may leave the
     box with its event: ``none`` (default: labels and numbers only) or a small ``thumbnail``.
+    A watch-folder file is taken once unchanged for ``watch_stable_s``; if refused, it is moved
+    to ``failed/`` only once unchanged for ``watch_incomplete_s`` (a stalled copy may resume).
     """
 
     queue_depth: int = Field(64, ge=1, le=100_000)
@@ -106,6 +108,7 @@ class UplinkSection(Section):
     watch_dir: str | None = None
     watch_interval_s: float = Field(1.0, gt=0)
     watch_stable_s: float = Field(2.0, ge=0)
+    watch_incomplete_s: float = Field(60.0, ge=0)
     export: str = Field("none", pattern="^(none|thumbnail)$")
 
 

@@ -8,6 +8,11 @@ files). After ingestion a file moves to ``processed/`` (its bytes are in the sto
 one moves to ``failed/`` with ``<name>.reason.txt`` beside it. The store is keyed by the
 image's sha256, so a crash between storing and moving cannot ingest an image twice: the file is
 seen again, found known, and moved.
+
+A copy can also stall (a flaky SMB share, a card reader that hiccups) for longer than
+``stable_s``; the half-written file then decodes as corrupt. So a refused file is failed only
+once it has been unchanged for ``incomplete_s``; until then it is held where it is and tried
+again if it grows (found by the watch-folder stall fault scenario).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload", ".reason.txt")
 
 
 class WatchFolder:
-    def __init__(self, root: Path, stable_s: float = 2.0) -> None:
+    def __init__(self, root: Path, stable_s: float = 2.0, incomplete_s: float = 60.0) -> None:
         self.root = root
         self.stable_s = stable_s
+        self.incomplete_s = incomplete_s
         self._seen: dict[Path, tuple[int, int, float]] = {}  # size, mtime_ns, stable since
+        self._held: set[Path] = set()  # refused while it may still be growing
         for sub in (PROCESSED, FAILED):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -64,13 +71,16 @@ class WatchFolder:
             prev = self._seen.get(path)
             if prev is None or prev[:2] != key:
                 self._seen[path] = (*key, now)
+                self._held.discard(path)
                 if self.stable_s > 0:
                     continue
                 prev = self._seen[path]
-            if st.st_size > 0 and now - prev[2] >= self.stable_s:
+            wait_s = self.incomplete_s if path in self._held else self.stable_s
+            if st.st_size > 0 and now - prev[2] >= wait_s:
                 ready.append(path)
         for gone in set(self._seen) - present:
             del self._seen[gone]
+            self._held.discard(gone)
         return ready
 
     def read(self, path: Path, limit: int) -> bytes | None:
@@ -88,7 +98,15 @@ class WatchFolder:
     def done(self, path: Path, image_id: str) -> Path:
         return self._move(path, PROCESSED)
 
-    def fail(self, path: Path, reason: str) -> Path:
+    def fail(self, path: Path, reason: str, now: float | None = None) -> Path | None:
+        """Move a refused file to ``failed/``; None while it is held (it may still grow)."""
+        now = time.monotonic() if now is None else now
+        seen = self._seen.get(path)
+        if seen is not None and path not in self._held and now - seen[2] < self.incomplete_s:
+            self._held.add(path)
+            log.info("watch folder: refused file held in case its copy resumes",
+                     extra={"path": str(path), "reason": reason})
+            return None
         target = self._move(path, FAILED)
         reason_file = target.with_name(target.name + ".reason.txt")
         reason_file.write_text(reason + "\n")
@@ -108,4 +126,5 @@ class WatchFolder:
             n += 1
         os.replace(path, target)
         self._seen.pop(path, None)
+        self._held.discard(path)
         return target

@@ -9,7 +9,7 @@ from typing import Any
 from daemon.uplink.watch import WatchFolder
 from tests.uplink.conftest import Uplink, image_bytes
 
-FAST = {"watch_interval_s": 0.05, "watch_stable_s": 0.3}
+FAST = {"watch_interval_s": 0.05, "watch_stable_s": 0.3, "watch_incomplete_s": 0.6}
 
 
 async def _until(check: Any, timeout: float = 20.0) -> Any:
@@ -106,3 +106,37 @@ def test_same_name_twice_keeps_both_in_processed(tmp_path: Path) -> None:
         (tmp_path / "IMG.jpg").write_bytes(content)
         folder.done(tmp_path / "IMG.jpg", "id")
     assert sorted(p.read_bytes() for p in (tmp_path / "processed").iterdir()) == [b"one", b"two"]
+
+
+async def test_a_copy_that_stalls_longer_than_stable_s_is_held_and_taken_when_it_resumes(
+    make_uplink: Any, tmp_path: Path
+) -> None:
+    """Fault scenario "watch-folder stall": half a JPEG sits unchanged past ``watch_stable_s``
+    (it is tried and refused as corrupt), then the copy resumes: the whole image is ingested and
+    nothing lands in ``failed/``."""
+    watch = tmp_path / "watch"
+    uplink: Uplink = await make_uplink(watch_dir=str(watch), watch_interval_s=0.05,
+                                       watch_stable_s=0.2, watch_incomplete_s=30)
+    data = image_bytes(256, 192, seed=7, fmt="JPEG")
+    path = watch / "IMG_0007.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    await asyncio.sleep(1.5)  # several times stable_s: the half file was offered and refused
+    assert await _rows(uplink) == []
+    assert path.exists() and not list((watch / "failed").iterdir())
+    with path.open("ab") as f:
+        f.write(data[len(data) // 2 :])
+    await _until(lambda: (watch / "processed" / "IMG_0007.jpg").exists())
+    (row,) = await _rows(uplink)
+    assert row["bytes"] == len(data) and not list((watch / "failed").iterdir())
+
+
+def test_a_refused_file_that_never_grows_fails_after_incomplete_s(tmp_path: Path) -> None:
+    folder = WatchFolder(tmp_path, stable_s=1, incomplete_s=10)
+    path = tmp_path / "half.jpg"
+    path.write_bytes(b"\xff\xd8\xff")
+    assert folder.scan(now=0) == [] and folder.scan(now=1) == [path]
+    assert folder.fail(path, "truncated", now=1) is None  # held: it may still grow
+    assert folder.scan(now=5) == []
+    assert folder.scan(now=10) == [path]
+    moved = folder.fail(path, "truncated", now=10)
+    assert moved == tmp_path / "failed" / "half.jpg" and not path.exists()

@@ -214,7 +214,8 @@ class Daemon:
         self.outbox.on_drop = lambda n: self.metrics.drop("outbox_full", n)
         self.api = ApiServer(self.config.api, self.metrics.exposition)
         self.health = HealthService(
-            self.config.health, self._publish_health, metrics=self.metrics, facts=self._facts
+            self.config.health, self._publish_health, metrics=self.metrics, facts=self._facts,
+            alerts_path=self.options.state.root / "alerts.json",
         )
         self.hublink = None
         self.uplink = UplinkService(

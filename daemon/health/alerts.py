@@ -5,14 +5,24 @@ raise condition or the clear condition holds. The two conditions are separated b
 (disk raises at 90 % but clears only below 85 %), and boolean conditions such as throttling
 clear only after several clean samples, so a value wobbling around a threshold yields one
 raise, not a stream of raise/clear pairs. No clocks, no I/O: time comes from the snapshot.
+
+Which alerts are raised outlives the process (``load_active``/``save_active``): otherwise a
+restart raises again every alert that is still active, and the hub sees a second "raised"
+with no "cleared" between (found by the hub-killed and power-cut fault scenarios).
 """
 
-from collections.abc import Callable, Iterator
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from appliance.config import HealthSection
+from appliance.fsutil import atomic_write
 from appliance.health import AlertEvent, HealthSnapshot, Severity
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,9 +56,10 @@ class _State:
 class AlertEvaluator:
     """Remembers which alerts are raised; ``evaluate`` returns only the transitions."""
 
-    def __init__(self, config: HealthSection) -> None:
+    def __init__(self, config: HealthSection, active: Iterable[tuple[str, str]] = ()) -> None:
+        """``active``: the alerts raised before a restart (their clean-sample counts restart)."""
         self.config = config
-        self._active: dict[tuple[str, str], _State] = {}
+        self._active: dict[tuple[str, str], _State] = {key: _State() for key in active}
 
     @property
     def active(self) -> list[tuple[str, str]]:
@@ -103,6 +114,23 @@ class AlertEvaluator:
             threshold=obs.threshold,
             at_s=snapshot.taken_at_s,
         )
+
+
+def load_active(path: Path) -> list[tuple[str, str]]:
+    """The raised (alert, subject) pairs saved by ``save_active``; none if missing or unreadable."""
+    try:
+        pairs = json.loads(path.read_text())
+        return [(str(a), str(s)) for a, s in pairs]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("alert state unreadable; starting with none raised",
+                    extra={"path": str(path), "error": str(exc)})
+        return []
+
+
+def save_active(path: Path, active: list[tuple[str, str]]) -> None:
+    atomic_write(path, json.dumps(active))
 
 
 def _disk_full(snap: HealthSnapshot, cfg: HealthSection) -> tuple[list[Observation], bool]:

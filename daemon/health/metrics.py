@@ -115,6 +115,11 @@ class DaemonMetrics:
             else:
                 self.health_alert_active.remove(event.alert, event.subject)
 
+    def restore_alerts(self, active: Iterable[tuple[str, str]]) -> None:
+        """The gauges for alerts that were raised before a restart."""
+        for alert, subject in active:
+            self.health_alert_active.labels(alert, subject).set(1)
+
     def exposition(self) -> tuple[bytes, str]:
         """The body and Content-Type for a ``/metrics`` response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -12,11 +12,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from appliance.config import HealthSection
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.service import TaskGroupService
-from daemon.health.alerts import AlertEvaluator
+from daemon.health.alerts import AlertEvaluator, load_active, save_active
 from daemon.health.metrics import DaemonMetrics
 from daemon.health.sampler import Sampler
 
@@ -41,11 +42,15 @@ class HealthService(TaskGroupService):
         metrics: DaemonMetrics | None = None,
         facts: FactsFn = DaemonFacts,
         sampler: Sampler | None = None,
+        alerts_path: Path | None = None,
     ) -> None:
+        """``alerts_path``: where raised alerts are kept across restarts (none: memory only)."""
         super().__init__()
         self.config = config
         self.metrics = metrics or DaemonMetrics()
-        self.alerts = AlertEvaluator(config)
+        self._alerts_path = alerts_path
+        self.alerts = AlertEvaluator(config, load_active(alerts_path) if alerts_path else ())
+        self.metrics.restore_alerts(self.alerts.active)
         self._publish = publish
         self._facts = facts
         self._sampler = sampler or Sampler()
@@ -83,6 +88,10 @@ class HealthService(TaskGroupService):
         """
         snapshot = await self.collect_now()
         events = self.alerts.evaluate(snapshot)
+        if events and self._alerts_path is not None:
+            # Saved before the publish puts the transitions in the outbox: a crash between
+            # the two loses them rather than repeating them on every restart.
+            save_active(self._alerts_path, self.alerts.active)
         self.metrics.apply_alert_events(events)
         for event in events:
             log.warning(

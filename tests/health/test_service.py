@@ -3,6 +3,7 @@
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pynvml
 
@@ -29,10 +30,11 @@ class Recorder:
 
 
 def service(
-    publish: Recorder, fake: FakeNvml | None = None, facts: FactsFn = DaemonFacts
+    publish: Recorder, fake: FakeNvml | None = None, facts: FactsFn = DaemonFacts,
+    alerts_path: Path | None = None,
 ) -> HealthService:
     sampler = Sampler(gpu=NvmlReader(fake or FakeNvml()))
-    return HealthService(FAST, publish, sampler=sampler, facts=facts)
+    return HealthService(FAST, publish, sampler=sampler, facts=facts, alerts_path=alerts_path)
 
 
 async def test_publishes_a_snapshot_every_interval() -> None:
@@ -68,6 +70,43 @@ async def test_first_cycle_raises_no_active_model_once() -> None:
         await health.stop()
     assert [(e.alert, e.state) for e in first] == [("no_active_model", "raised")]
     assert second == []
+
+
+async def _first_cycle(health: HealthService, recorder: Recorder) -> list[AlertEvent]:
+    await health.start()
+    try:
+        _, events = await recorder.next()
+    finally:
+        await health.stop()
+    return events
+
+
+async def test_a_restart_does_not_raise_again_an_alert_still_active(tmp_path: Path) -> None:
+    """Fault scenarios "hub killed" and "power cut": the daemon restarts while an alert is
+    raised. The new process knows it is raised (and says so in /metrics), so the hub gets no
+    second "raised"; once the condition ends, one "cleared"."""
+    path = tmp_path / "alerts.json"
+    first = Recorder()
+    events = await _first_cycle(service(first, alerts_path=path), first)
+    assert [(e.alert, e.state) for e in events] == [("no_active_model", "raised")]
+
+    again = Recorder()
+    restarted = service(again, alerts_path=path)
+    assert restarted.alerts.active == [("no_active_model", "model")]
+    assert b'spoke_health_alert_active{alert="no_active_model"' in restarted.metrics.exposition()[0]
+    assert await _first_cycle(restarted, again) == []
+
+    serving = DaemonFacts(active_model=ActiveModel(name="vit", version="1"))
+    later = Recorder()
+    events = await _first_cycle(service(later, facts=lambda: serving, alerts_path=path), later)
+    assert [(e.alert, e.state) for e in events] == [("no_active_model", "cleared")]
+    assert service(Recorder(), alerts_path=path).alerts.active == []
+
+
+def test_unreadable_alert_state_starts_with_none_raised(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.json"
+    path.write_text("{not json")
+    assert service(Recorder(), alerts_path=path).alerts.active == []
 
 
 async def test_nvml_lost_mid_run_is_a_fault_and_an_alert_not_a_crash() -> None:

@@ -12,6 +12,10 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # Headless Chromium renders the dashboard, status page and report in the browser tests.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# The fault suite (tests/faults): nft drops packets inside an appliance's network namespace,
+# libfaketime steps an appliance's wall clock.
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
+dpkg -s libfaketime >/dev/null 2>&1 || need_apt+=(libfaketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} with apt-get"
     sudo_cmd=""

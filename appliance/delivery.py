@@ -8,6 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 _TOKEN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
 
+#: Refusals about the signed bytes themselves: the appliance never tries the same target again,
+#: and the hub counts the device as refused for that version instead of waiting for it.
+FINAL_REFUSALS = frozenset(
+    {"smoke-test", "bad-artifact", "health-gate", "downgrade", "target-mismatch",
+     "interrupted-probation"}
+)
+
 
 class DesiredModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

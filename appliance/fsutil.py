@@ -1,7 +1,11 @@
-"""Atomic persistence: temp file in the same directory, fsync, os.replace, fsync the directory."""
+"""Atomic persistence (temp file in the same directory, fsync, os.replace, fsync the
+directory) and the one cross-process file lock."""
 
+import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -35,3 +39,16 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
 def write_secret(path: Path, data: bytes | str) -> None:
     """Private keys and tokens: mode 0600 from the first byte on disk."""
     atomic_write(path, data, mode=0o600)
+
+
+@contextlib.contextmanager
+def file_lock(directory: Path) -> Iterator[None]:
+    """One holder at a time across processes: an exclusive ``flock`` on ``directory/.lock``
+    (the daemon and a CLI command like ``spoke models`` both write the same files)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -44,7 +44,8 @@ class Supervisor:
         except TimeoutError:
             log.error(
                 "service did not stop in time",
-                extra={"service": service.name, "timeout_s": self.stop_timeout},
+                extra={"service": service.name, "timeout_s": self.stop_timeout,
+                       "still_running": still_running()},
             )
         except Exception:
             log.exception("service failed while stopping", extra={"service": service.name})
@@ -63,6 +64,12 @@ class Supervisor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def still_running() -> list[str]:
+    """Names of the tasks not yet done, besides the caller's (what a stuck stop waits on)."""
+    me = asyncio.current_task()
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t is not me and not t.done())
 
 
 class TaskGroupService:

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.delivery import DesiredModel, DesiredState
+from appliance.delivery import FINAL_REFUSALS, DesiredModel, DesiredState
 from appliance.errors import ConfigError
+from appliance.versions import version_key
 
 _KEY = r"[a-z][a-z0-9_.-]*"
 _VAL = r"[A-Za-z0-9_.-]+"
@@ -39,14 +40,6 @@ _SET = re.compile(rf"^({_KEY})\s+(in|notin)\s+\(\s*({_VAL}(?:\s*,\s*{_VAL})*)\s*
 _CMP = re.compile(rf"^({_KEY})\s*(==|=|!=)\s*({_VAL})$")
 _HAS = re.compile(rf"^(!?)({_KEY})$")
 _CLAUSE = re.compile(r"^(>=|<=|==|!=|>|<)\s*([0-9][0-9A-Za-z.+-]*)$")
-REFUSED_FOR_GOOD = frozenset({"health-gate", "smoke-test", "bad-artifact"})
-
-
-def version_key(version: str) -> tuple[Any, ...]:
-    core, _, pre = version.split("+", 1)[0].partition("-")
-    nums = [int(p) if p.isdigit() else 0 for p in core.split(".")]
-    nums += [0] * (3 - len(nums))
-    return (*nums, 0 if pre else 1, pre)
 
 
 @dataclass(frozen=True)
@@ -212,7 +205,7 @@ class DeviceView:
     def refused(self, name: str, version: str) -> bool:
         err = self.reported.get("last_error") or {}
         return (err.get("name"), err.get("version")) == (name, version) and \
-            err.get("code") in REFUSED_FOR_GOOD
+            err.get("code") in FINAL_REFUSALS
 
 
 def _cohort_rank(model: str, version: str, device: str) -> str:

@@ -14,6 +14,8 @@ import signal
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 from appliance.cli import print_json, print_table
 from appliance.config import DaemonConfig, load_config
 from appliance.errors import ConfigError
@@ -47,27 +49,31 @@ def _store(args: argparse.Namespace) -> ModelStore:
 
 
 def collect(store: ModelStore) -> dict[str, Any]:
-    data = store.state()
+    journal = store.journal()
     current, previous = store.current(), store.previous()
     entries = []
     for meta in store.entries():
         sha = meta["sha256"]
         role = "active" if sha == current else "previous" if sha == previous else ""
-        if sha == data.get("committed") and role == "active":
+        if sha == journal.committed and role == "active":
             role = "active, committed"
-        elif role == "active" and data.get("probation"):
+        elif role == "active" and journal.probation:
             role = "active, health gate running"
-        entries.append(meta | {"role": role, "refused": (data["refused"].get(sha) or {})
-                               .get("code")})
-    desired = (data.get("desired") or {}).get("model")
+        refused = journal.refused.get(sha)
+        entries.append(meta | {"role": role, "refused": refused.code if refused else None})
+    desired = journal.desired_model
     return {
         "active": store.meta(current) if current else None,
         "entries": entries,
-        "desired": desired,
-        "hold": data.get("hold"),
-        "probation": data.get("probation"),
-        "last_error": data.get("last_error"),
+        "desired": desired.model_dump(mode="json") if desired else None,
+        "hold": _dump(journal.hold),
+        "probation": _dump(journal.probation),
+        "last_error": _dump(journal.last_error),
     }
+
+
+def _dump(part: BaseModel | None) -> dict[str, Any] | None:
+    return part.model_dump(mode="json") if part is not None else None
 
 
 def list_models(args: argparse.Namespace) -> int:
@@ -113,10 +119,9 @@ def _signal_daemon(state: StateDir) -> bool:
 
 
 def _hold(store: ModelStore, sha: str, action: str) -> None:
-    data = store.state()
-    data["hold"] = {"desired": data.get("desired"), "sha256": sha, "action": action,
-                    "ts": time.time()}
-    store.save(data)
+    journal = store.journal()
+    journal.hold_at(sha, action, time.time())
+    store.save(journal)
 
 
 def activate(args: argparse.Namespace) -> int:

@@ -568,7 +568,7 @@ class FinetuneService(TaskGroupService):
         assert self.jobs is not None and self.models is not None
         while self.models.gate is not None:
             await asyncio.sleep(0.5)
-        committed = self.models.store.state().get("committed") == sha
+        committed = self.models.store.journal().committed == sha
         job = await self.db(self.jobs.get, job_id)
         if job is None or not job["result"]:
             return

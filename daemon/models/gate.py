@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from daemon.models.store import version_key
+from appliance.versions import version_key
 
 
 def downgrade_refusal(version: str, committed: str | None, pinned: bool) -> str | None:

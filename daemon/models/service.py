@@ -31,24 +31,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from appliance.config import ModelsSection
-from appliance.delivery import DesiredState
+from appliance.delivery import FINAL_REFUSALS, DesiredModel, DesiredState
 from appliance.errors import SpokeError
 from appliance.service import TaskGroupService
 from daemon.models.download import download_target
 from daemon.models.errors import DeliveryInterrupted, ModelRefused
 from daemon.models.fetch import RangeFetcher
 from daemon.models.gate import HealthGate, downgrade_refusal
+from daemon.models.journal import Journal, Refusal
 from daemon.models.manager import ActiveModel, ModelManager
 from daemon.models.store import META_FILE, ModelStore
 from daemon.models.tufclient import Resolved, TufClient
 
 log = logging.getLogger(__name__)
-
-#: Refusals about the model itself: the same signed bytes are never tried again.
-FINAL_CODES = frozenset(
-    {"smoke-test", "bad-artifact", "health-gate", "downgrade", "target-mismatch",
-     "interrupted-probation"}
-)
 
 Prepare = Callable[..., ActiveModel]  # (path, backend, artifact=None) -> ActiveModel
 Emit = Callable[[str, dict[str, Any]], object]
@@ -118,8 +113,11 @@ class ModelService(TaskGroupService):
         config: ModelsSection,
         emit: Emit,
         prepare: Prepare = prepare_model,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` times the health gate (tests pass a clock they move by hand)."""
         super().__init__()
+        self.clock = clock
         self.config = config
         self.store = ModelStore(root)
         self.manager = ModelManager()
@@ -152,22 +150,22 @@ class ModelService(TaskGroupService):
 
     def _resume_gate(self) -> None:
         """After a clean stop during probation, the model being served gets a fresh gate."""
-        probation = self.store.state().get("probation")
+        probation = self.store.journal().probation
         active = self.manager.current()
-        if probation and active is not None and active.sha256 == probation["sha256"]:
-            self.gate = HealthGate(time.monotonic(), self.config.gate_good_inferences,
-                                   self.config.gate_quiet_s, self.config.gate_max_errors)
+        if probation and active is not None and active.sha256 == probation.sha256:
+            self.gate = self._new_gate()
+
+    def _new_gate(self) -> HealthGate:
+        return HealthGate(self.clock(), self.config.gate_good_inferences,
+                          self.config.gate_quiet_s, self.config.gate_max_errors)
 
     async def stop(self) -> None:
         await self.cancel_tasks()
         if self.gate is not None:
             # Stopped on purpose mid-gate: say so, or the next start would take it for a
             # crash caused by the new model and roll it back.
-            with self.store.locked():
-                data = self.store.state()
-                if data.get("probation"):
-                    data["probation"]["resume"] = True
-                    self.store.save(data)
+            with self.store.editing() as journal:
+                journal.pause_probation()
             self.gate = None
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
@@ -186,8 +184,9 @@ class ModelService(TaskGroupService):
 
     def no_trust_root(self) -> None:
         """The bundle carried no TUF root: no model can be verified, so none is installed."""
-        if (self.store.state().get("last_error") or {}).get("code") != "no-trust-root":
-            self._refused({}, "no-trust-root", "the provisioning bundle carries no TUF root; "
+        last = self.store.journal().last_error
+        if last is None or last.code != "no-trust-root":
+            self._refused(None, "no-trust-root", "the provisioning bundle carries no TUF root; "
                           "re-provision with a bundle from a hub that has a model repository",
                           final=False)
 
@@ -203,33 +202,27 @@ class ModelService(TaskGroupService):
         except ValidationError as exc:
             log.warning("ignored malformed desired state", extra={"error": str(exc)})
             return
-        value = desired.model_dump(mode="json")
-        with self.store.locked():
-            data = self.store.state()
-            if data.get("desired") != value:
-                data["desired"] = value
-                hold = data.get("hold")
-                if hold and hold.get("desired") != value:
-                    data["hold"] = None
-                self.store.save(data)
-        log.info("desired state", extra={"desired": value})
+        with self.store.editing() as journal:
+            journal.desire(desired)
+        log.info("desired state", extra={"desired": desired.model_dump(mode="json")})
         self.wake()
 
     # --- what the hub and the API see ---------------------------------------------------------
 
     def reported(self) -> dict[str, Any]:
-        data = self.store.state()
+        journal = self.store.journal()
         active = self.manager.current()
-        desired = (data.get("desired") or {}).get("model")
+        desired = journal.desired_model
+        last_error = journal.last_error
         return {
             "name": active.name if active else None,
             "version": active.version if active else None,
             "sha256": active.sha256 if active else None,
-            "state": "none" if active is None else "probation" if data.get("probation")
-            else "committed",
-            "desired": f"{desired['name']}@{desired['version']}" if desired else None,
-            "hold": bool(data.get("hold")),
-            "last_error": data.get("last_error"),
+            "state": str(journal.phase(active is not None)),
+            "desired": f"{desired.name}@{desired.version}" if desired else None,
+            "hold": journal.hold is not None,
+            "last_error": last_error.model_dump(mode="json", exclude={"final", "desired"})
+            if last_error else None,
         }
 
     async def _changed(self) -> None:
@@ -268,20 +261,18 @@ class ModelService(TaskGroupService):
 
     async def reconcile(self) -> None:
         """One pass: bring the active model to the desired one, or say why not."""
-        data = self.store.state()
-        desired = (data.get("desired") or {}).get("model")
-        if desired is None or self.tuf is None or data.get("probation"):
-            return
-        if data.get("hold") and data["hold"].get("desired") == data.get("desired"):
+        journal = self.store.journal()
+        desired = journal.desired_model
+        if desired is None or self.tuf is None or journal.probation or journal.held():
             return
         active = self.manager.current()
-        if active and (active.name, active.version) == (desired["name"], desired["version"]):
+        if active and (active.name, active.version) == (desired.name, desired.version):
             return
         try:
-            await self._deliver(desired, data)
+            await self._deliver(desired, journal)
             self._retry_s = self.config.retry_initial_s
         except ModelRefused as exc:
-            self._refused(desired, exc.code, exc.reason, final=exc.code in FINAL_CODES,
+            self._refused(desired, exc.code, exc.reason, final=exc.code in FINAL_REFUSALS,
                           sha=getattr(exc, "sha256", None))
             self._backoff()
             await self._changed()
@@ -293,34 +284,32 @@ class ModelService(TaskGroupService):
     def _backoff(self) -> None:
         self._retry_s = min(self._retry_s * 2, self.config.retry_cap_s)
 
-    async def _deliver(self, desired: dict[str, Any], data: dict[str, Any]) -> None:
+    async def _deliver(self, desired: DesiredModel, journal: Journal) -> None:
         tuf = self.tuf
         assert tuf is not None
         self._bytes_at_start = tuf.fetcher.bytes_received
-        resolved: Resolved = await asyncio.to_thread(tuf.resolve, desired["target"])
+        resolved: Resolved = await asyncio.to_thread(tuf.resolve, desired.target)
         sha = resolved.sha256
-        prior = data["refused"].get(sha)
-        if prior and prior.get("final") and prior.get("desired") == desired:
+        if journal.refused_for_good(sha, desired):
             return  # refused for good and reported; wait for another desired state
         try:
-            await self._deliver_resolved(desired, data, resolved)
+            await self._deliver_resolved(desired, journal, resolved)
         except ModelRefused as exc:
             exc.sha256 = sha  # type: ignore[attr-defined]
             raise
 
     async def _deliver_resolved(
-        self, desired: dict[str, Any], data: dict[str, Any], resolved: Resolved
+        self, desired: DesiredModel, journal: Journal, resolved: Resolved
     ) -> None:
         sha, custom = resolved.sha256, resolved.info.custom or {}
-        if (custom.get("name"), custom.get("version")) != (desired["name"], desired["version"]):
+        if (custom.get("name"), custom.get("version")) != (desired.name, desired.version):
             raise ModelRefused(
                 "target-mismatch",
                 f"{resolved.info.path} is signed as {custom.get('name')}@{custom.get('version')}",
             )
-        committed = self.store.meta(data["committed"]) if data.get("committed") else None
+        committed = self.store.meta(journal.committed) if journal.committed else None
         why = downgrade_refusal(
-            desired["version"], committed.get("version") if committed else None,
-            bool(desired.get("pinned")),
+            desired.version, committed.get("version") if committed else None, desired.pinned
         )
         if why:
             raise ModelRefused("downgrade", why)
@@ -341,7 +330,7 @@ class ModelService(TaskGroupService):
                                         artifact=fresh)
         log.info("model prepared", extra={"model": f"{model.name}@{model.version}",
                                           "seconds": round(time.monotonic() - started, 2)})
-        await self._activate(model, f"desired {desired['name']}@{desired['version']}")
+        await self._activate(model, f"desired {desired.name}@{desired.version}")
 
     def _download_and_install(self, resolved: Resolved, meta: dict[str, Any]) -> Any:
         assert self.tuf is not None
@@ -380,11 +369,8 @@ class ModelService(TaskGroupService):
         async with self._busy:
             model = await asyncio.to_thread(self.prepare, self.store.path(sha),
                                             self.config.backend)
-            with self.store.locked():
-                data = self.store.state()
-                data["hold"] = {"desired": data.get("desired"), "sha256": sha,
-                                "action": "finetune", "ts": time.time()}
-                self.store.save(data)
+            with self.store.editing() as journal:
+                journal.hold_at(sha, "finetune", time.time())
             await self._activate(model, reason)
 
     async def _activate(self, model: ActiveModel, reason: str) -> None:
@@ -395,8 +381,7 @@ class ModelService(TaskGroupService):
         self.manager.swap(model, retire_old=False)
         if old is not None and self._fallback is None:
             self.manager.retire(old)
-        self.gate = HealthGate(time.monotonic(), self.config.gate_good_inferences,
-                               self.config.gate_quiet_s, self.config.gate_max_errors)
+        self.gate = self._new_gate()
         fetched = self.tuf.fetcher.bytes_received - self._bytes_at_start if self.tuf else 0
         self.emit("model_activated", {"name": model.name, "version": model.version,
                                       "sha256": model.sha256, "previous": old_sha,
@@ -410,7 +395,7 @@ class ModelService(TaskGroupService):
         gate = self.gate
         if gate is not None and model is self.manager.current():
             gate.observe(ok, error)
-            if gate.verdict(time.monotonic()) and self._loop_ref is not None:
+            if gate.verdict(self.clock()) and self._loop_ref is not None:
                 # Leases end in inference threads: wake the loop the thread-safe way.
                 with contextlib.suppress(RuntimeError):
                     self._loop_ref.call_soon_threadsafe(self._wake.set)
@@ -420,7 +405,7 @@ class ModelService(TaskGroupService):
         if gate is None or active is None:
             self.gate = None
             return
-        verdict = gate.verdict(time.monotonic())
+        verdict = gate.verdict(self.clock())
         if verdict is None:
             return
         self.gate = None
@@ -428,9 +413,6 @@ class ModelService(TaskGroupService):
         if verdict == "pass":
             with self.store.locked():
                 self.store.commit(active.sha256)
-                data = self.store.state()
-                data["last_error"] = None
-                self.store.save(data)
             if fallback is not None:
                 self.manager.retire(fallback)
             self.emit("model_committed", {"name": active.name, "version": active.version,
@@ -450,10 +432,9 @@ class ModelService(TaskGroupService):
                 if fallback is not None:
                     self.manager.retire(fallback)
                 await self._load_current()
-            desired = (self.store.state().get("desired") or {}).get("model") or {
-                "name": active.name, "version": active.version, "target": None}
-            self._refused(desired, "health-gate", gate.reason(), final=True, sha=active.sha256,
-                          kind="model_rolled_back")
+            self._refused(self.store.journal().desired_model, "health-gate", gate.reason(),
+                          final=True, sha=active.sha256, kind="model_rolled_back",
+                          model=(active.name, active.version))
         await self._changed()
         self.wake()  # the desired state may have moved on while the gate ran
 
@@ -485,36 +466,29 @@ class ModelService(TaskGroupService):
 
     def _refused(
         self,
-        desired: dict[str, Any],
+        desired: DesiredModel | None,
         code: str,
         reason: str,
         final: bool,
         sha: str | None = None,
         kind: str = "model_refused",
+        model: tuple[str, str] | None = None,
     ) -> None:
+        """Record a refusal in the journal and tell the hub once (a retry that fails the same
+        way is not news). ``model`` names what failed when no desired state asked for it."""
         active = self.manager.current()
-        record = {
-            "code": code,
-            "reason": reason,
-            "name": desired.get("name"),
-            "version": desired.get("version"),
-            "target": desired.get("target"),
-            "sha256": sha,
-            "active": f"{active.name}@{active.version}" if active else None,
-            "ts": time.time(),
-        }
-        with self.store.locked():
-            data = self.store.state()
-            previous = data.get("last_error") or {}
-            repeat = all(previous.get(k) == record[k] for k in ("code", "version", "sha256"))
-            data["last_error"] = record
-            if sha and final:
-                data["refused"][sha] = record | {"final": True, "desired": desired}
-            self.store.note(data, kind, code=code, version=desired.get("version"))
-            self.store.save(data)
+        name, version = (desired.name, desired.version) if desired else model or (None, None)
+        refusal = Refusal(
+            code=code, reason=reason, name=name, version=version,
+            target=desired.target if desired else None, sha256=sha,
+            active=f"{active.name}@{active.version}" if active else None,
+            ts=time.time(), final=bool(sha and final), desired=desired,
+        )
+        with self.store.editing() as journal:
+            news = journal.refuse(refusal, kind, time.time())
         log.warning("model not activated", extra={"code": code, "reason": reason})
-        if not repeat:  # a retry that fails the same way is not news for the hub's event log
-            self.emit(kind, record)
+        if news:
+            self.emit(kind, refusal.model_dump(mode="json", exclude={"final", "desired"}))
 
 
 def pinned_root(store: ModelStore, bundle: Path, trust_key: Path) -> bytes | None:

@@ -19,7 +19,6 @@ new, never a partial one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -31,8 +30,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from appliance.fsutil import atomic_write, fsync_dir
+from appliance.fsutil import atomic_write, file_lock, fsync_dir
+from appliance.versions import version_key
 from daemon.models.errors import ModelRefused
+from daemon.models.journal import Journal, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,6 @@ def crash_point(step: str) -> None:
     if os.environ.get(FAULT_ENV) == step:
         log.warning("fault injection: SIGKILL at %s", step)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def version_key(version: str) -> tuple[Any, ...]:
-    """Semantic-version order: 1.10.0 > 1.9.0, and a pre-release sorts before its release."""
-    core, _, pre = version.split("+", 1)[0].partition("-")
-    nums = tuple(int(p) if p.isdigit() else 0 for p in core.split("."))
-    return (*nums, 0 if pre else 1, pre)
 
 
 class ModelStore:
@@ -72,41 +66,29 @@ class ModelStore:
 
     # --- the journal ----------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def journal(self) -> Journal:
+        """The journal on disk; a missing or unreadable file is an empty journal."""
         try:
-            data: dict[str, Any] = json.loads(self.state_path.read_text())
+            return Journal.model_validate_json(self.state_path.read_bytes())
         except (OSError, ValueError):
-            data = {}
-        data.setdefault("committed", None)
-        data.setdefault("probation", None)
-        data.setdefault("desired", None)
-        data.setdefault("refused", {})
-        data.setdefault("hold", None)
-        data.setdefault("last_error", None)
-        data.setdefault("history", [])
-        return data
+            return Journal()
 
-    def save(self, data: dict[str, Any]) -> None:
-        data["history"] = data.get("history", [])[-50:]
-        atomic_write(self.state_path, json.dumps(data, indent=2, sort_keys=True))
-
-    def update(self, **changes: Any) -> dict[str, Any]:
-        data = self.state() | changes
-        self.save(data)
-        return data
-
-    def note(self, data: dict[str, Any], what: str, **fields: Any) -> None:
-        data.setdefault("history", []).append({"ts": time.time(), "event": what, **fields})
+    def save(self, journal: Journal) -> None:
+        atomic_write(self.state_path, journal.model_dump_json(indent=2))
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """One writer at a time across processes (the daemon and ``spoke models``)."""
-        with (self.root / ".lock").open("a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(self.root):
+            yield
+
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[Journal]:
+        """Read, change and save the journal under the lock."""
+        with self.locked():
+            journal = self.journal()
+            yield journal
+            self.save(journal)
 
     # --- entries --------------------------------------------------------------------------
 
@@ -205,16 +187,9 @@ class ModelStore:
         if not self.has(sha):
             raise ModelRefused("not-in-store", f"{sha[:12]} is not in the store")
         old = self.current()
-        data = self.state()
-        data["probation"] = (
-            {"sha256": sha, "previous": old, "since": time.time(), "reason": reason}
-            if probation
-            else None
-        )
-        if not probation:
-            data["committed"] = sha
-        self.note(data, "activate", sha256=sha, previous=old, reason=reason)
-        self.save(data)
+        journal = self.journal()
+        journal.activate(sha, old, reason, time.time(), probation=probation)
+        self.save(journal)
         crash_point("activate-journal")
         if old is not None and old != sha:
             self._point(self.previous_link, old)
@@ -224,28 +199,21 @@ class ModelStore:
         return old
 
     def commit(self, sha: str) -> None:
-        data = self.state()
-        data["committed"] = sha
-        data["probation"] = None
-        self.note(data, "commit", sha256=sha)
-        self.save(data)
+        journal = self.journal()
+        journal.commit(sha, time.time())
+        self.save(journal)
         crash_point("commit")
 
     def rollback(self, reason: str) -> str | None:
         """Point ``current`` back at ``previous`` (or at nothing); returns what is now current."""
-        data = self.state()
+        journal = self.journal()
         failed = self.current()
-        back = self.previous()
-        if data.get("probation"):
-            back = data["probation"].get("previous")
-            back = back if back and self.has(back) else None
+        back = journal.rollback_target(self.previous())
+        back = back if back and self.has(back) else None
         self._point(self.current_link, back)
         crash_point("rollback-current")
-        data["probation"] = None
-        if back is not None:
-            data["committed"] = back
-        self.note(data, "rollback", failed=failed, to=back, reason=reason)
-        self.save(data)
+        journal.rolled_back(failed, back, reason, time.time())
+        self.save(journal)
         return back
 
     def recover(self) -> list[str]:
@@ -256,45 +224,40 @@ class ModelStore:
             did.append(f"removed unfinished entry {leftover.name}")
         for name in (".current.tmp", ".previous.tmp"):
             (self.root / name).unlink(missing_ok=True)
-        data = self.state()
-        probation = data.get("probation")
+        journal = self.journal()
+        probation = journal.probation
         current = self.current()
-        if (probation and probation.get("resume") and current is not None
-                and current == probation["sha256"]):
+        if probation and probation.resume and current is not None and current == probation.sha256:
             # A clean stop during the health gate (SIGTERM, a restart): the gate starts over.
-            probation["resume"] = False
-            self.save(data)
+            journal.resume_probation()
+            self.save(journal)
             did.append(f"health gate of {current[:12]} resumes after a clean stop")
         elif probation:
-            if current is not None and current == probation["sha256"]:
+            if current is not None and current == probation.sha256:
                 did.append(f"interrupted probation of {current[:12]}: rolled back")
-                back = self.rollback("the daemon restarted before the health gate passed")
-                data = self.state()
-                failed = current
-                data["refused"][failed] = {
-                    "code": "interrupted-probation",
-                    "reason": "the daemon restarted before the health gate passed",
-                    "ts": time.time(),
-                    "version": (self.meta(failed) or {}).get("version"),
-                    "final": True,
-                }
-                self.save(data)
+                reason = "the daemon restarted before the health gate passed"
+                back = self.rollback(reason)
+                journal = self.journal()
+                journal.refused = {**journal.refused, current: Refusal(
+                    code="interrupted-probation", reason=reason, ts=time.time(),
+                    version=(self.meta(current) or {}).get("version"), final=True)}
+                self.save(journal)
                 current = back
             else:
-                data["probation"] = None
-                self.save(data)
+                journal.probation = None
+                self.save(journal)
                 did.append("activation interrupted before the swap: kept the old model")
         if self.current_link.is_symlink() and current is None:
             # Points at something that is not a complete entry: never serve it.
-            fallback = data.get("committed") if data.get("committed") and self.has(
-                data["committed"]) else None
+            committed = journal.committed
+            fallback = committed if committed and self.has(committed) else None
             self._point(self.current_link, fallback)
             did.append(f"current pointed at an incomplete entry: now {fallback}")
         return did
 
     def gc(self, keep: int) -> list[str]:
         """Remove all but the newest ``keep`` entries, never current, previous or committed."""
-        protected = {self.current(), self.previous(), self.state().get("committed")}
+        protected = {self.current(), self.previous(), self.journal().committed}
         entries = self.entries()
         removable = [m for m in entries if m["sha256"] not in protected]
         excess = len(entries) - keep

@@ -9,9 +9,6 @@ naming what was wrong, or ``DeliveryInterrupted`` when the hub could not be reac
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,19 +16,9 @@ from tuf.api import exceptions
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
+from appliance.fsutil import file_lock
 from daemon.models.errors import DeliveryInterrupted, ModelRefused
 from daemon.models.fetch import RangeFetcher
-
-
-@contextlib.contextmanager
-def cache_lock(cache: Path) -> Iterator[None]:
-    cache.mkdir(parents=True, exist_ok=True)
-    with (cache / ".lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def classify(exc: Exception) -> ModelRefused | DeliveryInterrupted:
@@ -81,7 +68,7 @@ class TufClient:
 
     def resolve(self, target: str) -> Resolved:
         """Refresh the top-level metadata and return the signed info of ``target``."""
-        with cache_lock(self.cache):
+        with file_lock(self.cache):
             try:
                 updater = Updater(
                     metadata_dir=str(self.cache / "metadata"),

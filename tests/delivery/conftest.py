@@ -118,7 +118,7 @@ async def harness(tmp_path: Path, sim: SimulatedRepository, artifacts: dict[str,
     h = await Harness(tmp_path, sim).start()
     await h.desire("1.0.0")
     await h.settle()
-    assert h.active() == "1.0.0" and h.service.store.state()["committed"]
+    assert h.active() == "1.0.0" and h.service.store.journal().committed
     h.events.clear()
     yield h
     await h.close()

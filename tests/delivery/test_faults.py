@@ -223,5 +223,5 @@ async def test_clean_stop_during_the_health_gate_resumes_it(
     again = await Harness(tmp_path, sim, config).start()
     assert again.active() == "1.1.0"
     assert again.service.gate is not None
-    assert again.service.store.state()["probation"]["sha256"] == again.service.store.current()
+    assert again.service.store.journal().probation.sha256 == again.service.store.current()
     await again.close()

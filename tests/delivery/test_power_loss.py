@@ -79,7 +79,7 @@ async def test_kill_9_during_activation_leaves_a_verified_model(
         assert served.sha256 == store.current()
         assert served.version == expected
         assert not list(store.entries_dir.glob(".tmp-*"))
-        assert store.state()["probation"] is None
+        assert store.journal().probation is None
         from models.artifact import load_artifact
 
         for meta in store.entries():  # every entry left in the store is complete and verified

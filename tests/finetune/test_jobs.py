@@ -26,12 +26,12 @@ async def test_a_candidate_that_passes_the_gate_is_signed_and_activated(
     assert active.artifact.card.parent == "crack-vit@1.0.0"
     meta = site.models.store.meta(active.sha256)
     assert meta is not None and verify_signed(meta["signed"])["sha256"] == active.sha256
-    assert site.models.store.state()["hold"]["action"] == "finetune"
+    assert site.models.store.journal().hold.action == "finetune"
     finished = site.last("finetune_finished")
     assert finished["promotion"]["state"] == "activated"
     assert finished["macro_f1_candidate"] > finished["macro_f1_current"]
     await site.settle_gate()
-    assert site.models.store.state()["committed"] == active.sha256
+    assert site.models.store.journal().committed == active.sha256
 
 
 async def test_the_comparison_is_stored_when_the_gate_refuses(site: Site, site_tiles: Path):

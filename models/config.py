@@ -105,6 +105,7 @@ PRESETS: dict[str, ViTConfig] = {
     "vit-small-p16-224": ViTConfig(embed_dim=384, depth=12, num_heads=6),
     "vit-base-p16-224": ViTConfig(embed_dim=768, depth=12, num_heads=12),
     "vit-tiny-p16-112": ViTConfig(img_size=112, embed_dim=192, depth=12, num_heads=3),
+    "vit-tiny-p16-128": ViTConfig(img_size=128, embed_dim=192, depth=12, num_heads=3),
 }
 
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "device": "provisioning.commands.devices",
     "data": "provisioning.commands.data",
     "pretrain": "provisioning.commands.pretrain",
+    "foundation": "provisioning.commands.foundation",
     "evaluate": "provisioning.commands.pretrain",
     "events": "provisioning.commands.events",
     "models": "provisioning.commands.models",

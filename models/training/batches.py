@@ -1,7 +1,8 @@
 """Deterministic batches from an in-memory tile set, with drone-friendly augmentation.
 
 The batch at step ``s`` depends only on ``(seed, s)``: a resumed run sees exactly the batches
-an uninterrupted one would, with no data-loader state to save.
+an uninterrupted one would, with no data-loader state to save. Under DDP each process makes the
+same global batch and keeps its ``Shard`` of it.
 """
 
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.preprocess import Preprocessing
+from models.training.distributed import CPU, ONE, Shard
 
 
 @dataclass(frozen=True)
@@ -48,22 +50,36 @@ def step_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
 
 
 def make_batch(
-    tiles: TileSet, pre: Preprocessing, batch_size: int, seed: int, step: int, train: bool = True
+    tiles: TileSet,
+    pre: Preprocessing,
+    batch_size: int,
+    seed: int,
+    step: int,
+    train: bool = True,
+    shard: Shard = ONE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of the global batch of ``step`` (all of it in one process)."""
     idx = step_indices(len(tiles), batch_size, seed, step)
     images = tiles.images[idx]
     if train:
         images = augment(images, np.random.default_rng([seed, step, 1]))
-    return torch.from_numpy(pre.normalize(images)), torch.from_numpy(tiles.targets[idx])
+    images, targets = shard.take(images), shard.take(tiles.targets[idx])
+    return torch.from_numpy(pre.normalize(images)), torch.from_numpy(targets)
 
 
 def supervised_loss(
-    model: nn.Module, tiles: TileSet, pre: Preprocessing, batch_size: int, seed: int
+    model: nn.Module,
+    tiles: TileSet,
+    pre: Preprocessing,
+    batch_size: int,
+    seed: int,
+    shard: Shard = ONE,
+    device: torch.device = CPU,
 ) -> Callable[[int], Tensor]:
     """Multi-label BCE on the batch of each step."""
 
     def loss(step: int) -> Tensor:
-        x, y = make_batch(tiles, pre, batch_size, seed, step)
-        return F.binary_cross_entropy_with_logits(model(x).float(), y)
+        x, y = make_batch(tiles, pre, batch_size, seed, step, shard=shard)
+        return F.binary_cross_entropy_with_logits(model(x.to(device)).float(), y.to(device))
 
     return loss

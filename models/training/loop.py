@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from appliance.errors import DataError
 from appliance.fsutil import atomic_write
+from models.training import distributed
 
 LossFn = Callable[[int], Tensor]
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -160,7 +161,14 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> LoopResult:
-    """Train ``module`` in place with AdamW on ``loss_fn(step)`` until ``budget`` is spent."""
+    """Train ``module`` in place with AdamW on ``loss_fn(step)`` until ``budget`` is spent.
+
+    ``module`` may be a DDP wrapper (``distributed.wrap``): then the step time and loss are
+    averaged over the processes (so all stop at the same step), and only rank 0 checkpoints,
+    saving the unwrapped weights, which resume under any number of processes.
+    """
+    main = distributed.current().main
+    inner = distributed.unwrap(module)
     fingerprint = dict(fingerprint or {})
     decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
@@ -175,7 +183,7 @@ def train(
     state = _load(checkpoint, fingerprint) if checkpoint else None
     module.train()
     if state is not None:
-        module.load_state_dict(state["model"])
+        inner.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         step, elapsed, loss_ema, precision = (
             state["step"],
@@ -186,13 +194,14 @@ def train(
         torch.set_num_threads(threads or state["threads"])
         log(f"{desc}: resuming from step {step} ({elapsed:.0f} s done) in {checkpoint}")
     else:
-        settings = choose_settings(module, loss_fn, precision, threads)
+        settings = distributed.from_main(choose_settings(module, loss_fn, precision, threads))
+        torch.set_num_threads(settings.threads)
         precision = settings.precision
         log(f"{desc}: training in {settings.describe()}")
     resumed_from = step
 
     def save() -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and main:
             _save(
                 checkpoint,
                 {
@@ -202,7 +211,7 @@ def train(
                     "loss_ema": loss_ema,
                     "precision": precision,
                     "threads": torch.get_num_threads(),
-                    "model": module.state_dict(),
+                    "model": inner.state_dict(),
                     "optim": opt.state_dict(),
                 },
             )
@@ -214,7 +223,7 @@ def train(
         initial=step if unit == "step" else int(elapsed),
         desc=desc,
         unit=unit,
-        disable=not progress,
+        disable=not (progress and main),
         dynamic_ncols=True,
     )
     last_save = time.monotonic()
@@ -228,14 +237,13 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         opt.step()
-        value = float(loss.detach())
+        value, dt = distributed.mean_over_ranks([float(loss.detach()), time.perf_counter() - start])
         if not math.isfinite(value):
             raise DataError(
                 f"{desc}: the loss became {value} at step {step}; lower the learning rate"
             )
         loss_ema = value if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * value
         step += 1
-        dt = time.perf_counter() - start
         elapsed += dt
         bar.update(1 if unit == "step" else int(elapsed) - bar.n)
         bar.set_postfix(loss=f"{loss_ema:.4f}", refresh=False)

@@ -64,13 +64,18 @@ class MaskedAutoencoder(nn.Module):
             ..., : imgs.shape[-2], : imgs.shape[-1]
         ]
 
-    def forward(self, imgs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The reconstruction loss for one batch; ``generator`` makes the masks reproducible."""
+    def forward(
+        self, imgs: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """The reconstruction loss for one batch; ``generator`` makes the masks reproducible,
+        or ``noise`` (B, patches) gives them (a DDP rank's share of the global batch's)."""
         enc = self.encoder
         x = enc.patch_embed(imgs) + enc.pos_embed[:, 1:]
         b, n, d = x.shape
         keep = max(1, round(n * (1.0 - self.mask_ratio)))
-        noise = torch.rand(b, n, generator=generator)
+        if noise is None:
+            noise = torch.rand(b, n, generator=generator)
+        noise = noise.to(x.device)
         order = noise.argsort(dim=1)
         restore = order.argsort(dim=1)
         kept = order[:, :keep]
@@ -88,7 +93,7 @@ class MaskedAutoencoder(nn.Module):
         target = self.patchify(self._smooth(imgs)).float()
         mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + 1e-6).sqrt()
-        masked = torch.ones(b, n)
+        masked = torch.ones(b, n, device=x.device)
         masked[:, :keep] = 0
         masked = torch.gather(masked, 1, restore)
         per_patch = ((pred - target) ** 2).mean(dim=-1)

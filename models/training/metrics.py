@@ -30,3 +30,29 @@ def score(
         float(f1.mean()),
         float((pred == true).all(axis=1).mean()),
     )
+
+
+def calibrate_thresholds(
+    probs: np.ndarray, targets: np.ndarray, labels: Sequence[str]
+) -> dict[str, float]:
+    """Per label, the threshold (0.05 to 0.95) with the best F1 on held-out data: a head
+    trained on unbalanced labels is rarely best cut at 0.5. Ties go to the one nearest 0.5."""
+    grid = np.round(np.arange(0.05, 0.951, 0.025), 3)
+    order = grid[np.argsort(np.abs(grid - 0.5), kind="stable")]
+    true = targets >= 0.5
+    out = {}
+    for j, name in enumerate(labels):
+        pred = probs[:, j][None, :] >= order[:, None]
+        tp = (pred & true[:, j]).sum(axis=1)
+        wrong = (pred != true[:, j]).sum(axis=1)
+        f1 = 2 * tp / np.maximum(2 * tp + wrong, 1)
+        out[name] = float(order[int(np.argmax(f1))])
+    return out
+
+
+def score_at(
+    probs: np.ndarray, targets: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]
+) -> Scores:
+    """``score`` with one threshold per label."""
+    cut = np.array([thresholds[name] for name in labels], dtype=np.float64)
+    return score(probs - cut + 0.5, targets, labels)

@@ -1,6 +1,7 @@
 """``spoke-hub pretrain`` and ``spoke-hub evaluate``: the foundation model at the hub."""
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -8,8 +9,9 @@ import time
 from pathlib import Path
 
 from appliance.errors import DataError
+from models.training import distributed
 from models.training.evaluate import EvalConfig, evaluate, report, rows_json
-from models.training.pretrain import PRESET_NAMES, PretrainConfig, pretrain
+from models.training.pretrain import HEADS, METHODS, PRESET_NAMES, PretrainConfig, pretrain
 from provisioning.commands.common import parse_duration
 
 REPORT_MARKER = "<!-- evaluate: generated below this line -->"
@@ -45,9 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pre-train a foundation model on generated imagery")
     _add_pretrain_options(p)
     p.add_argument(
-        "--supervised",
-        action="store_true",
-        help="train on the generated labels instead of masked autoencoding",
+        "--method",
+        choices=METHODS,
+        default="mae",
+        help="mae (images only), supervised (generated labels), or mae then supervised",
+    )
+    p.add_argument(
+        "--mae-share", type=float, default=0.5, help="mae+supervised: share of the budget for MAE"
+    )
+    p.add_argument(
+        "--head",
+        choices=HEADS,
+        default="fresh",
+        help="trained: keep the supervised head and calibrate its thresholds",
     )
     p.add_argument("--out", type=Path, required=True, help="the model artifact directory")
     p.add_argument("--checkpoint", type=Path, help="resume file (default: OUT.ckpt)")
@@ -113,7 +125,8 @@ def _config(args: argparse.Namespace, method: str) -> PretrainConfig:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    cfg = _config(args, "supervised" if args.supervised else "mae")
+    cfg = dataclasses.replace(_config(args, args.method), mae_share=args.mae_share, head=args.head)
+    distributed.init_from_env()
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
     pretrain(
         cfg,

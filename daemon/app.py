@@ -36,6 +36,7 @@ from daemon.uplink.api import UplinkApi
 from daemon.uplink.provider import ModelProvider, NoModel, StaticModel, StaticModelLoader
 from daemon.uplink.service import UplinkService
 from daemon.web.report import install_route as install_report_route
+from daemon.web.workbench import Workbench
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,9 @@ class Daemon:
         FinetuneApi(self.finetune, self.uplink.tokens.verify, self._uplink_image).install(
             self.api.app
         )
+        # The engineer's workbench on /workbench (daemon/web/workbench): signed-in only.
+        self.workbench = Workbench.of_daemon(self)
+        self.workbench.install(self.api.app)
         if self.config.api.status_page:  # the read-only page on / (daemon/web/status.py)
             from daemon.web.status import Sources, StatusPage
 

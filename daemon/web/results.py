@@ -138,6 +138,27 @@ class Results:
             "recent": found, "failed": failed,
         }
 
+    def missions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Missions with processed images, the most recently received first."""
+        if not self.exists():
+            return []
+        with self._conn() as conn:
+            return [dict(r) for r in conn.execute(
+                "SELECT mission, COUNT(*) AS images, MAX(received_at) AS last_received_at "
+                "FROM images WHERE status = 'done' AND mission IS NOT NULL GROUP BY mission "
+                "ORDER BY last_received_at DESC LIMIT ?", (limit,))]
+
+    def newest_done(self, mission: str | None, limit: int) -> list[dict[str, Any]]:
+        """Processed images (with their tiles), newest first, of one mission or all."""
+        if not self.exists():
+            return []
+        where, args = ("AND mission = ?", [mission]) if mission is not None else ("", [])
+        with self._conn() as conn:
+            return [decode_row(r) for r in conn.execute(
+                "SELECT id, mission, drone, status, labels, probs, tiles, width, height, "
+                f"stored, path, received_at, captured_at FROM images WHERE status = 'done' "
+                f"{where} ORDER BY seq DESC LIMIT ?", (*args, limit))]
+
     def used_by(self, client: str) -> bool:
         """Whether any image was posted with the token named ``client``."""
         if not self.exists():

@@ -10,7 +10,10 @@
   409 while another job is queued or running; 422 for too few samples, unknown labels...;
 - ``GET /v1/finetune``, ``GET /v1/finetune/{job}``, ``GET /v1/finetune/{job}/events``
   (server-sent events: ``progress`` while it runs, then ``end`` with the job), and
-  ``POST /v1/finetune/{job}/cancel``.
+  ``POST /v1/finetune/{job}/cancel``;
+- ``GET /v1/models`` (what ``spoke models list --json`` shows) and ``POST /v1/models/activate``
+  (JSON ``sha256`` or ``version``): roll back to a stored model through the same activation
+  path as a promotion (smoke test, atomic swap, health gate, automatic rollback).
 
 Refusals are JSON ``{"error": code, "reason": text}`` like the uplink's.
 """
@@ -77,6 +80,8 @@ class FinetuneApi:
         r.add_get("/v1/finetune/{job}", self._auth(self.get_job))
         r.add_get("/v1/finetune/{job}/events", self._auth(self.job_events))
         r.add_post("/v1/finetune/{job}/cancel", self._auth(self.cancel_job))
+        r.add_get("/v1/models", self._auth(self.list_models))
+        r.add_post("/v1/models/activate", self._auth(self.activate_model))
 
     def _auth(self, handler: Handler) -> Handler:
         async def check(request: web.Request) -> web.StreamResponse:
@@ -273,6 +278,49 @@ class FinetuneApi:
             raise
         finally:
             svc.unsubscribe(job["id"], queue)
+
+
+    # -- the model store -------------------------------------------------------------------
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        from daemon.commands.models import collect
+
+        if self.service.models is None:
+            return no_store()
+        return web.json_response(await asyncio.to_thread(collect, self.service.models.store))
+
+    async def activate_model(self, request: web.Request) -> web.Response:
+        from daemon.models.errors import ModelRefused
+
+        models = self.service.models
+        if models is None:
+            return no_store()
+        store = models.store
+        body = await self._json(request)
+        sha, version = body.get("sha256"), body.get("version")
+        meta = store.meta(str(sha)) if isinstance(sha, str) and IMAGE_ID.match(sha) else \
+            store.by_version(str(version)) if isinstance(version, str) else None
+        if meta is None:
+            if sha is None and version is None:
+                return error(400, "bad_request", "send {\"sha256\": ...} or {\"version\": ...}")
+            have = ", ".join(str(m.get("version")) for m in store.entries()) or "none"
+            return error(404, "not_found", f"no stored model {sha or version} (have: {have})")
+        if store.current() == meta["sha256"]:
+            return error(409, "already_active", f"{meta['name']}@{meta['version']} is the "
+                         "active model already")
+        try:
+            await models.activate_local(meta["sha256"], f"operator: roll back to "
+                                        f"{meta['version']} (workbench)")
+        except ModelRefused as exc:
+            return error(422, exc.code, exc.reason)
+        return web.json_response({"model": {"name": meta["name"], "version": meta["version"],
+                                            "sha256": meta["sha256"]},
+                                  "state": models.reported()}, status=202)
+
+
+def no_store() -> web.Response:
+    return error(404, "no_model_store", "this daemon serves a fixed --model: there is no "
+                 "model store to list or roll back")
 
 
 async def _send(response: web.StreamResponse, event: str, data: dict[str, Any]) -> None:

@@ -23,12 +23,12 @@ from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.service import Service, Supervisor, TaskGroupService
 from daemon import remote, sdnotify
 from daemon.api.server import ApiServer
+from daemon.delivery.service import ModelService
 from daemon.finetune.api import FinetuneApi
 from daemon.finetune.review import review_upload
 from daemon.finetune.service import FinetuneService
 from daemon.health import DaemonMetrics, HealthService
 from daemon.hublink import HubLink
-from daemon.models.service import ModelService
 from daemon.outbox import Outbox
 from daemon.provisioner import Provisioner
 from daemon.state import Identity, StateDir, StatusFile
@@ -71,7 +71,7 @@ class Daemon:
             if options.model is not None
             else NoModel()
         )
-        #: Signed model delivery (daemon/models): its manager is the uplink's provider.
+        #: Signed model delivery (daemon/delivery): its manager is the uplink's provider.
         self.models: ModelService | None = None
         if options.model is None and not options.standalone:
             self.models = ModelService(
@@ -189,8 +189,8 @@ class Daemon:
 
     def _attach_models(self, models: ModelService, link: HubLink) -> None:
         """Desired-state hints from the hub; the repository on the hub's HTTPS port."""
-        from daemon.models.fetch import HttpsFetcher
-        from daemon.models.service import pinned_root
+        from daemon.delivery.fetch import HttpsFetcher
+        from daemon.delivery.service import pinned_root
 
         ident = link.ident
 

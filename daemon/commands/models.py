@@ -20,7 +20,7 @@ from appliance.cli import print_json, print_table
 from appliance.config import DaemonConfig, load_config
 from appliance.errors import ConfigError
 from daemon.commands.run import ENV_PREFIX, add_state_dir
-from daemon.models.store import ModelStore
+from daemon.delivery.store import ModelStore
 from daemon.state import StateDir
 
 
@@ -125,7 +125,7 @@ def _hold(store: ModelStore, sha: str, action: str) -> None:
 
 
 def activate(args: argparse.Namespace) -> int:
-    from daemon.models.service import prepare_model
+    from daemon.delivery.service import prepare_model
 
     state = StateDir(args.state_dir.resolve())
     store = _store(args)

@@ -138,7 +138,7 @@ def build_entry(candidate: Path, work: Path, key_path: Path, job_id: str,
 def validate_entry(path: Path, meta: dict[str, Any], key_path: Path) -> None:
     """What the store checks before a local entry becomes visible: a valid artifact whose card
     is the signed one, signed by this device's own key."""
-    from daemon.models.service import validate_artifact
+    from daemon.delivery.service import validate_artifact
 
     key = load_private_key(key_path.read_bytes())
     public = key.public_key().public_bytes(

@@ -113,7 +113,7 @@ class FinetuneService(TaskGroupService):
         self.config = config
         self.provider = provider
         self.emit = emit
-        self.models = models  # daemon.models.service.ModelService, or None (--model)
+        self.models = models  # daemon.delivery.service.ModelService, or None (--model)
         self.device_key = device_key
         self.samples: SampleStore | None = None
         self.jobs: JobStore | None = None
@@ -535,8 +535,8 @@ class FinetuneService(TaskGroupService):
         if current is None or f"{current.name}@{current.version}" != result["parent"]:
             return {"state": "not-promoted", "reason": "the active model changed during the "
                     "job; the candidate was measured against " + result["parent"]}
+        from daemon.delivery.errors import ModelRefused
         from daemon.finetune.promote import PromotionRefused, build_entry, validate_entry
-        from daemon.models.errors import ModelRefused
 
         assert self.device_key is not None
         key = self.device_key

@@ -1,5 +1,5 @@
 """Where the uplink gets its model: a ``ModelProvider``, the same shape as
-``daemon.models.manager.ModelManager`` so the manager plugs in as it is.
+``daemon.delivery.manager.ModelManager`` so the manager plugs in as it is.
 
 The contract:
 
@@ -57,12 +57,12 @@ class ModelProvider(Protocol):
     def lease(self) -> contextlib.AbstractContextManager[Any]: ...
 
 
-class NoModelActive(SpokeError):
-    """No model is active yet."""
+class NoActiveModel(SpokeError):
+    """No model is active (none delivered yet, or every candidate was refused)."""
 
 
 @dataclass(eq=False)
-class ServingModel:
+class LoadedArtifact:
     """A loaded artifact and its backend (what ``StaticModel`` serves)."""
 
     artifact: Artifact
@@ -83,7 +83,7 @@ class NoModel:
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[ServedModel]:
-        raise NoModelActive("no model is active on this appliance")
+        raise NoActiveModel("no model is active on this appliance")
         yield  # pragma: no cover
 
 
@@ -95,22 +95,22 @@ class StaticModel:
         self.model_dir = model_dir
         self.backend_name = backend
         self.batch_size = batch_size
-        self.model: ServingModel | None = None
+        self.model: LoadedArtifact | None = None
 
     @classmethod
     def of(cls, artifact: Artifact, backend: Backend) -> StaticModel:
         """Already loaded (tests, benchmarks)."""
         provider = cls(artifact.root, backend.name)
-        provider.model = ServingModel(artifact, backend)
+        provider.model = LoadedArtifact(artifact, backend)
         return provider
 
-    def load(self) -> ServingModel:
+    def load(self) -> LoadedArtifact:
         from models.artifact import load_artifact
         from models.backends import create_backend
 
         artifact = load_artifact(self.model_dir)
         backend = create_backend(artifact, self.backend_name, batch_size=self.batch_size)
-        self.model = ServingModel(artifact, backend)
+        self.model = LoadedArtifact(artifact, backend)
         return self.model
 
     def current(self) -> ServedModel | None:
@@ -119,7 +119,7 @@ class StaticModel:
     @contextlib.contextmanager
     def lease(self) -> Iterator[ServedModel]:
         if self.model is None:
-            raise NoModelActive(f"the model in {self.model_dir} is not loaded yet")
+            raise NoActiveModel(f"the model in {self.model_dir} is not loaded yet")
         yield self.model
 
     def close(self) -> None:

@@ -82,7 +82,7 @@ class Sources:
             current = daemon.model_provider.current()
             info: dict[str, Any] = {}
             if getattr(daemon, "models", None) is not None:
-                info.update(daemon.models.reported())
+                info.update(daemon.delivery.reported())
             if current is not None:
                 info.update(name=current.name, version=current.version)
                 backend = getattr(current, "backend", None)

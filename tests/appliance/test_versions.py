@@ -1,7 +1,7 @@
 """One version order for hub and appliance."""
 
 from appliance.versions import version_key
-from daemon.models.gate import downgrade_refusal
+from daemon.delivery.gate import downgrade_refusal
 from provisioning.placement import parse_constraint
 
 

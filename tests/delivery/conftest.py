@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from appliance.config import ModelsSection
-from daemon.models.service import ModelService, prepare_model
+from daemon.delivery.service import ModelService, prepare_model
 from tests.delivery.simulator import SimulatedRepository
 
 FAST = ModelsSection(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tuf.api import exceptions
 
-from daemon.models.fetch import RangeFetcher
+from daemon.delivery.fetch import RangeFetcher
 from provisioning import repository as repo_mod
 from provisioning.repository import Expiry, MemoryStorage, ModelRepository, new_signer
 

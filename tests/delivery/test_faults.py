@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from daemon.models import download
-from daemon.models.manager import ActiveModel
-from daemon.models.service import prepare_model
+from daemon.delivery import download
+from daemon.delivery.manager import LoadedModel
+from daemon.delivery.service import prepare_model
 from tests.delivery.conftest import FAST, Harness
 from tests.delivery.simulator import SimulatedRepository
 
@@ -117,7 +117,7 @@ class _Broken:
 
 
 def _prepare_breaking(version: str):
-    def prepare(path: Path, backend: str, artifact: Any = None) -> ActiveModel:
+    def prepare(path: Path, backend: str, artifact: Any = None) -> LoadedModel:
         model = prepare_model(path, backend, artifact)
         if model.version == version:
             model.backend = _Broken(model.backend)

@@ -1,8 +1,8 @@
 """The model journal as a pure state machine: each rule, with the time passed in."""
 
 from appliance.delivery import DesiredModel, DesiredState
-from daemon.models.gate import HealthGate
-from daemon.models.journal import Journal, Phase, Refusal
+from daemon.delivery.gate import HealthGate
+from daemon.delivery.journal import Journal, Phase, Refusal
 
 
 def _desired(version: str) -> DesiredState:

@@ -2,7 +2,7 @@
 verified model, old or new, never a partial one.
 
 Each step runs in a child process that SIGKILLs itself at a named crash point
-(``$SPOKE_FAULT_AT``, see ``daemon.models.store.crash_point``); the test then starts a real
+(``$SPOKE_FAULT_AT``, see ``daemon.delivery.store.crash_point``); the test then starts a real
 reconciler on the same store, as the daemon would after a power loss.
 """
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD = r"""
 import hashlib, json, sys
 from pathlib import Path
-from daemon.models.store import ModelStore
+from daemon.delivery.store import ModelStore
 root, tar, version, action = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 store = ModelStore(root)
 sha = hashlib.sha256(tar.read_bytes()).hexdigest()

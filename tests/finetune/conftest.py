@@ -21,10 +21,10 @@ from appliance.config import ApiSection, FinetuneSection, ModelsSection
 from appliance.fsutil import write_secret
 from appliance.identity import generate_key, key_to_pem
 from daemon.api.server import ApiServer
+from daemon.delivery.service import ModelService
 from daemon.finetune.api import FinetuneApi
 from daemon.finetune.promote import build_entry, validate_entry
 from daemon.finetune.service import FinetuneService
-from daemon.models.service import ModelService
 
 FAST_MODELS = ModelsSection(backend="onnxruntime", gate_good_inferences=2, gate_quiet_s=0.3)
 FAST = FinetuneSection(threads=1, niceness=5, checkpoint_every_s=60, checkpoint_every_steps=2,
@@ -87,7 +87,7 @@ def png(seed: int = 0, size: int = 32) -> bytes:
 
 def seed_store(state: Path, artifact: Path) -> None:
     """Install ``artifact`` in the model store and make it current, as delivery would."""
-    from daemon.models.store import ModelStore
+    from daemon.delivery.store import ModelStore
 
     key = state / "identity" / "device.key"
     work = state / "seed"

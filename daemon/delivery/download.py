@@ -19,8 +19,8 @@ from pathlib import Path
 from tuf.api import exceptions
 from tuf.api.metadata import TargetFile
 
-from daemon.models.errors import DeliveryInterrupted, ModelRefused
-from daemon.models.fetch import RangeFetcher
+from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
+from daemon.delivery.fetch import RangeFetcher
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from appliance.fsutil import file_lock
-from daemon.models.errors import DeliveryInterrupted, ModelRefused
-from daemon.models.fetch import RangeFetcher
+from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
+from daemon.delivery.fetch import RangeFetcher
 
 
 def classify(exc: Exception) -> ModelRefused | DeliveryInterrupted:

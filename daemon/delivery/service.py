@@ -34,18 +34,18 @@ from appliance.config import ModelsSection
 from appliance.delivery import FINAL_REFUSALS, DesiredModel, DesiredState
 from appliance.errors import SpokeError
 from appliance.service import TaskGroupService
-from daemon.models.download import download_target
-from daemon.models.errors import DeliveryInterrupted, ModelRefused
-from daemon.models.fetch import RangeFetcher
-from daemon.models.gate import HealthGate, downgrade_refusal
-from daemon.models.journal import Journal, Refusal
-from daemon.models.manager import ActiveModel, ModelManager
-from daemon.models.store import META_FILE, ModelStore
-from daemon.models.tufclient import Resolved, TufClient
+from daemon.delivery.download import download_target
+from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
+from daemon.delivery.fetch import RangeFetcher
+from daemon.delivery.gate import HealthGate, downgrade_refusal
+from daemon.delivery.journal import Journal, Refusal
+from daemon.delivery.manager import LoadedModel, ModelManager
+from daemon.delivery.store import META_FILE, ModelStore
+from daemon.delivery.tufclient import Resolved, TufClient
 
 log = logging.getLogger(__name__)
 
-Prepare = Callable[..., ActiveModel]  # (path, backend, artifact=None) -> ActiveModel
+Prepare = Callable[..., LoadedModel]  # (path, backend, artifact=None) -> LoadedModel
 Emit = Callable[[str, dict[str, Any]], object]
 
 
@@ -72,7 +72,7 @@ def validate_artifact(path: Path, expect: dict[str, Any]) -> Any:
     return artifact
 
 
-def prepare_model(path: Path, backend: str, artifact: Any = None) -> ActiveModel:
+def prepare_model(path: Path, backend: str, artifact: Any = None) -> LoadedModel:
     """Load a store entry (unless ``artifact`` is it, just validated), build its backend and
     smoke-test it with the card's golden input."""
     from models.artifact import load_artifact
@@ -94,7 +94,7 @@ def prepare_model(path: Path, backend: str, artifact: Any = None) -> ActiveModel
     except SpokeError as exc:
         engine.close()
         raise ModelRefused("smoke-test", str(exc)) from exc
-    return ActiveModel(
+    return LoadedModel(
         sha256=meta["sha256"],
         name=artifact.card.name,
         version=artifact.card.version,
@@ -128,7 +128,7 @@ class ModelService(TaskGroupService):
         self.on_change: list[Callable[[], Awaitable[None]]] = []
         self._wake = asyncio.Event()
         self._reload = False
-        self._fallback: ActiveModel | None = None
+        self._fallback: LoadedModel | None = None
         self._retry_s = config.retry_initial_s
         self._busy = asyncio.Lock()
         self._bytes_at_start = 0
@@ -373,7 +373,7 @@ class ModelService(TaskGroupService):
                 journal.hold_at(sha, "finetune", time.time())
             await self._activate(model, reason)
 
-    async def _activate(self, model: ActiveModel, reason: str) -> None:
+    async def _activate(self, model: LoadedModel, reason: str) -> None:
         with self.store.locked():
             old_sha = await asyncio.to_thread(self.store.activate, model.sha256, reason)
         old = self.manager.current()
@@ -391,7 +391,7 @@ class ModelService(TaskGroupService):
         await self._changed()
         self.wake()
 
-    def _observe(self, model: ActiveModel, ok: bool, error: str | None) -> None:
+    def _observe(self, model: LoadedModel, ok: bool, error: str | None) -> None:
         gate = self.gate
         if gate is not None and model is self.manager.current():
             gate.observe(ok, error)

@@ -1,6 +1,6 @@
 """The active model, for whoever runs inference (the uplink API, the health gate's probes).
 
-``ModelManager.current()`` returns the ``ActiveModel`` (artifact, backend, pipeline) or None.
+``ModelManager.current()`` returns the ``LoadedModel`` (artifact, backend, pipeline) or None.
 To run inference, take a lease::
 
     with manager.lease() as active:          # raises NoActiveModel when there is none
@@ -9,7 +9,7 @@ To run inference, take a lease::
 A swap replaces the reference at once: requests that already hold a lease finish on the old
 model, new ones get the new model, and the old backend is closed only when its last lease ends.
 So a swap neither drops nor fails a request in flight. ``on_activate`` callbacks run (in the
-thread that swapped) with the new ``ActiveModel`` or None.
+thread that swapped) with the new ``LoadedModel`` or None.
 
 Backends are "one caller at a time" (see ``models.backends.base``): a server should still feed
 ``active.backend`` from one inference worker; the lease makes no promise about concurrency.
@@ -24,17 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.errors import SpokeError
+from daemon.uplink.provider import NoActiveModel
 
 log = logging.getLogger(__name__)
 
 
-class NoActiveModel(SpokeError):
-    """No model is active (none delivered yet, or every candidate was refused)."""
-
-
 @dataclass(eq=False)
-class ActiveModel:
+class LoadedModel:
     sha256: str
     name: str
     version: str
@@ -51,22 +47,22 @@ class ActiveModel:
         return info
 
 
-Observer = Callable[[ActiveModel, bool, str | None], None]
+Observer = Callable[[LoadedModel, bool, str | None], None]
 
 
 class ModelManager:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._active: ActiveModel | None = None
-        self.on_activate: list[Callable[[ActiveModel | None], None]] = []
+        self._active: LoadedModel | None = None
+        self.on_activate: list[Callable[[LoadedModel | None], None]] = []
         #: Called after every lease with (model, ok, error): the health gate listens here.
         self.observers: list[Observer] = []
 
-    def current(self) -> ActiveModel | None:
+    def current(self) -> LoadedModel | None:
         return self._active
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[ActiveModel]:
+    def lease(self) -> Iterator[LoadedModel]:
         with self._lock:
             active = self._active
             if active is None:
@@ -90,7 +86,7 @@ class ModelManager:
             if close:
                 _close(active)
 
-    def record(self, model: ActiveModel, ok: bool, error: str | None = None) -> None:
+    def record(self, model: LoadedModel, ok: bool, error: str | None = None) -> None:
         """Report an inference outcome the lease did not see (a caller that catches a model
         error itself and marks the request failed should call this, so the health gate counts
         it)."""
@@ -100,7 +96,7 @@ class ModelManager:
             except Exception:
                 log.exception("model observer failed")
 
-    def swap(self, new: ActiveModel | None, retire_old: bool = True) -> ActiveModel | None:
+    def swap(self, new: LoadedModel | None, retire_old: bool = True) -> LoadedModel | None:
         """Make ``new`` the active model. The old one is closed once no lease holds it, unless
         ``retire_old`` is False (the reconciler keeps it ready for a rollback, then retires it).
         """
@@ -115,7 +111,7 @@ class ModelManager:
                 log.exception("on_activate callback failed")
         return old
 
-    def retire(self, model: ActiveModel) -> None:
+    def retire(self, model: LoadedModel) -> None:
         """Close ``model`` as soon as its last lease ends (now, if it has none)."""
         with self._lock:
             if model is self._active or model._retired:
@@ -126,7 +122,7 @@ class ModelManager:
             _close(model)
 
 
-def _close(model: ActiveModel) -> None:
+def _close(model: LoadedModel) -> None:
     try:
         model.backend.close()
     except Exception:

@@ -32,8 +32,8 @@ from typing import Any
 
 from appliance.fsutil import atomic_write, file_lock, fsync_dir
 from appliance.versions import version_key
-from daemon.models.errors import ModelRefused
-from daemon.models.journal import Journal, Refusal
+from daemon.delivery.errors import ModelRefused
+from daemon.delivery.journal import Journal, Refusal
 
 log = logging.getLogger(__name__)
 

@@ -290,7 +290,7 @@ class FinetuneApi:
         return web.json_response(await asyncio.to_thread(collect, self.service.models.store))
 
     async def activate_model(self, request: web.Request) -> web.Response:
-        from daemon.models.errors import ModelRefused
+        from daemon.delivery.errors import ModelRefused
 
         models = self.service.models
         if models is None:

@@ -204,7 +204,9 @@ class Daemon:
         if root is None:
             models.no_trust_root()
             return
-        fetcher = HttpsFetcher(ident.ca, read_timeout=self.config.models.read_timeout_s)
+        fetcher = HttpsFetcher(
+            ident.ca, (ident.cert, ident.key), read_timeout=self.config.models.read_timeout_s
+        )
         models.attach(root, f"https://{ident.hub_host}:{ident.http_port}/repository", fetcher)
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ COMMANDS = {
     "events": "provisioning.commands.events",
     "models": "provisioning.commands.models",
     "policy": "provisioning.commands.policy",
+    "tokens": "provisioning.commands.tokens",
 }
 
 

@@ -50,6 +50,18 @@ CREATE TABLE IF NOT EXISTS events (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, ts);
+CREATE TABLE IF NOT EXISTS operator_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS operator_sessions (
+    sha256 TEXT PRIMARY KEY,
+    token_id TEXT NOT NULL REFERENCES operator_tokens(id),
+    expires_at REAL NOT NULL
+);
 """
 
 HEALTH_HISTORY = 360  # per device: an hour at a 10 s interval
@@ -98,6 +110,25 @@ class Device:
             "last_seen": self.last_seen,
             "software_version": self.software_version,
             "state": self.state,
+        }
+
+
+@dataclass(frozen=True)
+class OperatorToken:
+    """An operator credential for the hub's HTTPS API; the token itself is never stored."""
+
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "active": self.revoked_at is None,
         }
 
 
@@ -315,6 +346,67 @@ class Registry:
             }
             for r in rows
         ]
+
+    # --- operator tokens and their browser sessions ----------------------------------------
+
+    def add_operator_token(self, token_id: str, name: str, sha256: str) -> bool:
+        """False when the name is taken (a revoked token keeps its name, for the audit trail)."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO operator_tokens (id, name, sha256, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (token_id, name, sha256, time.time()),
+        )
+        return cur.rowcount == 1
+
+    def operator_tokens(self) -> list[OperatorToken]:
+        rows = self.conn.execute(
+            "SELECT id, name, created_at, revoked_at FROM operator_tokens ORDER BY created_at"
+        ).fetchall()
+        return [OperatorToken(r["id"], r["name"], r["created_at"], r["revoked_at"]) for r in rows]
+
+    def revoke_operator_token(self, name_or_id: str) -> OperatorToken | None:
+        with self.conn:
+            self.conn.execute(
+                "UPDATE operator_tokens SET revoked_at = COALESCE(revoked_at, ?)"
+                " WHERE name = ? OR id = ?",
+                (time.time(), name_or_id, name_or_id),
+            )
+            self.conn.execute(
+                "DELETE FROM operator_sessions WHERE token_id IN"
+                " (SELECT id FROM operator_tokens WHERE name = ? OR id = ?)",
+                (name_or_id, name_or_id),
+            )
+        found = [t for t in self.operator_tokens() if name_or_id in (t.name, t.id)]
+        return found[0] if found else None
+
+    def active_operator(self, sha256: str) -> OperatorToken | None:
+        row = self.conn.execute(
+            "SELECT id, name, created_at, revoked_at FROM operator_tokens"
+            " WHERE sha256 = ? AND revoked_at IS NULL",
+            (sha256,),
+        ).fetchone()
+        return OperatorToken(row[0], row[1], row[2], row[3]) if row else None
+
+    def add_operator_session(self, sha256: str, token_id: str, expires_at: float) -> None:
+        with self.conn:
+            self.conn.execute("DELETE FROM operator_sessions WHERE expires_at < ?", (time.time(),))
+            self.conn.execute(
+                "INSERT INTO operator_sessions (sha256, token_id, expires_at) VALUES (?, ?, ?)",
+                (sha256, token_id, expires_at),
+            )
+
+    def session_operator(self, sha256: str) -> OperatorToken | None:
+        """The token behind a live session; None once it expired or its token was revoked."""
+        row = self.conn.execute(
+            "SELECT t.id, t.name, t.created_at, t.revoked_at FROM operator_sessions s"
+            " JOIN operator_tokens t ON t.id = s.token_id"
+            " WHERE s.sha256 = ? AND s.expires_at > ? AND t.revoked_at IS NULL",
+            (sha256, time.time()),
+        ).fetchone()
+        return OperatorToken(row[0], row[1], row[2], row[3]) if row else None
+
+    def end_operator_session(self, sha256: str) -> None:
+        self.conn.execute("DELETE FROM operator_sessions WHERE sha256 = ?", (sha256,))
 
     def revoked_serials(self) -> list[int]:
         rows = self.conn.execute(

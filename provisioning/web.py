@@ -2,8 +2,9 @@
 
 Parts of the hub add their routes to ``HubWeb.app`` before it starts. TLS uses the broker's
 server certificate (issued by the hub CA that every appliance already trusts from its bundle).
-A client certificate is optional for the read-only pages and required for device uploads,
-where its common name must be the device the upload is for.
+Who may use which route is decided in ``provisioning.auth``: operators (token or session) for
+the dashboard, API and metrics; an enrolled device's certificate or an operator for the model
+repository; the device's own certificate for its uploads.
 """
 
 import logging
@@ -17,7 +18,8 @@ from appliance import topics
 from appliance.config import HubConfig
 from appliance.errors import ConfigError
 from appliance.fsutil import atomic_write
-from provisioning import metrics
+from provisioning import auth, metrics
+from provisioning.auth import peer_common_name
 from provisioning.fleet import fleet
 from provisioning.home import HubHome
 from provisioning.registry import Registry
@@ -28,18 +30,6 @@ STATIC = Path(__file__).parent / "static"
 MAX_SUPPORT_BUNDLE_BYTES = 32 * 1024 * 1024
 
 
-def peer_common_name(request: web.Request) -> str | None:
-    transport = request.transport
-    cert = transport.get_extra_info("peercert") if transport else None
-    if not cert:
-        return None
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
-
-
 class HubWeb:
     name = "web"
 
@@ -48,6 +38,7 @@ class HubWeb:
         self.config = config
         self.registry = registry
         self.app = web.Application(client_max_size=MAX_SUPPORT_BUNDLE_BYTES + 1)
+        auth.install(self.app, registry)
         r = self.app.router
         r.add_get("/healthz", self._healthz)
         r.add_get("/", self._dashboard)

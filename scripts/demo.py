@@ -161,8 +161,10 @@ class Demo:
         report = self.root / "bridge-17-pass-1.html"
         tool("daemon", "report", "bridge-17-pass-1", "--state-dir", str(box), "--out", str(report))
         step("Open these")
-        print(f"hub dashboard:         https://localhost:{config['http_port']}/ "
-              "(certificate from the hub's own CA)")
+        token = tool("provisioning", "tokens", "create", "--home", str(self.home), "--name",
+                     f"demo-{os.getpid()}").strip()
+        print(f"hub dashboard:         https://localhost:{config['http_port']}/login#token={token}"
+              " (signs in with an operator token; certificate from the hub's own CA)")
         print(f"appliance status page: http://127.0.0.1:{port}/")
         print(f"mission report:        file://{report}")
         print(f"  (also GET http://127.0.0.1:{port}/v1/missions/bridge-17-pass-1/report "

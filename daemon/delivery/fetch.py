@@ -1,8 +1,10 @@
 """Fetchers: python-tuf's ``FetcherInterface`` plus ranged reads so a download can resume.
 
 ``HttpsFetcher`` talks to the hub's repository over HTTPS, trusting only the hub CA from the
-bundle, with connect and read timeouts (a silent server cannot hold a read forever; the total
-deadline is the downloader's). Tests plug in a simulated repository that is itself a fetcher.
+bundle and presenting the device certificate (the hub serves its repository only to its own
+devices and operators), with connect and read timeouts (a silent server cannot hold a read
+forever; the total deadline is the downloader's). Tests plug in a simulated repository that is
+itself a fetcher.
 """
 
 from __future__ import annotations
@@ -35,8 +37,16 @@ class RangeFetcher(FetcherInterface):
 
 
 class HttpsFetcher(RangeFetcher):
-    def __init__(self, ca: Path, connect_timeout: float = 10.0, read_timeout: float = 30.0):
+    def __init__(
+        self,
+        ca: Path,
+        client_cert: tuple[Path, Path] | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+    ):
         ctx = ssl.create_default_context(cafile=str(ca))
+        if client_cert is not None:
+            ctx.load_cert_chain(client_cert[0], client_cert[1])
         self._pool = urllib3.PoolManager(
             ssl_context=ctx,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),

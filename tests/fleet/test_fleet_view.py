@@ -12,11 +12,13 @@ import pytest
 from tests.support.fleet import Appliance, Hub, wait_for
 
 
-def fetch(url: str) -> bytes:
+def fetch(url: str, token: str | None = None) -> bytes:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with urllib.request.urlopen(url, context=ctx, timeout=10) as response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, context=ctx, timeout=10) as response:
         return bytes(response.read())
 
 
@@ -55,7 +57,7 @@ def test_hub_metrics_pass_promtool_and_label_devices(
 ) -> None:
     hub, _, device_id = online
     wait_for(lambda: hub.devices()[device_id]["health"]["at"], 20, "a health report")
-    body = fetch(f"https://localhost:{hub.http_port}/metrics")
+    body = fetch(f"https://localhost:{hub.http_port}/metrics", hub.operator_token())
     check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
     text = body.decode()
@@ -77,7 +79,9 @@ def test_daemon_metrics_endpoint_passes_promtool(online: tuple[Hub, Appliance, s
 
 def test_dashboard_api_lists_devices(online: tuple[Hub, Appliance, str]) -> None:
     hub, _, device_id = online
-    devices = json.loads(fetch(f"https://localhost:{hub.http_port}/api/v1/devices"))
+    devices = json.loads(
+        fetch(f"https://localhost:{hub.http_port}/api/v1/devices", hub.operator_token())
+    )
     assert [d["id"] for d in devices] == [device_id]
 
 
@@ -88,9 +92,8 @@ def test_dashboard_renders_devices_in_chromium_without_console_errors(
     from tests.support.browser import render
 
     hub, _, device_id = online
-    page = render(
-        f"https://localhost:{hub.http_port}/", tmp_path / "dashboard.png", width=1280, height=720
-    )
+    sign_in = f"https://localhost:{hub.http_port}/login#token={hub.operator_token()}"
+    page = render(sign_in, tmp_path / "dashboard.png", width=1280, height=720)
     assert f'data-device="{device_id}"' in page.dom
     assert "online" in page.dom
     assert page.console_errors == []

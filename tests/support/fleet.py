@@ -104,6 +104,7 @@ class Hub:
         self.http_port = free_port()
         self.process: Process | None = None
         self.starts = 0
+        self._operator_token: str | None = None
         cli(
             "spoke-hub",
             "init",
@@ -149,6 +150,14 @@ class Hub:
             *extra,
         )
         return out
+
+    def operator_token(self) -> str:
+        """An operator token for the hub's HTTPS API (created on first use)."""
+        if self._operator_token is None:
+            self._operator_token = cli(
+                "spoke-hub", "tokens", "create", "--home", str(self.home), "--name", "tests"
+            ).stdout.strip()
+        return self._operator_token
 
     def claim_ids(self) -> list[str]:
         out = cli("spoke-hub", "bundle", "list", "--home", str(self.home), "--json").stdout

@@ -1,9 +1,9 @@
 """The managed mosquitto: its config and ACL written from the registry, run as a supervised child.
 
 The broker enforces identity: a client's certificate common name is its username, and the ACL
-lets a device write only its own topics and read only its own ``desired`` and ``cmd``. The ACL
-and CRL are rewritten whenever the registry changes, and mosquitto re-reads them on SIGHUP, so
-enrolling or revoking a device never restarts the broker for the others.
+lets a device write only its own topics and read only its own ``desired`` and ``cmd``. Device
+rules are ``%u`` patterns, so enrolling a device changes neither ACL nor CRL; a bundle (its
+claim) or a revocation rewrites them, and mosquitto re-reads them on SIGHUP without a restart.
 """
 
 import asyncio
@@ -29,34 +29,46 @@ MAX_PACKET_BYTES = 1024 * 1024
 RESTART_DELAY_S = 1.0
 
 
+# Valid ids that stand for ``%u`` and ``+`` while topics.py builds each topic.
+_SLOT, _ANY = "DEVICE0SLOT", "ANY0SLOT"
+
+
+def device_rules() -> list[str]:
+    """What one device may do, keyed on its username (the certificate CN): the same lines for
+    every device, so a broker that knows ``%u`` patterns holds them once for the whole fleet."""
+    rules = [
+        ("write", topics.available(_SLOT)),
+        ("write", topics.state(_SLOT)),
+        ("write", topics.health(_SLOT)),
+        ("write", topics.events(_SLOT)),
+        ("write", topics.command_result(_SLOT, _ANY)),
+        ("read", topics.desired(_SLOT)),
+        ("read", topics.command(_SLOT, _ANY)),
+    ]
+    return [f"{access} {t.replace(_SLOT, '%u').replace(_ANY, '+')}" for access, t in rules]
+
+
 def render_acl(registry: Registry) -> str:
+    """The mosquitto ACL: constant in the number of devices (one line per bundle's claim).
+
+    A revoked device keeps matching the patterns, but its certificate is on the CRL, so it
+    cannot connect, and the broker's session takeover closes a session it already had.
+    """
     root = topics.ROOT
     lines = [
         "# Written by spoke-hub from its registry; edits are overwritten.",
         "# Any client may read the enrollment response addressed to its own client id.",
         f"pattern read {root}/enroll/%c/response",
+        "# Each device its own topics, by certificate common name (= MQTT username).",
+        *(f"pattern {rule}" for rule in device_rules()),
         "",
         f"user {HUB_COMMON_NAME}",
         f"topic readwrite {root}/#",
         "",
     ]
     for claim in registry.claims():
-        lines += [f"user claim-{claim.id}", f"topic write {topics.ENROLL_REQUEST}", ""]
-    for device in registry.devices():
-        if device.revoked_at is not None:
-            continue
-        d = device.id
-        lines += [
-            f"user {d}",
-            f"topic write {topics.available(d)}",
-            f"topic write {topics.state(d)}",
-            f"topic write {topics.health(d)}",
-            f"topic write {topics.events(d)}",
-            f"topic write {root}/{d}/cmd/+/result",
-            f"topic read {topics.desired(d)}",
-            f"topic read {root}/{d}/cmd/+",
-            "",
-        ]
+        if claim.revoked_at is None:
+            lines += [f"user claim-{claim.id}", f"topic write {topics.ENROLL_REQUEST}", ""]
     return "\n".join(lines)
 
 

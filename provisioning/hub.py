@@ -17,7 +17,7 @@ from appliance.errors import LinkError
 from appliance.health import HealthSnapshot
 from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED, Event
 from appliance.service import TaskGroupService
-from provisioning import broker, ca, enrollment
+from provisioning import ca, enrollment
 from provisioning.home import HubHome
 from provisioning.registry import Registry
 
@@ -180,7 +180,7 @@ class HubService(TaskGroupService):
         self.registry.add_device(
             grant.device_id, grant.claim.id, grant.claim.labels, grant.facts, cert.serial_number
         )
-        broker.write_access(self.home, self.registry)
+        # No broker update: device ACL rules are patterns on the certificate's CN.
         self.enrollments += 1
         log.info(
             "device enrolled",

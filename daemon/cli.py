@@ -9,7 +9,6 @@ from appliance.cli import build_parser, run_cli
 COMMANDS = {
     "run": "daemon.commands.run",
     "status": "daemon.commands.status",
-    "model": "daemon.commands.model",
     "infer": "daemon.commands.infer",
     "bench": "daemon.commands.bench",
     "tokens": "daemon.commands.tokens",

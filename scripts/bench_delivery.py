@@ -42,7 +42,7 @@ ENV = {
 
 def make_artifact(root: Path, preset: str, version: str, seed: int) -> Path:
     out = root / f"bench-vit-{version}"
-    cli("spoke", "model", "create", "--preset", preset, "--name", "bench-vit", "--version",
+    cli("spoke", "models", "create", "--preset", preset, "--name", "bench-vit", "--version",
         version, "--seed", str(seed), "--out", str(out))
     return out
 

@@ -188,7 +188,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spoke-bench-uplink-") as tmp:
         root = Path(tmp)
         model = root / "model"
-        spoke("model", "create", "--preset", args.preset, "--name", "bench", "--version",
+        spoke("models", "create", "--preset", args.preset, "--name", "bench", "--version",
               "1.0.0", "--out", str(model))
         print(f"generating 2 frames of {width}x{height}...", file=sys.stderr)
         frames = base_frames(2, width, height)

@@ -341,7 +341,7 @@ def uplink_steps(demo: Demo) -> None:
     )
     step("Drone uplink: a model artifact, generated drone frames and an API token")
     model = demo.root / "uplink-model"
-    print(tool("daemon", "model", "create", "--preset", "vit-tiny-p16-112", "--name",
+    print(tool("daemon", "models", "create", "--preset", "vit-tiny-p16-112", "--name",
                "codebrim-vit-t", "--version", "1.0.0", "--out", str(model)), end="")
     frames = demo.root / "frames"
     print(tool("provisioning", "data", "generate", "--domain", "3", "--frames",

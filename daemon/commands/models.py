@@ -1,4 +1,5 @@
-"""``spoke models list|activate VERSION|rollback``: the appliance's model store, by hand.
+"""``spoke models list|activate VERSION|rollback``: the appliance's model store, by hand
+(``create`` and ``show`` for artifacts on disk are in ``daemon.commands.artifacts``).
 
 ``activate`` and ``rollback`` are an operator's choice on site: they verify and smoke-test the
 model, swap the ``current`` link atomically, hold that choice against the hub's desired state
@@ -19,13 +20,15 @@ from pydantic import BaseModel
 from appliance.cli import print_json, print_table
 from appliance.config import DaemonConfig, load_config
 from appliance.errors import ConfigError
+from daemon.commands import artifacts
 from daemon.commands.run import ENV_PREFIX, add_state_dir
 from daemon.delivery.store import ModelStore
 from daemon.state import StateDir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="delivered models: list, activate a version, roll back")
+    p = sub.add_parser("models", help="models: list the store, activate a version, roll back; "
+                       "create or show an artifact")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     ls = msub.add_parser("list", help="models in the store and which one is active")
     add_state_dir(ls)
@@ -40,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_state_dir(r)
     r.add_argument("--json", action="store_true")
     r.set_defaults(handler=rollback)
+    artifacts.add_parsers(msub)
 
 
 def _store(args: argparse.Namespace) -> ModelStore:

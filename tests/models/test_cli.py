@@ -31,7 +31,7 @@ def test_model_create_writes_a_valid_artifact(
     out = tmp_path / "m"
     code = main(
         [
-            "model",
+            "models",
             "create",
             "--preset",
             "vit-tiny-p16-112",
@@ -57,7 +57,7 @@ def test_model_create_refuses_a_bad_version_in_one_line(
 ) -> None:
     code = main(
         [
-            "model",
+            "models",
             "create",
             "--preset",
             "vit-tiny-p16-112",
@@ -76,7 +76,7 @@ def test_model_create_refuses_a_bad_version_in_one_line(
 def test_model_show_prints_the_card(
     tiny_artifact: Artifact, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["model", "show", str(tiny_artifact.root), "--json"]) == 0
+    assert main(["models", "show", str(tiny_artifact.root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "tiny"
 
 

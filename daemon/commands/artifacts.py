@@ -1,18 +1,18 @@
-"""``spoke model create`` and ``spoke model show``: make and inspect model artifacts."""
+"""``spoke models create`` and ``spoke models show``: make and inspect model artifacts.
+
+Registered by ``daemon.commands.models`` beside the store actions, so one noun covers models
+on disk and in the store; the ML stack is imported only when one of these two runs.
+"""
 
 import argparse
 import json
 from pathlib import Path
 
 from appliance.cli import print_json
-from models.artifact import load_artifact, write_artifact
-from models.config import CODEBRIM_LABELS, PRESETS, preset
-from models.vit import build_model
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="create and inspect model artifacts")
-    msub = p.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
+def add_parsers(msub: argparse._SubParsersAction) -> None:
+    from models.config import CODEBRIM_LABELS, PRESETS
 
     c = msub.add_parser("create", help="write a randomly initialised model artifact")
     c.add_argument("--preset", required=True, choices=sorted(PRESETS), help="architecture")
@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def create(args: argparse.Namespace) -> int:
+    from models.artifact import write_artifact
+    from models.config import preset
+    from models.vit import build_model
+
     cfg = preset(args.preset, num_classes=len(args.labels))
     artifact = write_artifact(
         build_model(cfg, seed=args.seed),
@@ -48,6 +52,8 @@ def create(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
+    from models.artifact import load_artifact
+
     artifact = load_artifact(args.path)
     card = artifact.card
     if args.json:

@@ -17,6 +17,7 @@ Backends are "one caller at a time" (see ``models.backends.base``): a server sho
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -71,6 +72,8 @@ class ModelManager:
         ok, error = True, None
         try:
             yield active
+        except asyncio.CancelledError:
+            raise  # the caller is shutting down: not the model's fault
         except BaseException as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"
             raise

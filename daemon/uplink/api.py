@@ -75,13 +75,14 @@ class UplinkApi:
             if scheme.lower() == "bearer" and token.strip():
                 client = self.service.tokens.verify(token.strip())
             if client is None:
-                self.service._drop("unauthorized")
+                self.service.count_drop("unauthorized")
                 reason = "a valid bearer token is required" if header else "no bearer token"
                 return error(401, "unauthorized", reason, {"WWW-Authenticate": "Bearer"})
             request[CLIENT] = client
             try:
                 return await handler(request)
             except Refused as exc:
+                self.service.count_drop(exc.code)
                 return refusal(exc)
             except BadRequest as exc:
                 return error(400, "bad_request", str(exc))
@@ -127,7 +128,6 @@ class UplinkApi:
     async def _read_capped(self, stream: Any, declared: int | None) -> bytes:
         limit = self.max_upload_bytes
         if declared is not None and declared > limit:
-            self.service._drop("too_large")
             raise Refused(413, "too_large",
                           f"{declared} bytes is more than the {limit}-byte limit")
         buf = bytearray()
@@ -137,7 +137,6 @@ class UplinkApi:
                 return bytes(buf)
             buf += chunk
             if len(buf) > limit:
-                self.service._drop("too_large")
                 raise Refused(413, "too_large", f"more than the {limit}-byte limit")
 
     async def _read_multipart(self, request: web.Request) -> tuple[bytes, str, Metadata]:
@@ -174,7 +173,6 @@ class UplinkApi:
                 content_type = content_type.lower()
                 got = await _read_part(part, self.max_upload_bytes)
                 if got is None:
-                    self.service._drop("too_large")
                     raise Refused(413, "too_large",
                                   f"more than the {self.max_upload_bytes}-byte limit")
                 data = got

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from appliance.config import UplinkSection
 from appliance.service import TaskGroupService
 from daemon.uplink.batcher import TileBatcher
-from daemon.uplink.provider import ModelProvider, ServedModel
+from daemon.uplink.provider import ModelProvider, NoActiveModel, ServedModel
 from daemon.uplink.tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -167,7 +167,9 @@ class UplinkService(TaskGroupService):
             self.metrics.inference_batch_size.labels(backend).observe(tiles)
             self.metrics.inference_latency_seconds.labels(backend).observe(seconds)
 
-    def _drop(self, code: str) -> None:
+    def count_drop(self, code: str) -> None:
+        """``spoke_inputs_dropped_total{reason=code}``: called once, where a ``Refused`` is
+        caught (and for a refused credential), so no refusal goes uncounted."""
         if self.metrics is not None:
             self.metrics.drop(code)
 
@@ -194,7 +196,6 @@ class UplinkService(TaskGroupService):
 
     def admit_type(self, content_type: str) -> None:
         if content_type not in CONTENT_TYPES:
-            self._drop("unsupported_type")
             raise Refused(415, "unsupported_type",
                           f"unsupported media type {content_type or '(none)'!r}; send "
                           f"{', '.join(CONTENT_TYPES)} or multipart/form-data")
@@ -202,7 +203,6 @@ class UplinkService(TaskGroupService):
     def admit_room(self) -> None:
         """Past ``queue_depth`` images waiting: 429 (call before reading a body, too)."""
         if len(self._pending) + self._reserved >= self.config.queue_depth:
-            self._drop("queue_full")
             raise Refused(429, "queue_full",
                           f"the queue is full ({self.config.queue_depth} images waiting); "
                           "retry later", retry_after=self.retry_after())
@@ -240,20 +240,16 @@ class UplinkService(TaskGroupService):
         if known is not None:
             return Accepted(image_id, known["status"], False)
         if len(data) > self.max_upload_bytes:
-            self._drop("too_large")
             raise Refused(413, "too_large",
                           f"{len(data)} bytes is more than the {self.max_upload_bytes}-byte "
                           "limit")
         try:
             image = await self._cpu_run(self._decode, data)
         except (ImageTooLarge, TooManyPixels) as exc:
-            self._drop("too_large")
             raise Refused(413, "too_large", str(exc)) from exc
         except EmptyImage as exc:
-            self._drop("empty")
             raise Refused(422, "empty", str(exc)) from exc
         except ImageError as exc:
-            self._drop("corrupt")
             raise Refused(422, "corrupt", str(exc)) from exc
         m = image.meta
         gps = (m.gps.latitude, m.gps.longitude, m.gps.altitude) if m.gps else None
@@ -287,30 +283,22 @@ class UplinkService(TaskGroupService):
                 self._depth_changed()
 
     async def _with_model(self, image_id: str) -> None:
-        """Process one image under a lease on the active model, waiting while there is none."""
+        """Process one image under a lease on the active model, waiting while there is none.
+
+        A model error leaves the lease as an exception, so the health gate counts it; then the
+        image is marked failed and the worker goes on (one bad image must not stop it)."""
         assert self.store is not None
         while True:
-            if self.provider.current() is None:
-                await asyncio.sleep(MODEL_POLL_S)
-                continue
             try:
-                lease = self.provider.lease()
-                model = lease.__enter__()
-            except Exception:  # swapped out between current() and lease(): try again
+                with self.provider.lease() as model:
+                    await self._process(image_id, model)
+                return
+            except NoActiveModel:  # none yet, or swapped out just now: wait for one
                 await asyncio.sleep(MODEL_POLL_S)
-                continue
-            break
-        try:
-            await self._process(image_id, model)
-        except asyncio.CancelledError:
-            lease.__exit__(None, None, None)
-            raise
-        except Exception as exc:  # one bad image must not stop the worker
-            log.exception("image processing failed", extra={"image": image_id})
-            lease.__exit__(type(exc), exc, exc.__traceback__)
-            await self._db(self.store.mark_failed, image_id, f"inference failed: {exc}")
-        else:
-            lease.__exit__(None, None, None)
+            except Exception as exc:
+                log.exception("image processing failed", extra={"image": image_id})
+                await self._db(self.store.mark_failed, image_id, f"inference failed: {exc}")
+                return
 
     async def _process(self, image_id: str, model: ServedModel) -> None:
         from models.errors import ImageError
@@ -399,12 +387,12 @@ class UplinkService(TaskGroupService):
         try:
             data = await asyncio.to_thread(watch.read, path, self.max_upload_bytes)
             if data is None:
-                self._drop("too_large")
                 raise Refused(413, "too_large",
                               f"more than the {self.max_upload_bytes}-byte limit")
             meta = Metadata(mission=watch.mission_of(path))
             accepted = await self.ingest(data, content_type, meta, source="watch")
         except Refused as exc:
+            self.count_drop(exc.code)
             if exc.status == 429:
                 watch.retry_later(path)  # stays in place; picked up again when there is room
                 return

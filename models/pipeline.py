@@ -8,22 +8,27 @@ Each step is callable on its own so a server can pool tiles of several requests 
     probs = backend.infer(card.preprocessing.normalize(tiled.tiles))   # any batch size
     result = pipeline.aggregate(image, tiled, probs)            # per-tile and per-image labels
 
-``Pipeline.run`` does all of it for one image and records how long each stage took.
+``Pipeline.run`` does all of it for one image and records how long each stage took;
+``Pipeline.run_many`` does it for a sequence, decoding and tiling the next image on a second
+thread while the backend infers the current one.
 """
 
 from __future__ import annotations
 
 import io
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from models.artifact import Artifact
 from models.backends.base import Backend
-from models.errors import ModelError
+from models.errors import ImageError, ModelError
 from models.images import DEFAULT_LIMITS, DecodedImage, ImageLimits, ImageMeta, decode_image
 from models.tiling import TiledImage, tile_image
 
@@ -32,6 +37,10 @@ BACKGROUND_LABELS = frozenset({"background"})
 OVERLAY_MAX_SIDE = 1600
 #: ``Pipeline.run`` normalises and infers this many backend batches at a time.
 CHUNK_BATCHES = 4
+#: ``run_many`` decodes at most this many images ahead of the one being inferred.
+LOOKAHEAD = 1
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,16 @@ class TileOptions:
 class TileFinding:
     box: tuple[int, int, int, int]
     probs: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded, tiled image waiting for inference, and the seconds each step took."""
+
+    image: DecodedImage
+    tiled: TiledImage
+    decode_s: float
+    tile_s: float
 
 
 @dataclass
@@ -122,34 +141,73 @@ class Pipeline:
         found = [lab for lab in labels if peak[lab] >= self.card.thresholds[lab]]
         return ImageResult(image.meta, findings, peak, found)
 
-    def run(self, data: bytes) -> ImageResult:
-        """All steps for one image; ``timings`` holds seconds per stage. Tiles are normalised
-        and inferred a chunk at a time, so float32 copies of a 100-megapixel image's tiles
-        never exist all at once."""
+    def prepare(self, data: bytes) -> Prepared:
+        """Decode and tile: everything before inference, safe to run on another thread."""
         t0 = time.perf_counter()
         image = self.decode(data)
         t1 = time.perf_counter()
         tiled = self.tile(image)
-        tiling = time.perf_counter() - t1
-        inferring = 0.0
+        return Prepared(image, tiled, t1 - t0, time.perf_counter() - t1)
+
+    def infer_prepared(self, prepared: Prepared) -> ImageResult:
+        """Normalise and infer ``prepared``'s tiles a chunk at a time (float32 copies of a
+        100-megapixel image's tiles never exist all at once), then aggregate."""
+        tiles = prepared.tiled.tiles
+        normalizing = inferring = 0.0
         chunk = self.backend.batch_size * CHUNK_BATCHES
         parts = []
-        for start in range(0, len(tiled.tiles), chunk):
-            t2 = time.perf_counter()
-            batch = self.card.preprocessing.normalize(tiled.tiles[start : start + chunk])
-            t3 = time.perf_counter()
+        for start in range(0, len(tiles), chunk):
+            t0 = time.perf_counter()
+            batch = self.card.preprocessing.normalize(tiles[start : start + chunk])
+            t1 = time.perf_counter()
             parts.append(self.backend.infer(batch))
-            tiling += t3 - t2
-            inferring += time.perf_counter() - t3
-        t4 = time.perf_counter()
-        result = self.aggregate(image, tiled, np.concatenate(parts))
+            normalizing += t1 - t0
+            inferring += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        result = self.aggregate(prepared.image, prepared.tiled, np.concatenate(parts))
         result.timings = {
-            "decode": t1 - t0,
-            "tile": tiling,
+            "decode": prepared.decode_s,
+            "tile": prepared.tile_s + normalizing,
             "infer": inferring,
-            "aggregate": time.perf_counter() - t4,
+            "aggregate": time.perf_counter() - t2,
         }
         return result
+
+    def run(self, data: bytes) -> ImageResult:
+        """All steps for one image; ``timings`` holds seconds per stage."""
+        return self.infer_prepared(self.prepare(data))
+
+    def run_many(
+        self, items: Iterable[T], read: Callable[[T], bytes]
+    ) -> Iterator[tuple[T, Prepared | None, ImageResult | Exception]]:
+        """Results in order for ``items``, each read by ``read``: reading, decoding and tiling
+        run on a worker thread up to ``LOOKAHEAD`` images ahead, so the backend does not wait
+        for a JPEG decode while work is queued. An item that cannot be read or decoded yields
+        its ``ImageError`` or ``OSError`` instead of a result; the others go on."""
+        source = iter(items)
+        with ThreadPoolExecutor(1, thread_name_prefix="spoke-prepare") as pool:
+            queued: deque[tuple[T, Future[Prepared]]] = deque()
+
+            def submit() -> None:
+                for item in source:
+                    queued.append((item, pool.submit(self._read_and_prepare, read, item)))
+                    return
+
+            for _ in range(LOOKAHEAD):
+                submit()
+            while queued:
+                item, future = queued.popleft()
+                try:
+                    prepared = future.result()
+                except (ImageError, OSError) as exc:
+                    submit()
+                    yield item, None, exc
+                    continue
+                submit()
+                yield item, prepared, self.infer_prepared(prepared)
+
+    def _read_and_prepare(self, read: Callable[[T], bytes], item: T) -> Prepared:
+        return self.prepare(read(item))
 
 
 def render_overlay(

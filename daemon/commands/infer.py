@@ -7,7 +7,7 @@ from typing import Any
 
 from appliance.cli import print_json
 from models.artifact import load_artifact
-from models.backends import BACKEND_NAMES, create_backend
+from models.backends import BACKEND_NAMES, Backend, create_backend
 from models.errors import ImageError, ImageTooLarge
 from models.images import ImageLimits
 from models.pipeline import ImageResult, Pipeline, TileOptions, render_overlay
@@ -21,7 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backend",
         choices=BACKEND_NAMES,
         default="auto",
-        help="inference engine (default auto: the fastest here)",
+        help="inference engine (default auto: the fastest here, measured once and remembered)",
+    )
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="with --backend auto: measure the engines again instead of reusing the stored pick",
     )
     p.add_argument(
         "--overlap", type=int, help="tile overlap in model pixels (default: a seventh of a tile)"
@@ -57,31 +62,22 @@ def read_bounded(path: Path, limit: int) -> bytes:
 
 def infer(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.model)
-    backend = create_backend(artifact, args.backend)
+    backend = create_backend(artifact, args.backend, remeasure=args.remeasure)
     limits = ImageLimits()
     pipeline = Pipeline(artifact, backend, TileOptions(args.overlap, args.downscale), limits)
     if not args.json:
-        info = backend.describe()
-        picked = ""
-        if backend.selection:
-            rates = ", ".join(f"{k} {v:g}" for k, v in backend.selection.items())
-            picked = f"; auto picked the fastest of: {rates} inputs/s"
-        print(
-            f"model {artifact.card.ref} on {info['backend']}/{info['precision']} "
-            f"({info['device']}){picked}",
-            file=sys.stderr,
-        )
+        print(f"model {artifact.card.ref} on {engine_line(backend)}", file=sys.stderr)
     records: list[dict[str, Any]] = []
-    for path in args.images:
+    many = len(args.images) > 1
+    outcomes = pipeline.run_many(args.images, lambda path: read_bounded(path, limits.max_bytes))
+    for path, prepared, outcome in outcomes:
         try:
-            data = read_bounded(path, limits.max_bytes)
-            image = pipeline.decode(data)
-            tiled = pipeline.tile(image)
-            probs = backend.infer(artifact.card.preprocessing.normalize(tiled.tiles))
-            result = pipeline.aggregate(image, tiled, probs)
-            if args.overlay:
-                out = overlay_path(args.overlay, path, len(args.images) > 1)
-                out.write_bytes(render_overlay(image, result))
+            if isinstance(outcome, Exception):
+                raise outcome
+            if args.overlay and prepared is not None:
+                overlay_path(args.overlay, path, many).write_bytes(
+                    render_overlay(prepared.image, outcome)
+                )
         except (ImageError, OSError) as exc:
             records.append(
                 {
@@ -94,12 +90,25 @@ def infer(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"{path}: error: {exc}", file=sys.stderr)
             continue
-        records.append({"path": str(path), "ok": True, **result.to_dict()})
+        records.append({"path": str(path), "ok": True, **outcome.to_dict()})
         if not args.json:
-            print_summary(path, result)
+            print_summary(path, outcome)
     if args.json:
         print_json({"model": artifact.card.ref, "backend": backend.describe(), "results": records})
     return 0 if all(r["ok"] for r in records) else 1
+
+
+def engine_line(backend: Backend) -> str:
+    """``onnxruntime/int8 (cpu)`` plus where ``auto`` got it from: a measurement or the cache."""
+    info = backend.describe()
+    line = f"{info['backend']}/{info['precision']} ({info['device']})"
+    choice = backend.choice
+    if choice is None:
+        return line
+    if choice.source == "cache":
+        return f"{line}; auto: the stored pick from the engine cache (--remeasure to measure again)"
+    rates = ", ".join(f"{k} {v:g}" for k, v in choice.rates.items())
+    return f"{line}; auto measured {rates} inputs/s and stored the pick"
 
 
 def print_summary(path: Path, result: ImageResult) -> None:

@@ -11,13 +11,16 @@ import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from appliance.errors import SpokeError
 from models.artifact import Artifact
 from models.errors import BackendError
+
+if TYPE_CHECKING:
+    from models.backends.choice import EngineChoice
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -50,8 +53,8 @@ class Backend(ABC):
         self.batch_size = batch_size
         self.input_shape = (cfg.in_chans, cfg.img_size, cfg.img_size)
         self.num_classes = cfg.num_classes
-        #: Filled by ``create_backend("auto")``: the probe rate (inputs/s) of every candidate.
-        self.selection: dict[str, float] = {}
+        #: Filled by ``create_backend("auto")``: what it measured (or read from the cache).
+        self.choice: EngineChoice | None = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a preprocessed batch of any size (see ``Preprocessing.normalize``).
@@ -102,8 +105,8 @@ class Backend(ABC):
             "device": self.device,
             "batch_size": self.batch_size,
         }
-        if self.selection:
-            info["auto_selection"] = self.selection
+        if self.choice is not None:
+            info["auto"] = self.choice.to_dict()
         return info
 
     def smoke_test(self) -> float:

@@ -1,47 +1,67 @@
-"""Choosing a backend by name, or ``auto``: the fastest one that passes the smoke test here."""
+"""Choosing a backend by name, or ``auto``: the fastest one that passes the smoke test here.
+
+``auto`` measures once per ``ChoiceKey`` (model bytes, engine versions, hardware, batch size)
+and stores the result in the engine cache; later calls build the stored pick directly (after
+its golden smoke test) unless asked to ``remeasure``. int8 candidates must also pass
+``quantize.evaluate`` against fp32 before they may be timed at all.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from appliance.errors import SpokeError
 from models.artifact import Artifact
-from models.backends.base import DEFAULT_BATCH_SIZE, Backend, probe_throughput
+from models.backends.base import DEFAULT_BATCH_SIZE, Backend, default_cache_dir, probe_throughput
+from models.backends.calibration import EVALUATION_SEED, EVALUATION_TILES, card_tiles
+from models.backends.choice import (
+    ChoiceKey,
+    EngineChoice,
+    cpu_identity,
+    engine_versions,
+    load_choice,
+    save_choice,
+)
 from models.backends.onnxruntime_backend import OnnxRuntimeBackend
+from models.backends.quantize import evaluate
 from models.backends.tensorrt_backend import TensorRTBackend
 from models.backends.torch_backend import TorchBackend, cpu_has_bf16
 from models.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKEND_NAMES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 #: Timing probes use at most this many inputs, so ``auto`` costs seconds, not minutes.
-PROBE_BATCH = 8
+PROBE_BATCH = 16
 
 Factory = Callable[[], Backend]
 
 
 def available_backends() -> list[str]:
-    """Backend names whose libraries import and whose hardware is present."""
-    names = ["torch"]
-    try:
-        import onnxruntime  # noqa: F401
-
-        names.append("onnxruntime")
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        try:
-            import tensorrt  # noqa: F401
-
-            names.append("tensorrt")
-        except ImportError:
-            pass
+    """Backend names whose libraries are installed and whose hardware is present."""
+    engines = engine_versions()
+    names: list[str] = [n for n in ("torch", "onnxruntime", "openvino") if n in engines]
+    if torch.cuda.is_available() and "tensorrt" in engines:
+        names.append("tensorrt")
     return names
+
+
+def choice_key(artifact: Artifact, batch_size: int) -> ChoiceKey:
+    """The key ``auto``'s measurement is stored under for this model here."""
+    files = artifact.card.files
+    model = hashlib.sha256("\n".join(files[f] for f in sorted(files)).encode()).hexdigest()
+    hardware = (
+        f"gpu:{torch.cuda.get_device_name(0)}"
+        if torch.cuda.is_available()
+        else f"cpu:{cpu_identity()}"
+    )
+    return ChoiceKey(model, engine_versions(), hardware, batch_size)
 
 
 def create_backend(
@@ -50,62 +70,102 @@ def create_backend(
     precision: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     cache_dir: Path | None = None,
+    remeasure: bool = False,
 ) -> Backend:
-    """Build the named backend; ``auto`` times every usable candidate that passes the golden
-    smoke test (reduced precisions included: the card's tolerance is the contract) and keeps
-    the fastest (``backend.selection`` records the rates it saw). ``cache_dir`` holds TensorRT
-    engines and quantised graphs (default: ``default_cache_dir()``)."""
+    """Build the named backend; ``auto`` builds the pick stored for this model, engines,
+    hardware and batch size, or measures every usable candidate (see ``_measure``) and stores
+    the fastest. ``backend.choice`` says which happened. ``cache_dir`` holds the choices,
+    int8 graphs, OpenVINO blobs and TensorRT engines (default: ``default_cache_dir()``)."""
+    cache = cache_dir or default_cache_dir()
+    if name != "auto":
+        return _build(artifact, name, precision, batch_size, cache)
+    key = choice_key(artifact, batch_size)
+    stored = None if remeasure else load_choice(cache, key)
+    if stored is not None:
+        try:
+            backend = _build(artifact, stored.backend, stored.precision, batch_size, cache)
+            backend.smoke_test()
+        except SpokeError as exc:
+            log.warning(
+                "auto backend: stored pick %s fails here (%s); measuring again", stored.pick, exc
+            )
+        else:
+            backend.choice = stored
+            log.info("auto backend: %s from the engine cache", stored.pick)
+            return backend
+    backend, choice = _measure(artifact, _candidates(artifact, batch_size, cache))
+    save_choice(cache, key, choice)
+    backend.choice = choice
+    return backend
+
+
+def _build(artifact: Artifact, name: str, precision: str, batch_size: int, cache: Path) -> Backend:
     if name == "torch":
         return TorchBackend(artifact, precision, batch_size=batch_size)
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(artifact, precision, batch_size=batch_size, cache_dir=cache_dir)
+        return OnnxRuntimeBackend(artifact, precision, batch_size=batch_size, cache_dir=cache)
+    if name == "openvino":
+        from models.backends.openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(artifact, precision, batch_size=batch_size, cache_dir=cache)
     if name == "tensorrt":
-        return TensorRTBackend(artifact, precision, batch_size=batch_size, cache_dir=cache_dir)
-    if name != "auto":
-        raise BackendUnavailable(
-            f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}"
-        )
-    return _fastest(artifact, _candidates(artifact, batch_size, cache_dir))
+        return TensorRTBackend(artifact, precision, batch_size=batch_size, cache_dir=cache)
+    raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
 
 
-def _candidates(artifact: Artifact, batch_size: int, cache_dir: Path | None) -> dict[str, Factory]:
+def _candidates(artifact: Artifact, batch_size: int, cache: Path) -> dict[str, Factory]:
+    def factory(label: str) -> Factory:
+        name, precision = label.split("/")
+        return lambda: _build(artifact, name, precision, batch_size, cache)
+
     if torch.cuda.is_available():
-        return {
-            "tensorrt/auto": lambda: TensorRTBackend(
-                artifact, "auto", batch_size=batch_size, cache_dir=cache_dir
-            ),
-            "torch/fp16": lambda: TorchBackend(artifact, "fp16", batch_size=batch_size),
-            "onnxruntime/fp32": lambda: OnnxRuntimeBackend(
-                artifact, "fp32", batch_size=batch_size, cache_dir=cache_dir
-            ),
-        }
-    cands: dict[str, Factory] = {
-        "torch/fp32": lambda: TorchBackend(artifact, "fp32", batch_size=batch_size),
-        "onnxruntime/fp32": lambda: OnnxRuntimeBackend(artifact, "fp32", batch_size=batch_size),
-        "onnxruntime/int8": lambda: OnnxRuntimeBackend(
-            artifact, "int8", batch_size=batch_size, cache_dir=cache_dir
-        ),
-    }
-    if cpu_has_bf16():
-        cands["torch/bf16"] = lambda: TorchBackend(artifact, "bf16", batch_size=batch_size)
-    return cands
+        labels = ["tensorrt/auto", "torch/fp16", "onnxruntime/fp32"]
+    else:
+        labels = ["torch/fp32", "onnxruntime/fp32", "onnxruntime/int8", "onnxruntime/int8-dynamic"]
+        if cpu_has_bf16():
+            labels.append("torch/bf16")
+        if "openvino" in engine_versions():
+            labels += ["openvino/fp32", "openvino/bf16", "openvino/int8"]
+    return {label: factory(label) for label in labels}
 
 
-def _fastest(artifact: Artifact, candidates: dict[str, Factory]) -> Backend:
+def _measure(artifact: Artifact, candidates: dict[str, Factory]) -> tuple[Backend, EngineChoice]:
+    """Time every candidate that builds, passes the golden smoke test and, for int8, agrees
+    with fp32 on the evaluation tiles; keep the fastest, close the others."""
     best: Backend | None = None
     best_rate = 0.0
     rates: dict[str, float] = {}
+    refused: dict[str, str] = {}
+    evaluations: dict[str, dict[str, object]] = {}
+    reference: tuple[np.ndarray, np.ndarray] | None = None
     for label, factory in candidates.items():
         try:
             backend = factory()
         except SpokeError as exc:
             log.info("auto backend: skipping %s: %s", label, exc)
+            refused[label] = str(exc)
             continue
         try:
             backend.smoke_test()
+            if "int8" in label:
+                reference = reference or _fp32_reference(artifact)
+                verdict = evaluate(
+                    reference[1],
+                    backend.infer(reference[0]),
+                    np.asarray([artifact.card.thresholds[lab] for lab in artifact.card.labels]),
+                )
+                evaluations[label] = verdict.to_dict()
+                if not verdict.accepted:
+                    log.warning(
+                        "auto backend: %s refused, drifts from fp32: %s", label, verdict.reason
+                    )
+                    refused[label] = f"drifts from fp32: {verdict.reason}"
+                    backend.close()
+                    continue
             rate = probe_throughput(backend, min(PROBE_BATCH, backend.batch_size))
         except SpokeError as exc:
             log.warning("auto backend: %s failed its smoke test: %s", label, exc)
+            refused[label] = f"failed its smoke test: {exc}"
             backend.close()
             continue
         rates[label] = round(rate, 2)
@@ -117,6 +177,16 @@ def _fastest(artifact: Artifact, candidates: dict[str, Factory]) -> Backend:
             backend.close()
     if best is None:
         raise BackendUnavailable(f"no backend could run {artifact.card.ref} on this machine")
-    best.selection = rates
-    log.info("auto backend: picked %s/%s from %s inputs/s", best.name, best.precision, rates)
-    return best
+    choice = EngineChoice(f"{best.name}/{best.precision}", rates, refused, evaluations)
+    log.info("auto backend: measured %s inputs/s, picked %s", rates, choice.pick)
+    return best, choice
+
+
+def _fp32_reference(artifact: Artifact) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation tiles and ONNX Runtime's fp32 probabilities for them."""
+    tiles = card_tiles(artifact, EVALUATION_TILES, EVALUATION_SEED)
+    fp32 = OnnxRuntimeBackend(artifact, "fp32", use_gpu=False)
+    try:
+        return tiles, fp32.infer(tiles)
+    finally:
+        fp32.close()

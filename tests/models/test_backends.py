@@ -22,11 +22,30 @@ def batch(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 32, 32), dtype=np.float32)
 
 
-def test_torch_fp32_and_onnxruntime_agree(tiny_artifact: Artifact) -> None:
+def _openvino_skip_reason() -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install '.[openvino]')"
+    return None
+
+
+FP32_ENGINES = [
+    "torch",
+    pytest.param(
+        "openvino",
+        marks=pytest.mark.skipif(
+            _openvino_skip_reason() is not None, reason=str(_openvino_skip_reason())
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("name", FP32_ENGINES)
+def test_fp32_engines_agree_with_onnxruntime(tiny_artifact: Artifact, name: str) -> None:
     x = batch(7)
-    t = TorchBackend(tiny_artifact, "fp32", device="cpu").infer(x)
-    o = OnnxRuntimeBackend(tiny_artifact, use_gpu=False).infer(x)
-    np.testing.assert_allclose(t, o, atol=PARITY_ATOL)
+    reference = OnnxRuntimeBackend(tiny_artifact, use_gpu=False).infer(x)
+    engine = create_backend(tiny_artifact, name, "fp32")
+    assert engine.device == "cpu"
+    np.testing.assert_allclose(engine.infer(x), reference, atol=PARITY_ATOL)
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 instructions")
@@ -71,13 +90,23 @@ def test_library_errors_are_wrapped(tiny_artifact: Artifact) -> None:
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
-def test_auto_picks_a_measured_backend_and_says_which(tiny_artifact: Artifact) -> None:
-    backend = create_backend(tiny_artifact, "auto")
+def test_auto_picks_a_measured_backend_and_says_which(
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
+    backend = create_backend(tiny_artifact, "auto", cache_dir=tmp_path)
     info = backend.describe()
-    assert f"{info['backend']}/{info['precision']}" in info["auto_selection"]
-    assert info["auto_selection"][f"{info['backend']}/{info['precision']}"] == max(
-        info["auto_selection"].values()
-    )
+    rates = info["auto"]["rates"]
+    assert rates[f"{info['backend']}/{info['precision']}"] == max(rates.values())
+    assert info["auto"]["source"] == "measured"
+
+
+@pytest.mark.skipif(_openvino_skip_reason() is not None, reason=str(_openvino_skip_reason()))
+def test_auto_includes_openvino_where_installed(tiny_artifact: Artifact, tmp_path: Path) -> None:
+    backend = create_backend(tiny_artifact, "auto", cache_dir=tmp_path)
+    assert backend.choice is not None
+    tried = set(backend.choice.rates) | set(backend.choice.refused)
+    assert "openvino/fp32" in tried
+    assert "openvino" in available_backends()
 
 
 def test_torch_auto_precision_resolves_to_a_concrete_one(tiny_artifact: Artifact) -> None:
@@ -85,8 +114,8 @@ def test_torch_auto_precision_resolves_to_a_concrete_one(tiny_artifact: Artifact
 
 
 def test_unknown_backend_is_refused(tiny_artifact: Artifact) -> None:
-    with pytest.raises(BackendUnavailable, match="unknown backend 'openvino'"):
-        create_backend(tiny_artifact, "openvino")
+    with pytest.raises(BackendUnavailable, match="unknown backend 'tflite'; choose one of auto"):
+        create_backend(tiny_artifact, "tflite")
 
 
 def test_onnxruntime_refuses_a_precision_it_does_not_offer(tiny_artifact: Artifact) -> None:
@@ -146,13 +175,30 @@ def test_tensorrt_matches_onnxruntime_and_caches_its_engine(
     )
 
 
-def test_onnxruntime_int8_passes_the_golden_smoke_test_and_is_cached(
-    tiny_artifact: Artifact, tmp_path: Path
+@pytest.mark.skipif(_openvino_skip_reason() is not None, reason=str(_openvino_skip_reason()))
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_openvino_reduced_precisions_pass_the_golden_smoke_test(
+    tiny_artifact: Artifact, tmp_path: Path, precision: str
 ) -> None:
-    backend = OnnxRuntimeBackend(tiny_artifact, "int8", cache_dir=tmp_path)
+    from models.backends.openvino_backend import OpenVINOBackend
+
+    try:
+        backend = OpenVINOBackend(tiny_artifact, precision, cache_dir=tmp_path)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    assert backend.precision == precision
     assert backend.smoke_test() <= tiny_artifact.card.golden.atol
-    cached = list(tmp_path.glob("*.int8.onnx"))
-    assert len(cached) == 1
-    mtime = cached[0].stat().st_mtime_ns
-    OnnxRuntimeBackend(tiny_artifact, "int8", cache_dir=tmp_path)
-    assert cached[0].stat().st_mtime_ns == mtime
+
+
+@pytest.mark.skipif(_openvino_skip_reason() is not None, reason=str(_openvino_skip_reason()))
+def test_openvino_caches_compiled_blobs(tiny_artifact: Artifact, tmp_path: Path) -> None:
+    from models.backends.openvino_backend import OpenVINOBackend
+
+    OpenVINOBackend(tiny_artifact, "fp32", cache_dir=tmp_path).close()
+    blobs = list((tmp_path / "openvino" / "fp32").glob("*.blob"))
+    assert blobs
+
+
+def test_openvino_refuses_a_precision_it_does_not_offer(tiny_artifact: Artifact) -> None:
+    with pytest.raises(BackendUnavailable, match="openvino"):
+        create_backend(tiny_artifact, "openvino", "fp16")

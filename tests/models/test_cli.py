@@ -114,11 +114,25 @@ def test_infer_exit_code_is_zero_when_every_file_worked(
     assert "onnxruntime/fp32" in out.err
 
 
-def test_infer_auto_says_which_backend_it_picked(
-    tiny_artifact: Artifact, images: list[Path], capsys: pytest.CaptureFixture[str]
+def test_infer_auto_measures_once_then_reuses_the_pick(
+    tiny_artifact: Artifact,
+    images: list[Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    assert main(["infer", str(images[2]), "--model", str(tiny_artifact.root)]) == 0
-    assert "auto picked the fastest of: torch/fp32 " in capsys.readouterr().err
+    monkeypatch.setenv("SPOKE_ENGINE_CACHE", str(tmp_path / "engines"))
+    args = ["infer", str(images[2]), "--model", str(tiny_artifact.root)]
+    assert main(args) == 0
+    first = capsys.readouterr().err
+    assert "; auto measured torch/fp32 " in first
+    assert "and stored the pick" in first
+    assert main(args) == 0
+    second = capsys.readouterr().err
+    assert "auto: the stored pick from the engine cache (--remeasure to measure again)" in second
+    assert first.split(";")[0] == second.split(";")[0]
+    assert main([*args, "--remeasure"]) == 0
+    assert "; auto measured torch/fp32 " in capsys.readouterr().err
 
 
 def test_infer_writes_one_overlay_per_image(

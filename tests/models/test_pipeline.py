@@ -1,6 +1,7 @@
 """The pipeline end to end on the tiny artifact: per-tile boxes, per-image labels, overlay."""
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -101,3 +102,55 @@ def test_run_in_chunks_matches_one_big_batch(tiny_artifact: Artifact) -> None:
         image, tiled, backend.infer(pipe.card.preprocessing.normalize(tiled.tiles))
     )
     assert pipe.run(data).to_dict()["tiles"] == whole.to_dict()["tiles"]
+
+
+def test_run_many_matches_run_in_order_and_reports_bad_images(pipeline: Pipeline) -> None:
+    images = {
+        "a": encode(noise_image(70, 100, seed=1), "JPEG"),
+        "bad": encode(noise_image(40, 40), "JPEG")[:200],
+        "b": encode(noise_image(40, 50, seed=2), "PNG"),
+    }
+
+    def read(name: str) -> bytes:
+        if name not in images:
+            raise FileNotFoundError(name)
+        return images[name]
+
+    outcomes = list(pipeline.run_many(["a", "bad", "missing", "b"], read))
+    assert [item for item, _, _ in outcomes] == ["a", "bad", "missing", "b"]
+    for name in ("a", "b"):
+        _, prepared, result = next(o for o in outcomes if o[0] == name)
+        assert prepared is not None and not isinstance(result, Exception)
+        expected = pipeline.run(images[name])
+        assert result.probs == expected.probs
+        assert [t.box for t in result.tiles] == [t.box for t in expected.tiles]
+    assert isinstance(outcomes[1][2], TruncatedImage) and outcomes[1][1] is None
+    assert isinstance(outcomes[2][2], FileNotFoundError)
+
+
+def test_run_many_reads_the_next_image_while_the_current_one_infers(
+    tiny_artifact: Artifact,
+) -> None:
+    """Each inference waits (bounded) for the next image's read to begin: it can only begin
+    meanwhile if preparing overlaps inference."""
+    names = ["one", "two", "three"]
+    started = {name: threading.Event() for name in names}
+    overlapped: list[bool] = []
+    backend = create_backend(tiny_artifact, "onnxruntime")
+    original = backend.infer
+
+    def watching_infer(batch: np.ndarray) -> np.ndarray:
+        following = names[len(overlapped) + 1 :]
+        overlapped.append(started[following[0]].wait(60) if following else True)
+        return original(batch)
+
+    backend.infer = watching_infer  # type: ignore[method-assign]
+    pipeline = Pipeline(tiny_artifact, backend, TileOptions(overlap=8))
+
+    def read(name: str) -> bytes:
+        started[name].set()
+        return encode(noise_image(40, 50, seed=len(name)), "PNG")
+
+    results = list(pipeline.run_many(names, read))
+    assert overlapped == [True, True, True]
+    assert all(not isinstance(result, Exception) for _, _, result in results)

@@ -66,9 +66,9 @@ def render_acl(registry: Registry) -> str:
         f"topic readwrite {root}/#",
         "",
     ]
+    # A revoked claim keeps its line, so its holder still hears why (claim-revoked).
     for claim in registry.claims():
-        if claim.revoked_at is None:
-            lines += [f"user claim-{claim.id}", f"topic write {topics.ENROLL_REQUEST}", ""]
+        lines += [f"user claim-{claim.id}", f"topic write {topics.ENROLL_REQUEST}", ""]
     return "\n".join(lines)
 
 

@@ -34,13 +34,3 @@ def test_device_rules_are_patterns_on_the_certificate_name(tmp_path: Path) -> No
     assert "pattern read spoke/v1/%u/desired" in acl
     assert "pattern read spoke/v1/%u/cmd/+" in acl
     assert "pattern write spoke/v1/%u/cmd/+/result" in acl
-
-
-def test_a_revoked_claim_loses_its_enrollment_rule(tmp_path: Path) -> None:
-    registry = fleet_of(tmp_path, 1)
-    try:
-        assert "user claim-site-a" in render_acl(registry)
-        registry.revoke_claim("site-a")
-        assert "user claim-site-a" not in render_acl(registry)
-    finally:
-        registry.close()

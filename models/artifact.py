@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -270,11 +270,19 @@ def load_artifact(path: Path) -> Artifact:
     return _load_dir(path)
 
 
-def pack_artifact(src_dir: Path, tar_path: Path) -> None:
-    """A gzip tar of an artifact directory, its three files at the top level."""
-    with tarfile.open(tar_path, "w:gz") as tar:
-        for f in (CARD_FILE, ONNX_FILE, WEIGHTS_FILE):
-            tar.add(Path(src_dir) / f, arcname=f)
+def pack_artifact(src_dir: Path, out: BinaryIO) -> None:
+    """The artifact's three files at the top level of an uncompressed tar: deterministic
+    (same files, same bytes, so a signed target's hash is reproducible), and its length
+    bounds what extracting it writes. Delivery and promotion both ship artifacts this way."""
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in (CARD_FILE, ONNX_FILE, WEIGHTS_FILE):
+            path = Path(src_dir) / name
+            info = tarfile.TarInfo(name)
+            info.size = path.stat().st_size
+            info.mode = 0o644
+            info.mtime = 0
+            with path.open("rb") as f:
+                tar.addfile(info, f)
 
 
 def _extract(tar_path: Path, dest: Path) -> None:

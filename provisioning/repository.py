@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import re
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,17 +451,11 @@ def ensure_repository(root: Path, offline_dir: Path, config: RepositorySection) 
 
 
 def pack_tar(artifact_dir: Path) -> bytes:
-    """A deterministic uncompressed tar of the artifact's three files (same bytes, same hash)."""
+    """The artifact as a target: a deterministic tar (same files, same bytes, same hash)."""
+    from models.artifact import pack_artifact
+
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in ARTIFACT_FILES:
-            path = artifact_dir / name
-            info = tarfile.TarInfo(name)
-            info.size = path.stat().st_size
-            info.mode = 0o644
-            info.mtime = 0
-            with path.open("rb") as f:
-                tar.addfile(info, f)
+    pack_artifact(artifact_dir, out)
     return out.getvalue()
 
 

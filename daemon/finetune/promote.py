@@ -21,7 +21,6 @@ import base64
 import hashlib
 import json
 import re
-import tarfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -104,7 +103,7 @@ def sha256_of(path: Path) -> str:
 def build_entry(candidate: Path, work: Path, key_path: Path, job_id: str,
                 parent: str) -> tuple[Path, dict[str, Any]]:
     """Pack and sign the candidate: (tar path, the store entry's ``target.json``)."""
-    from models.artifact import read_card
+    from models.artifact import pack_artifact, read_card
 
     try:
         key_pem = key_path.read_bytes()
@@ -115,9 +114,8 @@ def build_entry(candidate: Path, work: Path, key_path: Path, job_id: str,
         ) from exc
     card = read_card(candidate)
     tar = work / "candidate.tar"
-    with tarfile.open(tar, "w") as out:  # uncompressed: its length bounds the extraction
-        for name in ("card.json", "model.onnx", "weights.safetensors"):
-            out.add(candidate / name, arcname=name)
+    with tar.open("wb") as f:
+        pack_artifact(candidate, f)
     sha = sha256_of(tar)
     statement = {
         "name": card.name, "version": card.version, "parent": parent, "sha256": sha,

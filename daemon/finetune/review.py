@@ -8,10 +8,7 @@ which files it under the device id its certificate names.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +34,8 @@ def review_files(job_dir: Path, result: dict[str, Any]) -> dict[str, bytes]:
     return files
 
 
-def tarball(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 async def review_upload(ident: Any, job_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
-    from daemon.remote import tls_for
+    from daemon.remote import tarball, tls_for
 
     files = review_files(job_dir, result)
     url = (f"https://{ident.hub_host}:{ident.http_port}/v1/devices/{ident.device_id}"

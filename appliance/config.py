@@ -30,6 +30,10 @@ class HubLinkSection(Section):
     backoff_cap_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     enroll_timeout_s: float = Field(30.0, gt=0)
+    # Renew once this share of the certificate's lifetime has passed; a new key unless false.
+    renew_at_share: float = Field(2 / 3, gt=0, lt=1)
+    renew_new_key: bool = True
+    renew_retry_s: float = Field(300.0, gt=0)
 
 
 class HealthSection(Section):
@@ -182,7 +186,8 @@ class BrokerSection(Section):
 
 class EnrollmentSection(Section):
     max_request_bytes: int = Field(64 * 1024, gt=0)
-    device_cert_days: int = Field(825, gt=0)
+    # Fractions allowed: tests use lifetimes of a minute to watch renewals happen for real.
+    device_cert_days: float = Field(825, gt=0)
 
 
 class RepositorySection(Section):

@@ -57,9 +57,18 @@ def device_id_for(key: ec.EllipticCurvePublicKey) -> str:
     return "dev-" + hashlib.sha256(public_key_der(key)).hexdigest()[:20]
 
 
-def build_csr(key: PrivateKey, facts: dict[str, Any]) -> bytes:
-    """A CSR for the device id its key deserves, carrying the hardware facts as an extension."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id_for(key.public_key()))])
+def public_key_sha256(key: ec.EllipticCurvePublicKey) -> str:
+    return hashlib.sha256(public_key_der(key)).hexdigest()
+
+
+def build_csr(key: PrivateKey, facts: dict[str, Any], common_name: str | None = None) -> bytes:
+    """A CSR carrying the hardware facts as an extension.
+
+    Enrollment asks for the id the key deserves; a renewal passes the id the device already has
+    (after a renewal with a new key, the id no longer derives from the key).
+    """
+    cn = common_name or device_id_for(key.public_key())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     facts_der = json.dumps(facts, sort_keys=True).encode()
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -111,6 +120,16 @@ def load_cert(pem: bytes) -> x509.Certificate:
 def cert_common_name(cert: x509.Certificate) -> str:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
+
+
+def cert_not_after(cert: x509.Certificate) -> float:
+    return cert.not_valid_after_utc.timestamp()
+
+
+def renewal_due_at(cert: x509.Certificate, share: float) -> float:
+    """When ``share`` of the certificate's lifetime has passed (epoch seconds)."""
+    start = cert.not_valid_before_utc.timestamp()
+    return start + share * (cert_not_after(cert) - start)
 
 
 def cert_matches_key(cert: x509.Certificate, key: PrivateKey) -> bool:

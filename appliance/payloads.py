@@ -35,6 +35,26 @@ class EnrollRefused(Payload):
     reason: str
 
 
+class RenewRequest(Payload):
+    """Sent by an enrolled device on its own renew topic, with the certificate it holds now.
+
+    The broker has already checked that certificate (chain, expiry, CRL) and bound the topic
+    to its common name; the hub checks it again against its registry before signing the CSR.
+    """
+
+    protocol: Literal[1] = PROTOCOL
+    certificate: str = Field(min_length=1, max_length=16384)
+    csr: str = Field(min_length=1, max_length=16384)
+    software_version: str = Field(max_length=64)
+
+
+class RenewAccepted(Payload):
+    status: Literal["accepted"] = "accepted"
+    device_id: str
+    certificate: str
+    ca_certificate: str
+
+
 class ReportedState(Payload):
     """Retained on ``spoke/v1/{device}/state``: what the device is and runs."""
 

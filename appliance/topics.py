@@ -49,6 +49,15 @@ def desired(device: str) -> str:
     return f"{ROOT}/{_checked(device)}/desired"
 
 
+def renew_request(device: str) -> str:
+    """A device asks for a new certificate here, over its current mTLS session."""
+    return f"{ROOT}/{_checked(device)}/renew/request"
+
+
+def renew_response(device: str) -> str:
+    return f"{ROOT}/{_checked(device)}/renew/response"
+
+
 def command(device: str, name: str) -> str:
     return f"{ROOT}/{_checked(device)}/cmd/{_checked(name)}"
 
@@ -63,6 +72,7 @@ ALL_STATE = f"{ROOT}/+/state"
 ALL_HEALTH = f"{ROOT}/+/health"
 ALL_EVENTS = f"{ROOT}/+/events"
 ALL_COMMAND_RESULTS = f"{ROOT}/+/cmd/+/result"
+ALL_RENEW_REQUESTS = f"{ROOT}/+/renew/request"
 
 
 def device_of(topic: str) -> str | None:

@@ -176,8 +176,21 @@ class Daemon:
         return commands
 
     async def _on_enrolled(self, ident: Identity) -> None:
-        link = HubLink(ident, self.config.hub, self.status, self.state_fields)
+        link = HubLink(
+            ident, self.config.hub, self.status, self.state_fields, self.options.state
+        )
         link.on_failure = self.supervisor.report_failure
+        # Renewals reach the hub as events; an expired certificate sends the daemon back
+        # through provisioning (a restart), which re-enrolls only with a valid bundle.
+        link.on_renewed.append(
+            lambda r: self.outbox.put(
+                "certificate_renewed",
+                {"serial": r.serial, "previous_serial": r.previous_serial,
+                 "not_after": r.not_after},
+                event_id=f"renewed-{r.serial}",
+            )
+        )
+        link.on_expired = self.restart_requested.set
         link.handlers[f"{topics.ROOT}/{ident.device_id}/cmd/+"] = self._commands(link).on_message
         self.hublink = link
         self.outbox.attach(self._publish_event)

@@ -63,14 +63,23 @@ async def enroll(
     facts: dict[str, Any],
     software_version: str,
     timeout: float,
+    expired: Identity | None = None,
 ) -> Identity:
-    """Enroll once. LinkError: try again later. EnrollmentRefused: the hub said no."""
-    key = pending_key(state)
-    device_id = identity.device_id_for(key.public_key())
+    """Enroll once. LinkError: try again later. EnrollmentRefused: the hub said no.
+
+    ``expired``: an identity whose certificate ran out while the device was offline; it
+    re-enrolls under the same id with the same key (the hub knows that key for that id).
+    """
+    if expired is not None:
+        key = identity.load_private_key(expired.key.read_bytes())
+        device_id = expired.device_id
+    else:
+        key = pending_key(state)
+        device_id = identity.device_id_for(key.public_key())
     request = EnrollRequest(
         claim_id=bundle.claim.id,
         claim_token=bundle.claim.token,
-        csr=identity.build_csr(key, facts).decode(),
+        csr=identity.build_csr(key, facts, common_name=device_id).decode(),
         software_version=software_version,
     )
     response_topic = topics.enroll_response(device_id)

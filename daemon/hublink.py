@@ -1,8 +1,10 @@
-"""The device's MQTT session with the hub: presence, reported state, reconnects.
+"""The device's MQTT session with the hub: presence, reported state, reconnects, renewal.
 
 It connects with the device certificate, sets a retained last will ``offline``, then publishes
 ``online`` and its state (both retained). When the broker or hub goes away it reconnects with
-exponential backoff and full jitter, capped by config.
+exponential backoff and full jitter, capped by config. It renews its certificate over the
+session (daemon/renewal.py) and reconnects with the new one; a certificate that expired
+anyway hands the device back to provisioning (``on_expired``).
 """
 
 import asyncio
@@ -15,12 +17,13 @@ from typing import Any
 
 import aiomqtt
 
-from appliance import __version__, mqtt, topics
+from appliance import __version__, identity, mqtt, topics
 from appliance.config import HubLinkSection
-from appliance.errors import LinkError
+from appliance.errors import EnrollmentRefused, IdentityError, LinkError
 from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED
 from appliance.service import TaskGroupService
-from daemon.state import Identity, StatusFile
+from daemon import renewal
+from daemon.state import Identity, StateDir, StatusFile
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +39,31 @@ class HubLink(TaskGroupService):
         config: HubLinkSection,
         status: StatusFile,
         state_fields: Callable[[], dict[str, Any]],
+        state: StateDir,
     ) -> None:
         super().__init__()
         self.ident = ident
         self.config = config
         self.status = status
         self.state_fields = state_fields
+        self.state = state
         self.started = time.time()
         self.connected = asyncio.Event()
         self.handlers: dict[str, MessageHandler] = {}
         self.on_connect: list[Callable[[], None]] = []
+        #: Called with each proven renewal, after the swap and before the reconnect.
+        self.on_renewed: list[Callable[[renewal.Renewed], object]] = []
+        #: Called once if the certificate has expired: only re-enrollment can help now.
+        self.on_expired: Callable[[], None] | None = None
         self._client: aiomqtt.Client | None = None
+        self._reconnect = asyncio.Event()
+        self._exchange = renewal.Exchange()
+        self.handlers[topics.renew_response(ident.device_id)] = self._exchange.on_message
 
     async def start(self) -> None:
+        self.status.set("certificate", self.ident.cert_summary())
         self.spawn(self._run(), "session")
+        self.spawn(self._renew_when_due(), "renewal")
 
     async def stop(self) -> None:
         """Say ``stopped`` (so the hub knows this was on purpose), then disconnect."""
@@ -65,6 +79,7 @@ class HubLink(TaskGroupService):
             "provisioning": "enrolled",
             "labels": self.ident.labels,
             "started_at": self.started,
+            "certificate": self.ident.cert_summary(),
         } | self.state_fields()
 
     async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
@@ -88,12 +103,16 @@ class HubLink(TaskGroupService):
     async def _run(self) -> None:
         ident = self.ident
         address = f"{ident.hub_host}:{ident.mqtt_port}"
-        tls = mqtt.tls_context(ident.ca, ident.cert, ident.key)
         will = aiomqtt.Will(
             topics.available(ident.device_id), AVAILABLE_OFFLINE, qos=1, retain=True
         )
         backoff = mqtt.Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
         while True:
+            if ident.expired():
+                self._expired()
+                return
+            # Built each time: a renewal swaps the files underneath between two sessions.
+            tls = mqtt.tls_context(ident.ca, ident.cert, ident.key)
             try:
                 async with mqtt.client(
                     ident.hub_host,
@@ -127,8 +146,64 @@ class HubLink(TaskGroupService):
         log.info("hub link up", extra={"hub": address, "device": device})
         for callback in self.on_connect:
             callback()
+        self._reconnect.clear()
+        reader = asyncio.create_task(self._read(client))
+        renewed = asyncio.create_task(self._reconnect.wait())
+        try:
+            await asyncio.wait({reader, renewed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, renewed):
+                task.cancel()
+        if reader.done() and not reader.cancelled():
+            reader.result()  # the session's error, if it ended with one
+        if self._reconnect.is_set():
+            self.connected.clear()
+            log.info("reconnecting with the renewed certificate", extra={"device": device})
+
+    async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             await self._dispatch(message)
+
+    def _expired(self) -> None:
+        self.connected.clear()
+        summary = self.ident.cert_summary()
+        self.status.set("certificate", summary)
+        self.status.hub(False, error="the device certificate has expired")
+        log.error("device certificate expired", extra={"not_after": summary["not_after"]})
+        if self.on_expired is not None:
+            self.on_expired()
+
+    async def _renew_when_due(self) -> None:
+        """Sleep until the renewal point, renew over the live session, then reconnect."""
+        while True:
+            due = identity.renewal_due_at(self.ident.certificate(), self.config.renew_at_share)
+            await asyncio.sleep(max(0.0, due - time.time()))
+            await self.connected.wait()
+            client = self._client
+            if client is None:
+                continue
+            try:
+                renewed = await renewal.renew(
+                    client,
+                    self._exchange,
+                    self.state,
+                    self.ident,
+                    self.config.renew_new_key,
+                    self.config.enroll_timeout_s,
+                )
+            except (LinkError, EnrollmentRefused, IdentityError) as exc:
+                self.status.set("renewal", {"error": str(exc), "at": time.time()})
+                log.warning(
+                    "certificate renewal failed; will retry",
+                    extra={"error": str(exc), "retry_s": self.config.renew_retry_s},
+                )
+                await asyncio.sleep(self.config.renew_retry_s)
+                continue
+            self.status.set("certificate", self.ident.cert_summary())
+            self.status.set("renewal", {"error": None, "at": time.time()})
+            for callback in self.on_renewed:
+                callback(renewed)
+            self._reconnect.set()
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         for pattern, handler in self.handlers.items():

@@ -8,6 +8,7 @@ status file the whole time.
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -67,11 +68,21 @@ class Provisioner(TaskGroupService):
     async def stop(self) -> None:
         await self.cancel_tasks()
 
-    def _find_bundle(self) -> BundlePayload | None:
+    def _stuck(self, state: str, reason: str, expired: Identity | None) -> None:
+        """Say why provisioning cannot go on; an expired certificate is said first."""
+        if expired is not None:
+            when = time.strftime(
+                "%Y-%m-%d %H:%M UTC", time.gmtime(expired.cert_summary()["not_after"])
+            )
+            reason = f"certificate expired at {when}; re-enrolling needs a valid bundle: {reason}"
+            state = "certificate-expired"
+        self.status.provisioning(state, reason)
+
+    def _find_bundle(self, expired: Identity | None) -> BundlePayload | None:
         places = bundle_finder.candidates(self.explicit_bundle, self.state.bundle, self.boot_dir)
         if not places:
             where = bundle_finder.searched_places(self.state.bundle, self.boot_dir)
-            self.status.provisioning("waiting-for-bundle", f"no bundle found in {where}")
+            self._stuck("waiting-for-bundle", f"no bundle found in {where}", expired)
             return None
         errors = []
         for path in places:
@@ -83,7 +94,7 @@ class Provisioner(TaskGroupService):
             if path != self.state.bundle:
                 atomic_write(self.state.bundle, path.read_bytes(), mode=0o600)
             return bundle
-        self.status.provisioning("bundle-refused", "; ".join(errors))
+        self._stuck("bundle-refused", "; ".join(errors), expired)
         log.error("bundle refused", extra={"reason": "; ".join(errors)})
         return None
 
@@ -91,13 +102,18 @@ class Provisioner(TaskGroupService):
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
         while True:
             ident = load_identity(self.state)
-            if ident is not None:
+            if ident is not None and not ident.expired():
                 shutil.rmtree(self.state.pending, ignore_errors=True)
                 self.status.set("device_id", ident.device_id)
+                self.status.set("certificate", ident.cert_summary())
                 self.status.provisioning("enrolled")
                 await self.on_enrolled(ident)
                 return
-            bundle = self._find_bundle()
+            expired = ident
+            if expired is not None:
+                self.status.set("device_id", expired.device_id)
+                self.status.set("certificate", expired.cert_summary())
+            bundle = self._find_bundle(expired)
             if bundle is None:
                 await asyncio.sleep(BUNDLE_POLL_S)
                 continue
@@ -106,16 +122,23 @@ class Provisioner(TaskGroupService):
             )
             try:
                 facts = await asyncio.to_thread(hardware.facts)
-                await enroll(self.state, bundle, facts, __version__, self.config.enroll_timeout_s)
+                await enroll(
+                    self.state,
+                    bundle,
+                    facts,
+                    __version__,
+                    self.config.enroll_timeout_s,
+                    expired=expired,
+                )
             except LinkError as exc:
                 delay = backoff.next_delay()
-                self.status.provisioning("hub-unreachable", str(exc))
+                self._stuck("hub-unreachable", str(exc), expired)
                 log.warning(
                     "enrollment failed; will retry",
                     extra={"error": str(exc), "retry_s": round(delay, 2)},
                 )
                 await asyncio.sleep(delay)
             except (EnrollmentRefused, IdentityError) as exc:
-                self.status.provisioning("enrollment-refused", str(exc))
+                self._stuck("enrollment-refused", str(exc), expired)
                 log.error("enrollment refused", extra={"reason": str(exc)})
                 await asyncio.sleep(self.config.backoff_cap_s)

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from appliance.fsutil import atomic_write, fsync_dir, write_secret
+from appliance.identity import cert_not_after, load_cert
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,16 @@ class StateDir:
     @property
     def identity(self) -> Path:
         return self.root / "identity"
+
+    @property
+    def previous_identity(self) -> Path:
+        """The identity a renewal replaced, kept until the next one (and restored after a crash)."""
+        return self.root / "identity.previous"
+
+    @property
+    def renewing(self) -> Path:
+        """Renewal in progress: the new key lives here until its certificate is proven."""
+        return self.root / "renew"
 
     @property
     def pending(self) -> Path:
@@ -48,6 +61,25 @@ class Identity:
     cert: Path
     ca: Path
 
+    def certificate(self) -> x509.Certificate:
+        return load_cert(self.cert.read_bytes())
+
+    def expired(self, now: float | None = None) -> bool:
+        return (now or time.time()) >= cert_not_after(self.certificate())
+
+    def cert_summary(self) -> dict[str, Any]:
+        """What status and reported state say about the certificate and its key."""
+        cert = self.certificate()
+        return {
+            "serial": str(cert.serial_number),
+            "not_after": cert_not_after(cert),
+            "expired": self.expired(),
+            "key": KEY_KIND_FILE,
+        }
+
+
+# The private key is a 0600 PEM file (no TPM-held keys yet).
+KEY_KIND_FILE = "file"
 
 IDENTITY_FILES = ("device.key", "device.crt", "ca.crt", "identity.json")
 
@@ -55,7 +87,7 @@ IDENTITY_FILES = ("device.key", "device.crt", "ca.crt", "identity.json")
 def load_identity(state: StateDir) -> Identity | None:
     """The enrolled identity, or None. A directory missing any file is not an identity."""
     d = state.identity
-    if not all((d / name).exists() for name in IDENTITY_FILES):
+    if not _complete(d):
         return None
     meta = json.loads((d / "identity.json").read_text())
     return Identity(
@@ -70,13 +102,19 @@ def load_identity(state: StateDir) -> Identity | None:
     )
 
 
+def _complete(d: Path) -> bool:
+    return all((d / name).exists() for name in IDENTITY_FILES)
+
+
 def save_identity(
     state: StateDir, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, meta: dict[str, Any]
 ) -> None:
-    """Write every file into a fresh directory, then rename it into place in one step.
+    """Write every file into a fresh directory, then rename it into place.
 
     A power loss leaves either no identity (enrollment starts over with the pending key) or a
-    complete one; a leftover temp directory is removed on the next start.
+    complete one; a leftover temp directory is removed on the next start. An identity being
+    replaced (renewal, re-enrollment) moves to ``identity.previous`` first; if the power goes
+    between the two renames, ``clean_leftovers`` puts it back.
     """
     tmp = state.root / f".identity.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -85,6 +123,10 @@ def save_identity(
     atomic_write(tmp / "device.crt", cert_pem)
     atomic_write(tmp / "ca.crt", ca_pem)
     atomic_write(tmp / "identity.json", json.dumps(meta, indent=2))
+    fsync_dir(tmp)
+    if state.identity.exists():
+        shutil.rmtree(state.previous_identity, ignore_errors=True)
+        os.rename(state.identity, state.previous_identity)
     os.rename(tmp, state.identity)
     fsync_dir(state.root)
 
@@ -92,6 +134,9 @@ def save_identity(
 def clean_leftovers(state: StateDir) -> None:
     for leftover in state.root.glob(".identity.*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
+    if not state.identity.exists() and _complete(state.previous_identity):
+        os.rename(state.previous_identity, state.identity)
+        fsync_dir(state.root)
 
 
 class StatusFile:

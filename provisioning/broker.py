@@ -42,6 +42,8 @@ def device_rules() -> list[str]:
         ("write", topics.health(_SLOT)),
         ("write", topics.events(_SLOT)),
         ("write", topics.command_result(_SLOT, _ANY)),
+        ("write", topics.renew_request(_SLOT)),
+        ("read", topics.renew_response(_SLOT)),
         ("read", topics.desired(_SLOT)),
         ("read", topics.command(_SLOT, _ANY)),
     ]

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from appliance import identity
 from appliance.errors import IdentityError
-from appliance.payloads import EnrollRequest
-from provisioning.registry import Claim, Device, token_hash
+from appliance.payloads import EnrollRequest, RenewRequest
+from provisioning.registry import Claim, Device, DeviceCert, token_hash
 
 
 class Refusal(Exception):
@@ -58,10 +58,10 @@ def check_claim(request: EnrollRequest, claim: Claim | None, now: float) -> Clai
     return claim
 
 
-def check_csr(request: EnrollRequest) -> tuple[str, x509.CertificateSigningRequest, dict[str, Any]]:
-    """Return (device id, CSR, hardware facts) for a CSR whose key deserves that id."""
+def read_csr(pem: str) -> tuple[str, x509.CertificateSigningRequest, dict[str, Any]]:
+    """Return (common name, CSR, hardware facts) of a CSR signed by its own key (EC P-256)."""
     try:
-        csr = identity.load_csr(request.csr.encode())
+        csr = identity.load_csr(pem.encode())
         valid = csr.is_signature_valid
         name = identity.csr_common_name(csr)
         facts = identity.csr_facts(csr)
@@ -70,14 +70,34 @@ def check_csr(request: EnrollRequest) -> tuple[str, x509.CertificateSigningReque
         raise Refusal("bad-csr", f"the CSR cannot be read: {exc}") from exc
     if not valid:
         raise Refusal("csr-key-mismatch", "the CSR's signature does not match its public key")
-    if not isinstance(key, ec.EllipticCurvePublicKey):
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise Refusal("bad-csr", "the CSR's key must be an EC P-256 key")
+    return name, csr, facts
+
+
+def csr_key_sha256(csr: x509.CertificateSigningRequest) -> str:
+    key = csr.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # read_csr checked it
+    return identity.public_key_sha256(key)
+
+
+def check_csr(
+    request: EnrollRequest, known_key: str | None = None
+) -> tuple[str, x509.CertificateSigningRequest, dict[str, Any]]:
+    """Return (device id, CSR, hardware facts) for a CSR whose key deserves that id.
+
+    A key deserves the id derived from it, or the id whose current certificate holds that key
+    (``known_key``, the SHA-256 of that key): a device renewed with a new key keeps its id.
+    """
+    name, csr, facts = read_csr(request.csr)
+    key = csr.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
     expected = identity.device_id_for(key)
-    if name != expected:
+    if name != expected and known_key != identity.public_key_sha256(key):
         raise Refusal(
             "name-mismatch", f"the CSR asks for the name {name!r}, but its key is {expected!r}"
         )
-    return expected, csr, facts
+    return name, csr, facts
 
 
 def decide(
@@ -85,14 +105,20 @@ def decide(
     claim: Claim | None,
     existing: Device | None,
     now: float,
+    known_key: str | None = None,
 ) -> Grant:
-    """Grant or refuse. A device re-enrolling with the same key keeps its id and uses no slot."""
+    """Grant or refuse. A device re-enrolling with the same key keeps its id and uses no slot.
+
+    ``known_key``: the key SHA-256 of the current certificate of the device the CSR names, so
+    a device whose certificate expired offline re-enrolls under its id with its claim.
+    """
     claim = check_claim(request, claim, now)
-    device_id, csr, facts = check_csr(request)
+    device_id, csr, facts = check_csr(request, known_key)
     if existing is not None:
         if existing.revoked_at is not None:
             raise Refusal("device-revoked", f"device {device_id} has been revoked")
-        if existing.claim_id != claim.id:
+        # Another valid claim may re-enroll a device only with the key the hub last certified.
+        if existing.claim_id != claim.id and known_key != csr_key_sha256(csr):
             raise Refusal("name-mismatch", f"device {device_id} was enrolled by another claim")
         return Grant(device_id, claim, csr, facts, reenrollment=True)
     if claim.uses >= claim.max_uses:
@@ -101,6 +127,61 @@ def decide(
             f"claim {claim.id} has enrolled its maximum of {claim.max_uses} devices",
         )
     return Grant(device_id, claim, csr, facts)
+
+
+@dataclass(frozen=True)
+class RenewalGrant:
+    device_id: str
+    csr: x509.CertificateSigningRequest
+    key_sha256: str
+
+
+def parse_renewal(raw: bytes, max_bytes: int) -> RenewRequest:
+    if len(raw) > max_bytes:
+        raise Refusal("too-large", f"renewal request of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        return RenewRequest.model_validate_json(raw)
+    except (ValidationError, ValueError) as exc:
+        first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise Refusal("malformed", f"renewal request is not valid: {first}") from exc
+
+
+def decide_renewal(
+    topic_device: str,
+    request: RenewRequest,
+    ca_cert: x509.Certificate,
+    device: Device | None,
+    held: DeviceCert | None,
+    now: float,
+) -> RenewalGrant:
+    """Renew only a valid, unrevoked, unexpired certificate of the device the topic names.
+
+    ``topic_device`` comes from the renew topic, which the broker's ACL binds to the
+    connection's certificate common name; ``held`` is the registry's row for the serial of
+    the certificate in the request.
+    """
+    try:
+        cert = identity.load_cert(request.certificate.encode())
+        identity.verify_issued_by(cert, ca_cert)
+    except IdentityError as exc:
+        raise Refusal("bad-certificate", f"the presented certificate is not ours: {exc}") from exc
+    name = identity.cert_common_name(cert)
+    if name != topic_device:
+        raise Refusal("name-mismatch", f"certificate {name!r} cannot renew {topic_device!r}")
+    if device is None:
+        raise Refusal("unknown-device", f"device {topic_device} is not enrolled here")
+    if device.revoked_at is not None:
+        raise Refusal("device-revoked", f"device {topic_device} has been revoked")
+    if held is None or held.device_id != topic_device:
+        raise Refusal("unknown-certificate", "the hub never issued that certificate to it")
+    if held.retired_at is not None:
+        raise Refusal("certificate-retired", "that certificate was already replaced by a renewal")
+    if now >= identity.cert_not_after(cert):
+        raise Refusal("certificate-expired", "the certificate has expired; re-enroll with a bundle")
+    csr_name, csr, _ = read_csr(request.csr)
+    if csr_name != topic_device:
+        raise Refusal("name-mismatch", f"the CSR asks for {csr_name!r}, not {topic_device!r}")
+    return RenewalGrant(topic_device, csr, csr_key_sha256(csr))
 
 
 def refusal_payload(refusal: Refusal) -> bytes:

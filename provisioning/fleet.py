@@ -4,6 +4,7 @@ The CLI table, the dashboard's JSON and the hub's /metrics all read these summar
 three never disagree.
 """
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +47,42 @@ def active_alerts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [a for a in latest.values() if a.get("state") == "raised"]
 
 
+CERT_EXPIRY_WARNING_S = 30 * 86400
+
+
+def certificate_alert(device: Device, now: float) -> dict[str, Any] | None:
+    """The hub's own alert: a certificate ending within 30 days that was not renewed.
+
+    A device renews at two thirds of its lifetime, so one this close to the end has been
+    offline or refused; after the end only re-enrollment with a bundle brings it back.
+    """
+    end = device.cert_not_after
+    if end is None or device.revoked_at is not None or end - now > CERT_EXPIRY_WARNING_S:
+        return None
+    days = (end - now) / 86400
+    return {
+        "alert": "certificate_expiring" if end > now else "certificate_expired",
+        "state": "raised",
+        "subject": device.id,
+        "not_after": end,
+        "message": (
+            f"certificate ends in {days:.1f} days and was not renewed"
+            if end > now
+            else "certificate expired: the device must re-enroll with a bundle"
+        ),
+    }
+
+
 def summarize(
-    device: Device, health: dict[str, Any] | None, alert_events: list[dict[str, Any]]
+    device: Device,
+    health: dict[str, Any] | None,
+    alert_events: list[dict[str, Any]],
+    now: float | None = None,
 ) -> DeviceSummary:
     alerts = active_alerts(alert_events)
+    cert_alert = certificate_alert(device, time.time() if now is None else now)
+    if cert_alert is not None:
+        alerts.append(cert_alert)
     if not health:
         return DeviceSummary(device, alerts=alerts)
     host = health["host"]

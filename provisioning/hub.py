@@ -10,14 +10,21 @@ import uuid
 from typing import Any
 
 import aiomqtt
+from cryptography import x509
 
-from appliance import mqtt, topics
+from appliance import identity, mqtt, topics
 from appliance.config import HubConfig
-from appliance.errors import LinkError
+from appliance.errors import IdentityError, LinkError
 from appliance.health import HealthSnapshot
-from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED, Event
+from appliance.payloads import (
+    AVAILABLE_OFFLINE,
+    AVAILABLE_ONLINE,
+    AVAILABLE_STOPPED,
+    Event,
+    RenewAccepted,
+)
 from appliance.service import TaskGroupService
-from provisioning import ca, enrollment
+from provisioning import broker, ca, enrollment
 from provisioning.home import HubHome
 from provisioning.registry import Registry
 
@@ -104,6 +111,7 @@ class HubService(TaskGroupService):
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for topic in (
             topics.ENROLL_REQUEST,
+            topics.ALL_RENEW_REQUESTS,
             topics.ALL_AVAILABLE,
             topics.ALL_STATE,
             topics.ALL_HEALTH,
@@ -120,6 +128,9 @@ class HubService(TaskGroupService):
                 await self._enroll(client, message, payload)
                 return
             device_id = topics.device_of(topic)
+            if device_id and message.topic.matches(topics.ALL_RENEW_REQUESTS):
+                await self._renew(client, message, device_id, payload)
+                return
             device = self.registry.device(device_id) if device_id else None
             if device is None or device.revoked_at is not None:
                 return
@@ -128,7 +139,9 @@ class HubService(TaskGroupService):
             elif len(payload) > MAX_DEVICE_MESSAGE_BYTES:
                 log.warning("dropped an oversized message", extra={"topic": topic})
             elif message.topic.matches(topics.ALL_STATE) and payload:
-                self.registry.set_state(device.id, json.loads(payload))
+                state = json.loads(payload)
+                self.registry.set_state(device.id, state)
+                self._retire_replaced(device.id, state)
             elif message.topic.matches(topics.ALL_HEALTH):
                 snapshot = HealthSnapshot.model_validate_json(payload)
                 self.registry.add_health(
@@ -140,10 +153,27 @@ class HubService(TaskGroupService):
         except (ValueError, TypeError) as exc:
             log.warning("ignored a malformed message", extra={"topic": topic, "error": str(exc)})
 
-    async def _enroll(self, client: aiomqtt.Client, message: aiomqtt.Message, raw: bytes) -> None:
+    @staticmethod
+    def _response_route(message: aiomqtt.Message) -> tuple[object, object]:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
+        return response_topic, correlation
+
+    async def _answer(
+        self, client: aiomqtt.Client, topic: str, answer: bytes, correlation: object
+    ) -> None:
+        await client.publish(
+            topic,
+            answer,
+            qos=1,
+            properties=mqtt.publish_properties(
+                correlation=correlation if isinstance(correlation, bytes) else None
+            ),
+        )
+
+    async def _enroll(self, client: aiomqtt.Client, message: aiomqtt.Message, raw: bytes) -> None:
+        response_topic, correlation = self._response_route(message)
         if not isinstance(response_topic, str) or not topics.is_enroll_response(response_topic):
             log.warning(
                 "enrollment request without a valid response topic; dropped",
@@ -157,30 +187,39 @@ class HubService(TaskGroupService):
                 "enrollment refused", extra={"code": refusal.code, "reason": refusal.reason}
             )
             answer = enrollment.refusal_payload(refusal)
-        await client.publish(
-            response_topic,
-            answer,
-            qos=1,
-            properties=mqtt.publish_properties(correlation=correlation),
+        await self._answer(client, response_topic, answer, correlation)
+
+    def _issue(
+        self, csr: x509.CertificateSigningRequest, device_id: str
+    ) -> tuple[x509.Certificate, x509.Certificate]:
+        """Sign a device certificate for ``[enrollment] device_cert_days`` (CA's end at most)."""
+        ca_key, ca_cert = self.home.load_ca()
+        not_after = dt.datetime.now(dt.UTC) + dt.timedelta(
+            days=self.config.enrollment.device_cert_days
         )
+        return ca.issue(ca_key, ca_cert, csr, device_id, not_after), ca_cert
 
     def _grant(self, raw: bytes) -> bytes:
         request = enrollment.parse_request(raw, self.config.enrollment.max_request_bytes)
         claim = self.registry.claim(request.claim_id)
         device_id = None
         with contextlib.suppress(enrollment.Refusal):
-            device_id, _, _ = enrollment.check_csr(request)
+            device_id, _, _ = enrollment.read_csr(request.csr)
         existing = self.registry.device(device_id) if device_id else None
-        grant = enrollment.decide(request, claim, existing, time.time())
-        ca_key, ca_cert = self.home.load_ca()
-        not_after = dt.datetime.now(dt.UTC) + dt.timedelta(
-            days=self.config.enrollment.device_cert_days
-        )
-        cert = ca.issue(ca_key, ca_cert, grant.csr, grant.device_id, not_after)
+        held = self.registry.device_cert(existing.cert_serial) if existing else None
+        known_key = held.key_sha256 if held and held.device_id == device_id else None
+        grant = enrollment.decide(request, claim, existing, time.time(), known_key)
+        cert, ca_cert = self._issue(grant.csr, grant.device_id)
         self.registry.add_device(
             grant.device_id, grant.claim.id, grant.claim.labels, grant.facts, cert.serial_number
         )
-        # No broker update: device ACL rules are patterns on the certificate's CN.
+        # No ACL update: device rules are patterns on the certificate's CN.
+        self.registry.add_cert(
+            grant.device_id,
+            cert.serial_number,
+            enrollment.csr_key_sha256(grant.csr),
+            identity.cert_not_after(cert),
+        )
         self.enrollments += 1
         log.info(
             "device enrolled",
@@ -195,3 +234,60 @@ class HubService(TaskGroupService):
                 "labels": grant.claim.labels,
             }
         ).encode()
+
+    async def _renew(
+        self, client: aiomqtt.Client, message: aiomqtt.Message, device_id: str, raw: bytes
+    ) -> None:
+        """Answer a renewal on the device's own response topic, never anywhere else."""
+        response_topic, correlation = self._response_route(message)
+        if response_topic != topics.renew_response(device_id):
+            log.warning(
+                "renewal request without its own response topic; dropped",
+                extra={"device": device_id, "response_topic": response_topic},
+            )
+            return
+        try:
+            answer = self._renewal(device_id, raw)
+        except enrollment.Refusal as refusal:
+            log.warning(
+                "renewal refused",
+                extra={"device": device_id, "code": refusal.code, "reason": refusal.reason},
+            )
+            answer = enrollment.refusal_payload(refusal)
+        await self._answer(client, response_topic, answer, correlation)
+
+    def _renewal(self, device_id: str, raw: bytes) -> bytes:
+        request = enrollment.parse_renewal(raw, self.config.enrollment.max_request_bytes)
+        _, ca_cert = self.home.load_ca()
+        held = None
+        with contextlib.suppress(IdentityError):
+            held = self.registry.device_cert(
+                identity.load_cert(request.certificate.encode()).serial_number
+            )
+        grant = enrollment.decide_renewal(
+            device_id, request, ca_cert, self.registry.device(device_id), held, time.time()
+        )
+        cert, ca_cert = self._issue(grant.csr, grant.device_id)
+        self.registry.add_cert(
+            grant.device_id, cert.serial_number, grant.key_sha256, identity.cert_not_after(cert)
+        )
+        log.info(
+            "device certificate renewed",
+            extra={"device": device_id, "not_after": identity.cert_not_after(cert)},
+        )
+        return RenewAccepted(
+            device_id=device_id,
+            certificate=ca.to_pem(cert).decode(),
+            ca_certificate=ca.to_pem(ca_cert).decode(),
+        ).model_dump_json().encode()
+
+    def _retire_replaced(self, device_id: str, state: dict[str, Any]) -> None:
+        """A device reporting its current certificate in use has proven it: retire the rest."""
+        cert = state.get("certificate")
+        serial = cert.get("serial") if isinstance(cert, dict) else None
+        device = self.registry.device(device_id)
+        if device is None or not isinstance(serial, str) or serial != str(device.cert_serial):
+            return
+        if self.registry.retire_other_certs(device_id, device.cert_serial):
+            broker.write_access(self.home, self.registry)
+            log.info("replaced certificates retired", extra={"device": device_id})

@@ -34,6 +34,15 @@ CREATE TABLE IF NOT EXISTS devices (
     software_version TEXT,
     state TEXT
 );
+CREATE TABLE IF NOT EXISTS device_certs (
+    serial TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    key_sha256 TEXT NOT NULL,
+    not_after REAL NOT NULL,
+    issued_at REAL NOT NULL,
+    retired_at REAL
+);
+CREATE INDEX IF NOT EXISTS device_certs_by_device ON device_certs (device_id);
 CREATE TABLE IF NOT EXISTS health (
     device_id TEXT NOT NULL REFERENCES devices(id),
     ts REAL NOT NULL,
@@ -97,6 +106,8 @@ class Device:
     last_seen: float | None
     software_version: str | None
     state: dict[str, Any] | None
+    #: The current certificate's end (epoch s); None for devices enrolled before it was kept.
+    cert_not_after: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +121,7 @@ class Device:
             "last_seen": self.last_seen,
             "software_version": self.software_version,
             "state": self.state,
+            "cert_not_after": self.cert_not_after,
         }
 
 
@@ -130,6 +142,18 @@ class OperatorToken:
             "revoked_at": self.revoked_at,
             "active": self.revoked_at is None,
         }
+
+
+@dataclass(frozen=True)
+class DeviceCert:
+    """One certificate issued to a device (at enrollment or renewal)."""
+
+    serial: int
+    device_id: str
+    key_sha256: str
+    not_after: float
+    issued_at: float
+    retired_at: float | None
 
 
 def _claim(row: sqlite3.Row) -> Claim:
@@ -159,7 +183,15 @@ def _device(row: sqlite3.Row) -> Device:
         last_seen=row["last_seen"],
         software_version=row["software_version"],
         state=json.loads(row["state"]) if row["state"] else None,
+        cert_not_after=row["cert_not_after"],
     )
+
+
+# The devices' columns plus their current certificate's end.
+DEVICE_SELECT = (
+    "SELECT d.*, (SELECT c.not_after FROM device_certs c WHERE c.serial = d.cert_serial)"
+    " AS cert_not_after FROM devices d"
+)
 
 
 class Registry:
@@ -244,12 +276,50 @@ class Registry:
         )
 
     def device(self, device_id: str) -> Device | None:
-        row = self.conn.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        row = self.conn.execute(f"{DEVICE_SELECT} WHERE d.id = ?", (device_id,)).fetchone()
         return _device(row) if row else None
 
     def devices(self) -> list[Device]:
-        rows = self.conn.execute("SELECT * FROM devices ORDER BY enrolled_at").fetchall()
+        rows = self.conn.execute(f"{DEVICE_SELECT} ORDER BY d.enrolled_at").fetchall()
         return [_device(r) for r in rows]
+
+    # --- device certificates ----------------------------------------------------------------
+
+    def add_cert(self, device_id: str, serial: int, key_sha256: str, not_after: float) -> None:
+        """Record a certificate just issued and make it the device's current one."""
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO device_certs (serial, device_id, key_sha256, not_after, issued_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (str(serial), device_id, key_sha256, not_after, time.time()),
+            )
+            self.conn.execute(
+                "UPDATE devices SET cert_serial = ? WHERE id = ?", (str(serial), device_id)
+            )
+
+    def device_cert(self, serial: int) -> DeviceCert | None:
+        row = self.conn.execute(
+            "SELECT * FROM device_certs WHERE serial = ?", (str(serial),)
+        ).fetchone()
+        if row is None:
+            return None
+        return DeviceCert(
+            serial=int(row["serial"]),
+            device_id=row["device_id"],
+            key_sha256=row["key_sha256"],
+            not_after=row["not_after"],
+            issued_at=row["issued_at"],
+            retired_at=row["retired_at"],
+        )
+
+    def retire_other_certs(self, device_id: str, serial: int) -> int:
+        """Once a device has proven ``serial`` in use, its older certificates go on the CRL."""
+        cur = self.conn.execute(
+            "UPDATE device_certs SET retired_at = ? WHERE device_id = ? AND serial != ?"
+            " AND retired_at IS NULL",
+            (time.time(), device_id, str(serial)),
+        )
+        return cur.rowcount
 
     def revoke_device(self, device_id: str) -> bool:
         cur = self.conn.execute(
@@ -409,8 +479,15 @@ class Registry:
         self.conn.execute("DELETE FROM operator_sessions WHERE sha256 = ?", (sha256,))
 
     def revoked_serials(self) -> list[int]:
+        """What the CRL lists: revoked devices' and claims' certs, and retired (renewed) ones.
+
+        Expired certificates fail the handshake anyway, so they leave the CRL and it stays small.
+        """
         rows = self.conn.execute(
             "SELECT cert_serial FROM devices WHERE revoked_at IS NOT NULL"
             " UNION SELECT cert_serial FROM claims WHERE revoked_at IS NOT NULL"
+            " UNION SELECT c.serial FROM device_certs c JOIN devices d ON d.id = c.device_id"
+            " WHERE c.not_after > ? AND (c.retired_at IS NOT NULL OR d.revoked_at IS NOT NULL)",
+            (time.time(),),
         ).fetchall()
         return [int(r[0]) for r in rows]

@@ -38,7 +38,17 @@ def collect(state: StateDir) -> dict[str, Any]:
         status = {}
     running = _alive(status.get("pid")) and not status.get("stopped")
     provisioning = status.get("provisioning") or {}
-    if ident is not None:
+    certificate = ident.cert_summary() if ident is not None else None
+    if certificate is not None and certificate["expired"]:
+        # The daemon's own words (with why re-enrollment is stuck) win when it has said them.
+        if provisioning.get("state") != "certificate-expired":
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(certificate["not_after"]))
+            provisioning = {
+                **provisioning,
+                "state": "certificate-expired",
+                "reason": f"certificate expired at {when}; re-enrolling needs a valid bundle",
+            }
+    elif ident is not None:
         provisioning = {**provisioning, "state": "enrolled"}
     elif not provisioning:
         provisioning = {"state": "not-provisioned", "reason": "the daemon has not run yet"}
@@ -52,6 +62,9 @@ def collect(state: StateDir) -> dict[str, Any]:
         "hub_address": f"{ident.hub_host}:{ident.mqtt_port}" if ident else hub.get("address"),
         "provisioning": provisioning,
         "hub": hub,
+        # serial, not_after, expired, key ("file": a PEM key file on the data partition)
+        "certificate": certificate,
+        "renewal": status.get("renewal"),
     }
 
 
@@ -76,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
     if hub.get("error") and not hub.get("connected"):
         link += f": {hub['error']}"
     print(f"hub:          {link} since {_since(hub.get('since'))} ({info['hub_address'] or '-'})")
+    cert = info["certificate"]
+    if cert is not None:
+        end = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cert["not_after"]))
+        state = "EXPIRED" if cert["expired"] else "valid"
+        print(f"certificate:  {state} until {end}, key: {cert['key']}")
+    renewal = info["renewal"] or {}
+    if renewal.get("error"):
+        print(f"renewal:      failed at {_since(renewal.get('at'))}: {renewal['error']}")
     if info["labels"]:
         print("labels:       " + ", ".join(f"{k}={v}" for k, v in info["labels"].items()))
     return 0

@@ -40,7 +40,10 @@ REFRESH_S = 5
 RECENT = 12
 THUMB_CACHE = 64
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
-STUCK = {"waiting-for-bundle", "bundle-refused", "hub-unreachable", "enrollment-refused"}
+STUCK = {
+    "waiting-for-bundle", "bundle-refused", "hub-unreachable", "enrollment-refused",
+    "certificate-expired",
+}
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

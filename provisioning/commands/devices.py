@@ -73,6 +73,14 @@ def _ago(ts: float | None) -> str:
     return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
 
 
+def _cert_expiry(not_after: float | None) -> str:
+    if not_after is None:
+        return "-"
+    days = (not_after - time.time()) / 86400
+    day = time.strftime("%Y-%m-%d", time.gmtime(not_after))
+    return f"{day} EXPIRED" if days <= 0 else f"{day} ({days:.0f}d)"
+
+
 def _hardware(facts: dict[str, Any]) -> str:
     cpu = facts.get("cpu_count")
     mem = facts.get("memory_bytes")
@@ -130,14 +138,15 @@ def list_devices(args: argparse.Namespace) -> int:
                 "labels": ",".join(f"{k}={v}" for k, v in d["labels"].items()),
                 "hardware": _hardware(d["facts"]),
                 "version": d["software_version"] or "-",
+                "cert_expires": _cert_expiry(d["cert_not_after"]),
                 "health": _health(s),
             }
             | _model_columns(s.device, desired)
         )
     print_table(
         rows,
-        ["device", "status", "last_seen", "version", "desired_model", "model", "health",
-         "hardware", "labels"],
+        ["device", "status", "last_seen", "version", "cert_expires", "desired_model", "model",
+         "health", "hardware", "labels"],
     )
     return 0
 

@@ -38,6 +38,7 @@ function render(devices) {
     cell(row, ago(d.last_seen));
     cell(row, Object.entries(d.labels).map(([k, v]) => k + "=" + v).join(", "));
     cell(row, d.software_version || "–");
+    cell(row, d.cert_not_after ? new Date(d.cert_not_after * 1000).toISOString().slice(0, 10) : "–");
     const model = d.state && d.state.model ? d.state.model.name + " " + d.state.model.version : "–";
     cell(row, model);
     cell(row, pct(d.health.cpu_ratio));

@@ -197,3 +197,40 @@ def test_client_with_a_certificate_from_another_ca_cannot_connect(
     )
     probes.append(stranger)
     assert not stranger.connect()
+
+
+def test_device_cannot_ask_to_renew_another_devices_certificate(
+    hub: Hub, two_devices: list[Appliance], probes: list[Probe]
+) -> None:
+    """The hub trusts the renew topic's id only because the ACL binds it to the cert's name."""
+    mallory, victim = two_devices
+    witness = hub_probe(hub, probes)
+    attacker = device_probe(mallory, hub, probes, "-probe")
+    target = topics.renew_request(device_id_of(victim))
+    attacker.publish(target, b'{"forged": true}')
+    assert witness.received(target) == []
+
+
+def test_device_cannot_read_another_devices_renewal_answer(
+    hub: Hub, two_devices: list[Appliance], probes: list[Probe]
+) -> None:
+    mallory, victim = two_devices
+    hub_side = hub_probe(hub, probes)
+    attacker = device_probe(mallory, hub, probes, "-probe")
+    answer = topics.renew_response(device_id_of(victim))
+    attacker.subscribe(answer)
+    hub_side.publish(answer, b"a certificate for the victim")
+    assert attacker.received(answer, timeout=1.0) == []
+
+
+def test_device_can_use_its_own_renew_topics(
+    hub: Hub, two_devices: list[Appliance], probes: list[Probe]
+) -> None:
+    me = device_id_of(two_devices[0])
+    witness = hub_probe(hub, probes)
+    probe = device_probe(two_devices[0], hub, probes, "-probe")
+    probe.publish(topics.renew_request(me), b"{}")
+    assert witness.received(topics.renew_request(me)) == [b"{}"]
+    assert probe.subscribe(topics.renew_response(me))
+    witness.publish(topics.renew_response(me), b"yours")
+    assert b"yours" in probe.received(topics.renew_response(me))

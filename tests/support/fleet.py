@@ -122,10 +122,12 @@ class Hub:
             cli("spoke-hub", "bundle", "pubkey", "--home", str(self.home)).stdout
         )
 
-    def start(self) -> "Hub":
+    def start(self, env: dict[str, str] | None = None) -> "Hub":
+        """``env``: config overrides, e.g. ``SPOKE_HUB_ENROLLMENT__DEVICE_CERT_DAYS``."""
         self.process = Process(
             [sys.executable, "-m", "provisioning", "serve", "--home", str(self.home)],
             self.home / f"serve-{self.starts}.log",
+            env=env,
         )
         self.starts += 1
         wait_for(lambda: "hub connected to broker" in self.process.output(), 60, "hub to connect")  # type: ignore[union-attr]

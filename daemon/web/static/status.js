@@ -11,6 +11,7 @@ const PROVISIONING = {
   "bundle-refused": ["Bundle refused", "bad"],
   "hub-unreachable": ["Hub unreachable", "warn"],
   "enrollment-refused": ["Enrollment refused", "bad"],
+  "certificate-expired": ["Certificate expired", "bad"],
 };
 const $ = (id) => document.getElementById(id);
 let refreshS = 5;

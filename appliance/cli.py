@@ -3,11 +3,24 @@
 import argparse
 import importlib
 import json
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from appliance.errors import SpokeError
+from appliance.errors import ConfigError, SpokeError
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` in seconds (both CLIs take lifetimes so)."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 30m, 12h, 7d)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -60,12 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.minutes <= pairing.MAX_MINUTES:
         raise ConfigError(f"--minutes must be more than 0 and at most {pairing.MAX_MINUTES:g}")
     name = args.name or time.strftime("drone-app-%Y%m%d-%H%M%S", time.gmtime())
+    # The token dies with the offer unless the app used it in time (no clean-up needed).
+    until = time.time() + args.minutes * 60
     store = TokenStore(root / "tokens.db")
     try:
-        info, token = store.create(name)
+        info, token = store.create(name, unused_until=until)
     finally:
         store.close()
-    offer = pairing.write_offer(root, info.name, token, args.minutes)
+    offer = pairing.write_offer(root, info.name, token, args.minutes, expires_at=until)
     if args.json:
         print_json({"name": offer.name, "expires_at": offer.expires_at})
     else:

@@ -5,6 +5,7 @@ kept. Revocation takes effect on the next request, without restarting the daemon
 """
 
 import argparse
+import time
 from typing import TYPE_CHECKING
 
 from appliance.cli import print_json, print_table
@@ -20,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = tsub.add_parser("create", help="create a token and print it once")
     add_state_dir(c)
     c.add_argument("--name", required=True, help="who uses it, e.g. drone-3 or ground-station")
+    c.add_argument("--expires", metavar="DURATION",
+                   help="it stops working after this long, e.g. 12h, 30d (default: never)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(handler=create)
     ls = tsub.add_parser("list", help="list tokens (never the tokens themselves)")
@@ -42,9 +45,12 @@ def _store(args: argparse.Namespace) -> "TokenStore":
 
 
 def create(args: argparse.Namespace) -> int:
+    from appliance.cli import parse_duration
+
+    lifetime = parse_duration(args.expires) if args.expires else None
     store = _store(args)
     try:
-        info, token = store.create(args.name)
+        info, token = store.create(args.name, expires_in_s=lifetime)
     finally:
         store.close()
     if args.json:
@@ -63,9 +69,13 @@ def list_tokens(args: argparse.Namespace) -> int:
     if args.json:
         print_json(tokens)
         return 0
-    print_table([{**t, "state": "active" if t["active"] else "revoked"} for t in tokens],
-                ["id", "name", "state"])
+    print_table([{**t, "expires": _when(t["expires_at"])} for t in tokens],
+                ["id", "name", "state", "expires"])
     return 0
+
+
+def _when(ts: float | None) -> str:
+    return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
 def revoke(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ same kind ``spoke tokens create`` makes, under its own name) and leaves an *offe
 ``STATE/uplink/pairing.json`` (mode 0600) that the status page shows, with a QR code, until the
 first of:
 
-- the offer expires (``--minutes``, 10 by default, at most 60);
+- the offer expires (``--minutes``, 10 by default, at most 60); the token is then withdrawn
+  too, unless the app used it in time (the token store's ``unused_until``);
 - the drone app uses the token (an image arrives with that token's name), when the page
   switches to "paired with NAME" and the offer file is deleted;
 - ``spoke pair --cancel`` withdraws it (and revokes the token if nothing used it yet).
@@ -49,11 +50,14 @@ def offer_path(uplink_root: Path) -> Path:
     return uplink_root / OFFER_FILE
 
 
-def write_offer(uplink_root: Path, name: str, token: str, minutes: float) -> Offer:
+def write_offer(
+    uplink_root: Path, name: str, token: str, minutes: float, expires_at: float | None = None
+) -> Offer:
+    """``expires_at``: the end the token itself was given (``unused_until``), so both agree."""
     if not 0 < minutes <= MAX_MINUTES:
         raise ValueError(f"a pairing window is between 0 and {MAX_MINUTES:g} minutes")
     now = time.time()
-    offer = Offer(name, token, now, now + minutes * 60)
+    offer = Offer(name, token, now, expires_at or now + minutes * 60)
     write_secret(offer_path(uplink_root), json.dumps(offer.__dict__))
     return offer
 

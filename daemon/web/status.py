@@ -28,6 +28,7 @@ from aiohttp import web
 from appliance import __version__
 from daemon.web import pairing
 from daemon.web.results import Results, severity, thumbnail
+from daemon.web.signed import UrlSigner
 
 if TYPE_CHECKING:
     from daemon.health.service import HealthService
@@ -75,6 +76,8 @@ class Sources:
     uplink: UplinkService | None = None
     model: Callable[[], dict[str, Any] | None] = lambda: None
     tls_cert: str | None = None
+    #: The API's token check (name or None): thumbnails need a token or a signed link.
+    verify_token: Callable[[str], str | None] = lambda token: None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -100,6 +103,7 @@ class Sources:
             uplink=daemon.uplink,
             model=model,
             tls_cert=daemon.config.api.tls_cert,
+            verify_token=daemon.uplink.tokens.verify,
         )
 
 
@@ -150,7 +154,12 @@ def _alerts(health: HealthService | None) -> list[dict[str, Any]]:
             for alert, subject in health.alerts.active]
 
 
-def _finding(row: dict[str, Any]) -> dict[str, Any]:
+def thumb_path(image_id: str) -> str:
+    return f"/status/thumbs/{image_id}.jpg"
+
+
+def _finding(row: dict[str, Any], link: Callable[[str], str] | None) -> dict[str, Any]:
+    """``link``: makes a thumbnail's signed URL; None for a viewer without a credential."""
     probs = row.get("probs") or {}
     labels = [lab for lab in (row.get("labels") or []) if lab != "background"]
     sev, _ = severity(row)
@@ -161,7 +170,7 @@ def _finding(row: dict[str, Any]) -> dict[str, Any]:
         "severity": sev, "captured_at": row["captured_at"], "finished_at": row["finished_at"],
         "gps": None if row.get("latitude") is None else
         {"latitude": row["latitude"], "longitude": row["longitude"]},
-        "thumbnail": f"/status/thumbs/{row['id']}.jpg" if row.get("stored") else None,
+        "thumbnail": link(thumb_path(row["id"])) if link and row.get("stored") else None,
     }
 
 
@@ -174,6 +183,7 @@ class StatusPage:
         self._fingerprint = pairing.cert_fingerprint(sources.tls_cert)
         self._qr_cache: tuple[str, str] | None = None
         self._paired: str | None = None
+        self._signer = UrlSigner()
 
     def install(self, app: web.Application) -> None:
         r = app.router
@@ -195,13 +205,24 @@ class StatusPage:
         response.headers["Cache-Control"] = "no-cache"
         return response
 
+    def _viewer(self, request: web.Request) -> str | None:
+        """The token name behind ``Authorization: Bearer`` (a session presents one), or None."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return self.sources.verify_token(token.strip()) if scheme.lower() == "bearer" else None
+
     async def status_json(self, request: web.Request) -> web.Response:
-        data = await self.snapshot(self._base_url(request))
+        link = self._signer.sign if self._viewer(request) is not None else None
+        data = await self.snapshot(self._base_url(request), link)
         return web.json_response(data, headers={**PAGE_HEADERS, "Cache-Control": "no-store"})
 
     async def thumb(self, request: web.Request) -> web.Response:
-        """Only images the page currently lists: the page is not a way to browse the store."""
+        """Only images the page currently lists, and only with a token or a signed link."""
         image_id = request.match_info["id"]
+        q = request.query
+        if not (self._signer.valid(request.path, q.get("exp"), q.get("sig"))
+                or self._viewer(request) is not None):
+            raise web.HTTPUnauthorized(
+                text="a thumbnail needs an API token or a signed link from an authenticated page")
         results = self.results
         if not IMAGE_ID.match(image_id) or results is None or image_id not in self._recent_ids:
             raise web.HTTPNotFound(text="not a recent detection")
@@ -234,7 +255,9 @@ class StatusPage:
 
     # -- the snapshot --------------------------------------------------------------------
 
-    async def snapshot(self, base_url: str) -> dict[str, Any]:
+    async def snapshot(
+        self, base_url: str, link: Callable[[str], str] | None = None
+    ) -> dict[str, Any]:
         src = self.sources
         status = src.status() or {}
         prov = dict(status.get("provisioning") or {"state": "unknown"})
@@ -244,7 +267,7 @@ class StatusPage:
         uplink: dict[str, Any] | None = None
         recent: list[dict[str, Any]] = []
         if activity is not None:
-            recent = [_finding(r) for r in activity.pop("recent")]
+            recent = [_finding(r, link) for r in activity.pop("recent")]
             self._recent_ids = {f["id"] for f in recent}
             uplink = activity
         if src.uplink is not None:

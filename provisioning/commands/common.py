@@ -4,11 +4,11 @@ import argparse
 import re
 from pathlib import Path
 
+from appliance.cli import parse_duration
 from appliance.errors import ConfigError
 from provisioning.home import HubHome
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+__all__ = ["add_home", "home_of", "parse_duration", "parse_labels"]
 
 
 def add_home(parser: argparse.ArgumentParser) -> None:
@@ -17,14 +17,6 @@ def add_home(parser: argparse.ArgumentParser) -> None:
 
 def home_of(args: argparse.Namespace) -> HubHome:
     return HubHome(args.home.resolve())
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` in seconds."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ConfigError(f"not a duration: {text!r} (use e.g. 30m, 12h, 7d)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def parse_labels(text: str) -> dict[str, str]:

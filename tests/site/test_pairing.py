@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,3 +57,31 @@ def test_offer_file_is_private_and_windows_are_bounded(tmp_path: Path) -> None:
 def test_qr_code_is_an_inline_svg() -> None:
     uri = pairing.qr_svg_data_uri("http://10.0.0.5:8443")
     assert uri.startswith("data:image/svg+xml")
+
+
+def pair_offer(tmp_path: Path, minutes: str) -> pairing.Offer:
+    from daemon.cli import main
+
+    assert main(["pair", "--state-dir", str(tmp_path), "--minutes", minutes, "--json"]) == 0
+    offer = pairing.read_offer(tmp_path / "uplink")
+    assert offer is not None
+    return offer
+
+
+def test_an_offered_token_is_withdrawn_when_the_offer_expires_unused(tmp_path: Path) -> None:
+    from daemon.uplink.tokens import TokenStore
+
+    offer = pair_offer(tmp_path, "0.005")  # 0.3 s
+    time.sleep(0.4)
+    store = TokenStore(tmp_path / "uplink" / "tokens.db")
+    assert store.verify(offer.token) is None
+
+
+def test_an_offered_token_used_in_time_outlives_the_offer(tmp_path: Path) -> None:
+    from daemon.uplink.tokens import TokenStore
+
+    offer = pair_offer(tmp_path, "0.005")
+    store = TokenStore(tmp_path / "uplink" / "tokens.db")
+    assert store.verify(offer.token) == offer.name
+    time.sleep(0.4)
+    assert store.verify(offer.token) == offer.name

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from daemon.web import pairing
+from daemon.web.signed import UrlSigner
 from tests.site.conftest import MISSION, Running, start_daemon
 from tests.site.shots import shot
 
@@ -19,8 +20,9 @@ needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
                                     reason="chromium (Debian) missing")
 
 
-async def status(running: Running) -> dict:
-    code, body, headers = await running.get("/status.json")
+async def status(running: Running, auth: bool = False) -> dict:
+    code, body, headers = await running.get("/status.json",
+                                            headers=running.auth if auth else None)
     assert code == 200
     assert headers["Cache-Control"] == "no-store"
     return json.loads(body)
@@ -40,21 +42,65 @@ async def test_status_json_shows_state_model_health_and_uplink(
     assert s["uplink"]["ready"] is True
 
 
-async def test_recent_detections_have_thumbnails(running: Running, mission: list[str]) -> None:
-    s = await status(running)
+async def test_recent_detections_have_signed_thumbnails_for_an_authenticated_page(
+        running: Running, mission: list[str]) -> None:
+    s = await status(running, auth=True)
     assert s["recent"], "the tiny model with low thresholds finds something"
     found = s["recent"][0]
     assert found["id"] in mission and found["labels"]
-    code, body, headers = await running.get(found["thumbnail"])
+    assert "sig=" in found["thumbnail"] and "exp=" in found["thumbnail"]
+    code, body, headers = await running.get(found["thumbnail"])  # an <img>: no header
     assert code == 200 and headers["Content-Type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(body)).size) <= 320
+
+
+async def test_an_anonymous_page_links_no_thumbnails(running: Running,
+                                                     mission: list[str]) -> None:
+    s = await status(running)
+    assert s["recent"] and all(f["thumbnail"] is None for f in s["recent"])
+
+
+async def test_a_thumbnail_without_token_or_signature_is_refused(
+        running: Running, mission: list[str]) -> None:
+    await status(running)
+    code, _, _ = await running.get(f"/status/thumbs/{mission[0]}.jpg")
+    assert code == 401
+
+
+async def test_a_thumbnail_with_a_token_needs_no_signature(
+        running: Running, mission: list[str]) -> None:
+    s = await status(running)
+    listed = s["recent"][0]["id"]
+    code, _, headers = await running.get(f"/status/thumbs/{listed}.jpg", headers=running.auth)
+    assert code == 200 and headers["Content-Type"] == "image/jpeg"
+
+
+async def test_a_signature_for_another_image_or_a_changed_expiry_is_refused(
+        running: Running, mission: list[str]) -> None:
+    s = await status(running, auth=True)
+    signed = s["recent"][0]["thumbnail"]
+    other = next(i for i in mission if i != s["recent"][0]["id"])
+    query = signed.split("?", 1)[1]
+    code, _, _ = await running.get(f"/status/thumbs/{other}.jpg?{query}")
+    assert code == 401
+    exp = int(query.split("exp=")[1].split("&")[0])
+    code, _, _ = await running.get(signed.replace(f"exp={exp}", f"exp={exp + 3600}"))
+    assert code == 401
 
 
 async def test_thumbnails_only_for_listed_detections(running: Running,
                                                      mission: list[str]) -> None:
     await status(running)
-    code, _, _ = await running.get(f"/status/thumbs/{'0' * 64}.jpg")
+    code, _, _ = await running.get(f"/status/thumbs/{'0' * 64}.jpg", headers=running.auth)
     assert code == 404
+
+
+def test_a_signed_link_expires() -> None:
+    signer = UrlSigner(ttl_s=60)
+    url = signer.sign("/status/thumbs/x.jpg", now=1000.0)
+    exp, sig = (part.split("=")[1] for part in url.split("?")[1].split("&"))
+    assert signer.valid("/status/thumbs/x.jpg", exp, sig, now=1059.0)
+    assert not signer.valid("/status/thumbs/x.jpg", exp, sig, now=1061.0)
 
 
 async def test_page_never_shows_a_token_without_a_pairing_offer(running: Running) -> None:

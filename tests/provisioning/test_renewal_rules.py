@@ -13,7 +13,7 @@ from appliance.payloads import EnrollRequest, RenewRequest
 from daemon import renewal
 from daemon.state import StateDir, clean_leftovers, load_identity, save_identity
 from provisioning import ca
-from provisioning.enrollment import Refusal, decide, decide_renewal, parse_renewal
+from provisioning.enrollment import decide, decide_renewal, parse_renewal
 from provisioning.registry import DeviceCert, Registry
 from tests.provisioning.test_enrollment_rules import TOKEN, claim, device, refusal_code
 

@@ -88,7 +88,7 @@ class Sources:
             current = daemon.model_provider.current()
             info: dict[str, Any] = {}
             if getattr(daemon, "models", None) is not None:
-                info.update(daemon.delivery.reported())
+                info.update(daemon.models.reported())
             if current is not None:
                 info.update(name=current.name, version=current.version)
                 backend = getattr(current, "backend", None)

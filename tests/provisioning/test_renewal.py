@@ -16,7 +16,8 @@ from appliance import identity
 from tests.support.fleet import Appliance, Hub, cli, wait_for
 from tests.support.probe import Probe
 
-pytestmark = pytest.mark.slow
+# Each test waits out at least one real certificate lifetime.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SHORT = {"SPOKE_HUB_ENROLLMENT__DEVICE_CERT_DAYS": "0.0012"}  # 104 s
 # 0.85 of 404 s from not_before: a renewal about 43 s after each issue.

@@ -153,6 +153,9 @@ class FinetuneSection(Section):
     checkpoint_every_s: float = Field(15.0, gt=0)
     checkpoint_every_steps: int | None = Field(None, ge=1)
     upload: str = Field("none", pattern="^(none|weights)$")
+    #: Site policy: may an engineer promote a candidate the gate kept back ("promote anyway",
+    #: logged and reported to the hub as a manual override)?
+    allow_manual_promotion: bool = False
 
 
 class DaemonConfig(Section):

@@ -11,6 +11,9 @@
 - ``GET /v1/finetune``, ``GET /v1/finetune/{job}``, ``GET /v1/finetune/{job}/events``
   (server-sent events: ``progress`` while it runs, then ``end`` with the job), and
   ``POST /v1/finetune/{job}/cancel``;
+- ``POST /v1/finetune/{job}/promote`` (JSON ``{"override": true}``): promote a candidate the
+  gate kept back, where ``[finetune] allow_manual_promotion`` permits; logged and reported to the
+  hub as a manual override (403 ``policy`` where it does not);
 - ``GET /v1/models`` (what ``spoke models list --json`` shows) and ``POST /v1/models/activate``
   (JSON ``sha256`` or ``version``): roll back to a stored model through the same activation
   path as a promotion (smoke test, atomic swap, health gate, automatic rollback).
@@ -31,7 +34,7 @@ from aiohttp import BodyPartReader, web
 from appliance.errors import DataError
 from daemon.finetune.jobs import FINAL, JobConflict
 from daemon.finetune.samples import MAX_SAMPLE_BYTES, SampleError, crop_png
-from daemon.finetune.service import FinetuneService
+from daemon.finetune.service import FinetuneService, OverrideRefused
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Verify = Callable[[str], str | None]
@@ -80,6 +83,7 @@ class FinetuneApi:
         r.add_get("/v1/finetune/{job}", self._auth(self.get_job))
         r.add_get("/v1/finetune/{job}/events", self._auth(self.job_events))
         r.add_post("/v1/finetune/{job}/cancel", self._auth(self.cancel_job))
+        r.add_post("/v1/finetune/{job}/promote", self._auth(self.promote_job))
         r.add_get("/v1/models", self._auth(self.list_models))
         r.add_post("/v1/models/activate", self._auth(self.activate_model))
 
@@ -246,6 +250,21 @@ class FinetuneApi:
         if isinstance(job, web.Response):
             return job
         got = await self.service.cancel(job["id"])
+        return web.json_response(job_view(got), status=202)
+
+    async def promote_job(self, request: web.Request) -> web.Response:
+        job = await self._job(request)
+        if isinstance(job, web.Response):
+            return job
+        body = await self._json(request)
+        if body.get("override") is not True:
+            return error(400, "bad_request", 'send {"override": true}: promoting against the '
+                         "gate must be asked for explicitly")
+        token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        try:
+            got = await self.service.promote_anyway(job["id"], self.verify(token) or "?")
+        except OverrideRefused as exc:
+            return error(exc.status, exc.code, str(exc))
         return web.json_response(job_view(got), status=202)
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:

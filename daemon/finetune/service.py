@@ -320,7 +320,9 @@ class FinetuneService(TaskGroupService):
             device="auto", gpu_memory_fraction=self.config.gpu_memory_fraction,
             checkpoint=str(job_dir / "checkpoint.pt"),
             checkpoint_every_s=self.config.checkpoint_every_s,
-            checkpoint_every_steps=self.config.checkpoint_every_steps)
+            checkpoint_every_steps=self.config.checkpoint_every_steps,
+            # Where an engineer may "promote anyway", a refused candidate must be kept.
+            always_export=self.config.allow_manual_promotion)
         atomic_write(job_dir / "job.json", json.dumps(spec.to_dict(), indent=2))
         plan_view = {k: v for k, v in plan.items() if k != "sample_list"}
         self.jobs.update(job_id, progress={"phase": "queued", **plan_view})
@@ -523,9 +525,47 @@ class FinetuneService(TaskGroupService):
 
     # -- promotion -------------------------------------------------------------------------
 
-    async def _promote(self, job_id: str, job_dir: Path, result: dict[str, Any]
-                       ) -> dict[str, Any]:
-        if not result["comparison"]["promote"]:
+    async def promote_anyway(self, job_id: str, by: str) -> dict[str, Any]:
+        """Promote a candidate the gate kept back, because a person chose to (only where the
+        site's policy, ``allow_manual_promotion``, permits). The override is recorded in the
+        job's result with what the gate said, logged, and sent to the hub as
+        ``finetune_manual_override``. Raises ``OverrideRefused`` naming why not."""
+        assert self.jobs is not None
+        if not self.config.allow_manual_promotion:
+            raise OverrideRefused(403, "policy", "this site's policy does not allow promoting "
+                                  "a candidate the gate refused ([finetune] "
+                                  "allow_manual_promotion = false)")
+        job = await self.db(self.jobs.get, job_id)
+        if job is None:
+            raise OverrideRefused(404, "not_found", f"no job {job_id}")
+        result = job["result"] or {}
+        comparison = result.get("comparison") or {}
+        state = (result.get("promotion") or {}).get("state")
+        if job["status"] != "done" or comparison.get("promote") or state != "not-promoted":
+            raise OverrideRefused(409, "not_overridable", f"job {job_id} is {job['status']}"
+                                  f"{', promotion ' + state if state else ''}: only a finished "
+                                  "job whose candidate the gate kept back can be promoted anyway")
+        if not result.get("candidate"):
+            raise OverrideRefused(409, "no_candidate", f"job {job_id} kept no candidate (it ran "
+                                  "before the site allowed manual promotion); run it again")
+        promotion = await self._promote(job_id, self.jobs.dir(job_id), result, override=True)
+        promotion["override"] = {"by": by, "at": time.time(), "gate_promote": False,
+                                 "gate_reasons": comparison.get("reasons", [])}
+        result["promotion"] = promotion
+        await self.db(self.jobs.update, job_id, result=result)
+        log.warning("fine-tune candidate promoted against the gate",
+                    extra={"job": job_id, "by": by, "state": promotion.get("state")})
+        self.emit("finetune_manual_override", {
+            "job": job_id, "by": by, "gate": False, "reasons": comparison.get("reasons", []),
+            "macro_f1_current": (comparison.get("current") or {}).get("macro_f1"),
+            "macro_f1_candidate": (comparison.get("candidate") or {}).get("macro_f1"),
+            "promotion": {k: v for k, v in promotion.items() if k != "override"}})
+        await self._changed()
+        return await self.db(self.jobs.get, job_id) or job
+
+    async def _promote(self, job_id: str, job_dir: Path, result: dict[str, Any],
+                       override: bool = False) -> dict[str, Any]:
+        if not result["comparison"]["promote"] and not override:
             return {"state": "not-promoted", "reason": "; ".join(result["comparison"]["reasons"])}
         if self.models is None:
             return {"state": "not-promoted", "version": result["version"],
@@ -587,6 +627,15 @@ class FinetuneService(TaskGroupService):
         except SpokeError as exc:
             log.warning("review upload failed", extra={"error": str(exc)})
             return {"uploaded": False, "reason": str(exc)}
+
+
+class OverrideRefused(DataError):
+    """A "promote anyway" that may not happen; ``status`` and ``code`` for the API."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
 
 
 def _gpus() -> list[Any]:

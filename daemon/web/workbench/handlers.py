@@ -146,6 +146,7 @@ class Workbench:
             "methods": list(METHODS), "default_method": "auto",
             "default_budget_s": config.default_budget_s if config else None,
             "finetune": svc is not None,
+            "allow_override": bool(config and config.allow_manual_promotion),
         })
 
     async def review(self, request: web.Request) -> web.Response:

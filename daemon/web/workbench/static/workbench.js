@@ -459,7 +459,9 @@ function follow(job) {
   events.addEventListener("end", (ev) => {
     events.close();
     S.events = null;
-    showJob(JSON.parse(ev.data));
+    const end = JSON.parse(ev.data);
+    showJob(end);
+    say("t-msg", `job ${end.id} ${end.status}`, end.status === "done" ? "ok" : "bad");
     loadModels();
   });
   events.onerror = () => {
@@ -476,7 +478,7 @@ function showJob(job) {
   else if (!done && progress.elapsed_s && progress.budget_s) ratio = progress.elapsed_s / progress.budget_s;
   $("t-bar").style.width = `${Math.round(Math.min(1, ratio) * 100)}%`;
   $("t-phase").textContent = `job ${job.id || S.job.id}: ${job.status}` +
-    (progress.phase ? ` · ${progress.phase}` : "") +
+    (progress.phase && !done ? ` · ${progress.phase}` : "") +
     (progress.step ? ` · step ${progress.step}${progress.steps ? "/" + progress.steps : ""}` : "") +
     (progress.loss !== undefined ? ` · loss ${Number(progress.loss).toFixed(3)}` : "");
   $("t-result").replaceChildren(...(done ? jobOutcome(job) : []));
@@ -508,8 +510,28 @@ function jobOutcome(job) {
     el("p", { class: "decision " + (cmp.promote ? "ok" : "bad"),
       text: cmp.promote ? "Decision: promote" : "Decision: keep the current model" }),
     el("ul", { class: "reasons" }, ...cmp.reasons.map((r) => el("li", { text: r }))),
-    el("p", { class: "hint", text: `promotion: ${promotion.state || "-"}${promotion.reason ? " (" + promotion.reason + ")" : ""}` }),
+    el("p", { class: "hint", id: "t-promotion", text: `promotion: ${promotion.state || "-"}` +
+      (promotion.reason ? ` (${promotion.reason})` : "") +
+      (promotion.override ? ` · promoted against the gate by ${promotion.override.by}` : "") }),
+    !cmp.promote && promotion.state === "not-promoted" && S.ctx.allow_override ?
+      el("button", { type: "button", id: "t-override", class: "quiet", onclick: () => promoteAnyway(job) },
+        "Promote anyway…") : null,
   ];
+}
+
+async function promoteAnyway(job) {
+  const cmp = job.result.comparison;
+  const text = `The gate said: keep the current model (${cmp.reasons.join("; ")}). ` +
+    `Promote ${job.result.version} anyway? It is logged and reported to the hub as a manual override.`;
+  if (!(await confirmWith(text))) return;
+  try {
+    const got = await api("POST", `/v1/finetune/${job.id}/promote`, { override: true });
+    showJob(got);
+    say("t-msg", `promoted against the gate: ${got.result.promotion.state}`, "ok");
+    await loadModels();
+  } catch (err) {
+    say("t-msg", err.message, "bad");
+  }
 }
 
 // -- models -------------------------------------------------------------------------------

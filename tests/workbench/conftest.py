@@ -90,6 +90,17 @@ class Appliance:
         assert svc.samples is not None
         return await svc.db(svc.samples.rows)
 
+    async def label_tiles(self, count: int, labels: list[str]) -> None:
+        """Label ``count`` tiles through the REST API, cycling through ``labels``."""
+        async with aiohttp.ClientSession(headers=self.auth) as s:
+            async with s.get(self.base + "/workbench/api/review") as r:
+                tiles = (await r.json())["tiles"][:count]
+            for i, tile in enumerate(tiles):
+                body = {"image_id": tile["image_id"], "box": tile["box"],
+                        "labels": [labels[i % len(labels)]]}
+                async with s.post(self.base + "/v1/samples", json=body) as r:
+                    assert r.status in (200, 201), await r.text()
+
     async def post_frames(self, frames: list[Path]) -> list[str]:
         ids = []
         async with aiohttp.ClientSession(headers=self.auth) as s:
@@ -120,8 +131,14 @@ def seed_models(state: Path, parents: tuple[Path, Path]) -> None:
 
 
 @pytest.fixture
-async def appliance(tmp_path: Path, parents: tuple[Path, Path], frames: list[Path]
-                    ) -> AsyncIterator[Appliance]:
+def finetune_section() -> FinetuneSection:
+    """The daemon's ``[finetune]`` section (a test module may override this fixture)."""
+    return FAST_FINETUNE
+
+
+@pytest.fixture
+async def appliance(tmp_path: Path, parents: tuple[Path, Path], frames: list[Path],
+                    finetune_section: FinetuneSection) -> AsyncIterator[Appliance]:
     state = tmp_path / "state"
     seed_models(state, parents)
     config = DaemonConfig(
@@ -129,7 +146,7 @@ async def appliance(tmp_path: Path, parents: tuple[Path, Path], frames: list[Pat
         uplink=UplinkSection(backend="torch", workers=1),
         health=HealthSection(interval_s=5.0),
         models=ModelsSection(backend="torch"),
-        finetune=FAST_FINETUNE,
+        finetune=finetune_section,
     )
     options = RunOptions(StateDir(state), trust_key=state / "none.pub", bundle=None,
                          boot_dir=state / "boot", model=None, standalone=False)

@@ -35,7 +35,7 @@ from models.data.render import render_frame, render_tile
 LABELS_CSV = "labels.csv"
 BOXES_JSON = "boxes.json"
 MANIFEST_JSON = "manifest.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 LABEL_SEPARATOR = ";"
 
 

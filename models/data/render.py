@@ -12,7 +12,7 @@ from models.data.defects import PAINTERS, Box
 from models.data.domain import REFERENCE_TILE, Domain
 from models.data.labels import BACKGROUND, DEFECTS
 from models.data.noise import to_uint8
-from models.data.surface import apply_camera, new_scene, paint_surface
+from models.data.surface import apply_camera, camera_artefacts, new_scene, paint_surface
 
 TILE_STREAM, FRAME_STREAM = 1, 2
 # How often each defect is drawn in a defect tile: roughly CODEBRIM's balance.
@@ -53,7 +53,8 @@ def _labels(boxes: list[Box]) -> frozenset[str]:
 def render_tile(domain: Domain, index: int, size: int = REFERENCE_TILE) -> Sample:
     """Tile ``index`` of ``domain``: ``size`` pixels always show 224 reference pixels of wall."""
     rng = np.random.default_rng([domain.seed, TILE_STREAM, index, size])
-    scene = new_scene(rng, domain, size / REFERENCE_TILE)
+    # the same wall seen from nearer or farther: 0.7x to 1.4x the site's usual scale
+    scene = new_scene(rng, domain, size / REFERENCE_TILE * float(np.exp(rng.uniform(-0.35, 0.35))))
     img = paint_surface(scene, size, size)
     wanted = _choose_defects(rng)
     boxes: list[Box] = []
@@ -62,7 +63,7 @@ def render_tile(domain: Domain, index: int, size: int = REFERENCE_TILE) -> Sampl
             cx, cy = rng.uniform(0.25, 0.75, size=2) * size
             boxes += PAINTERS[name](scene, img, float(cx), float(cy))
     img = apply_camera(scene, img)
-    return Sample(to_uint8(img), _labels(boxes), tuple(boxes))
+    return Sample(camera_artefacts(scene, to_uint8(img)), _labels(boxes), tuple(boxes))
 
 
 def render_frame(

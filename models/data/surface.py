@@ -1,15 +1,20 @@
-"""Bare concrete: cement tone, mottling, sand grain, aggregate, pores, formwork, weathering.
+"""Wall surfaces: concrete (cement tone, mottling, sand grain, aggregate, pores, formwork),
+plaster and paint (tinted, smoother), brick and tiles (units with their own tone, set in
+mortar or grout joints), all weathered.
 
 Also the camera-side effects applied after the defects are painted (light gradient, cast
-shadow, blur, sensor noise), so defects are lit and blurred like the surface they sit on.
+shadow, vignetting, white balance, saturation, blur, sensor noise; JPEG and pixelation in
+``camera_artefacts``), so defects are lit and blurred like the surface they sit on.
 Formwork joints, tie holes and dirt streaks are deliberate look-alikes of cracks and stains:
 without them "any dark line is a crack" would be enough to score well.
 """
 
+import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from models.data.domain import REFERENCE_TILE, Domain
 from models.data.noise import Array, MaskPainter, blur, blur_rgb, fractal_noise, resize_field
@@ -47,8 +52,36 @@ def paint_surface(scene: Scene, height: int, width: int) -> Array:
     shade += _aggregate(scene, height, width)
     shade += _formwork(scene, height, width)
     shade -= _stains(scene, height, width)
+    if d.material in ("brick", "tiles"):
+        _units(scene, img, height, width)
     img *= shade[..., None]
     return img
+
+
+def _units(scene: Scene, img: Array, height: int, width: int) -> None:
+    """Bricks (running bond) or tiles (a grid): each unit its own tone, joints of mortar or
+    grout between them, slightly rotated. Joints are straight dark lines: crack look-alikes."""
+    rng, d, s = scene.rng, scene.domain, scene.scale
+    a = math.radians(rng.uniform(-6.0, 6.0) + (90.0 if rng.random() < 0.15 else 0.0))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    u = xx * math.cos(a) + yy * math.sin(a) + rng.uniform(0, 500)
+    v = -xx * math.sin(a) + yy * math.cos(a) + rng.uniform(0, 500)
+    uw, uh = d.unit_size[0] * s, d.unit_size[1] * s
+    row = np.floor(v / uh)
+    if d.material == "brick":
+        u = u + (row % 2) * uw * 0.5
+    col = np.floor(u / uw)
+    joint = max(0.6, d.joint_width * s * 0.5)
+    du = np.abs(u - uw * np.round(u / uw))
+    dv = np.abs(v - uh * np.round(v / uh))
+    mortar = np.clip(1.5 - np.minimum(du, dv) / joint, 0.0, 1.0)
+    key = (row.astype(np.int64) * 7919 + col.astype(np.int64)) % 4093
+    tones = 1.0 + d.unit_variation * (
+        rng.standard_normal((4093, 1)) + 0.25 * rng.standard_normal((4093, 3))
+    ).astype(np.float32)
+    img *= tones[key]
+    img *= 1.0 - mortar[..., None]
+    img += mortar[..., None] * np.array(d.joint_rgb, dtype=np.float32)
 
 
 def _aggregate(scene: Scene, height: int, width: int) -> Array:
@@ -122,7 +155,8 @@ def _stains(scene: Scene, height: int, width: int) -> Array:
 
 
 def apply_camera(scene: Scene, img: Array) -> Array:
-    """Light gradient, a cast shadow (bridge deck, pier, the drone), blur and sensor noise."""
+    """Light gradient, a cast shadow (bridge deck, pier, the drone), vignetting, exposure,
+    white balance and saturation, blur and sensor noise."""
     rng, d, s = scene.rng, scene.domain, scene.scale
     height, width = img.shape[:2]
     lx, ly = scene.light
@@ -135,9 +169,34 @@ def apply_camera(scene: Scene, img: Array) -> Array:
         u = (xx - rng.uniform(0, width)) * math.cos(a) + (yy - rng.uniform(0, height)) * math.sin(a)
         soft = max(1.0, rng.uniform(2.0, 25.0) * s)
         gain = gain * (1.0 - rng.uniform(0.25, 0.55) * 0.5 * (1.0 + np.tanh(u / (2 * soft))))
-    img *= gain[..., None]
-    img = blur_rgb(img, d.blur * s * rng.uniform(0.5, 1.5))
+    yy, xx = np.ogrid[-1.0 : 1.0 : height * 1j, -1.0 : 1.0 : width * 1j]
+    gain = gain * (1.0 - d.vignette * rng.uniform(0.0, 1.0) * 0.5 * (xx**2 + yy**2))
+    img *= (gain * rng.uniform(0.8, 1.2)).astype(np.float32)[..., None]
+    img *= (1.0 + d.colour_cast * rng.standard_normal(3)).astype(np.float32)
+    grey = img.mean(axis=2, keepdims=True)
+    img = grey + (img - grey) * np.float32(d.saturation * rng.uniform(0.8, 1.2))
+    img = blur_rgb(img, d.blur * s * rng.uniform(0.3, 1.7))
     sigma = d.noise * rng.uniform(0.6, 1.4)
     img += sigma * rng.standard_normal(img.shape, dtype=np.float32)
     img += blur(sigma * rng.standard_normal((height, width), dtype=np.float32), 1.0)[..., None]
     return img
+
+
+def camera_artefacts(scene: Scene, img: np.ndarray) -> np.ndarray:
+    """JPEG compression at the site's quality range and, now and then, a pixelated (low
+    resolution, upscaled) image: what a phone, a cheap camera or a re-shared photo does."""
+    rng, d = scene.rng, scene.domain
+    height, width = img.shape[:2]
+    pil = Image.fromarray(img)
+    if rng.random() < d.pixelate_prob:
+        f = rng.uniform(2.0, 4.0)
+        small = (max(4, round(width / f)), max(4, round(height / f)))
+        pil = pil.resize(small, Image.Resampling.BILINEAR).resize(
+            (width, height),
+            Image.Resampling.NEAREST if rng.random() < 0.5 else Image.Resampling.BILINEAR,
+        )
+    buf = io.BytesIO()
+    pil.save(
+        buf, format="JPEG", quality=int(rng.integers(d.jpeg_quality[0], d.jpeg_quality[1] + 1))
+    )
+    return np.asarray(Image.open(buf).convert("RGB"))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from models.data import BACKGROUND, DEFECTS, LABELS, Domain, render_frame, render_tile, tile_arrays
+from models.data.domain import MATERIALS
 
 
 def test_same_seed_gives_the_same_tile() -> None:
@@ -86,3 +87,23 @@ def test_frame_boxes_lie_in_the_frame() -> None:
     for label, x0, y0, x1, y1 in frame.boxes:
         assert label in DEFECTS
         assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
+
+
+def test_sites_differ_in_material_and_each_is_deterministic() -> None:
+    materials = {Domain.from_seed(seed).material for seed in range(1, 60)}
+    assert materials == set(MATERIALS)
+    for material in MATERIALS:
+        seed = next(s for s in range(1, 60) if Domain.from_seed(s).material == material)
+        a = render_tile(Domain.from_seed(seed), 3, 96)
+        b = render_tile(Domain.from_seed(seed), 3, 96)
+        assert np.array_equal(a.image, b.image), material
+
+
+def test_camera_artefacts_vary_between_tiles_of_a_site() -> None:
+    """Exposure, blur, scale and JPEG quality change per image: tiles of one site differ in
+    brightness and sharpness, not only in what is painted on them."""
+    dom = Domain.from_seed(5)
+    tiles = [render_tile(dom, i, 96).image.astype(np.float32) for i in range(12)]
+    brightness = [t.mean() for t in tiles]
+    sharpness = [np.abs(np.diff(t.mean(axis=2), axis=1)).mean() for t in tiles]
+    assert np.std(brightness) > 2 and max(sharpness) > 1.3 * min(sharpness)

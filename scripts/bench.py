@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "uplink": ["-m", "scripts.bench_uplink"],
     "delivery": ["-m", "scripts.bench_delivery"],
     "finetune": ["-m", "scripts.bench_finetune"],
+    "foundation": ["-m", "scripts.bench_foundation", "--default", "--scratch"],
 }
 
 

@@ -167,7 +167,8 @@ def train(
     averaged over the processes (so all stop at the same step), and only rank 0 checkpoints,
     saving the unwrapped weights, which resume under any number of processes.
     """
-    main = distributed.current().main
+    shard = distributed.current()
+    main = shard.main
     inner = distributed.unwrap(module)
     fingerprint = dict(fingerprint or {})
     decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
@@ -206,6 +207,8 @@ def train(
                 checkpoint,
                 {
                     "fingerprint": fingerprint,
+                    "rank": shard.rank,
+                    "processes": shard.world,
                     "step": step,
                     "elapsed": elapsed,
                     "loss_ema": loss_ema,

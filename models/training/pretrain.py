@@ -314,7 +314,7 @@ def pretrain(
         write_artifact(
             model,
             out,
-            name=name or f"spoke-foundation-{cfg.method}",
+            name=name or f"spoke-foundation-{cfg.method.replace('+', '-')}",
             version=version,
             labels=LABELS,
             thresholds=thresholds,

@@ -212,16 +212,36 @@ def _cohort_rank(model: str, version: str, device: str) -> str:
     return hashlib.sha256(f"{model}@{version}/{device}".encode()).hexdigest()
 
 
+def allowed_versions(rule: Rule, catalog: Iterable[Published]) -> list[Published]:
+    """The published versions a rule allows, oldest first (the last is its rollout target)."""
+    return sorted(
+        (p for p in catalog if p.name == rule.model and rule.version.allows(p.version)),
+        key=lambda p: version_key(p.version),
+    )
+
+
+def canary_cohort(rule: Rule, version: str, group: Sequence[DeviceView]) -> list[DeviceView]:
+    """The rule's devices that get ``version`` first: a stable ``canary`` percent, at least one."""
+    k = max(1, math.ceil(len(group) * (rule.canary or 100) / 100))
+    return sorted(group, key=lambda d: _cohort_rank(rule.model, version, d.id))[:k]
+
+
+def match_rules(policy: Policy, devices: Iterable[DeviceView]) -> dict[str, Rule | None]:
+    """Each device's deciding rule: the first whose selector matches its labels."""
+    return {
+        dev.id: next((r for r in policy.rules if r.matches(dev.labels)), None) for dev in devices
+    }
+
+
 def desired_states(
     policy: Policy, catalog: Iterable[Published], devices: Sequence[DeviceView]
 ) -> dict[str, DesiredState]:
     """Every device's desired state, from the policy, what is published and what is reported."""
     catalog = list(catalog)
+    chosen = match_rules(policy, devices)
     by_rule: dict[str, list[DeviceView]] = {}
-    chosen: dict[str, Rule | None] = {}
     for dev in devices:
-        rule = next((r for r in policy.rules if r.matches(dev.labels)), None)
-        chosen[dev.id] = rule
+        rule = chosen[dev.id]
         if rule is not None:
             by_rule.setdefault(rule.name, []).append(dev)
     out: dict[str, DesiredState] = {}
@@ -230,19 +250,14 @@ def desired_states(
         if rule is None:
             out[dev.id] = DesiredState(note="no placement rule matches this device")
             continue
-        versions = sorted(
-            (p for p in catalog if p.name == rule.model and rule.version.allows(p.version)),
-            key=lambda p: version_key(p.version),
-        )
+        versions = allowed_versions(rule, catalog)
         if not versions:
             out[dev.id] = DesiredState(rule=rule.name,
                                        note=f"no published {rule.model} satisfies the rule")
             continue
         pick, note = versions[-1], None
         if rule.canary is not None and rule.canary < 100:
-            group = by_rule[rule.name]
-            k = max(1, math.ceil(len(group) * rule.canary / 100))
-            cohort = sorted(group, key=lambda d: _cohort_rank(rule.model, pick.version, d.id))[:k]
+            cohort = canary_cohort(rule, pick.version, by_rule[rule.name])
             ids = {d.id for d in cohort}
             promoted = all(d.runs(pick.name, pick.version) for d in cohort)
             halted = any(d.refused(pick.name, pick.version) for d in cohort)

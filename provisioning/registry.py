@@ -71,6 +71,11 @@ CREATE TABLE IF NOT EXISTS operator_sessions (
     token_id TEXT NOT NULL REFERENCES operator_tokens(id),
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alert_acks (
+    event_id TEXT PRIMARY KEY REFERENCES events(id),
+    operator TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 HEALTH_HISTORY = 360  # per device: an hour at a 10 s interval
@@ -392,9 +397,18 @@ class Registry:
         return cur.rowcount == 1
 
     def events(
-        self, device_id: str | None = None, kind: str | None = None, limit: int = 100
+        self,
+        device_id: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        before: float | None = None,
     ) -> list[dict[str, Any]]:
-        where, args = [], []
+        """Newest first; ``before`` (a ``ts``) pages back through older ones."""
+        where: list[str] = []
+        args: list[Any] = []
+        if before is not None:
+            where.append("ts < ?")
+            args.append(before)
         if device_id:
             where.append("device_id = ?")
             args.append(device_id)
@@ -477,6 +491,34 @@ class Registry:
 
     def end_operator_session(self, sha256: str) -> None:
         self.conn.execute("DELETE FROM operator_sessions WHERE sha256 = ?", (sha256,))
+
+    def acknowledge(self, event_id: str, operator: str) -> dict[str, Any] | None:
+        """Record who acknowledged the alert event ``event_id`` and when; the first one stands.
+
+        Returns the acknowledgement, or None when there is no alert event with that id."""
+        row = self.conn.execute(
+            "SELECT 1 FROM events WHERE id = ? AND kind = 'alert'", (event_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        self.conn.execute(
+            "INSERT OR IGNORE INTO alert_acks (event_id, operator, at) VALUES (?, ?, ?)",
+            (event_id, operator, time.time()),
+        )
+        return self.acknowledgements([event_id])[event_id]
+
+    def acknowledgements(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """``{event_id: {"by": operator, "at": time}}`` for those of ``event_ids`` acknowledged."""
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(event_ids), 500):
+            chunk = event_ids[i : i + 500]
+            rows = self.conn.execute(
+                "SELECT event_id, operator, at FROM alert_acks WHERE event_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            found |= {r[0]: {"by": r[1], "at": r[2]} for r in rows}
+        return found
 
     def revoked_serials(self) -> list[int]:
         """What the CRL lists: revoked devices' and claims' certs, and retired (renewed) ones.

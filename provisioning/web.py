@@ -20,7 +20,7 @@ from appliance.errors import ConfigError
 from appliance.fsutil import atomic_write
 from provisioning import auth, metrics
 from provisioning.auth import peer_common_name
-from provisioning.fleet import fleet
+from provisioning.fleet_api import FleetApi
 from provisioning.home import HubHome
 from provisioning.registry import Registry
 
@@ -41,13 +41,12 @@ class HubWeb:
         auth.install(self.app, registry)
         r = self.app.router
         r.add_get("/healthz", self._healthz)
-        r.add_get("/", self._dashboard)
         r.add_static("/static/", STATIC)
         # The signed model repository, as plain files (TUF metadata and hash-named targets).
         repository = home.repository / "public"
         repository.mkdir(parents=True, exist_ok=True)
         r.add_static("/repository/", repository)
-        r.add_get("/api/v1/devices", self._devices)
+        FleetApi(home, config, registry).install(self.app)  # the dashboard and /api/v1
         r.add_get("/metrics", self._metrics)
         r.add_post("/v1/devices/{device}/support-bundles", self._support_bundle)
         # A site's promoted fine-tune for review (weights and metrics only; daemon/finetune).
@@ -56,12 +55,6 @@ class HubWeb:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
-
-    async def _dashboard(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "index.html")
-
-    async def _devices(self, request: web.Request) -> web.Response:
-        return web.json_response([s.as_dict() for s in fleet(self.registry)])
 
     async def _metrics(self, request: web.Request) -> web.Response:
         response = web.Response(body=metrics.exposition(self.registry))

@@ -14,11 +14,12 @@ import aiomqtt
 from appliance import mqtt, topics
 from appliance.cli import print_json, print_table
 from appliance.config import parse_value
-from appliance.errors import ConfigError, LinkError, SpokeError
+from appliance.errors import ConfigError, LinkError
 from appliance.payloads import COMMANDS, CommandRequest, CommandResult
 from provisioning import broker
 from provisioning.commands.common import add_home, home_of
-from provisioning.fleet import DeviceSummary, fleet
+from provisioning.fleet import every_device
+from provisioning.fleet_api import current_desired
 from provisioning.home import HubHome
 from provisioning.hub import broker_address, hub_tls
 from provisioning.registry import Registry
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devices", help="list devices: labels, hardware, online state, versions")
     add_home(p)
+    p.add_argument(
+        "--selector", default="", metavar="SELECTOR",
+        help="only devices a placement rule with this selector picks, e.g. 'site in (a,b)'",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=list_devices)
 
@@ -53,16 +58,17 @@ def _pct(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio * 100:.0f}%"
 
 
-def _health(summary: DeviceSummary) -> str:
-    if summary.health_at is None:
+def _health(row: dict[str, Any]) -> str:
+    health = row["health"]
+    if health["at"] is None:
         return "no report yet"
     parts = [
-        f"cpu {_pct(summary.cpu_ratio)}",
-        f"mem {_pct(summary.memory_used_ratio)}",
-        f"disk {_pct(summary.disk_used_ratio)}",
+        f"cpu {_pct(health['cpu_ratio'])}",
+        f"mem {_pct(health['memory_used_ratio'])}",
+        f"disk {_pct(health['disk_used_ratio'])}",
     ]
-    if summary.alerts:
-        parts.append("ALERTS: " + ",".join(a["alert"] for a in summary.alerts))
+    if row["alerts"]:
+        parts.append("ALERTS: " + ",".join(a["alert"] for a in row["alerts"]))
     return " ".join(parts)
 
 
@@ -90,61 +96,44 @@ def _hardware(facts: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def _desired_models(home: HubHome, registry: Registry) -> dict[str, str]:
-    """Each device's desired model under the current policy (what the hub publishes)."""
-    from provisioning.rollout import fleet_desired
-
-    try:
-        desired = fleet_desired(home, home.load_config(), registry)
-    except SpokeError:
-        return {}
-    return {
-        device: f"{d.model.name}@{d.model.version}" if d.model else f"- ({d.note or 'none'})"
-        for device, d in desired.items()
-    }
-
-
-def _model_columns(device: Any, desired: dict[str, str]) -> dict[str, str]:
-    """Desired and reported model: ``name@version (state)``, or why the last one was refused."""
-    model = (device.state or {}).get("model") or {}
-    reported = f"{model['name']}@{model['version']} ({model.get('state')})" if model.get(
-        "name") else "-"
-    error = model.get("last_error") or {}
-    if error.get("code"):
-        reported += f" refused {error.get('version')}: {error['code']}"
-    return {"desired_model": desired.get(device.id, "-"), "model": reported}
+def _model(row: dict[str, Any]) -> str:
+    """Reported model ``name@version (state)``, and the version it last refused, if any."""
+    text = f"{row['model']} ({row['model_state']})" if row["model"] else "-"
+    refused = row["model_refused"]
+    if refused:
+        text += f" refused {refused['version']}: {refused['code']}"
+    return text
 
 
 def list_devices(args: argparse.Namespace) -> int:
+    """The same rows, in the same order, as the dashboard's ``GET /api/v1/devices`` pages."""
     home = home_of(args)
     home.require()
     registry = Registry(home.registry)
     try:
-        summaries = fleet(registry)
-        desired = _desired_models(home, registry)
+        desired = current_desired(home, home.load_config(), registry)
+        rows = [s.as_dict() for s in every_device(registry, args.selector, desired)]
     finally:
         registry.close()
     if args.json:
-        print_json([s.as_dict() | _model_columns(s.device, desired) for s in summaries])
+        print_json(rows)
         return 0
-    rows = []
-    for s in summaries:
-        d = s.device.as_dict()
-        rows.append(
+    print_table(
+        [
             {
                 "device": d["id"],
-                "status": d["availability"],
+                "status": d["connectivity"],
                 "last_seen": _ago(d["last_seen"]),
                 "labels": ",".join(f"{k}={v}" for k, v in d["labels"].items()),
                 "hardware": _hardware(d["facts"]),
                 "version": d["software_version"] or "-",
                 "cert_expires": _cert_expiry(d["cert_not_after"]),
-                "health": _health(s),
+                "health": _health(d),
+                "desired_model": d["desired_model"] or "-",
+                "model": _model(d),
             }
-            | _model_columns(s.device, desired)
-        )
-    print_table(
-        rows,
+            for d in rows
+        ],
         ["device", "status", "last_seen", "version", "cert_expires", "desired_model", "model",
          "health", "hardware", "labels"],
     )

@@ -79,10 +79,10 @@ def test_daemon_metrics_endpoint_passes_promtool(online: tuple[Hub, Appliance, s
 
 def test_dashboard_api_lists_devices(online: tuple[Hub, Appliance, str]) -> None:
     hub, _, device_id = online
-    devices = json.loads(
+    page = json.loads(
         fetch(f"https://localhost:{hub.http_port}/api/v1/devices", hub.operator_token())
     )
-    assert [d["id"] for d in devices] == [device_id]
+    assert [d["id"] for d in page["items"]] == [device_id]
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium (Debian) missing")

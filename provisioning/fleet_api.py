@@ -16,6 +16,7 @@ from aiohttp import web
 from appliance.config import HubConfig
 from appliance.delivery import DesiredState
 from appliance.errors import SpokeError
+from provisioning.auth import operator_of
 from provisioning.findings import summarize_findings
 from provisioning.fleet import (
     device_page,
@@ -104,7 +105,8 @@ def _page(name: str) -> Any:
 
 
 class FleetApi:
-    """Handlers over one registry; operator sign-in is the hub's middleware (provisioning/web)."""
+    """Handlers over one registry. Every route here needs an operator: the hub's default-deny
+    middleware (provisioning/auth) refuses anyone else before a handler runs."""
 
     def __init__(self, home: HubHome, config: HubConfig, registry: Registry) -> None:
         self.home = home
@@ -237,14 +239,8 @@ class FleetApi:
 
     async def acknowledge(self, request: web.Request) -> web.Response:
         """Record that the signed-in operator has seen this raised alert (the first ack stands)."""
-        operator = request.get("operator")
-        if not operator:
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"error": "sign in as an operator to acknowledge alerts"}),
-                content_type="application/json",
-            )
         event_id = request.match_info["event"]
-        ack = self.registry.acknowledge(event_id, str(operator))
+        ack = self.registry.acknowledge(event_id, operator_of(request))
         if ack is None:
             raise NotFound(f"no alert event {event_id!r}; see GET /api/v1/alerts")
         return web.json_response({"event_id": event_id, "acknowledged": ack})

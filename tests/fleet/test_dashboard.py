@@ -52,24 +52,23 @@ class Fleet:
     base: str
 
     def api(self, path: str, method: str = "GET") -> Any:
-        return api(self.base + path, method)
+        """The JSON API as a script uses it: an operator token as the bearer."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(self.base + path, method=method, headers={
+            "Accept": "application/json",
+            "Authorization": f"Bearer {self.hub.operator_token()}",
+        })
+        with urllib.request.urlopen(request, context=ctx, timeout=30) as response:
+            return json.loads(response.read())
 
-
-def api(url: str, method: str = "GET") -> Any:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    request = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, context=ctx, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def api_error(url: str, method: str = "GET") -> tuple[int, str]:
-    try:
-        api(url, method)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())["error"]
-    raise AssertionError(f"{url} answered 2xx")
+    def api_error(self, path: str, method: str = "GET") -> tuple[int, str]:
+        try:
+            self.api(path, method)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())["error"]
+        raise AssertionError(f"{path} answered 2xx")
 
 
 async def send_events(box: Appliance, events: list[Event]) -> None:
@@ -124,11 +123,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def browser(fleet: Fleet) -> Iterator[Browser]:
+    """One Chromium profile, signed in once with the hub's sign-in link (an operator token)."""
     reason = playwright_missing()
     if reason:
         pytest.skip(reason)
     with open_browser() as b:
+        b.visit(f"{fleet.base}/login#token={fleet.hub.operator_token()}").page.close()
         yield b
 
 
@@ -175,7 +176,7 @@ def test_filter_selects_what_a_placement_rule_would(fleet: Fleet) -> None:
 def test_bad_api_input_is_a_clear_json_error(
     fleet: Fleet, path: str, status: int, message: str
 ) -> None:
-    code, error = api_error(fleet.base + path)
+    code, error = fleet.api_error(path)
     assert (code, message in error) == (status, True), error
     assert fleet.api("/api/v1/devices")["total"] == 3
 
@@ -272,3 +273,39 @@ def test_rollouts_page_shows_the_canary_share(fleet: Fleet, browser: Browser) ->
     row = visit.page.locator('tr[data-rule="bridges"]').inner_text()
     assert "50 % · 1 of 1 committed" in row and "complete" in row
     visit.page.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/rollouts", "/api/v1/devices/x/health", "/alerts"])
+def test_pages_and_api_need_an_operator(fleet: Fleet, path: str) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(fleet.base + path, context=ctx, timeout=30)
+    assert refused.value.code == 401
+
+
+def test_acknowledging_an_unknown_alert_is_refused(fleet: Fleet) -> None:
+    code, error = fleet.api_error("/api/v1/alerts/nosuch/ack", "POST")
+    assert (code, "no alert" in error) == (404, True)
+
+
+
+def test_acknowledged_alert_stays_acknowledged_across_reload(
+    fleet: Fleet, browser: Browser
+) -> None:
+    visit = browser.visit(fleet.base + "/alerts")
+    p = visit.page
+    row = p.locator(f"#active tr:has(a:text('{fleet.ids['depot-1']}'))").first
+    row.locator("button.ack-button").click()
+    p.wait_for_selector("#active .acked")
+    p.reload()
+    p.wait_for_selector("body[data-rendered-ms]")
+    acked = p.locator("#active .acked").first.inner_text()
+    assert acked.startswith("acknowledged by tests, ")  # the name of the operator token
+    body = fleet.api("/api/v1/alerts")
+    (alert,) = [a for a in body["active"] if a["device_id"] == fleet.ids["depot-1"]]
+    assert alert["acknowledged"]["by"] == "tests"
+    assert alert["acknowledged"]["at"] <= time.time()
+    assert visit.console_errors == []
+    p.close()

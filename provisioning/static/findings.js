@@ -11,9 +11,21 @@
     return entries.length ? entries.map(([k, v]) => k + " " + v).join(", ") : "none";
   }
 
-  function siteCard(s, severities) {
-    const bars = s.days.map((d) => ({ label: d.day, parts: d.severity }));
-    return el("article", { class: "card wide", "data-site": s.site },
+  // One bar per UTC day of the period, empty days included, so the time axis is honest.
+  function dayBars(s, period) {
+    const byDay = Object.fromEntries(s.days.map((d) => [d.day, d.severity]));
+    const now = Date.now();
+    const bars = [];
+    for (let i = period - 1; i >= 0; i -= 1) {
+      const day = new Date(now - i * 86400000).toISOString().slice(0, 10);
+      bars.push({ label: day, parts: byDay[day] || {} });
+    }
+    return bars;
+  }
+
+  function siteCard(s, severities, period) {
+    const bars = dayBars(s, period);
+    return el("article", { class: "card", "data-site": s.site },
       el("h4", { text: s.site }),
       el("p", { class: "muted", text: s.images + " images · " +
         severities.map((n) => s.severity[n] + " " + n).join(" · ") }),
@@ -35,7 +47,7 @@
       const body = await api("/api/v1/findings?days=" + days.value);
       const sev = body.severities;
       document.getElementById("sites").replaceChildren(...(body.sites.length
-        ? body.sites.map((s) => siteCard(s, sev))
+        ? body.sites.map((s) => siteCard(s, sev, body.days))
         : [el("p", { class: "muted", text: "No detections in this period." })]));
       document.getElementById("missions").replaceChildren(body.missions.length
         ? table(["Mission", "Device", "Site", "Images", ...sev, "Labels", "Last", "Report"],

@@ -15,9 +15,8 @@
   function ruleRow(r) {
     return row([
       el("span", {}, el("strong", { text: r.rule }), el("br"), el("code", { text: r.selector || "(all devices)" })),
-      r.model,
-      r.target ? r.target + (r.previous ? " (from " + r.previous + ")" : "") : "none published",
       badge(r.phase, "phase " + r.phase),
+      r.model + " " + (r.target ? r.target + (r.previous ? " (from " + r.previous + ")" : "") : "– none published"),
       r.devices, r.on_target, r.probation, r.committed, r.rolled_back, r.refused,
       canary(r),
     ], { "data-rule": r.rule, class: r.phase === "stalled" ? "stalled" : "" });
@@ -33,7 +32,7 @@
           ...r.stalled_devices.flatMap((d, i) => [i ? ", " : "", deviceLink(d)]),
           " failed the health gate twice.")));
       document.getElementById("rules").replaceChildren(body.rules.length
-        ? table(["Rule", "Model", "Target", "Phase", "Devices", "On target", "Probation", "Committed",
+        ? table(["Rule", "Phase", "Target", "Devices", "On target", "Probation", "Committed",
           "Rolled back", "Refused", "Canary"], body.rules.map(ruleRow), "rollouts")
         : el("p", { class: "muted", text: "No placement policy yet: apply one with `spoke-hub policy apply`." }));
       showError(null);

@@ -129,3 +129,14 @@ def test_acknowledging_an_unknown_or_non_alert_event_is_refused(registry: Regist
     assert registry.acknowledge("nope", "alice") is None
     assert registry.acknowledge("d1", "alice") is None
     assert registry.acknowledgements(["nope", "d1"]) == {}
+
+
+def test_a_certificate_near_its_end_is_an_alert_with_nothing_to_acknowledge(
+    registry: Registry,
+) -> None:
+    registry.add_cert("dev3", 99, "k" * 64, time.time() + 10 * 86400)
+    first = device_page(registry).as_dict()["items"][0]
+    assert first["id"] == "dev3" and first["cert_not_after"] > time.time()
+    (alert,) = first["alerts"]
+    assert (alert["alert"], alert["event_id"], alert["acknowledged"]) == (
+        "certificate_expiring", None, None)

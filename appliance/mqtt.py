@@ -28,7 +28,14 @@ def client(
     will: aiomqtt.Will | None = None,
     keepalive: int = 30,
     timeout: float = 10.0,
+    session_expiry_s: int = 0,
 ) -> aiomqtt.Client:
+    """``session_expiry_s`` > 0: a persistent session (resumed, not cleaned, on reconnect), so
+    the broker keeps QoS 1 messages for this client while it is away."""
+    properties = None
+    if session_expiry_s:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = session_expiry_s
     return aiomqtt.Client(
         hostname=host,
         port=port,
@@ -38,7 +45,8 @@ def client(
         will=will,
         keepalive=keepalive,
         timeout=timeout,
-        clean_start=True,
+        clean_start=not session_expiry_s,
+        properties=properties,
     )
 
 

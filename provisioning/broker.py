@@ -15,6 +15,8 @@ import shutil
 import signal
 from pathlib import Path
 
+import psutil
+
 from appliance import topics
 from appliance.config import HubConfig
 from appliance.errors import ConfigError, LinkError
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_PACKET_BYTES = 1024 * 1024
 RESTART_DELAY_S = 1.0
+MAX_QUEUED_MESSAGES = 1_000_000
 
 
 # Valid ids that stand for ``%u`` and ``+`` while topics.py builds each topic.
@@ -87,6 +90,8 @@ def render_config(home: HubHome, config: HubConfig) -> str:
             "persistence true",
             f"persistence_location {b}/",
             "autosave_interval 30",
+            # The hub's persistent session holds what devices send while the hub is away.
+            f"max_queued_messages {MAX_QUEUED_MESSAGES}",
             f"max_packet_size {MAX_PACKET_BYTES}",
             "log_dest stderr",
             "log_type error",
@@ -139,6 +144,27 @@ def find_mosquitto(configured: str) -> str:
     return found
 
 
+def stop_stale_broker(home: HubHome, timeout: float = 10.0) -> bool:
+    """Stop a mosquitto that a killed hub left running on this home (SIGTERM, so it saves
+    its persistent sessions). Otherwise the new broker cannot bind the port and the hub talks to
+    the orphan (found by the fault scenario "hub killed -9 and restarted")."""
+    try:
+        proc = psutil.Process(int(_pid_file(home).read_text()))
+        ours = str(home.broker_dir / "mosquitto.conf") in proc.cmdline()
+    except (FileNotFoundError, ValueError, psutil.Error):
+        return False
+    if not ours:
+        return False
+    log.warning("stopping the broker a previous hub process left running", extra={"pid": proc.pid})
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+    return True
+
+
 class ManagedBroker:
     """Runs mosquitto as a child and restarts it if it dies; stops it with the hub."""
 
@@ -161,6 +187,7 @@ class ManagedBroker:
         ca_key, ca_cert = self.home.load_ca()
         atomic_write(self.home.crl, ca.build_crl(ca_key, ca_cert, self.registry.revoked_serials()))
         atomic_write(self.home.broker_dir / "acl", render_acl(self.registry))
+        await asyncio.to_thread(stop_stale_broker, self.home)
         await self._spawn()
         self._task = asyncio.create_task(self._supervise(), name="broker:supervise")
 

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
 import aiomqtt
@@ -36,6 +35,8 @@ AVAILABILITY = {
     AVAILABLE_OFFLINE: "offline",
 }
 MAX_DEVICE_MESSAGE_BYTES = 256 * 1024
+HUB_CLIENT_ID = "spoke-hub"
+HUB_SESSION_EXPIRY_S = 7 * 86400  # how long the broker keeps the hub's messages while it is away
 
 
 def broker_address(config: HubConfig) -> tuple[str, int]:
@@ -81,8 +82,12 @@ class HubService(TaskGroupService):
         backoff = mqtt.Backoff(0.5, 10.0)
         while True:
             try:
+                # A persistent session under a fixed id: what devices publish while the hub is
+                # down or being redeployed waits in the broker (found by the fault scenarios
+                # "hub killed -9 and restarted" and "hub redeployed": events were lost).
                 async with mqtt.client(
-                    host, port, f"hub-{uuid.uuid4().hex[:8]}", hub_tls(self.home, self.config)
+                    host, port, HUB_CLIENT_ID, hub_tls(self.home, self.config),
+                    session_expiry_s=HUB_SESSION_EXPIRY_S,
                 ) as client:
                     await self._subscribe(client)
                     backoff.reset()

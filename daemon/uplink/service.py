@@ -35,6 +35,7 @@ from appliance.config import UplinkSection
 from appliance.service import TaskGroupService
 from daemon.uplink.batcher import TileBatcher
 from daemon.uplink.provider import ModelProvider, NoActiveModel, ServedModel
+from daemon.uplink.store import StorageFull
 from daemon.uplink.tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ EVENT_KIND = "detection"
 THUMBNAIL_SIDE = 256
 MODEL_POLL_S = 0.5
 RETENTION_INTERVAL_S = 60.0
+STORAGE_RETRY_S = 5
 
 
 class Refused(Exception):
@@ -258,7 +260,12 @@ class UplinkService(TaskGroupService):
             client=client, mission=meta.mission, drone=meta.drone,
             captured_at=meta.captured_at or m.captured_at, format=m.format, width=m.width,
             height=m.height, gps=gps, warnings=m.warnings)
-        row, created = await self._db(self.store.add, new)
+        try:
+            row, created = await self._db(self.store.add, new)
+        except StorageFull as exc:
+            self._drop("storage_full")
+            raise Refused(507, "storage_full", f"the appliance's data partition is full ({exc})",
+                          retry_after=STORAGE_RETRY_S) from exc
         if created:
             if len(self._hot) < self.config.workers:
                 self._hot[image_id] = image  # spare the worker a second decode
@@ -275,12 +282,19 @@ class UplinkService(TaskGroupService):
     async def _worker(self) -> None:
         while True:
             image_id = await self._queue.get()
+            waits = False
             try:
                 await self._with_model(image_id)
+            except StorageFull:  # its result cannot be written yet: it stays pending
+                log.warning("data partition full; the image waits", extra={"image": image_id})
+                waits = True
+                await asyncio.sleep(STORAGE_RETRY_S)
+                self._queue.put_nowait(image_id)
             finally:
-                self._pending.discard(image_id)
-                self._hot.pop(image_id, None)
-                self._depth_changed()
+                if not waits:
+                    self._pending.discard(image_id)
+                    self._hot.pop(image_id, None)
+                    self._depth_changed()
 
     async def _with_model(self, image_id: str) -> None:
         """Process one image under a lease on the active model, waiting while there is none.
@@ -291,14 +305,27 @@ class UplinkService(TaskGroupService):
         while True:
             try:
                 with self.provider.lease() as model:
-                    await self._process(image_id, model)
+                    full = await self._try_process(image_id, model)
+                if full is not None:
+                    raise full  # the worker retries it later
                 return
             except NoActiveModel:  # none yet, or swapped out just now: wait for one
                 await asyncio.sleep(MODEL_POLL_S)
+            except StorageFull:
+                raise
             except Exception as exc:
                 log.exception("image processing failed", extra={"image": image_id})
                 await self._db(self.store.mark_failed, image_id, f"inference failed: {exc}")
                 return
+
+    async def _try_process(self, image_id: str, model: ServedModel) -> StorageFull | None:
+        """``_process``; a full partition is returned, not raised, so the model's lease does
+        not count it as an error of the model (the health gate would roll it back)."""
+        try:
+            await self._process(image_id, model)
+        except StorageFull as exc:
+            return exc
+        return None
 
     async def _process(self, image_id: str, model: ServedModel) -> None:
         from models.errors import ImageError

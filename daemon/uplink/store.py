@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,26 @@ CREATE INDEX IF NOT EXISTS images_by_mission ON images (mission, seq);
 CREATE INDEX IF NOT EXISTS images_by_status ON images (status, seq);
 CREATE INDEX IF NOT EXISTS images_by_received ON images (received_at);
 """
+
+
+class StorageFull(Exception):
+    """The data partition (or the database on it) has no room: nothing was stored."""
+
+
+@contextlib.contextmanager
+def _room() -> Iterator[None]:
+    """Turn "no space left" from the filesystem or SQLite into ``StorageFull`` (found by the
+    fault scenario "data partition full": it was a 500 and it stopped the workers)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise StorageFull(str(exc)) from exc
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(str(exc)) from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -140,7 +162,8 @@ class ResultStore:
         if existing is not None:
             return existing, False
         rel = f"{image.id[:2]}/{image.id}"
-        atomic_write(self.images_dir / rel, image.data, mode=0o640)
+        with _room():
+            atomic_write(self.images_dir / rel, image.data, mode=0o640)
         lat, lon, alt = image.gps if image.gps else (None, None, None)
         row = {
             "id": image.id, "status": "queued", "source": image.source, "client": image.client,
@@ -150,17 +173,21 @@ class ResultStore:
             "width": image.width, "height": image.height, "latitude": lat, "longitude": lon,
             "altitude": alt, "warnings": json.dumps(list(image.warnings)),
         }
-        with self.db.conn:  # one writer: the next seq cannot be taken by anyone else
-            row["seq"] = self.db.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM images").fetchone()[0]
-            self.table.insert(row, ignore=True)
+        try:
+            with _room(), self.db.conn:  # one writer: nobody else can take the next seq
+                row["seq"] = self.db.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM images").fetchone()[0]
+                self.table.insert(row, ignore=True)
+        except StorageFull:
+            (self.images_dir / rel).unlink(missing_ok=True)  # no row, no 202: no file either
+            raise
         got = self.get(image.id)
         assert got is not None
         return got, True
 
     def mark_running(self, image_id: str, model_name: str, model_version: str,
                      backend: str) -> None:
-        with self.db.conn:
+        with _room(), self.db.conn:
             self.table.update(image_id, {"status": "running", "started_at": time.time(),
                                          "model_name": model_name,
                                          "model_version": model_version, "backend": backend})
@@ -169,11 +196,11 @@ class ResultStore:
         """``result``: labels, probs, tiles, timings (and optionally width/height/GPS)."""
         values = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in result.items()}
         values.update(status="done", reason=None, finished_at=time.time())
-        with self.db.conn:
+        with _room(), self.db.conn:
             self.table.update(image_id, values)
 
     def mark_failed(self, image_id: str, reason: str) -> None:
-        with self.db.conn:
+        with _room(), self.db.conn:
             self.table.update(image_id, {"status": "failed", "reason": reason[:1000],
                                          "finished_at": time.time()})
 

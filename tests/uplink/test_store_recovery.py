@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from daemon.uplink.store import NewImage, ResultStore
+from tests.uplink.conftest import Uplink, image_bytes
 
 
 def _new(image_id: str) -> NewImage:
@@ -32,3 +37,44 @@ def test_an_image_file_without_a_row_is_removed_when_the_store_opens(tmp_path: P
     assert row is not None and reopened.read_image(row) == b"png bytes " + kept.encode()
     reopened.close()
     assert ResultStore(tmp_path).orphans_removed == 0
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+async def test_a_full_data_partition_refuses_with_507_and_loses_nothing(
+    make_uplink: Any, tmp_path: Path
+) -> None:
+    """Fault scenario "data partition full" (a real 256 KiB tmpfs as the uplink's root): past
+    the last byte, posts get 507 ``storage_full`` (counted), not a 500; images already taken
+    wait instead of stopping the worker; once the partition grows, every one is processed and
+    new images are taken again."""
+    root = tmp_path / "uplink"
+    if not _mount_tmpfs(root, "256k"):
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        uplink: Uplink = await make_uplink(root=root)
+        accepted, refusal = [], None
+        for seed in range(200):
+            resp = await uplink.post(image_bytes(64, 48, seed=seed))
+            if resp.status != 202:
+                refusal = (resp.status, await resp.json())
+                break
+            accepted.append((await resp.json())["id"])
+        assert refusal is not None and accepted, "the partition never filled"
+        status, body = refusal
+        assert status == 507 and body["error"] == "storage_full", refusal
+        assert uplink.dropped("storage_full") == 1
+        subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
+        for image_id in accepted:
+            assert (await uplink.wait_done(image_id, timeout=60))["status"] == "done"
+        assert (await uplink.post(image_bytes(64, 48, seed=999))).status == 202
+        on_disk = {p.name for p in (root / "images").glob("*/*")}
+        rows, _ = await uplink.service.query("page", limit=500)
+        assert on_disk == {r["id"] for r in rows}
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)

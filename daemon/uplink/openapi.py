@@ -27,6 +27,12 @@ def _err(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+def _link(path: str) -> dict[str, Any]:
+    """An OpenAPI link from an accepted image to a GET on ``path`` with its id."""
+    ref = path.replace("~", "~0").replace("/", "~1")
+    return {"operationRef": f"#/paths/{ref}/get", "parameters": {"id": "$response.body#/id"}}
+
+
 UNAUTHORIZED = _err("Missing or wrong bearer token; nothing was done.")
 
 SCHEMAS: dict[str, Any] = {
@@ -150,7 +156,13 @@ def openapi_document() -> dict[str, Any]:
                         "202": {**_json(_ref("Accepted"),
                                         "Stored durably and queued (or already known: "
                                         "the same image is never computed twice)."),
-                                "headers": {"Location": {"schema": {"type": "string"}}}},
+                                "headers": {"Location": {"schema": {"type": "string"}}},
+                                # What a client does next with the id (and what a stateful
+                                # fuzzer follows).
+                                "links": {
+                                    "GetResult": _link("/v1/images/{id}"),
+                                    "GetOverlay": _link("/v1/images/{id}/overlay.png"),
+                                }},
                         "400": _err("Malformed metadata or multipart body."),
                         "401": UNAUTHORIZED,
                         "413": _err("Body over the limit, or too many pixels (a "
@@ -158,6 +170,8 @@ def openapi_document() -> dict[str, Any]:
                         "415": _err("Not image/jpeg, image/png, image/tiff or multipart."),
                         "422": _err("Empty or corrupt image; the reason is the decoder's."),
                         "429": {**_err("The queue is full."),
+                                "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+                        "507": {**_err("The data partition is full; nothing was stored."),
                                 "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
                     },
                 },

@@ -23,7 +23,7 @@ from appliance.payloads import (
     RenewAccepted,
 )
 from appliance.service import TaskGroupService
-from provisioning import broker, ca, enrollment
+from provisioning import broker, ca, enrollment, metrics
 from provisioning.home import HubHome
 from provisioning.registry import Registry
 
@@ -140,11 +140,15 @@ class HubService(TaskGroupService):
             if device is None or device.revoked_at is not None:
                 return
             if message.topic.matches(topics.ALL_AVAILABLE):
+                if payload and payload not in AVAILABILITY:
+                    self._refuse(topic, "malformed", f"availability {payload[:40]!r}")
                 self.registry.set_availability(device.id, AVAILABILITY.get(payload, "unknown"))
             elif len(payload) > MAX_DEVICE_MESSAGE_BYTES:
-                log.warning("dropped an oversized message", extra={"topic": topic})
+                self._refuse(topic, "oversized", f"{len(payload)} bytes")
             elif message.topic.matches(topics.ALL_STATE) and payload:
                 state = json.loads(payload)
+                if not isinstance(state, dict):
+                    raise TypeError("reported state must be a JSON object")
                 self.registry.set_state(device.id, state)
                 self._retire_replaced(device.id, state)
             elif message.topic.matches(topics.ALL_HEALTH):
@@ -155,8 +159,16 @@ class HubService(TaskGroupService):
             elif message.topic.matches(topics.ALL_EVENTS):
                 event = Event.model_validate_json(payload)
                 self.registry.add_event(device.id, event.model_dump(mode="json"))
-        except (ValueError, TypeError) as exc:
-            log.warning("ignored a malformed message", extra={"topic": topic, "error": str(exc)})
+        except (ValueError, TypeError, RecursionError) as exc:
+            self._refuse(topic, "malformed", str(exc))
+
+    @staticmethod
+    def _refuse(topic: str, reason: str, detail: str) -> None:
+        """Every device message the hub does not take is logged and counted (by topic kind)."""
+        kind = topic.rsplit("/", 1)[-1]
+        metrics.MESSAGES_REFUSED.labels(kind, reason).inc()
+        log.warning("refused a device message",
+                    extra={"topic": topic, "reason": reason, "error": detail[:300]})
 
     @staticmethod
     def _response_route(message: aiomqtt.Message) -> tuple[object, object]:

@@ -3,7 +3,7 @@
 import re
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -12,6 +12,16 @@ from provisioning.registry import Registry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AVAILABILITY = ("online", "offline", "stopped", "revoked", "never-seen", "unknown")
+
+
+# Process-wide: what this hub process refused from devices since it started.
+INGEST = CollectorRegistry()
+MESSAGES_REFUSED = Counter(
+    "spoke_hub_messages_refused",
+    "Device messages the hub refused, by topic (available, state, health, events) and reason",
+    ["topic", "reason"],
+    registry=INGEST,
+)
 
 
 def _label_name(key: str) -> str:
@@ -73,4 +83,4 @@ class FleetCollector(Collector):
 def exposition(registry: Registry) -> bytes:
     prom = CollectorRegistry(auto_describe=False)
     prom.register(FleetCollector(registry))
-    return generate_latest(prom)
+    return generate_latest(prom) + generate_latest(INGEST)

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint setup clean
+.PHONY: demo test test-fast bench lint setup clean fuzz soak
 
 setup: $(STAMP)
 
@@ -19,6 +19,20 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Longer fuzzing than `make test` gives it (tests/faults/test_fuzz.py): seconds per byte-level
+# target and stateful API sequences; the hostile-MQTT scenario runs with its own seed.
+FUZZ_SECONDS ?= 600
+FUZZ_STATEFUL_EXAMPLES ?= 500
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_STATEFUL_EXAMPLES=$(FUZZ_STATEFUL_EXAMPLES) \
+		$(PY) -m pytest -q -s tests/faults/test_fuzz.py tests/faults/test_scenarios.py \
+		-k "fuzz or stateful or hostile" $(PYTEST_ARGS)
+
+# A fleet under load and random faults (scripts/soak.py; root, not in CI): make soak DURATION=30m
+DURATION ?= 30m
+soak: $(STAMP)
+	$(PY) -m scripts.soak --duration $(DURATION) $(SOAK_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m scripts.bench $(BENCH_ARGS)

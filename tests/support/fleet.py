@@ -1,15 +1,30 @@
-"""Real hubs and appliances for tests: each a subprocess, talking TLS to a real mosquitto."""
+"""Fleet control: real hubs and appliances, each a subprocess, talking TLS to a real mosquitto.
 
+Tests, benchmarks and the fault suite start, stop, kill and poll them through these classes.
+An appliance may run inside a network namespace (``tests.support.netns.Link``) so that its link
+to the hub can be cut and degraded; ``Appliance.api`` follows whichever scheme (HTTP or HTTPS)
+its API serves.
+"""
+
+import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psutil
+
+if TYPE_CHECKING:
+    from tests.support.netns import Link
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -63,6 +78,15 @@ def cli(tool: str, *args: str, check: bool = True, **kw: Any) -> subprocess.Comp
     return proc
 
 
+def _any_certificate() -> ssl.SSLContext:
+    """TLS without verifying the API's certificate: these calls test availability and data,
+    not the API's identity (the identity tests check that)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class Process:
     """A long-running subprocess whose output goes to a log file we can read and show."""
 
@@ -72,6 +96,7 @@ class Process:
         self.proc = subprocess.Popen(
             argv, stdout=self._out, stderr=subprocess.STDOUT, env=_env(env), cwd=REPO
         )
+        self.pid = self.proc.pid
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -96,22 +121,41 @@ class Process:
             self.proc.wait()
         self._out.close()
 
+    def kill_tree(self) -> int:
+        """A power cut: SIGKILL to the process and every descendant at once (no cleanup runs);
+        returns how many processes were killed."""
+        try:
+            procs = [psutil.Process(self.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self.proc.wait()
+        psutil.wait_procs(procs, timeout=10)
+        self._out.close()
+        return len(procs)
+
 
 class Hub:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, public_host: str = "localhost",
+                 bind_host: str | None = None) -> None:
+        """``bind_host``: listen only there (the fault suite's private address), not 0.0.0.0."""
         self.home = root / "hub"
         self.mqtt_port = free_port()
         self.http_port = free_port()
         self.process: Process | None = None
         self.starts = 0
         self._operator_token: str | None = None
+        self.env = {"SPOKE_HUB_HUB__BIND_HOST": bind_host} if bind_host else {}
         cli(
             "spoke-hub",
             "init",
             "--home",
             str(self.home),
             "--public-host",
-            "localhost",
+            public_host,
             "--mqtt-port",
             str(self.mqtt_port),
             "--http-port",
@@ -127,7 +171,7 @@ class Hub:
         self.process = Process(
             [sys.executable, "-m", "provisioning", "serve", "--home", str(self.home)],
             self.home / f"serve-{self.starts}.log",
-            env=env,
+            env=self.env | (env or {}),
         )
         self.starts += 1
         wait_for(lambda: "hub connected to broker" in self.process.output(), 60, "hub to connect")  # type: ignore[union-attr]
@@ -137,6 +181,12 @@ class Hub:
         code = self.process.terminate() if self.process else 0
         self.process = None
         return code
+
+    def kill(self) -> None:
+        """SIGKILL to the hub process alone: its managed broker is left as an orphan."""
+        if self.process:
+            self.process.kill()
+        self.process = None
 
     def bundle(self, out: Path, *extra: str, labels: str = "site=bridge-17,region=north") -> Path:
         cli(
@@ -217,22 +267,28 @@ class Hub:
 
         return wait_for(check, timeout, f"{device_id} to report {version} {state}")
 
-    def events(self, device_id: str, kind: str) -> list[dict[str, Any]]:
+    def events(self, device_id: str, kind: str | None = None,
+               limit: int = 100) -> list[dict[str, Any]]:
         from provisioning.registry import Registry
 
         registry = Registry(self.home / "registry.db")
         try:
-            return registry.events(device_id, kind)
+            return registry.events(device_id, kind, limit)
         finally:
             registry.close()
 
 
 class Appliance:
-    def __init__(self, root: Path, hub: Hub, name: str = "appliance") -> None:
+    def __init__(self, root: Path, hub: Hub, name: str = "appliance",
+                 link: "Link | None" = None) -> None:
+        """``link``: run inside that network namespace, its API on the namespace's address."""
         self.state_dir = root / name
         self.hub = hub
+        self.link = link
+        self.api_host = link.addr if link else "127.0.0.1"
         self.api_port = free_port()
         self.process: Process | None = None
+        self._scheme: str | None = None
 
     def start(
         self,
@@ -242,6 +298,7 @@ class Appliance:
     ) -> "Appliance":
         """``args``: extra ``spoke run`` arguments, e.g. ``["--model", DIR]``."""
         argv = [
+            *(self.link.prefix() if self.link else []),
             sys.executable,
             "-m",
             "daemon",
@@ -260,9 +317,50 @@ class Appliance:
         self.process = Process(
             argv,
             self.state_dir.parent / f"{self.state_dir.name}.log",
-            env=FAST_DAEMON_ENV | {"SPOKE_API__LISTEN": f"127.0.0.1:{self.api_port}"} | (env or {}),
+            env=FAST_DAEMON_ENV
+            | {"SPOKE_API__LISTEN": f"{self.api_host}:{self.api_port}"}
+            | (env or {}),
         )
         return self
+
+    def scheme(self) -> str | None:
+        """``https`` if the API completes a TLS handshake, ``http`` if it answers without one,
+        None while nothing listens. Remembered once known."""
+        if self._scheme is None:
+            try:
+                with socket.create_connection((self.api_host, self.api_port), timeout=5) as raw:
+                    try:
+                        with _any_certificate().wrap_socket(raw):
+                            self._scheme = "https"
+                    except (ssl.SSLError, ConnectionResetError):
+                        self._scheme = "http"
+            except OSError:
+                return None
+        return self._scheme
+
+    def api(self, path: str, token: str | None = None, data: bytes | None = None,
+            content_type: str = "image/png", timeout: float = 10) -> tuple[int, Any]:
+        """One API call: (status, parsed JSON body); (0, None) when the API cannot be reached."""
+        scheme = self.scheme()
+        if scheme is None:
+            return 0, None
+        headers = {"Content-Type": content_type} if data is not None else {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(f"{scheme}://{self.api_host}:{self.api_port}{path}",
+                                     data=data, headers=headers,
+                                     method="POST" if data is not None else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=_any_certificate()) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body or b"null")
+            except ValueError:
+                return exc.code, body.decode(errors="replace")
+        except (OSError, ValueError):
+            return 0, None
 
     def status(self) -> dict[str, Any]:
         return json.loads(
@@ -292,6 +390,12 @@ class Appliance:
         if self.process:
             self.process.kill()
         self.process = None
+
+    def power_cut(self) -> int:
+        """kill -9 of the daemon and all its workers at once; returns how many died."""
+        killed = self.process.kill_tree() if self.process else 0
+        self.process = None
+        return killed
 
     def models(self) -> dict[str, Any]:
         """``spoke models list --json``: the store, the active model, the last refusal."""

@@ -8,7 +8,8 @@ The reconciliation is the books at the end of a bad day:
 - every processed image's detection event reached the hub exactly once (one event per image
   and model version; its id is derived from both), and the appliance's outbox is empty with
   nothing dropped;
-- the hub's stores hold no duplicate event ids;
+- the hub's stores hold no duplicate event ids, and each alert alternates raised/cleared
+  (a restart must not raise again an alert that is still raised);
 - the active model is a store entry whose sha256 is the one the hub published;
 - the identity is whole: key, certificate and CA on disk, the certificate's key is the device
   key, it was issued by the hub's CA for this device id;
@@ -79,6 +80,7 @@ class Books:
     events_at_hub: int = 0
     events_missing: list[str] = field(default_factory=list)
     events_duplicated: list[str] = field(default_factory=list)
+    alert_repeats: list[str] = field(default_factory=list)
     outbox_left: int = 0
     outbox_dropped: int = 0
     model_ok: bool = False
@@ -96,6 +98,8 @@ class Books:
             out.append(f"{len(self.events_missing)} detection events never reached the hub")
         if self.events_duplicated:
             out.append(f"duplicated event ids at the hub: {self.events_duplicated[:3]}")
+        if self.alert_repeats:
+            out.append(f"alerts raised or cleared twice in a row: {self.alert_repeats[:3]}")
         if self.outbox_left or self.outbox_dropped:
             out.append(f"outbox: {self.outbox_left} left, {self.outbox_dropped} dropped")
         if not self.model_ok:
@@ -247,11 +251,8 @@ class FaultFleet:
         boxes = boxes if boxes is not None else self.boxes
 
         def green() -> bool:
-            if not all(b.healthy() for b in boxes):
-                return False
-            devices = self.hub.devices()
-            return all((devices.get(b.device_id) or {}).get("availability") == "online"
-                       for b in boxes)
+            return all(b.healthy() for b in boxes) and all(
+                self.hub.availability(b.device_id) == "online" for b in boxes)
 
         wait_for(green, RECOVERY_WAIT_S, "health to be green again")
         return round(time.monotonic() - since, 1)
@@ -296,6 +297,7 @@ class FaultFleet:
             books.events_at_hub += sum(1 for key in mine if per_image[key] == 1)
             books.events_missing += sorted(i for i, _ in expected - set(per_image))
             books.events_duplicated += sorted(i for (i, _), n in per_image.items() if n > 1)
+            books.alert_repeats += _alert_repeats(events)
             books.model_ok = self._model_verified(box)
             books.identity_ok = self._identity_whole(box)
         books.events_duplicated += [i for i, n in hub_ids.items() if n > 1]
@@ -348,6 +350,18 @@ class FaultFleet:
         cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
         return (same_key and cn == box.device_id == meta.get("device_id")
                 and cert.issuer == ca.subject)
+
+
+def _alert_repeats(events: list[dict[str, Any]]) -> list[str]:
+    """Alerts whose state did not alternate at the hub, in the order the hub received them."""
+    last: dict[tuple[str, str], str] = {}
+    repeats = []
+    for e in sorted((e for e in events if e["kind"] == "alert"), key=lambda e: e["received_at"]):
+        key, state = (e["data"]["alert"], e["data"]["subject"]), e["data"]["state"]
+        if last.get(key) == state:
+            repeats.append(f"{key[0]}/{key[1]} {state}")
+        last[key] = state
+    return repeats
 
 
 def _results(box: Box) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,9 @@ from tests.faults import mqtt_fuzz
 from tests.faults.harness import Books, Box, FaultFleet, Uplink
 from tests.support.fleet import wait_for
 
-pytestmark = pytest.mark.slow
+# Starting the shared fleet counts against the first scenario; on a loaded machine that alone
+# can pass the suite-wide 300 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 LINK_DOWN_S = float(os.environ.get("FAULT_LINK_DOWN_S", "60"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "20"))
@@ -79,7 +81,7 @@ def test_loss_on_the_link(fleet: FaultFleet, box: Box) -> None:
     with Uplink(box, period_s=1.0):
         applied = link.degrade(loss=0.3, jitter_ms=500)
         try:
-            time.sleep(30)
+            time.sleep(20)
         finally:
             link.heal()
             end = time.monotonic()
@@ -197,7 +199,7 @@ def test_clock_jumps_forward_and_back(fleet: FaultFleet, box: Box, tmp_path: Pat
         with Uplink(box):
             for offset in ("+2h", "-1h"):
                 clock.write_text(offset + "\n")
-                time.sleep(15)
+                time.sleep(10)
             clock.write_text("+0\n")
             end = time.monotonic()
         settle(fleet, "clock jumps +2 h, -1 h", end)

@@ -219,6 +219,17 @@ class Hub:
         out = cli("spoke-hub", "devices", "--home", str(self.home), "--json").stdout
         return {d["id"]: d for d in json.loads(out)}
 
+    def availability(self, device_id: str) -> str | None:
+        """What the hub's registry says now (read in-process: cheaper than ``devices``)."""
+        from provisioning.registry import Registry
+
+        registry = Registry(self.home / "registry.db")
+        try:
+            device = registry.device(device_id)
+            return device.as_dict()["availability"] if device else None
+        finally:
+            registry.close()
+
     def wait_availability(self, device_id: str, value: str, timeout: float = 40) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             d = self.devices().get(device_id)

@@ -263,7 +263,6 @@ class UplinkService(TaskGroupService):
         try:
             row, created = await self._db(self.store.add, new)
         except StorageFull as exc:
-            self._drop("storage_full")
             raise Refused(507, "storage_full", f"the appliance's data partition is full ({exc})",
                           retry_after=STORAGE_RETRY_S) from exc
         if created:

@@ -418,11 +418,12 @@ class UplinkService(TaskGroupService):
             meta = Metadata(mission=watch.mission_of(path))
             accepted = await self.ingest(data, content_type, meta, source="watch")
         except Refused as exc:
-            self.count_drop(exc.code)
-            if exc.status == 429:
+            if exc.status in (429, 507):  # no room in the queue or on disk: not the file's fault
+                self.count_drop(exc.code)
                 watch.retry_later(path)  # stays in place; picked up again when there is room
                 return
-            await asyncio.to_thread(watch.fail, path, exc.reason)
+            if await asyncio.to_thread(watch.fail, path, exc.reason) is not None:
+                self.count_drop(exc.code)  # once, when it fails (not while it is held)
             return
         except OSError as exc:
             log.warning("watch folder: cannot read a file", extra={"path": str(path),

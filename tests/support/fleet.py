@@ -174,7 +174,7 @@ class Hub:
             env=self.env | (env or {}),
         )
         self.starts += 1
-        wait_for(lambda: "hub connected to broker" in self.process.output(), 60, "hub to connect")  # type: ignore[union-attr]
+        wait_for(lambda: "hub connected to broker" in self.process.output(), 180, "hub to connect")  # type: ignore[union-attr]
         return self
 
     def stop(self) -> int:

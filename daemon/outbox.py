@@ -7,7 +7,6 @@ delivered at least once; the hub de-duplicates by event id. The outbox is bounde
 """
 
 import asyncio
-import json
 import logging
 import sqlite3
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import LinkError
+from appliance.payloads import Event
 from appliance.service import TaskGroupService
 from appliance.store import connect
 
@@ -56,13 +56,12 @@ class Outbox(TaskGroupService):
         A caller that may repeat itself after a crash passes a deterministic ``event_id``: a
         repeat still waiting here is ignored, one already delivered is dropped by the hub.
         """
-        event_id = event_id or uuid.uuid4().hex
-        event = {"id": event_id, "kind": kind, "ts": time.time(), "data": data}
+        event = Event(id=event_id or uuid.uuid4().hex, kind=kind, ts=time.time(), data=data)
         with self._conn:
             self._conn.execute(
                 "INSERT OR IGNORE INTO outbox (id, kind, payload, created_at)"
                 " VALUES (?, ?, ?, ?)",
-                (event_id, kind, json.dumps(event), event["ts"]),
+                (event.id, kind, event.model_dump_json(), event.ts),
             )
             dropped = self._trim()
         if dropped:
@@ -70,7 +69,7 @@ class Outbox(TaskGroupService):
             if self.on_drop:
                 self.on_drop(dropped)
         self._wake.set()
-        return event_id
+        return event.id
 
     def _trim(self) -> int:
         excess = self.depth() - self.max_events
@@ -94,6 +93,16 @@ class Outbox(TaskGroupService):
         row = self._conn.execute("SELECT value FROM outbox_stats WHERE name = 'dropped'").fetchone()
         return int(row[0]) if row else 0
 
+    def pending(self) -> list[Event]:
+        """The events not yet delivered, oldest first (what ``spoke status`` and tests see)."""
+        rows = self._conn.execute("SELECT payload FROM outbox ORDER BY seq").fetchall()
+        return [Event.model_validate_json(r["payload"]) for r in rows]
+
+    def close(self) -> None:
+        """Close the database without starting or stopping the drain (an outbox used only to
+        queue events)."""
+        self._conn.close()
+
     def attach(self, publisher: Publisher | None) -> None:
         """Give the outbox a way to publish (the hub link), or take it away."""
         self._publisher = publisher
@@ -104,7 +113,7 @@ class Outbox(TaskGroupService):
 
     async def stop(self) -> None:
         await self.cancel_tasks()
-        self._conn.close()
+        self.close()
 
     async def _drain(self) -> None:
         while True:

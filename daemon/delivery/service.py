@@ -253,7 +253,7 @@ class ModelService(TaskGroupService):
                             self._fallback = None
                         await self._load_current()
                     if self.gate is not None:
-                        await self._check_gate()
+                        await self.check_gate()
                     else:
                         await self.reconcile()
             except Exception:
@@ -400,7 +400,9 @@ class ModelService(TaskGroupService):
                 with contextlib.suppress(RuntimeError):
                     self._loop_ref.call_soon_threadsafe(self._wake.set)
 
-    async def _check_gate(self) -> None:
+    async def check_gate(self) -> None:
+        """Decide the health gate now if it can be decided (the loop calls this every
+        half second while a gate runs)."""
         gate, active = self.gate, self.manager.current()
         if gate is None or active is None:
             self.gate = None

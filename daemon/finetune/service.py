@@ -142,6 +142,12 @@ class FinetuneService(TaskGroupService):
         self._reported = await self.db(self._summary)
         self.spawn(self._loop(), "runner")
 
+    @property
+    def worker_pid(self) -> int | None:
+        """The process id of the running job's worker, if one runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
     async def stop(self) -> None:
         self._stopping = True
         proc = self._proc

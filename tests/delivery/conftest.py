@@ -88,7 +88,7 @@ class Harness:
         while svc.gate is not None:
             assert asyncio.get_running_loop().time() < deadline, "health gate never decided"
             await asyncio.sleep(0.05)
-            await svc._check_gate()
+            await svc.check_gate()
 
     def active(self) -> str | None:
         cur = self.service.manager.current()

@@ -151,7 +151,7 @@ class Site:
         deadline = time.monotonic() + timeout
         while self.models.gate is not None:
             assert time.monotonic() < deadline, "health gate never decided"
-            await self.models._check_gate()
+            await self.models.check_gate()
             await asyncio.sleep(0.1)
 
 

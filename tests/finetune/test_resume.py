@@ -36,9 +36,9 @@ async def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint(
     # Enough steps that on an idle machine the kill still lands mid-training.
     job = await site.start(method="lora", epochs=100)
     await wait_step(site, job["id"], 4)
-    proc = site.service._proc
-    assert proc is not None
-    os.kill(proc.pid, signal.SIGKILL)
+    pid = site.service.worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
     done = await site.wait(job["id"])
     assert done["status"] == "done", done
     assert done["attempts"] == 2

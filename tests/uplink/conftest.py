@@ -145,7 +145,7 @@ async def make_uplink(
     yield make
     for service, outbox in started:
         await service.stop()
-        outbox._conn.close()
+        outbox.close()
 
 
 @pytest.fixture

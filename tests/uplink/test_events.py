@@ -17,7 +17,7 @@ def test_a_repeated_event_id_is_stored_once(tmp_path: Path) -> None:
         outbox.put("detection", {"n": 1}, event_id="abc")
         assert outbox.depth() == 1
     finally:
-        outbox._conn.close()
+        outbox.close()
 
 
 def test_the_event_id_depends_on_the_image_and_the_model(

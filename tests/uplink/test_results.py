@@ -122,9 +122,9 @@ async def test_images_wait_for_a_model_and_then_run(make_uplink: Any, tiny_provi
 
 async def test_each_processed_image_puts_a_compact_event_in_the_outbox(uplink: Uplink) -> None:
     done = await _post_done(uplink, 5, mission="m9", drone="d2")
-    rows = uplink.outbox._conn.execute("SELECT kind, payload FROM outbox").fetchall()
-    assert [r["kind"] for r in rows] == ["detection"]
-    event = json.loads(rows[0]["payload"])["data"]
+    events = uplink.outbox.pending()
+    assert [e.kind for e in events] == ["detection"]
+    event = events[0].data
     assert event["image"] == done["id"] and event["mission"] == "m9"
     assert event["labels"] == done["labels"]
     assert set(event["max_probs"]) == set(done["probs"])
@@ -135,14 +135,15 @@ async def test_each_processed_image_puts_a_compact_event_in_the_outbox(uplink: U
 async def test_events_carry_no_image_bytes_unless_export_is_enabled(make_uplink: Any) -> None:
     plain: Uplink = await make_uplink()
     await _post_done(plain, 6)
-    (row,) = plain.outbox._conn.execute("SELECT payload FROM outbox").fetchall()
-    assert len(row["payload"]) < 2000 and "thumbnail" not in row["payload"]
+    (event,) = plain.outbox.pending()
+    payload = event.model_dump_json()
+    assert len(payload) < 2000 and "thumbnail" not in payload
     exporting: Uplink = await make_uplink(
         root=plain.service.root.parent / "exp" / "uplink", export="thumbnail"
     )
     await _post_done(exporting, 7)
-    (row,) = exporting.outbox._conn.execute("SELECT payload FROM outbox").fetchall()
-    assert "thumbnail_jpeg_b64" in json.loads(row["payload"])["data"]
+    (event,) = exporting.outbox.pending()
+    assert "thumbnail_jpeg_b64" in event.data
 
 
 async def test_retention_deletes_processed_images_oldest_first(make_uplink: Any) -> None:

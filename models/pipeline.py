@@ -106,6 +106,8 @@ class Pipeline:
         self.overlap = size // 7 if options.overlap is None else options.overlap
         mean = self.card.preprocessing.mean
         self._pad = (round(mean[0] * 255), round(mean[1] * 255), round(mean[2] * 255))
+        #: Wall-clock time (``time.time()``) the first batch of tiles came back: start-up metric.
+        self.first_inferred_at: float | None = None
 
     def decode(self, data: bytes) -> DecodedImage:
         """Bounded decode (see ``models.images.decode_image``) with this pipeline's limits."""
@@ -161,6 +163,8 @@ class Pipeline:
             batch = self.card.preprocessing.normalize(tiles[start : start + chunk])
             t1 = time.perf_counter()
             parts.append(self.backend.infer(batch))
+            if self.first_inferred_at is None:
+                self.first_inferred_at = time.time()
             normalizing += t1 - t0
             inferring += time.perf_counter() - t1
         t2 = time.perf_counter()

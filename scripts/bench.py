@@ -13,6 +13,7 @@ from tests.support.fleet import REPO
 
 BENCHMARKS: dict[str, list[str]] = {
     "inference": ["-m", "daemon", "bench"],
+    "infer": ["-m", "scripts.bench_infer"],
     "health": ["-m", "scripts.bench_health"],
     "fleet": ["-m", "scripts.bench_fleet"],
     "uplink": ["-m", "scripts.bench_uplink"],

@@ -36,6 +36,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+#: The uplink's default ``max_batch_tiles``: the model-only baseline runs at the same batch.
+MAX_BATCH_TILES = 32
+
+
+def tiles_per_frame(model: Path, width: int, height: int) -> int:
+    """How many tiles the uplink cuts a frame into (default overlap, no downscale)."""
+    from models.artifact import load_artifact
+    from models.tiling import tile_positions
+
+    size = load_artifact(model).card.preprocessing.input_size
+    overlap = size // 7
+    return len(tile_positions(width, size, overlap)) * len(tile_positions(height, size, overlap))
 
 
 def free_port() -> int:
@@ -83,7 +95,7 @@ def direct_seconds_per_image(model: Path, backend: str, files: list[Path]) -> fl
 
     def run(paths: list[Path]) -> float:
         ns = argparse.Namespace(images=paths, model=model, backend=backend, overlap=None,
-                                downscale=1, json=True, overlay=None)
+                                downscale=1, json=True, overlay=None, remeasure=False)
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             code = infer(ns)
@@ -95,6 +107,20 @@ def direct_seconds_per_image(model: Path, backend: str, files: list[Path]) -> fl
     one = run(files[:1])
     many = run(files)
     return (many - one) / (len(files) - 1)
+
+
+def model_only_tiles_per_s(model: Path, backend: str, batch: int, seconds: float) -> float:
+    """The engine alone (the pick of ``backend``, ``auto`` reading the same engine cache as the
+    daemon) on full batches of preprocessed tiles: the ceiling the API is compared with."""
+    from models.artifact import load_artifact
+    from models.backends import create_backend
+    from models.bench import model_rate
+
+    engine = create_backend(load_artifact(model), backend, batch_size=batch)
+    try:
+        return model_rate(engine, batch, seconds)
+    finally:
+        engine.close()
 
 
 async def load(base: str, token: str, images: list[bytes], concurrency: int,
@@ -170,8 +196,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="vit-tiny-p16-224")
-    parser.add_argument("--backend", default="onnxruntime",
-                        help="the same backend for both sides (default onnxruntime)")
+    parser.add_argument("--backend", default="auto",
+                        help="the same backend for all sides (default auto: the stored pick)")
     parser.add_argument("--images", type=int, default=16,
                         help="images per concurrency level (at least the concurrency)")
     parser.add_argument("--direct-images", type=int, default=3,
@@ -199,6 +225,8 @@ def main() -> None:
             files.append(path)
         print("direct spoke infer...", file=sys.stderr)
         direct_before = direct_seconds_per_image(model, args.backend, files)
+        print("model only...", file=sys.stderr)
+        engine_before = model_only_tiles_per_s(model, args.backend, MAX_BATCH_TILES, 5.0)
 
         state, port = root / "box", free_port()
         token = spoke("tokens", "create", "--state-dir", str(state), "--name", "bench").strip()
@@ -236,14 +264,22 @@ def main() -> None:
         # compared with the mean of a direct measurement on either side of it.
         print("direct spoke infer again...", file=sys.stderr)
         direct_after = direct_seconds_per_image(model, args.backend, files)
+        engine_after = model_only_tiles_per_s(model, args.backend, MAX_BATCH_TILES, 5.0)
         direct_s = (direct_before + direct_after) / 2
+        engine_rate = (engine_before + engine_after) / 2
+        tiles = tiles_per_frame(model, width, height)
         for r in rows:
             r["vs_direct"] = round(r["images_per_s"] * direct_s, 2)
+            r["tiles_per_s"] = round(r["images_per_s"] * tiles, 1)
+            r["vs_model_only"] = round(r["images_per_s"] * tiles / engine_rate, 2)
 
     result = {
         "preset": args.preset, "backend": args.backend, "frame": f"{width}x{height}",
         "direct_images_per_s": round(1 / direct_s, 3), "direct_s_per_image": round(direct_s, 2),
         "direct_s_per_image_before_after": [round(direct_before, 2), round(direct_after, 2)],
+        "tiles_per_frame": tiles,
+        "model_only_tiles_per_s": round(engine_rate, 1),
+        "model_only_before_after": [round(engine_before, 1), round(engine_after, 1)],
         "levels": rows, "cpu": cpu_model(),
         "cpus": os.cpu_count(), "load_before": [round(v, 1) for v in load_start],
         "load_after": [round(v, 1) for v in os.getloadavg()],
@@ -254,11 +290,14 @@ def main() -> None:
     print(f"{args.preset} on {args.backend}, {width}x{height} JPEG; direct spoke infer: "
           f"{result['direct_images_per_s']} images/s ({direct_s:.2f} s/image; "
           f"{direct_before:.2f} s before the API runs, {direct_after:.2f} s after)")
-    print("| concurrency | images | images/s | p50 latency | p99 latency | API / direct |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"model only (same engine, batches of {MAX_BATCH_TILES}): "
+          f"{result['model_only_tiles_per_s']} tiles/s; {tiles} tiles per frame")
+    print("| concurrency | images | images/s | tiles/s | p50 latency | p99 latency "
+          "| API / direct | API / model only |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['concurrency']} | {r['images']} | {r['images_per_s']} | {r['p50_s']} s | "
-              f"{r['p99_s']} s | {r['vs_direct']} |")
+        print(f"| {r['concurrency']} | {r['images']} | {r['images_per_s']} | {r['tiles_per_s']} "
+              f"| {r['p50_s']} s | {r['p99_s']} s | {r['vs_direct']} | {r['vs_model_only']} |")
     print(f"load average before {result['load_before']}, after {result['load_after']}")
 
 

@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"a smoke run: {QUICK_SIZE[0]}x{QUICK_SIZE[1]} image, batches 1 and 8, short timings",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure auto's engine choice again instead of reusing the stored pick",
+    )
     source = p.add_mutually_exclusive_group()
     source.add_argument(
         "--preset",
@@ -71,14 +76,19 @@ def bench(args: argparse.Namespace) -> int:
             load_artifact(args.model) if args.model else _random_artifact(args.preset, Path(tmp))
         )
         with tqdm(
-            total=planned_steps(), desc="bench", unit="step", file=sys.stderr, leave=False
+            total=planned_steps(),
+            desc="bench",
+            unit="step",
+            file=sys.stderr,
+            leave=False,
+            disable=not sys.stderr.isatty(),
         ) as bar:
 
             def progress(what: str) -> None:
                 bar.set_postfix_str(what)
                 bar.update(1)
 
-            results = run_bench(artifact, plan, progress)
+            results = run_bench(artifact, plan, progress, remeasure=args.remeasure)
     if not results["rows"]:
         raise DataError("no backend could be measured")
     if args.json:

@@ -2,8 +2,11 @@
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from appliance.cli import print_json
 from models.artifact import load_artifact
@@ -61,8 +64,11 @@ def read_bounded(path: Path, limit: int) -> bytes:
 
 
 def infer(args: argparse.Namespace) -> int:
+    started = psutil.Process().create_time()
     artifact = load_artifact(args.model)
+    choosing = time.time()
     backend = create_backend(artifact, args.backend, remeasure=args.remeasure)
+    ready = time.time()
     limits = ImageLimits()
     pipeline = Pipeline(artifact, backend, TileOptions(args.overlap, args.downscale), limits)
     if not args.json:
@@ -94,7 +100,20 @@ def infer(args: argparse.Namespace) -> int:
         if not args.json:
             print_summary(path, outcome)
     if args.json:
-        print_json({"model": artifact.card.ref, "backend": backend.describe(), "results": records})
+        first = pipeline.first_inferred_at
+        startup = {
+            "engine_s": round(ready - choosing, 3),
+            "process_to_engine_ready_s": round(ready - started, 3),
+            "process_to_first_tiles_s": None if first is None else round(first - started, 3),
+        }
+        print_json(
+            {
+                "model": artifact.card.ref,
+                "backend": backend.describe(),
+                "startup": startup,
+                "results": records,
+            }
+        )
     return 0 if all(r["ok"] for r in records) else 1
 
 

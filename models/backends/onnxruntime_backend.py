@@ -1,6 +1,6 @@
 """ONNX Runtime backend: the TensorRT and CUDA execution providers when this build has them and a
-GPU is present, otherwise the CPU provider; on the CPU optionally an int8 graph (static QDQ, or
-dynamic), built by ``models.backends.quantize`` and cached next to TensorRT engines."""
+GPU is present, otherwise the CPU provider; on the CPU optionally the static QDQ int8 graph
+built by ``models.backends.quantize`` and cached next to TensorRT engines."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from models.export import INPUT_NAME, OUTPUT_NAME
 
 #: Preference order; ONNX Runtime falls back down the list per node.
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-#: ``int8`` is the static QDQ graph; ``int8-dynamic`` quantises activations per batch.
-PRECISIONS = ("auto", "fp32", "int8", "int8-dynamic")
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 class OnnxRuntimeBackend(Backend):
     """One ``InferenceSession`` with every graph optimisation on. ``fp32`` runs the artifact's
-    graph; the int8 precisions run its quantised copy, which the golden smoke test must still
+    graph; ``int8`` runs its quantised copy, which the golden smoke test must still
     pass (``auto`` also holds it to ``quantize.evaluate``)."""
 
     name = "onnxruntime"
@@ -52,9 +51,8 @@ class OnnxRuntimeBackend(Backend):
         ]
         providers.append("CPUExecutionProvider")
         graph = artifact.onnx_path
-        if precision != "fp32":
-            recipe = "dynamic" if precision == "int8-dynamic" else "static"
-            graph = int8_graph(artifact, recipe, ort.__version__, cache_dir or default_cache_dir())
+        if precision == "int8":
+            graph = int8_graph(artifact, ort.__version__, cache_dir or default_cache_dir())
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(graph), sess_options=opts, providers=providers)

@@ -61,7 +61,7 @@ class OpenVINOBackend(Backend):
         if precision == "int8":
             import onnxruntime as ort
 
-            graph = int8_graph(artifact, "static", ort.__version__, cache)
+            graph = int8_graph(artifact, ort.__version__, cache)
             float_precision = "bf16" if "BF16" in capabilities else "fp32"
         super().__init__(artifact, precision, "cpu", batch_size)
         # One cache directory per precision: OpenVINO 2026.4 keyed a bf16 compile of a graph

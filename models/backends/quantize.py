@@ -1,11 +1,10 @@
 """int8 graphs and the accuracy gate they must pass before ``auto`` may pick one.
 
-- ``int8_graph(artifact, "static", ...)``: static QDQ quantisation (weights per channel,
-  activations per tensor with ranges calibrated on ``calibration.card_tiles``). ONNX Runtime
-  and OpenVINO both run it on integer kernels.
-- ``int8_graph(artifact, "dynamic", ...)``: weights int8, activations quantised per batch.
-
-Both are built once per (graph, quantiser version, recipe) and cached in the engine cache.
+``int8_graph`` quantises statically to QDQ: weights per channel, activations per tensor with
+ranges calibrated on ``calibration.card_tiles``. ONNX Runtime and OpenVINO both run it on
+integer kernels. It is built once per (graph, quantiser version) and cached in the engine cache.
+(Dynamic quantisation, activations quantised per batch, measured slower than this on ViT-S and
+was dropped: docs/BENCHMARKS.md.)
 ``evaluate`` compares an int8 backend against fp32 outputs on held-out tiles; a graph that drifts
 past ``MIN_AGREEMENT`` / ``MIN_MACRO_F1`` is refused and the reason logged.
 """
@@ -25,7 +24,6 @@ from models.backends.calibration import CALIBRATION_SEED, CALIBRATION_TILES, car
 from models.errors import BackendError
 from models.export import INPUT_NAME
 
-RECIPES = ("static", "dynamic")
 #: Share of evaluation tiles whose int8 label set must equal the fp32 one.
 MIN_AGREEMENT = 0.95
 #: Macro-F1 of int8 labels against fp32 labels, averaged over the card's labels.
@@ -34,13 +32,11 @@ MIN_MACRO_F1 = 0.90
 _CALIBRATION_BATCH = 8
 
 
-def int8_graph(artifact: Artifact, recipe: str, ort_version: str, cache_dir: Path) -> Path:
-    """The artifact's graph quantised by ``recipe``, from the cache or built now."""
-    if recipe not in RECIPES:
-        raise BackendError(f"unknown int8 recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    fields = [artifact.card.files[ONNX_FILE], ort_version, f"int8-{recipe}", "v2"]
+def int8_graph(artifact: Artifact, ort_version: str, cache_dir: Path) -> Path:
+    """The artifact's graph quantised to static QDQ int8, from the cache or built now."""
+    fields = [artifact.card.files[ONNX_FILE], ort_version, "int8-static-qdq"]
     key = hashlib.sha256("\n".join(fields).encode()).hexdigest()
-    path = cache_dir / f"{key}.int8-{recipe}.onnx"
+    path = cache_dir / f"{key}.int8.onnx"
     if path.is_file():
         return path
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -50,12 +46,7 @@ def int8_graph(artifact: Artifact, recipe: str, ort_version: str, cache_dir: Pat
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
             quant_pre_process(str(artifact.onnx_path), str(prepared))
-            if recipe == "static":
-                _quantize_static(artifact, prepared, quantized)
-            else:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8)
+            _quantize_static(artifact, prepared, quantized)
             quantized.replace(path)
     except Exception as exc:
         raise BackendError(f"onnxruntime could not quantise {artifact.onnx_path}: {exc}") from exc

@@ -78,12 +78,12 @@ def create_backend(
     int8 graphs, OpenVINO blobs and TensorRT engines (default: ``default_cache_dir()``)."""
     cache = cache_dir or default_cache_dir()
     if name != "auto":
-        return _build(artifact, name, precision, batch_size, cache)
+        return build_backend(artifact, name, precision, batch_size, cache)
     key = choice_key(artifact, batch_size)
     stored = None if remeasure else load_choice(cache, key)
     if stored is not None:
         try:
-            backend = _build(artifact, stored.backend, stored.precision, batch_size, cache)
+            backend = build_backend(artifact, stored.backend, stored.precision, batch_size, cache)
             backend.smoke_test()
         except SpokeError as exc:
             log.warning(
@@ -99,7 +99,10 @@ def create_backend(
     return backend
 
 
-def _build(artifact: Artifact, name: str, precision: str, batch_size: int, cache: Path) -> Backend:
+def build_backend(
+    artifact: Artifact, name: str, precision: str, batch_size: int, cache: Path
+) -> Backend:
+    """One named backend at one precision (no ``auto``)."""
     if name == "torch":
         return TorchBackend(artifact, precision, batch_size=batch_size)
     if name == "onnxruntime":
@@ -113,20 +116,25 @@ def _build(artifact: Artifact, name: str, precision: str, batch_size: int, cache
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
 
 
+def candidate_labels() -> list[str]:
+    """``backend/precision`` of every configuration ``auto`` considers on this machine."""
+    if torch.cuda.is_available():
+        torch_reduced = "torch/bf16" if torch.cuda.is_bf16_supported() else "torch/fp16"
+        return ["tensorrt/auto", torch_reduced, "onnxruntime/fp32"]
+    labels = ["torch/fp32", "onnxruntime/fp32", "onnxruntime/int8"]
+    if cpu_has_bf16():
+        labels.append("torch/bf16")
+    if "openvino" in engine_versions():
+        labels += ["openvino/fp32", "openvino/bf16", "openvino/int8"]
+    return labels
+
+
 def _candidates(artifact: Artifact, batch_size: int, cache: Path) -> dict[str, Factory]:
     def factory(label: str) -> Factory:
         name, precision = label.split("/")
-        return lambda: _build(artifact, name, precision, batch_size, cache)
+        return lambda: build_backend(artifact, name, precision, batch_size, cache)
 
-    if torch.cuda.is_available():
-        labels = ["tensorrt/auto", "torch/fp16", "onnxruntime/fp32"]
-    else:
-        labels = ["torch/fp32", "onnxruntime/fp32", "onnxruntime/int8", "onnxruntime/int8-dynamic"]
-        if cpu_has_bf16():
-            labels.append("torch/bf16")
-        if "openvino" in engine_versions():
-            labels += ["openvino/fp32", "openvino/bf16", "openvino/int8"]
-    return {label: factory(label) for label in labels}
+    return {label: factory(label) for label in candidate_labels()}
 
 
 def _measure(artifact: Artifact, candidates: dict[str, Factory]) -> tuple[Backend, EngineChoice]:
@@ -148,7 +156,7 @@ def _measure(artifact: Artifact, candidates: dict[str, Factory]) -> tuple[Backen
         try:
             backend.smoke_test()
             if "int8" in label:
-                reference = reference or _fp32_reference(artifact)
+                reference = reference or fp32_reference(artifact)
                 verdict = evaluate(
                     reference[1],
                     backend.infer(reference[0]),
@@ -182,7 +190,7 @@ def _measure(artifact: Artifact, candidates: dict[str, Factory]) -> tuple[Backen
     return best, choice
 
 
-def _fp32_reference(artifact: Artifact) -> tuple[np.ndarray, np.ndarray]:
+def fp32_reference(artifact: Artifact) -> tuple[np.ndarray, np.ndarray]:
     """The evaluation tiles and ONNX Runtime's fp32 probabilities for them."""
     tiles = card_tiles(artifact, EVALUATION_TILES, EVALUATION_SEED)
     fp32 = OnnxRuntimeBackend(artifact, "fp32", use_gpu=False)

@@ -15,7 +15,6 @@ from models.backends.calibration import generated_tiles
 from models.backends.onnxruntime_backend import OnnxRuntimeBackend
 from models.backends.quantize import MIN_AGREEMENT, evaluate, int8_graph, macro_f1
 from models.config import CODEBRIM_LABELS, tiny_config
-from models.errors import BackendError
 from models.preprocess import Preprocessing
 from models.vit import build_model
 
@@ -23,24 +22,16 @@ from models.vit import build_model
 def test_static_int8_graph_is_qdq_and_cached(tiny_artifact: Artifact, tmp_path: Path) -> None:
     import onnxruntime
 
-    path = int8_graph(tiny_artifact, "static", onnxruntime.__version__, tmp_path)
+    path = int8_graph(tiny_artifact, onnxruntime.__version__, tmp_path)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     mtime = path.stat().st_mtime_ns
-    assert int8_graph(tiny_artifact, "static", onnxruntime.__version__, tmp_path) == path
+    assert int8_graph(tiny_artifact, onnxruntime.__version__, tmp_path) == path
     assert path.stat().st_mtime_ns == mtime
 
 
-def test_unknown_recipe_is_refused(tiny_artifact: Artifact, tmp_path: Path) -> None:
-    with pytest.raises(BackendError, match="unknown int8 recipe 'fp4'"):
-        int8_graph(tiny_artifact, "fp4", "1.0", tmp_path)
-
-
-@pytest.mark.parametrize("precision", ["int8", "int8-dynamic"])
-def test_int8_graphs_pass_the_golden_smoke_test(
-    tiny_artifact: Artifact, tmp_path: Path, precision: str
-) -> None:
-    backend = OnnxRuntimeBackend(tiny_artifact, precision, cache_dir=tmp_path)
+def test_int8_graph_passes_the_golden_smoke_test(tiny_artifact: Artifact, tmp_path: Path) -> None:
+    backend = OnnxRuntimeBackend(tiny_artifact, "int8", cache_dir=tmp_path)
     assert backend.smoke_test() <= tiny_artifact.card.golden.atol
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from PIL import Image
 
 from daemon.web import workbench
 from tests.workbench.conftest import Appliance
@@ -81,6 +83,10 @@ async def test_preview_is_a_small_jpeg_of_a_stored_image(appliance: Appliance) -
                          "/preview.jpg") as r:
             assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
             assert (await r.read())[:2] == b"\xff\xd8"
+        async with s.get(f"{appliance.base}/workbench/api/images/{appliance.images[0]}"
+                         "/heat.jpg") as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
+            assert max(Image.open(io.BytesIO(await r.read())).size) <= 320
         async with s.get(f"{appliance.base}/workbench/api/images/{'0' * 64}/preview.jpg") as r:
             assert r.status == 404 and "never uploaded" in (await r.json())["reason"]
 

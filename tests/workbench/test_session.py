@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -77,6 +78,17 @@ async def test_revoking_the_token_ends_its_sessions(appliance: Appliance) -> Non
             body = await r.json()
             assert r.status == 401 and body["error"] == "session_expired"
             assert "sign in again" in body["reason"]
+
+
+async def test_a_session_ends_when_its_token_expires(appliance: Appliance) -> None:
+    _, token = appliance.daemon.uplink.tokens.create("visitor", expires_in_s=1.0)
+    s, _ = await sign_in(appliance, token)
+    async with s:
+        async with s.get(appliance.base + "/v1/samples") as r:
+            assert r.status == 200
+        await asyncio.sleep(1.2)
+        async with s.get(appliance.base + "/v1/samples") as r:
+            assert r.status == 401 and (await r.json())["error"] == "session_expired"
 
 
 async def test_a_pairing_token_signs_in(appliance: Appliance) -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 PREVIEW_SIDE = 1024
+THUMB_SIDE = 320
 PREVIEW_CACHE = 32
 REVIEW_IMAGES = 20
 MAX_TILES = 300
@@ -64,7 +65,8 @@ class Workbench:
         r.add_delete("/workbench/session", self.sign_out)
         r.add_get("/workbench/api/context", self._auth(self.context))
         r.add_get("/workbench/api/review", self._auth(self.review))
-        r.add_get("/workbench/api/images/{id}/preview.jpg", self._auth(self.preview))
+        r.add_get(r"/workbench/api/images/{id}/{kind:preview|heat}.jpg",
+                  self._auth(self.preview))
         r.add_static("/workbench/static/", HERE / "static")
 
     def _auth(self, handler: Handler) -> Handler:
@@ -184,18 +186,19 @@ class Workbench:
         })
 
     async def preview(self, request: web.Request) -> web.Response:
-        """The stored image, shrunk, without overlay: the grid cuts its tiles from it."""
-        image_id = request.match_info["id"]
+        """The stored image, shrunk: ``preview`` plain (the grid cuts its tiles from it),
+        ``heat`` a small thumbnail under the overlay's heatmap (the image list)."""
+        image_id, kind = request.match_info["id"], request.match_info["kind"]
         root = self.sources.uplink_root
         if not IMAGE_ID.match(image_id) or root is None:
             return refusal(404, "not_found", f"no image {image_id}")
-        jpeg = self._previews.get(image_id)
+        jpeg = self._previews.get(f"{kind}:{image_id}")
         if jpeg is None:
-            jpeg = await asyncio.to_thread(_make_preview, Results(root), image_id)
+            jpeg = await asyncio.to_thread(_make_preview, Results(root), image_id, kind)
             if jpeg is None:
                 return refusal(404, "not_found", f"no stored image {image_id} (never "
                                "uploaded, or removed by retention)")
-            self._previews[image_id] = jpeg
+            self._previews[f"{kind}:{image_id}"] = jpeg
             while len(self._previews) > PREVIEW_CACHE:
                 self._previews.popitem(last=False)
         return web.Response(body=jpeg, content_type="image/jpeg",
@@ -203,10 +206,12 @@ class Workbench:
                                      "X-Content-Type-Options": "nosniff"})
 
 
-def _make_preview(results: Results, image_id: str) -> bytes | None:
+def _make_preview(results: Results, image_id: str, kind: str) -> bytes | None:
     row = results.get(image_id)
     data = None if row is None else results.read_image(row)
     if row is None or data is None:
         return None
+    if kind == "heat":
+        return thumbnail(data, row, side=THUMB_SIDE, heat=True)
     return thumbnail(data, {"width": row["width"], "height": row["height"]},
                      side=PREVIEW_SIDE, quality=85, max_boxes=0)

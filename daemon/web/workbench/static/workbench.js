@@ -329,7 +329,7 @@ async function loadCounts() {
 function renderImages() {
   $("images").replaceChildren(...S.images.map((image) => el("button", {
     type: "button", class: "imgbtn", "data-image": image.id, onclick: () => openImage(image.id),
-  }, el("img", { src: `/workbench/api/images/${image.id}/preview.jpg`, alt: "", loading: "lazy" }),
+  }, el("img", { src: `/workbench/api/images/${image.id}/heat.jpg`, alt: "", loading: "lazy" }),
   el("span", { class: "cap", text: `${image.mission || "-"} · ${(image.labels || []).map(nice).join(", ") || "nothing found"}` }))));
 }
 

@@ -32,7 +32,8 @@ STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "10"))
 def test_byte_fuzzing_finds_no_crash_no_500_no_hang(target: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "tests.faults.fuzz_bytes", target, "--seconds", str(FUZZ_SECONDS)],
-        capture_output=True, text=True, cwd=REPO, timeout=FUZZ_SECONDS * 4 + 120)
+        # Start-up (torch, a tiny model, the live API) can take minutes on a loaded machine.
+        capture_output=True, text=True, cwd=REPO, timeout=FUZZ_SECONDS + 600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     cases = parse_libfuzzer(output)

@@ -125,3 +125,13 @@ def test_a_checkpoint_resumes_under_either_number_of_processes(
     assert "resuming from step" in resumed.stdout
     run(one_process(pretrain_args(tmp_path / "whole", steps=80, method="supervised")))
     assert_close(out, tmp_path / "whole")
+
+
+def test_foundation_build_under_torchrun_matches_one_process(tmp_path: Path) -> None:
+    build = ["foundation", "build", "--recipe", "tiny", "--seed", "5", "--cache", str(tmp_path)]
+    run(one_process([*build, "--out", str(tmp_path / "one")]))
+    two = run(two_processes([*build, "--out", str(tmp_path / "two")]))
+    assert two.stdout.count(f"{tmp_path / 'two'}:") == 1, "only rank 0 reports and copies"
+    assert_close(tmp_path / "one", tmp_path / "two")
+    assert load_artifact(tmp_path / "two").card.metrics["pretrain.processes"] == 2
+    assert len(list((tmp_path / "foundation").iterdir())) == 2, "one cache entry per layout"

@@ -147,9 +147,12 @@ class StaticModelLoader(TaskGroupService):
 
         model = await asyncio.to_thread(self.provider.load)
         info = model.backend.describe()
+        # engine_choice: "cache" when auto reused its stored pick, "measured" when it measured
         log.info("model loaded", extra={"model": f"{model.name}@{model.version}",
                                         "backend": info["backend"],
-                                        "precision": info["precision"]})
+                                        "precision": info["precision"],
+                                        "engine_choice": info.get("auto", {}).get("source",
+                                                                                  "named")})
         if self.on_loaded is not None:
             self.on_loaded(model)
 

@@ -24,7 +24,8 @@ from tests.site.shots import shot
 from tests.support.browser import Browser, open_browser, playwright_missing
 from tests.support.fleet import Appliance, Hub, cli, wait_for
 
-pytestmark = pytest.mark.slow
+# The module fixture starts a hub, three appliances and a canary rollout: minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PHONE = (390, 844)
 DESKTOP = (1366, 768)

@@ -164,7 +164,7 @@ def test_data_partition_full_while_images_arrive(fleet: FaultFleet, box: Box) ->
     try:
         subprocess.run(["cp", "-a", f"{saved}/.", str(uplink_dir)], check=True)
         box.appliance.start(env=fleet.env)
-        wait_for(box.healthy, 60, "the API")
+        wait_for(box.healthy, 240, "the API")  # a daemon start, slow on a loaded machine
         for _ in range(200):
             status, _ = box.post(640, 480)
             if status not in (202, 429):

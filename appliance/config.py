@@ -80,8 +80,11 @@ class ApiSection(Section):
     """The daemon's HTTP server: uplink API, /metrics, status page."""
 
     listen: str = Field("0.0.0.0:8443", pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$")
+    # HTTPS always, unless plain HTTP is asked for by name (the status page then says so):
+    # these files, else the hub-issued server certificate, else a self-signed one.
     tls_cert: str | None = None
     tls_key: str | None = None
+    plain_http: bool = False
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
     # The read-only status page on ``/`` and ``/status.json`` (daemon/web/status.py).
     status_page: bool = True

@@ -139,6 +139,19 @@ def cert_matches_key(cert: x509.Certificate, key: PrivateKey) -> bool:
     )
 
 
+def checked_server_cert(
+    pem: str | None, ca: x509.Certificate, key: PrivateKey
+) -> bytes | None:
+    """The hub's server certificate for the device's API, if it is ours and for this key."""
+    if pem is None:
+        return None
+    cert = load_cert(pem.encode())
+    verify_issued_by(cert, ca)
+    if not cert_matches_key(cert, key):
+        raise IdentityError("the hub returned a server certificate for another key")
+    return pem.encode()
+
+
 def verify_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
     """Raise IdentityError unless ``ca`` signed ``cert``."""
     try:

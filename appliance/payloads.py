@@ -1,14 +1,19 @@
 """Payload schemas of the MQTT contract. Every message is validated on arrival; extras refused."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 PROTOCOL: Literal[1] = 1
 
 
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# A host name or an IP address the appliance's API answers on (for its server certificate).
+ServerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9:][A-Za-z0-9.:-]{0,252}$")]
+ServerNames = Annotated[list[ServerName], Field(max_length=16)]
 
 
 class EnrollRequest(Payload):
@@ -19,6 +24,8 @@ class EnrollRequest(Payload):
     claim_token: str = Field(min_length=16, max_length=128)
     csr: str = Field(min_length=1, max_length=16384)
     software_version: str = Field(max_length=64)
+    #: Names for the API's server certificate (same key as the CSR); none: no server cert.
+    server_names: ServerNames = []
 
 
 class EnrollAccepted(Payload):
@@ -27,6 +34,7 @@ class EnrollAccepted(Payload):
     certificate: str
     ca_certificate: str
     labels: dict[str, str]
+    server_certificate: str | None = None
 
 
 class EnrollRefused(Payload):
@@ -46,6 +54,7 @@ class RenewRequest(Payload):
     certificate: str = Field(min_length=1, max_length=16384)
     csr: str = Field(min_length=1, max_length=16384)
     software_version: str = Field(max_length=64)
+    server_names: ServerNames = []
 
 
 class RenewAccepted(Payload):
@@ -53,6 +62,7 @@ class RenewAccepted(Payload):
     device_id: str
     certificate: str
     ca_certificate: str
+    server_certificate: str | None = None
 
 
 class ReportedState(Payload):

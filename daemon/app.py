@@ -22,7 +22,8 @@ from appliance.errors import LinkError
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.service import Service, Supervisor, TaskGroupService
 from daemon import remote, sdnotify
-from daemon.api.server import ApiServer
+from daemon.api.server import ApiServer, parse_listen
+from daemon.api.tls import ApiTls
 from daemon.delivery.service import ModelService
 from daemon.finetune.api import FinetuneApi
 from daemon.finetune.review import review_upload
@@ -191,6 +192,11 @@ class Daemon:
             )
         )
         link.on_expired = self.restart_requested.set
+        tls = self.api.tls
+        if tls is not None:  # the hub-issued server certificate, renewed alongside
+            link.server_names = tls.server_names
+            link.on_renewed.append(lambda r: tls.reload())
+            tls.reload()
         link.handlers[f"{topics.ROOT}/{ident.device_id}/cmd/+"] = self._commands(link).on_message
         self.hublink = link
         self.outbox.attach(self._publish_event)
@@ -228,7 +234,11 @@ class Daemon:
         self.supervisor = Supervisor(stop_timeout=self.config.daemon.stop_timeout_s)
         self.outbox = Outbox(self.options.state.root / "outbox.db")
         self.outbox.on_drop = lambda n: self.metrics.drop("outbox_full", n)
-        self.api = ApiServer(self.config.api, self.metrics.exposition)
+        self.api = ApiServer(
+            self.config.api,
+            self.metrics.exposition,
+            ApiTls(self.config.api, self.options.state, parse_listen(self.config.api.listen)[0]),
+        )
         self.health = HealthService(
             self.config.health, self._publish_health, metrics=self.metrics, facts=self._facts,
             alerts_path=self.options.state.root / "alerts.json",
@@ -283,6 +293,7 @@ class Daemon:
                 self.options.bundle,
                 self.options.boot_dir,
                 self._on_enrolled,
+                self.api.tls.server_names if self.api.tls else list,
             )
         )
         return services

@@ -64,6 +64,7 @@ async def enroll(
     software_version: str,
     timeout: float,
     expired: Identity | None = None,
+    server_names: list[str] | None = None,
 ) -> Identity:
     """Enroll once. LinkError: try again later. EnrollmentRefused: the hub said no.
 
@@ -81,6 +82,7 @@ async def enroll(
         claim_token=bundle.claim.token,
         csr=identity.build_csr(key, facts, common_name=device_id).decode(),
         software_version=software_version,
+        server_names=server_names or [],
     )
     response_topic = topics.enroll_response(device_id)
     correlation = secrets.token_bytes(16)
@@ -115,6 +117,7 @@ async def enroll(
     identity.verify_issued_by(cert, ca_cert)
     if not identity.cert_matches_key(cert, key) or answer.device_id != device_id:
         raise IdentityError("the hub returned a certificate for another key")
+    server_pem = identity.checked_server_cert(answer.server_certificate, ca_cert, key)
     save_identity(
         state,
         identity.key_to_pem(key),
@@ -129,6 +132,7 @@ async def enroll(
             "claim_id": bundle.claim.id,
             "enrolled_at": time.time(),
         },
+        server_pem,
     )
     enrolled = load_identity(state)
     assert enrolled is not None

@@ -55,6 +55,8 @@ class HubLink(TaskGroupService):
         self.on_renewed: list[Callable[[renewal.Renewed], object]] = []
         #: Called once if the certificate has expired: only re-enrollment can help now.
         self.on_expired: Callable[[], None] | None = None
+        #: Names for the API's server certificate, renewed with the device certificate.
+        self.server_names: Callable[[], list[str]] = list
         self._client: aiomqtt.Client | None = None
         self._reconnect = asyncio.Event()
         self._exchange = renewal.Exchange()
@@ -190,6 +192,7 @@ class HubLink(TaskGroupService):
                     self.ident,
                     self.config.renew_new_key,
                     self.config.enroll_timeout_s,
+                    self.server_names(),
                 )
             except (LinkError, EnrollmentRefused, IdentityError) as exc:
                 self.status.set("renewal", {"error": str(exc), "at": time.time()})

@@ -51,7 +51,9 @@ class Provisioner(TaskGroupService):
         explicit_bundle: Path | None,
         boot_dir: Path,
         on_enrolled: Callable[[Identity], Awaitable[None]],
+        server_names: Callable[[], list[str]] = list,
     ) -> None:
+        """``server_names``: what the API's hub-issued server certificate should name."""
         super().__init__()
         self.state = state
         self.config = config
@@ -60,6 +62,7 @@ class Provisioner(TaskGroupService):
         self.explicit_bundle = explicit_bundle
         self.boot_dir = boot_dir
         self.on_enrolled = on_enrolled
+        self.server_names = server_names
 
     async def start(self) -> None:
         clean_leftovers(self.state)
@@ -129,6 +132,7 @@ class Provisioner(TaskGroupService):
                     __version__,
                     self.config.enroll_timeout_s,
                     expired=expired,
+                    server_names=self.server_names(),
                 )
             except LinkError as exc:
                 delay = backoff.next_delay()

@@ -50,11 +50,14 @@ def renewal_key(state: StateDir, ident: Identity, new_key: bool) -> identity.Pri
     return key
 
 
-def build_request(ident: Identity, key: identity.PrivateKey) -> RenewRequest:
+def build_request(
+    ident: Identity, key: identity.PrivateKey, server_names: list[str]
+) -> RenewRequest:
     return RenewRequest(
         certificate=ident.cert.read_text(),
         csr=identity.build_csr(key, {}, common_name=ident.device_id).decode(),
         software_version=__version__,
+        server_names=server_names,
     )
 
 
@@ -69,16 +72,19 @@ def parse_answer(raw: bytes) -> RenewAccepted:
         raise LinkError(f"the hub sent an unreadable renewal answer: {exc}") from exc
 
 
-def check_answer(ident: Identity, key: identity.PrivateKey, answer: RenewAccepted) -> bytes:
-    """The new certificate's PEM, if our CA issued it for this id and this key."""
+def check_answer(
+    ident: Identity, key: identity.PrivateKey, answer: RenewAccepted
+) -> tuple[bytes, bytes | None]:
+    """The new certificate's PEM (and the API's), if our CA issued it for this id and key."""
     cert_pem = answer.certificate.encode()
     cert = identity.load_cert(cert_pem)
-    identity.verify_issued_by(cert, identity.load_cert(ident.ca.read_bytes()))
+    ca = identity.load_cert(ident.ca.read_bytes())
+    identity.verify_issued_by(cert, ca)
     if not identity.cert_matches_key(cert, key):
         raise IdentityError("the hub returned a certificate for another key")
     if answer.device_id != ident.device_id or identity.cert_common_name(cert) != ident.device_id:
         raise IdentityError("the hub returned a certificate for another device")
-    return cert_pem
+    return cert_pem, identity.checked_server_cert(answer.server_certificate, ca, key)
 
 
 async def prove(ident: Identity, state: StateDir, timeout: float) -> None:
@@ -96,14 +102,16 @@ async def prove(ident: Identity, state: StateDir, timeout: float) -> None:
         raise LinkError(f"the renewed certificate does not connect: {exc}") from exc
 
 
-def swap_in(state: StateDir, ident: Identity, cert_pem: bytes) -> Renewed:
+def swap_in(
+    state: StateDir, ident: Identity, cert_pem: bytes, server_pem: bytes | None = None
+) -> Renewed:
     """Make the proven candidate the identity (the old one moves to ``identity.previous``)."""
     d = state.renewing
     key_pem = (d / "device.key").read_bytes()
     meta: dict[str, Any] = json.loads((state.identity / "identity.json").read_text())
     meta["renewed_at"] = time.time()
     previous = ident.certificate()
-    save_identity(state, key_pem, cert_pem, ident.ca.read_bytes(), meta)
+    save_identity(state, key_pem, cert_pem, ident.ca.read_bytes(), meta, server_pem)
     cert = identity.load_cert(cert_pem)
     for leftover in d.iterdir():
         leftover.unlink()
@@ -160,17 +168,19 @@ async def renew(
     ident: Identity,
     new_key: bool,
     timeout: float,
+    server_names: list[str],
 ) -> Renewed:
     """One renewal: ask, check, prove, swap. LinkError: retry later; EnrollmentRefused: no."""
     key = renewal_key(state, ident, new_key)
-    raw = await exchange.ask(client, ident.device_id, build_request(ident, key), timeout)
-    cert_pem = check_answer(ident, key, parse_answer(raw))
+    request = build_request(ident, key, server_names)
+    raw = await exchange.ask(client, ident.device_id, request, timeout)
+    cert_pem, server_pem = check_answer(ident, key, parse_answer(raw))
     state.renewing.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not new_key:
         write_secret(state.renewing / "device.key", ident.key.read_bytes())
     write_secret(state.renewing / "device.crt", cert_pem)
     await prove(ident, state, timeout)
-    renewed = swap_in(state, ident, cert_pem)
+    renewed = swap_in(state, ident, cert_pem, server_pem)
     log.info(
         "certificate renewed",
         extra={"device": ident.device_id, "serial": renewed.serial, "not_after": renewed.not_after},

@@ -81,6 +81,7 @@ class Identity:
 # The private key is a 0600 PEM file (no TPM-held keys yet).
 KEY_KIND_FILE = "file"
 
+SERVER_CERT = "server.crt"
 IDENTITY_FILES = ("device.key", "device.crt", "ca.crt", "identity.json")
 
 
@@ -107,7 +108,12 @@ def _complete(d: Path) -> bool:
 
 
 def save_identity(
-    state: StateDir, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, meta: dict[str, Any]
+    state: StateDir,
+    key_pem: bytes,
+    cert_pem: bytes,
+    ca_pem: bytes,
+    meta: dict[str, Any],
+    server_pem: bytes | None = None,
 ) -> None:
     """Write every file into a fresh directory, then rename it into place.
 
@@ -123,6 +129,8 @@ def save_identity(
     atomic_write(tmp / "device.crt", cert_pem)
     atomic_write(tmp / "ca.crt", ca_pem)
     atomic_write(tmp / "identity.json", json.dumps(meta, indent=2))
+    if server_pem is not None:  # the API's certificate (daemon/api/tls.py), same key
+        atomic_write(tmp / SERVER_CERT, server_pem)
     fsync_dir(tmp)
     if state.identity.exists():
         shutil.rmtree(state.previous_identity, ignore_errors=True)

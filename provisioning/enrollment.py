@@ -184,6 +184,18 @@ def decide_renewal(
     return RenewalGrant(topic_device, csr, csr_key_sha256(csr))
 
 
+def check_server_names(names: list[str], reserved: set[str]) -> list[str]:
+    """Names for a device's API certificate, never one the hub itself answers on.
+
+    Devices check the hub's certificate against the same CA, so a device holding a server
+    certificate for the hub's name could stand in for the hub.
+    """
+    taken = sorted({n for n in names if n.lower() in reserved})
+    if taken:
+        raise Refusal("bad-server-name", f"the hub's own names cannot be asked for: {taken}")
+    return names
+
+
 def refusal_payload(refusal: Refusal) -> bytes:
     return json.dumps(
         {"status": "refused", "code": refusal.code, "reason": refusal.reason}

@@ -207,14 +207,26 @@ class HubService(TaskGroupService):
         await self._answer(client, response_topic, answer, correlation)
 
     def _issue(
-        self, csr: x509.CertificateSigningRequest, device_id: str
-    ) -> tuple[x509.Certificate, x509.Certificate]:
-        """Sign a device certificate for ``[enrollment] device_cert_days`` (CA's end at most)."""
+        self, csr: x509.CertificateSigningRequest, device_id: str, server_names: list[str]
+    ) -> tuple[x509.Certificate, x509.Certificate, str | None]:
+        """Sign a device certificate for ``[enrollment] device_cert_days`` (CA's end at most),
+        and, when the device names its API's addresses, a server certificate for the same key
+        (SANs: the device id and those names) that lasts as long."""
         ca_key, ca_cert = self.home.load_ca()
         not_after = dt.datetime.now(dt.UTC) + dt.timedelta(
             days=self.config.enrollment.device_cert_days
         )
-        return ca.issue(ca_key, ca_cert, csr, device_id, not_after), ca_cert
+        reserved = {self.config.hub.public_host.lower(), "localhost"}
+        if self.config.broker.mode == "external":
+            reserved.add(self.config.broker.host.lower())
+        enrollment.check_server_names(server_names, reserved)
+        cert = ca.issue(ca_key, ca_cert, csr, device_id, not_after)
+        server = None
+        if server_names:
+            names = list(dict.fromkeys([device_id, *server_names]))
+            server_cert = ca.issue(ca_key, ca_cert, csr, device_id, not_after, names)
+            server = ca.to_pem(server_cert).decode()
+        return cert, ca_cert, server
 
     def _grant(self, raw: bytes) -> bytes:
         request = enrollment.parse_request(raw, self.config.enrollment.max_request_bytes)
@@ -226,7 +238,7 @@ class HubService(TaskGroupService):
         held = self.registry.device_cert(existing.cert_serial) if existing else None
         known_key = held.key_sha256 if held and held.device_id == device_id else None
         grant = enrollment.decide(request, claim, existing, time.time(), known_key)
-        cert, ca_cert = self._issue(grant.csr, grant.device_id)
+        cert, ca_cert, server = self._issue(grant.csr, grant.device_id, request.server_names)
         self.registry.add_device(
             grant.device_id, grant.claim.id, grant.claim.labels, grant.facts, cert.serial_number
         )
@@ -249,6 +261,7 @@ class HubService(TaskGroupService):
                 "certificate": ca.to_pem(cert).decode(),
                 "ca_certificate": ca.to_pem(ca_cert).decode(),
                 "labels": grant.claim.labels,
+                "server_certificate": server,
             }
         ).encode()
 
@@ -284,7 +297,7 @@ class HubService(TaskGroupService):
         grant = enrollment.decide_renewal(
             device_id, request, ca_cert, self.registry.device(device_id), held, time.time()
         )
-        cert, ca_cert = self._issue(grant.csr, grant.device_id)
+        cert, ca_cert, server = self._issue(grant.csr, grant.device_id, request.server_names)
         self.registry.add_cert(
             grant.device_id, cert.serial_number, grant.key_sha256, identity.cert_not_after(cert)
         )
@@ -296,6 +309,7 @@ class HubService(TaskGroupService):
             device_id=device_id,
             certificate=ca.to_pem(cert).decode(),
             ca_certificate=ca.to_pem(ca_cert).decode(),
+            server_certificate=server,
         ).model_dump_json().encode()
 
     def _retire_replaced(self, device_id: str, state: dict[str, Any]) -> None:

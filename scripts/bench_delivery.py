@@ -34,6 +34,7 @@ model = "bench-vit"
 version = ">=1.0,<2"
 """
 ENV = {
+    "SPOKE_API__PLAIN_HTTP": "true",  # measures delivery under load, not TLS
     "SPOKE_MODELS__BACKEND": "onnxruntime",
     "SPOKE_MODELS__GATE_QUIET_S": "5",
     "SPOKE_MODELS__GATE_GOOD_INFERENCES": "1000000",

@@ -230,7 +230,9 @@ def main() -> None:
 
         state, port = root / "box", free_port()
         token = spoke("tokens", "create", "--state-dir", str(state), "--name", "bench").strip()
+        # Plain HTTP by name: the baseline (direct spoke infer) has no TLS either.
         env = {**os.environ, "PYTHONPATH": str(REPO), "SPOKE_UPLINK__BACKEND": args.backend,
+               "SPOKE_API__PLAIN_HTTP": "true",
                "SPOKE_UPLINK__QUEUE_DEPTH": str(max(64, max(levels) * 2))}
         log = open(root / "daemon.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(

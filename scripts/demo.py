@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -165,9 +166,9 @@ class Demo:
                      f"demo-{os.getpid()}").strip()
         print(f"hub dashboard:         https://localhost:{config['http_port']}/login#token={token}"
               " (signs in with an operator token; certificate from the hub's own CA)")
-        print(f"appliance status page: http://127.0.0.1:{port}/")
+        print(f"appliance status page: https://127.0.0.1:{port}/ (hub CA certificate)")
         print(f"mission report:        file://{report}")
-        print(f"  (also GET http://127.0.0.1:{port}/v1/missions/bridge-17-pass-1/report "
+        print(f"  (also GET https://127.0.0.1:{port}/v1/missions/bridge-17-pass-1/report "
               "with the uplink token)")
 
     def stop(self) -> None:
@@ -354,13 +355,15 @@ def uplink_steps(demo: Demo) -> None:
     demo.spawn("uplink-box", "daemon", "run", "--state-dir", str(state), "--trust-key",
                str(demo.root / "provisioning.pub"), "--boot-dir", str(demo.root / "boot"),
                "--model", str(model))
-    base = f"http://127.0.0.1:{port}"
+    # HTTPS: once enrolled, the box serves a certificate from the hub's CA (for 127.0.0.1).
+    base = f"https://127.0.0.1:{port}"
+    hub_ca = ssl.create_default_context(cafile=str(demo.home / "ca" / "ca.crt"))
 
     def ready() -> bool:
         import urllib.request
 
         try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as resp:
+            with urllib.request.urlopen(base + "/readyz", timeout=2, context=hub_ca) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -369,7 +372,7 @@ def uplink_steps(demo: Demo) -> None:
 
     async def post_all() -> list[dict[str, Any]]:
         auth = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(base) as http:
+        async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(ssl=hub_ca)) as http:
             async def post(path: Path) -> str:
                 form = aiohttp.FormData()
                 form.add_field("mission", "bridge-17-pass-1")

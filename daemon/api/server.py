@@ -12,6 +12,7 @@ from aiohttp import web
 
 from appliance.config import ApiSection
 from appliance.errors import ConfigError
+from daemon.api.tls import ApiTls
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,15 @@ class ApiServer:
     name = "api"
 
     def __init__(
-        self, config: ApiSection, metrics: Callable[[], tuple[bytes, str]] | None = None
+        self,
+        config: ApiSection,
+        metrics: Callable[[], tuple[bytes, str]] | None = None,
+        tls: ApiTls | None = None,
     ) -> None:
+        """``tls``: the daemon's choice of certificate (HTTPS by default); without it, a bare
+        server (tests of one part) serves ``[api] tls_cert`` or plain HTTP."""
         self.config = config
+        self.tls = tls
         self.app = web.Application(client_max_size=config.max_upload_bytes + 1)
         self.app.router.add_get("/healthz", self._healthz)
         self._metrics = metrics
@@ -47,6 +54,8 @@ class ApiServer:
         return response
 
     def _tls(self) -> ssl.SSLContext | None:
+        if self.tls is not None:
+            return self.tls.context()
         if not self.config.tls_cert:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -69,7 +78,8 @@ class ApiServer:
         self.port = int(self._runner.addresses[0][1])
         log.info(
             "api listening",
-            extra={"host": host, "port": self.port, "tls": bool(self.config.tls_cert)},
+            extra={"host": host, "port": self.port,
+                   "tls": self.tls.kind() if self.tls else bool(self.config.tls_cert)},
         )
 
     async def stop(self) -> None:

@@ -75,7 +75,8 @@ class Sources:
     health: HealthService | None = None
     uplink: UplinkService | None = None
     model: Callable[[], dict[str, Any] | None] = lambda: None
-    tls_cert: str | None = None
+    #: The certificate the API serves now (it changes at enrollment and renewal); None: HTTP.
+    tls_cert: Callable[[], str | None] = lambda: None
     #: The API's token check (name or None): thumbnails need a token or a signed link.
     verify_token: Callable[[str], str | None] = lambda token: None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,7 +103,7 @@ class Sources:
             health=daemon.health,
             uplink=daemon.uplink,
             model=model,
-            tls_cert=daemon.config.api.tls_cert,
+            tls_cert=daemon.api.tls.cert_file if daemon.api.tls else lambda: None,
             verify_token=daemon.uplink.tokens.verify,
         )
 
@@ -180,7 +181,6 @@ class StatusPage:
         self.refresh_s = refresh_s
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._recent_ids: set[str] = set()
-        self._fingerprint = pairing.cert_fingerprint(sources.tls_cert)
         self._qr_cache: tuple[str, str] | None = None
         self._paired: str | None = None
         self._signer = UrlSigner()
@@ -248,7 +248,7 @@ class StatusPage:
 
     def _base_url(self, request: web.Request) -> str:
         """The uplink URL as this client reached us (the phone is on the same network)."""
-        scheme = "https" if self.sources.tls_cert else "http"
+        scheme = "https" if self.sources.tls_cert() else "http"
         host = request.host if re.fullmatch(r"[A-Za-z0-9.\-:\[\]]{1,260}", request.host) \
             else "appliance"
         return f"{scheme}://{host}"
@@ -281,7 +281,7 @@ class StatusPage:
             "device_id": status.get("device_id"),
             "provisioning": prov,
             "hub": status.get("hub"),
-            "api": {"url": base_url, "tls": bool(src.tls_cert)},
+            "api": {"url": base_url, "tls": bool(src.tls_cert())},
             "model": src.model(),
             "health": _health_view(src.health),
             "alerts": _alerts(src.health),
@@ -309,10 +309,11 @@ class StatusPage:
         if offer is not None:
             view["offer"] = {"name": offer.name, "token": offer.token,
                              "expires_at": offer.expires_at}
-        uri = pairing.pairing_uri(base_url, offer, self._fingerprint)
+        fingerprint = pairing.cert_fingerprint(self.sources.tls_cert())
+        uri = pairing.pairing_uri(base_url, offer, fingerprint)
         if self._qr_cache is None or self._qr_cache[0] != uri:
             self._qr_cache = (uri, pairing.qr_svg_data_uri(uri))
         view["qr"] = self._qr_cache[1]
         view["qr_text"] = uri
-        view["fingerprint"] = self._fingerprint
+        view["fingerprint"] = fingerprint
         return view

@@ -71,7 +71,7 @@ def test_hub_metrics_pass_promtool_and_label_devices(
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
 def test_daemon_metrics_endpoint_passes_promtool(online: tuple[Hub, Appliance, str]) -> None:
     _, appliance, _ = online
-    body = fetch(f"http://127.0.0.1:{appliance.api_port}/metrics".replace("https", "http"))
+    body = fetch(f"https://127.0.0.1:{appliance.api_port}/metrics")
     check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert b"spoke_hub_last_contact_timestamp_seconds" in body

@@ -60,7 +60,7 @@ def test_online_past_the_first_certificates_lifetime_without_re_enrolling(
     hub: Hub, appliance: Appliance, bundle: Path, tmp_path: Path
 ) -> None:
     appliance.start(bundle, env=RENEW_SOON)
-    device_id = appliance.wait_enrolled()
+    device_id = appliance.wait_enrolled(180)
     ident = appliance.state_dir / "identity"
     first = cert_of(ident / "device.crt")
     first_end = identity.cert_not_after(first)
@@ -112,6 +112,12 @@ def test_online_past_the_first_certificates_lifetime_without_re_enrolling(
         return renewed >= 2 and len(events) == renewed
 
     wait_for(all_renewals_reported, 60, "a certificate_renewed event per renewal")
+
+    def api_cert_renewed_with_the_key() -> bool:
+        key = identity.load_private_key((ident / "device.key").read_bytes())
+        return identity.cert_matches_key(cert_of(ident / "server.crt"), key)
+
+    wait_for(api_cert_renewed_with_the_key, 30, "the API certificate to follow the new key")
     ping = json.loads(
         cli("spoke-hub", "device", "cmd", "--home", str(hub.home), device_id, "ping",
             "--json").stdout
@@ -123,7 +129,7 @@ def test_offline_past_expiry_reports_it_and_re_enrolls_only_with_a_valid_bundle(
     hub: Hub, appliance: Appliance, bundle: Path, tmp_path: Path
 ) -> None:
     appliance.start(bundle, env=NO_RENEWAL)
-    device_id = appliance.wait_enrolled()
+    device_id = appliance.wait_enrolled(180)
     appliance.stop()
     end = identity.cert_not_after(cert_of(appliance.state_dir / "identity" / "device.crt"))
     for claim in hub.claim_ids():
@@ -144,6 +150,6 @@ def test_offline_past_expiry_reports_it_and_re_enrolls_only_with_a_valid_bundle(
 
     fresh = hub.bundle(tmp_path / "fresh.spoke")
     appliance.start(fresh, env=NO_RENEWAL)
-    assert appliance.wait_enrolled(60) == device_id
+    assert appliance.wait_enrolled(180) == device_id
     assert list(hub.devices()) == [device_id]
     assert hub.devices()[device_id]["cert_not_after"] > time.time()

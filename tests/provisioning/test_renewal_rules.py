@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from pydantic import ValidationError
 
 from appliance import identity
 from appliance.payloads import EnrollRequest, RenewRequest
 from daemon import renewal
 from daemon.state import StateDir, clean_leftovers, load_identity, save_identity
 from provisioning import ca
-from provisioning.enrollment import decide, decide_renewal, parse_renewal
+from provisioning.enrollment import (
+    check_server_names,
+    decide,
+    decide_renewal,
+    parse_renewal,
+)
 from provisioning.registry import DeviceCert, Registry
 from tests.provisioning.test_enrollment_rules import TOKEN, claim, device, refusal_code
 
@@ -271,3 +277,22 @@ def test_revoking_a_device_revokes_every_unexpired_certificate_it_holds(tmp_path
     reg.add_cert("dev-a", 11, "k2", time.time() + 200)
     reg.revoke_device("dev-a")
     assert sorted(reg.revoked_serials()) == [10, 11]
+
+
+# --- the appliance API's server certificate ------------------------------------------------
+
+
+def test_a_device_cannot_ask_for_a_server_certificate_naming_the_hub() -> None:
+    reserved = {"hub.example.org", "localhost"}
+    assert check_server_names(["dev-x", "10.0.0.5"], reserved) == ["dev-x", "10.0.0.5"]
+    assert refusal_code(check_server_names, ["Hub.Example.org"], reserved) == "bad-server-name"
+
+
+def test_server_names_must_be_plain_host_names_or_addresses() -> None:
+    with pytest.raises(ValidationError):
+        RenewRequest(certificate="c", csr="c", software_version="t", server_names=["a/b"])
+    with pytest.raises(ValidationError):
+        RenewRequest(certificate="c", csr="c", software_version="t", server_names=["x"] * 17)
+    ok = RenewRequest(certificate="c", csr="c", software_version="t",
+                      server_names=["box-7", "10.0.0.5", "::1", "fe80::1"])
+    assert ok.server_names[-1] == "fe80::1"

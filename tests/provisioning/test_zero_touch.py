@@ -1,9 +1,14 @@
 """Zero touch, identity reuse and clean shutdown, against a real hub and mosquitto over TLS."""
 
 import json
+import socket
+import ssl
 import stat
 from pathlib import Path
 
+from cryptography import x509
+
+from appliance import identity
 from tests.support.fleet import Appliance, Hub, wait_for
 
 
@@ -95,3 +100,31 @@ def test_devices_json_lists_labels_facts_and_presence(
     device = hub.wait_availability(device_id, "online")
     assert set(device) >= {"id", "labels", "facts", "availability", "last_seen", "software_version"}
     json.dumps(device)
+
+
+def test_an_enrolled_appliance_serves_https_with_a_server_certificate_from_the_hub_ca(
+    hub: Hub, bundle: Path, appliance: Appliance
+) -> None:
+    """SANs: the device id and the addresses it serves; a client trusting only the hub CA
+    connects, and the certificate is renewed with the device certificate (same key)."""
+    appliance.start(bundle)
+    device_id = appliance.wait_enrolled(180)
+    ctx = ssl.create_default_context(cafile=str(hub.home / "ca" / "ca.crt"))
+
+    def served() -> x509.Certificate | None:
+        try:
+            with socket.create_connection(("127.0.0.1", appliance.api_port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                der = tls.getpeercert(binary_form=True)
+        except (OSError, ssl.SSLError):
+            return None  # still the self-signed one from before enrollment
+        return x509.load_der_x509_certificate(der) if der else None
+
+    cert = wait_for(served, 60, "the hub-issued API certificate")
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert device_id in sans.get_values_for_type(x509.DNSName)
+    assert "127.0.0.1" in {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
+    on_disk = (appliance.state_dir / "identity" / "server.crt").read_bytes()
+    assert x509.load_pem_x509_certificate(on_disk) == cert
+    key = identity.load_private_key((appliance.state_dir / "identity" / "device.key").read_bytes())
+    assert identity.cert_matches_key(cert, key)

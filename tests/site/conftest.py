@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,11 @@ def engine_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("SPOKE_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
 
 
+def pinned(state: Path) -> ssl.SSLContext:
+    """Trust exactly the self-signed certificate a standalone daemon made for its API."""
+    return ssl.create_default_context(cafile=str(state / "api" / "self-signed.crt"))
+
+
 @dataclass
 class Running:
     daemon: Daemon
@@ -58,16 +64,21 @@ class Running:
     state: Path
 
     @property
+    def tls(self) -> aiohttp.TCPConnector:
+        return aiohttp.TCPConnector(ssl=pinned(self.state))
+
+    @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
     async def get(self, path: str, **kwargs: Any) -> tuple[int, bytes, Any]:
-        async with aiohttp.ClientSession() as s, s.get(self.base + path, **kwargs) as r:
+        async with aiohttp.ClientSession(connector=self.tls) as s, \
+                s.get(self.base + path, **kwargs) as r:
             return r.status, await r.read(), r.headers
 
     async def post_frames(self, frames: list[Path], mission: str = MISSION) -> list[str]:
         ids = []
-        async with aiohttp.ClientSession(headers=self.auth) as s:
+        async with aiohttp.ClientSession(headers=self.auth, connector=self.tls) as s:
             for path in frames:
                 form = aiohttp.FormData()
                 form.add_field("mission", mission)
@@ -111,7 +122,7 @@ async def start_daemon(state: Path, model: Path | None, standalone: bool = True,
 @pytest.fixture
 async def running(tmp_path: Path, model_dir: Path) -> AsyncIterator[Running]:
     daemon, stop, task = await start_daemon(tmp_path / "state", model_dir)
-    base = f"http://127.0.0.1:{daemon.api.port}"
+    base = f"https://127.0.0.1:{daemon.api.port}"
     _, token = daemon.uplink.tokens.create("inspector-tablet")
     run = Running(daemon, base, token, tmp_path / "state")
     for _ in range(600):  # until the model is loaded and one health reading exists

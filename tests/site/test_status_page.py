@@ -6,14 +6,17 @@ import asyncio
 import io
 import json
 import shutil
+import ssl
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from PIL import Image
 
 from daemon.web import pairing
 from daemon.web.signed import UrlSigner
-from tests.site.conftest import MISSION, Running, start_daemon
+from tests.site.conftest import MISSION, Running, pinned, start_daemon
 from tests.site.shots import shot
 
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
@@ -152,8 +155,9 @@ async def test_status_page_can_be_turned_off(tmp_path: Path) -> None:
     try:
         import aiohttp
 
-        async with aiohttp.ClientSession() as s, \
-                s.get(f"http://127.0.0.1:{daemon.api.port}/status.json") as r:
+        tls = aiohttp.TCPConnector(ssl=pinned(tmp_path / "state"))
+        async with aiohttp.ClientSession(connector=tls) as s, \
+                s.get(f"https://127.0.0.1:{daemon.api.port}/status.json") as r:
             assert r.status == 404
     finally:
         stop.set()
@@ -180,20 +184,23 @@ async def test_status_page_renders_in_chromium(running: Running, mission: list[s
 async def unprovisioned(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A daemon that looks for its bundle and finds none: the technician's first sight."""
     daemon, stop, task = await start_daemon(tmp_path / "state", None, standalone=False)
-    base = f"http://127.0.0.1:{daemon.api.port}"
+    base = f"https://127.0.0.1:{daemon.api.port}"
     for _ in range(200):
         if daemon.status.data["provisioning"]["state"] == "waiting-for-bundle":
             break
         await asyncio.sleep(0.05)
-    yield base
+    yield base, pinned(tmp_path / "state")
     stop.set()
     await asyncio.wait_for(task, 30)
 
 
-async def test_stuck_provisioning_shows_its_reason(unprovisioned: str) -> None:
+async def test_stuck_provisioning_shows_its_reason(
+        unprovisioned: tuple[str, ssl.SSLContext]) -> None:
     import aiohttp
 
-    async with aiohttp.ClientSession() as s, s.get(unprovisioned + "/status.json") as r:
+    base, tls = unprovisioned
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as s, \
+            s.get(base + "/status.json") as r:
         data = await r.json()
     prov = data["provisioning"]
     assert prov["state"] == "waiting-for-bundle" and prov["stuck"] is True
@@ -203,11 +210,12 @@ async def test_stuck_provisioning_shows_its_reason(unprovisioned: str) -> None:
 
 
 @needs_chromium
-async def test_stuck_page_renders_the_reason_in_chromium(unprovisioned: str) -> None:
+async def test_stuck_page_renders_the_reason_in_chromium(
+        unprovisioned: tuple[str, ssl.SSLContext]) -> None:
     from tests.support.browser import render
 
     path = shot("status-stuck-phone.png")
-    page = await asyncio.to_thread(render, unprovisioned + "/", path, 390, 844)
+    page = await asyncio.to_thread(render, unprovisioned[0] + "/", path, 390, 844)
     assert page.console_errors == []
     assert "Waiting for a provisioning bundle" in page.dom
     assert "no bundle found" in page.dom and "Needs attention" in page.dom
@@ -235,3 +243,57 @@ def test_spoke_pair_refuses_a_long_window(tmp_path: Path) -> None:
 
     assert main(["pair", "--state-dir", str(tmp_path), "--minutes", "600"]) == 2
     assert pairing.read_offer(tmp_path / "uplink") is None
+
+
+# --- HTTPS by default ------------------------------------------------------------------------
+
+
+async def test_a_standalone_appliance_serves_https_with_a_self_signed_certificate(
+        running: Running) -> None:
+    cert = x509.load_pem_x509_certificate(
+        (running.state / "api" / "self-signed.crt").read_bytes())
+    assert cert.issuer == cert.subject
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    s = await status(running)
+    assert s["api"]["tls"] is True and s["api"]["url"].startswith("https://")
+
+
+async def test_plain_http_is_refused_on_the_https_port(running: Running) -> None:
+    import aiohttp
+
+    with pytest.raises(aiohttp.ClientError):
+        async with aiohttp.ClientSession() as s, \
+                s.get(running.base.replace("https://", "http://") + "/healthz") as r:
+            await r.read()
+
+
+async def test_the_pairing_code_pins_the_served_certificate(running: Running) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    _, token = running.daemon.uplink.tokens.create("pin-test")
+    pairing.write_offer(running.state / "uplink", "pin-test", token, minutes=5)
+    s = await status(running)
+    served = x509.load_pem_x509_certificate(
+        (running.state / "api" / "self-signed.crt").read_bytes())
+    pin = parse_qs(urlsplit(s["pairing"]["qr_text"]).query)["sha256"][0]
+    assert pin == served.fingerprint(hashes.SHA256()).hex()
+
+
+async def test_plain_http_only_when_configured_and_the_page_says_so(tmp_path: Path) -> None:
+    import aiohttp
+
+    daemon, stop, task = await start_daemon(tmp_path / "state", None, plain_http=True)
+    try:
+        async with aiohttp.ClientSession() as s, \
+                s.get(f"http://127.0.0.1:{daemon.api.port}/status.json") as r:
+            data = await r.json()
+        async with aiohttp.ClientSession() as s, \
+                s.get(f"http://127.0.0.1:{daemon.api.port}/") as r:
+            page = await r.text()
+        assert data["api"]["tls"] is False and data["api"]["url"].startswith("http://")
+        assert "Plain HTTP" in page and 'id="pair-plain"' in page
+        assert not (tmp_path / "state" / "api").exists()  # no certificate made or served
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -70,7 +70,8 @@ def standalone(state: Path, port: int, model: Path, env: dict[str, str]) -> Proc
             f"127.0.0.1:{port}",
         ],
         state.parent / f"{state.name}.log",
-        env=env,
+        # Plain HTTP by name: these tests are about the uplink's processes, not TLS.
+        env=env | {"SPOKE_API__PLAIN_HTTP": "true"},
     )
 
 
@@ -128,7 +129,7 @@ def test_detections_reach_the_hub_and_spoke_hub_events_shows_them(
         token = create_token(box.state_dir)
         box.start(
             hub.bundle(tmp_path / "b.spoke"),
-            env={"SPOKE_UPLINK__BACKEND": "torch"},
+            env={"SPOKE_UPLINK__BACKEND": "torch", "SPOKE_API__PLAIN_HTTP": "true"},
             args=["--model", str(tiny_artifact.root)],
         )
         device = box.wait_enrolled()

@@ -142,7 +142,8 @@ async def appliance(tmp_path: Path, parents: tuple[Path, Path], frames: list[Pat
     state = tmp_path / "state"
     seed_models(state, parents)
     config = DaemonConfig(
-        api=ApiSection(listen="127.0.0.1:0"),
+        # Plain HTTP by name: these tests are about the workbench, HTTPS has its own tests.
+        api=ApiSection(listen="127.0.0.1:0", plain_http=True),
         uplink=UplinkSection(backend="torch", workers=1),
         health=HealthSection(interval_s=5.0),
         models=ModelsSection(backend="torch"),

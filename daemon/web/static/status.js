@@ -257,6 +257,7 @@ function render(s) {
   $("device").textContent = who + " · spoke " + s.software_version;
   renderProvisioning(s.provisioning);
   renderHub(s.hub, s.provisioning);
+  $("pair-plain").hidden = s.api.tls;
   renderModel(s.model);
   renderHealth(s.health, s.alerts);
   renderUplink(s.uplink);

@@ -20,6 +20,9 @@ CODEBRIM_LABELS: tuple[str, ...] = (
 
 #: Weight-init policies understood by ``models.vit.init_weights`` (named as timm names them).
 WEIGHT_INIT_POLICIES = ("timm", "jax")
+#: What the head sees: the class token (timm's "token"), the mean patch token ("avg"), or both
+#: side by side. A self-supervised (MAE) encoder's class token alone probes poorly.
+GLOBAL_POOLS = ("token", "avg", "token+avg")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ViTConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     weight_init: str = "timm"
+    global_pool: str = "token"
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:
@@ -65,6 +69,15 @@ class ViTConfig:
                 f"unknown weight_init {self.weight_init!r}; "
                 f"choose one of {', '.join(WEIGHT_INIT_POLICIES)}"
             )
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ModelError(
+                f"unknown global_pool {self.global_pool!r}; choose one of {', '.join(GLOBAL_POOLS)}"
+            )
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled embedding the head reads."""
+        return self.embed_dim * (2 if self.global_pool == "token+avg" else 1)
 
     @property
     def grid_size(self) -> int:
@@ -82,7 +95,7 @@ class ViTConfig:
         hidden = int(d * self.mlp_ratio)
         patch = self.num_patches * d * self.in_chans * self.patch_size**2
         per_block = n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * hidden
-        return 2.0 * (patch + self.depth * per_block + d * self.num_classes)
+        return 2.0 * (patch + self.depth * per_block + self.pooled_dim * self.num_classes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,6 +28,7 @@ from PIL import Image
 
 from models.artifact import Artifact
 from models.backends.base import Backend
+from models.decide import decide
 from models.errors import ImageError, ModelError
 from models.images import DEFAULT_LIMITS, DecodedImage, ImageLimits, ImageMeta, decode_image
 from models.tiling import TiledImage, tile_image
@@ -124,8 +125,8 @@ class Pipeline:
         )
 
     def aggregate(self, image: DecodedImage, tiled: TiledImage, probs: np.ndarray) -> ImageResult:
-        """Per-image probability = max over tiles; a label is reported at or over its
-        threshold."""
+        """Per-image probability = max over tiles; a defect is reported at or over its
+        threshold, background only where no defect is (``models.decide``)."""
         labels = self.card.labels
         if probs.shape != (len(tiled.boxes), len(labels)):
             raise ModelError(
@@ -140,7 +141,7 @@ class Pipeline:
         peak = dict(
             zip(labels, np.round(probs.max(axis=0).astype(np.float64), 5).tolist(), strict=True)
         )
-        found = [lab for lab in labels if peak[lab] >= self.card.thresholds[lab]]
+        found = decide([peak[lab] for lab in labels], labels, self.card.thresholds)
         return ImageResult(image.meta, findings, peak, found)
 
     def prepare(self, data: bytes) -> Prepared:

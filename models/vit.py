@@ -83,7 +83,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.embed_dim))
         self.blocks = nn.Sequential(*[Block(cfg) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        self.head = nn.Linear(cfg.pooled_dim, cfg.num_classes)
         init_weights(self, cfg.weight_init)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -93,8 +93,14 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Class-token pooling, then the head; ``pre_logits`` returns the pooled embedding."""
-        x = x[:, 0]
+        """Pooling (``cfg.global_pool``), then the head; ``pre_logits`` returns the pooled
+        embedding."""
+        if self.cfg.global_pool == "token":
+            x = x[:, 0]
+        elif self.cfg.global_pool == "avg":
+            x = x[:, 1:].mean(dim=1)
+        else:
+            x = torch.cat([x[:, 0], x[:, 1:].mean(dim=1)], dim=-1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -3,8 +3,11 @@
 Works on the state directory directly (SQLite in WAL mode, so with or without the daemon
 running). Labels are checked against the active model's label set; ``--new-label`` accepts one
 the model does not have yet. ``import DIR`` reads a ``labels.csv`` set (the format
-``spoke-hub data generate`` writes): a bad row or a corrupt image is reported and the rest are
-imported; the exit status says whether anything failed. Heavy modules load inside handlers.
+``spoke-hub data generate`` writes) or, without one, class-per-folder (``DIR/<label>/*.jpg``,
+``--map FOLDER=LABEL`` to rename): a bad row or a corrupt image is reported and the rest are
+imported; a bad folder name or a folder of unknown label refuses the whole import before
+anything is stored. The exit status says whether anything failed. Heavy modules load inside
+handlers.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="accept labels the active model does not know (they become new classes)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(handler=add)
-    i = ssub.add_parser("import", help="import a labeled set (a directory with labels.csv)")
+    i = ssub.add_parser("import", help="import a labeled set: DIR/labels.csv, or one folder per "
+                        "label (DIR/<label>/*.jpg)")
     add_state_dir(i)
     i.add_argument("directory", type=Path, metavar="DIR")
     i.add_argument("--new-label", action="store_true")
+    i.add_argument("--map", action="append", default=[], metavar="FOLDER=LABEL",
+                   help="class-per-folder: the label for a folder of another name (repeatable)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(handler=import_dir)
     ls = ssub.add_parser("list", help="the samples and their labels")
@@ -132,10 +138,43 @@ def read_set(directory: Path) -> tuple[list[tuple[Path, list[str]]], list[dict[s
     return items, failed
 
 
+def parse_map(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        folder, sep, label = pair.partition("=")
+        if not sep or not folder.strip() or not label.strip():
+            raise ConfigError(f"--map {pair!r}: give FOLDER=LABEL, e.g. salt_damage=efflorescence")
+        out[folder.strip()] = label.strip()
+    return out
+
+
+def read_folders_checked(directory: Path, mapping: dict[str, str], store: Any,
+                         known: list[str], new_label: bool) -> list[tuple[Path, list[str]]]:
+    """Class-per-folder items, every folder's label checked before anything is stored."""
+    from daemon.finetune.folders import read_folders
+    from daemon.finetune.samples import SampleError, check_labels
+
+    found = read_folders(directory, mapping)
+    accepted = store.accepted_labels()
+    for label in found.labels:
+        folder = next(p.parent for p, lab in found.items if lab == label)
+        try:
+            check_labels([label], known, accepted, new_label)
+        except SampleError as exc:
+            raise type(exc)(f"{folder}: {exc}; nothing was imported") from exc
+    return [(path, [label]) for path, label in found.items]
+
+
 def import_dir(args: argparse.Namespace) -> int:
-    items, bad_rows = read_set(args.directory)
+    mapping = parse_map(args.map)
+    csv_set = (args.directory / "labels.csv").exists()
+    if csv_set and mapping:
+        raise ConfigError("--map renames class folders; this set has a labels.csv")
+    items, bad_rows = read_set(args.directory) if csv_set else ([], [])
     store, known, model = _open(args)
     try:
+        if not csv_set:
+            items = read_folders_checked(args.directory, mapping, store, known, args.new_label)
         added, failed = _add_all(store, known, items, args.new_label, "import")
     finally:
         store.close()

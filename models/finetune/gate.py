@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from models.training.metrics import Scores
 
 
@@ -23,6 +25,7 @@ class Comparison:
     promote: bool
     reasons: tuple[str, ...]
     deltas: dict[str, float] = field(default_factory=dict)
+    collapse: str | None = None
 
     @property
     def macro_delta(self) -> float:
@@ -38,11 +41,26 @@ class Comparison:
             "max_label_drop": self.max_label_drop,
             "promote": self.promote,
             "reasons": list(self.reasons),
+            "collapse": self.collapse,
         }
 
 
-def compare(current: Scores, candidate: Scores, margin: float, max_label_drop: float
-            ) -> Comparison:
+def collapse_reason(decisions: np.ndarray, targets: np.ndarray, labels: tuple[str, ...] |
+                    list[str]) -> str | None:
+    """Why ``decisions`` (N, L reported labels) is a collapse, or None: every sample gets the
+    same answer although ``targets`` hold at least two different label sets."""
+    truths = {tuple(row) for row in (targets >= 0.5).tolist()}
+    answers = {tuple(bool(v) for v in row) for row in decisions.tolist()}
+    if len(decisions) < 2 or len(answers) != 1 or len(truths) < 2:
+        return None
+    said = [labels[j] for j, on in enumerate(next(iter(answers))) if on]
+    return (f"collapse: the candidate answers {'+'.join(said) or 'no label'} for all "
+            f"{len(decisions)} held-out samples, which carry {len(truths)} different label "
+            "sets")
+
+
+def compare(current: Scores, candidate: Scores, margin: float, max_label_drop: float,
+            collapse: str | None = None) -> Comparison:
     deltas = {
         name: round(candidate.per_label_f1[name] - current.per_label_f1.get(name, 0.0), 6)
         for name in candidate.per_label_f1
@@ -60,5 +78,8 @@ def compare(current: Scores, candidate: Scores, margin: float, max_label_drop: f
     losers = {n: d for n, d in deltas.items() if -d > max_label_drop + 1e-12}
     for name, d in sorted(losers.items()):
         reasons.append(f"label {name} loses {-d:.3f} F1 (at most {max_label_drop:.3f} allowed)")
-    return Comparison(current, candidate, margin, max_label_drop, ok_macro and not losers,
-                      tuple(reasons), deltas)
+    if collapse:
+        reasons.insert(0, collapse)
+    return Comparison(current, candidate, margin, max_label_drop,
+                      ok_macro and not losers and not collapse, tuple(reasons), deltas,
+                      collapse)

@@ -28,8 +28,9 @@ from torch import Tensor
 
 from appliance.errors import DataError
 from models.artifact import Artifact, load_artifact, write_artifact
+from models.decide import decide_many
 from models.finetune.augment import drone_augment
-from models.finetune.gate import Comparison, compare
+from models.finetune.gate import Comparison, collapse_reason, compare
 from models.finetune.methods import (
     DEFAULT_EPOCHS,
     LEARNING_RATES,
@@ -38,6 +39,14 @@ from models.finetune.methods import (
     merge,
     prepare,
     trained_state,
+)
+from models.finetune.probe import (
+    MAX_EPOCHS,
+    WIDE_POOL,
+    feature_views,
+    fit_probe,
+    install_head,
+    pool_features,
 )
 from models.finetune.split import TooFewSamples, stratified_split
 from models.images import ImageLimits, decode_image
@@ -50,7 +59,9 @@ from models.vit import VisionTransformer
 Report = Callable[[dict[str, Any]], None]
 #: Samples are small tiles; anything bigger is refused before decoding.
 SAMPLE_LIMITS = ImageLimits(32 * 1024 * 1024, 40_000_000)
-LINEAR_VIEWS = 4
+#: The probe's augmented feature views: at most this many, within this share of the budget.
+MAX_VIEWS = 16
+PROBE_SHARE = 0.5
 TRAINED_WEIGHTS = "trained.safetensors"
 
 
@@ -155,33 +166,96 @@ def predict(model: VisionTransformer, images: np.ndarray, pre: Preprocessing, de
     return torch.cat(out).numpy()
 
 
-@torch.inference_mode()
-def pooled(model: VisionTransformer, images: np.ndarray, pre: Preprocessing, device: str,
-           batch: int = 64) -> Tensor:
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch):
-        x = torch.from_numpy(pre.normalize(images[i : i + batch])).to(device)
-        out.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-    return torch.cat(out)
-
-
 def evaluate(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
-             thresholds: dict[str, float], present: np.ndarray) -> Scores:
-    """Scores with each label's own threshold, over the labels the held-out split contains."""
-    thr = np.asarray([thresholds.get(n, 0.5) for n in labels], dtype=np.float32)
-    shifted = probs - thr + 0.5  # score() thresholds at 0.5
+             thresholds: dict[str, float], present: np.ndarray) -> tuple[Scores, np.ndarray]:
+    """Scores of the labels a model reports (``models.decide``: each label's own threshold,
+    background only where no defect is), over the labels the held-out split contains; and
+    the reported (N, L) decisions."""
+    decisions = decide_many(probs, labels, thresholds)
     names = [labels[j] for j in present]
-    return score(shifted[:, present], targets[:, present], names)
+    scores = score(decisions[:, present].astype(np.float32), targets[:, present], names)
+    return scores, decisions
 
 
 def next_steps(spec: JobSpec, method: str, n_train: int) -> int:
     """Steps for the given (or the method's default) epochs; a time budget only caps them."""
     per_epoch = max(1, math.ceil(n_train / spec.batch_size))
-    if method == "linear":
-        per_epoch = 1  # full batch over the cached features of every view
     epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS[method]
     return epochs * per_epoch
+
+
+@dataclass(frozen=True)
+class Trained:
+    steps: int
+    seconds: float
+    final_loss: float
+    resumed_from: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _probe(model: VisionTransformer, images: np.ndarray, targets: np.ndarray,
+           pre: Preprocessing, spec: JobSpec, device: str, started: float, report: Report,
+           thresholds: dict[str, float]) -> Trained:
+    """The calibrated linear probe (``models.finetune.probe``): feature views for up to
+    ``PROBE_SHARE`` of the time budget, then the pool whose cross-validated loss is lowest."""
+    t0 = time.monotonic()
+    deadline = None if spec.budget_s is None else started + PROBE_SHARE * spec.budget_s
+    views = feature_views(
+        model, images, pre, device, spec.seed, MAX_VIEWS, deadline,
+        lambda v, n: report({"phase": "features", "view": v, "views": n,
+                             "elapsed_s": round(time.monotonic() - started, 1)}))
+    report({"phase": "train", "step": 0, "steps": len(views), "views": len(views)})
+    max_epochs = spec.epochs if spec.epochs is not None else MAX_EPOCHS
+    fits = {pool: fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs)
+            for pool in dict.fromkeys((model.cfg.global_pool, WIDE_POOL))}
+    pool = min(fits, key=lambda k: fits[k].cv_loss)
+    fit = fits[pool]
+    install_head(model, fit, pool)
+    prepare(model, "linear")
+    for j in fit.fitted:
+        thresholds[spec.labels[j]] = round(float(fit.thresholds[j]), 6)
+    report({"phase": "train", "step": fit.epochs, "steps": fit.epochs,
+            "loss": round(fit.cv_loss, 5), "elapsed_s": round(time.monotonic() - started, 1)})
+    return Trained(fit.epochs, time.monotonic() - t0, fit.cv_loss, 0, {
+        "views": len(views), "pool": pool, "weight_decay": fit.weight_decay,
+        "epochs": fit.epochs, "cv_loss": {k: round(f.cv_loss, 5) for k, f in fits.items()},
+        "cv_f1": round(fit.cv_f1, 5),
+        "fitted": [spec.labels[j] for j in fit.fitted]})
+
+
+def _train_weights(model: VisionTransformer, method: str, images: np.ndarray,
+                   targets: np.ndarray, pre: Preprocessing, spec: JobSpec, device: str,
+                   started: float, report: Report, log: Callable[[str], None]) -> Trained:
+    """LoRA, the last blocks, or everything: AdamW on augmented batches, checkpointed."""
+    y_all = torch.from_numpy(targets)
+    prepare(model, method, seed=spec.seed, rank=spec.lora_rank, blocks=spec.partial_blocks)
+    model.to(device)
+    batch = min(spec.batch_size, len(images))
+    steps = next_steps(spec, method, len(images))
+    last = {"t": 0.0}
+
+    def loss_fn(step: int) -> Tensor:
+        idx = step_indices(len(images), batch, spec.seed, step)
+        views = drone_augment(images[idx], np.random.default_rng([spec.seed, step, 1]))
+        x = torch.from_numpy(pre.normalize(views)).to(device)
+        loss = F.binary_cross_entropy_with_logits(model(x).float(), y_all[idx].to(device))
+        now = time.monotonic()
+        if now - last["t"] >= 0.5 or step + 1 >= steps:
+            last["t"] = now
+            report({"phase": "train", "step": step + 1, "steps": steps,
+                    "loss": round(float(loss.detach()), 5),
+                    "elapsed_s": round(now - started, 1)})
+        return loss
+
+    result = train(
+        model, loss_fn, Budget(steps=steps, seconds=spec.budget_s),
+        lr=spec.lr or LEARNING_RATES[method], weight_decay=0.01, precision="fp32",
+        threads=spec.threads, checkpoint=Path(spec.checkpoint) if spec.checkpoint else None,
+        fingerprint=spec.fingerprint() | {"method": method},
+        checkpoint_every_s=spec.checkpoint_every_s,
+        checkpoint_every_steps=spec.checkpoint_every_steps,
+        desc=f"fine-tune ({method})", progress=False, log=log)
+    return Trained(result.steps, result.seconds, result.final_loss, result.resumed_from)
 
 
 def run_job(spec: JobSpec, report: Report = lambda _: None,
@@ -211,67 +285,26 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
     base = predict(model, val_images, pre, device)
     base = np.concatenate(
         [base, np.zeros((len(base), len(spec.labels) - base.shape[1]), np.float32)], axis=1)
-    current = evaluate(base, val_targets, spec.labels, thresholds, present)
+    current, _ = evaluate(base, val_targets, spec.labels, thresholds, present)
 
     grow_head(model, len(spec.labels) - len(card.labels), spec.seed)
     model.to(device)
     train_images, train_targets = data.images[train_idx], data.targets[train_idx]
-    y_all = torch.from_numpy(train_targets)
-    lr = spec.lr or LEARNING_RATES[method]
     if method == "linear":
-        report({"phase": "features", "views": LINEAR_VIEWS})
-        views = [train_images] + [
-            drone_augment(train_images, np.random.default_rng([spec.seed, v]))
-            for v in range(1, LINEAR_VIEWS)]
-        feats = torch.cat([pooled(model, v, pre, device) for v in views])
-        ys = y_all.repeat(LINEAR_VIEWS, 1).to(device)
-        prepare(model, "linear")
-        module: torch.nn.Module = model.head
-
-        def batch_loss(step: int) -> Tensor:
-            return F.binary_cross_entropy_with_logits(model.head(feats), ys)
+        result = _probe(model, train_images, train_targets, pre, spec, device, started, report,
+                        thresholds)
     else:
-        prepare(model, method, seed=spec.seed, rank=spec.lora_rank, blocks=spec.partial_blocks)
-        model.to(device)
-        module = model
-        batch = min(spec.batch_size, len(train_idx))
-
-        def batch_loss(step: int) -> Tensor:
-            idx = step_indices(len(train_images), batch, spec.seed, step)
-            images = drone_augment(train_images[idx], np.random.default_rng([spec.seed, step, 1]))
-            x = torch.from_numpy(pre.normalize(images)).to(device)
-            return F.binary_cross_entropy_with_logits(model(x).float(), y_all[idx].to(device))
-
-    steps = next_steps(spec, method, len(train_idx))
-    budget = Budget(steps=steps, seconds=spec.budget_s)
-    total = steps
-    last = {"t": 0.0}
-
-    def loss_fn(step: int) -> Tensor:
-        loss = batch_loss(step)
-        now = time.monotonic()
-        if now - last["t"] >= 0.5 or (total is not None and step + 1 >= total):
-            last["t"] = now
-            report({"phase": "train", "step": step + 1, "steps": total,
-                    "loss": round(float(loss.detach()), 5),
-                    "elapsed_s": round(now - started, 1)})
-        return loss
-
-    ckpt = Path(spec.checkpoint) if spec.checkpoint else None
-    result = train(
-        module, loss_fn, budget, lr=lr, weight_decay=1e-3 if method == "linear" else 0.01,
-        precision="fp32", threads=spec.threads, checkpoint=ckpt,
-        fingerprint=spec.fingerprint() | {"method": method},
-        checkpoint_every_s=spec.checkpoint_every_s,
-        checkpoint_every_steps=spec.checkpoint_every_steps,
-        desc=f"fine-tune ({method})", progress=False, log=log)
+        result = _train_weights(model, method, train_images, train_targets, pre, spec, device,
+                                started, report, log)
     trained = trained_state(model)
     merge(model)
     model.eval()
     report({"phase": "evaluating"})
-    cand = evaluate(predict(model, val_images, pre, device), val_targets, spec.labels,
-                    thresholds, present)
-    comparison: Comparison = compare(current, cand, spec.margin, spec.max_label_drop)
+    cand, decisions = evaluate(predict(model, val_images, pre, device), val_targets,
+                               spec.labels, thresholds, present)
+    comparison: Comparison = compare(current, cand, spec.margin, spec.max_label_drop,
+                                     collapse=collapse_reason(decisions, val_targets,
+                                                              spec.labels))
     out: dict[str, Any] = {
         "method": method,
         "samples": len(data.images),
@@ -283,6 +316,7 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
         "resumed_from": result.resumed_from,
         "train_seconds": round(result.seconds, 2),
         "final_loss": round(result.final_loss, 5),
+        "details": result.details,
         "comparison": comparison.to_dict(),
         "candidate": None,
         "trained_weights": None,
@@ -318,7 +352,7 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
                   metadata={"method": method, "parent": card.ref, "version": spec.version})
         out["candidate"] = str(out_dir)
         out["trained_weights"] = str(weights)
-    if ckpt is not None:
-        ckpt.unlink(missing_ok=True)
+    if spec.checkpoint:
+        Path(spec.checkpoint).unlink(missing_ok=True)
     out["seconds"] = round(time.monotonic() - started, 2)
     return out

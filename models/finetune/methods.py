@@ -6,9 +6,10 @@
 - ``partial``: the last ``blocks`` transformer blocks, the final norm and the head;
 - ``full``: everything.
 
-``default_method`` picks from the sample count and the hardware: a linear probe for very few
-labels, LoRA (CPU) or the last blocks (GPU) otherwise, full fine-tuning only for many samples
-on a GPU.
+``default_method`` picks from the sample count and the hardware: the calibrated linear probe
+(``models.finetune.probe``) for the few-shot range a site labels (measured: with 20 to 200
+labels per class LoRA and the last blocks overfit or collapse, see docs/BENCHMARKS.md), full
+fine-tuning only for thousands of samples on a GPU.
 """
 
 from __future__ import annotations
@@ -24,22 +25,18 @@ from appliance.errors import DataError
 from models.vit import VisionTransformer
 
 METHODS = ("linear", "lora", "partial", "full")
-#: Fewer labeled samples than this: only the head is trained (anything more overfits).
-LINEAR_BELOW = 40
+#: From this many labeled samples on a GPU, the whole encoder is trained.
 FULL_FROM = 2000
 #: Peak learning rates per method (AdamW, warm-up then cosine; see models.training.loop).
-LEARNING_RATES = {"linear": 2e-2, "lora": 2e-3, "partial": 3e-4, "full": 1e-4}
-#: Epochs when neither ``--epochs`` nor only a time budget is given. A linear probe's epoch is
-#: one full-batch step over the cached features (cheap: no forward pass through the encoder).
-DEFAULT_EPOCHS = {"linear": 300, "lora": 12, "partial": 12, "full": 8}
+#: (The linear probe chooses its own, see ``models.finetune.probe``.)
+LEARNING_RATES = {"lora": 2e-3, "partial": 3e-4, "full": 1e-4}
+#: Epochs when neither ``--epochs`` nor only a time budget is given (the probe stops early by
+#: cross-validation instead).
+DEFAULT_EPOCHS = {"lora": 12, "partial": 12, "full": 8}
 
 
 def default_method(samples: int, gpu: bool) -> str:
-    if samples < LINEAR_BELOW:
-        return "linear"
-    if gpu:
-        return "full" if samples >= FULL_FROM else "partial"
-    return "lora"
+    return "full" if gpu and samples >= FULL_FROM else "linear"
 
 
 class LoRALinear(nn.Module):

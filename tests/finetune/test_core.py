@@ -11,7 +11,7 @@ from appliance.identity import generate_key, key_to_pem
 from daemon.finetune.promote import next_version, sign_statement, verify_signed
 from daemon.finetune.service import check_options, parse_budget
 from models.finetune.gate import compare
-from models.finetune.methods import default_method, merge, prepare
+from models.finetune.methods import merge, prepare
 from models.finetune.split import TooFewSamples, stratified_split
 from models.training.metrics import Scores
 
@@ -63,12 +63,6 @@ def test_the_gate_refuses_a_label_that_loses_too_much():
     assert any("crack loses 0.100" in r for r in result.reasons)
     assert compare(cur, cand, margin=0.01, max_label_drop=0.2).promote
 
-
-def test_the_default_method_follows_sample_count_and_hardware():
-    assert default_method(20, gpu=False) == "linear"
-    assert default_method(200, gpu=False) == "lora"
-    assert default_method(200, gpu=True) == "partial"
-    assert default_method(5000, gpu=True) == "full"
 
 
 def test_versions_are_bumped_with_a_local_suffix():

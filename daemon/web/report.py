@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from daemon.uplink.api import UplinkApi
+    from models.groundtruth import GroundTruth
 
 ImageReader = Callable[[dict[str, Any]], bytes | None]
 
@@ -303,8 +304,9 @@ CSS = (Path(__file__).parent / "static" / "report.css").read_text()
 
 def build_report(mission: str, rows: Sequence[dict[str, Any]], read_image: ImageReader, *,
                  device_id: str | None = None, generated_at: float | None = None,
-                 top: int = TOP_IMAGES) -> str:
-    """The report of ``mission`` (its result rows, oldest first) as one HTML document."""
+                 top: int = TOP_IMAGES, ground_truth: GroundTruth | None = None) -> str:
+    """The report of ``mission`` (its result rows, oldest first) as one HTML document; with
+    ``ground_truth`` (a test flight over known defects) also how the detections compare."""
     status = {s: 0 for s in ("queued", "running", "done", "failed")}
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1
@@ -344,6 +346,7 @@ def build_report(mission: str, rows: Sequence[dict[str, Any]], read_image: Image
         version=__version__,
         severity_names=SEVERITY_NAMES,
         sev_colors=SEV_COLORS,
+        ground_truth=ground_truth,
     )
 
 

@@ -82,21 +82,32 @@ def _train(x: Tensor, y: Tensor, masks: Tensor, wds: Tensor, epochs: int, seed: 
     m, labels = masks.shape[0], y.shape[1]
     w = (torch.randn(m, labels, x.shape[1], generator=gen) * 0.01).requires_grad_(True)
     b = torch.zeros(m, 1, labels, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=LR)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (w, b)]
     weights = _balance(y)[None] * masks[:, :, None]
     total = weights.sum(dim=(1, 2))
     curve: list[Tensor] = []
     for epoch in range(1, epochs + 1):
-        opt.zero_grad()
-        logits = torch.einsum("rf,mlf->mrl", x, w) + b
+        logits = (x @ w.reshape(m * labels, -1).t()).reshape(-1, m, labels).transpose(0, 1) + b
         bce = F.binary_cross_entropy_with_logits(logits, y.expand_as(logits), reduction="none")
-        ((bce * weights).sum(dim=(1, 2)) / total).sum().backward()
-        opt.step()
+        grads = torch.autograd.grad(((bce * weights).sum(dim=(1, 2)) / total).sum(), (w, b))
         with torch.no_grad():
+            for p, g, (m1, m2) in zip((w, b), grads, moments, strict=True):
+                _adam(p, g, m1, m2, epoch)
             w.mul_(1 - LR * wds[:, None, None])
             if epoch % every == 0:
                 curve.append(torch.einsum("pf,mlf->mpl", probe, w) + b)
     return w.detach(), b.detach()[:, 0], curve
+
+
+def _adam(p: Tensor, g: Tensor, m1: Tensor, m2: Tensor, step: int,
+          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """One Adam step in place (written out: ``torch.optim`` costs seconds of imports in a
+    fresh worker, longer than the whole fit)."""
+    m1.mul_(betas[0]).add_(g, alpha=1 - betas[0])
+    m2.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
+    m_hat = m1 / (1 - betas[0] ** step)
+    v_hat = m2 / (1 - betas[1] ** step)
+    p.sub_(LR * m_hat / (v_hat.sqrt() + eps))
 
 
 def best_thresholds(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,25 @@ async def test_cli_writes_the_same_report(running: Running, mission: list[str],
     assert without_stamp(out.read_text()) == without_stamp(served)
 
 
+async def test_cli_compares_detections_with_the_frames_ground_truth(
+        running: Running, mission: list[str], frames: list[Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from models.groundtruth import compare_frames, truth_by_content
+
+    out = tmp_path / "r.html"
+    code = await asyncio.to_thread(main, ["report", MISSION, "--state-dir", str(running.state),
+                                          "--out", str(out), "--ground-truth",
+                                          str(frames[0].parent)])
+    assert code == 0
+    rows = await running.daemon.uplink.query("mission", MISSION)
+    expected = compare_frames({r["id"]: r["labels"] for r in rows if r["status"] == "done"},
+                              truth_by_content(frames[0].parent))
+    assert expected.frames == len(frames)
+    assert expected.line() in capsys.readouterr().out
+    section = out.read_text().split('<section id="ground-truth">')[1].split("</section>")[0]
+    assert expected.line() in section and f"{expected.fn} missed" in section
+
+
 def test_cli_refuses_an_unknown_mission(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                         ) -> None:
     assert main(["report", "nope", "--state-dir", str(tmp_path)]) == 2

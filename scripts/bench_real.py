@@ -1,0 +1,217 @@
+"""Real photographs through the appliance's fine-tune path, with its defaults.
+
+For a class-per-folder set of real photos (e.g. ``saltspot/healthy``, ``saltspot/salt_damage``)
+it takes ``--per-class`` photos of each class for training (by file name and ``--seed``), holds
+out the rest, and for each starting model -- the hub's foundation model and the same ViT from
+scratch (random weights) -- runs exactly what a site engineer runs:
+
+    spoke run --standalone --model PARENT            (a real daemon)
+    spoke samples import TRAIN --map FOLDER=LABEL    (class-per-folder)
+    spoke finetune start --wait                      (every default)
+
+then scores the model the appliance serves afterwards (the candidate if the gate promoted it,
+else the parent) on the held-out photos through the serving pipeline (tiles, ONNX Runtime,
+``models.decide``). A ridge classifier on 32x32 pixels, trained on the same photos, is the
+same-run baseline. Balanced accuracy of the defect label; the seed is printed.
+
+    .venv/bin/python -m scripts.bench_real DIR --map healthy=background \\
+        --map salt_damage=efflorescence [--parent ARTIFACT] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spoke(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True,
+                          text=True, cwd=REPO)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"bench_real: spoke {' '.join(args)} failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def link_set(items: list[tuple[Path, str]], out: Path) -> None:
+    """A class-per-folder copy (symlinks) of the training photos, under their folder names."""
+    for path, _ in items:
+        (out / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (out / path.parent.name / path.name).symlink_to(path.resolve())
+
+
+def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path
+                       ) -> tuple[Path, dict[str, Any], float]:
+    """(the artifact the appliance serves afterwards, the job, job seconds end to end)."""
+    state = work / "state"
+    log = (work / "daemon.log").open("wb")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "run", "--standalone", "--model", str(parent),
+         "--state-dir", str(state), "--listen", f"127.0.0.1:{free_port()}"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 300
+        while not (state / "finetune" / "active-model.json").exists():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench_real: the daemon did not start; see {work}/daemon.log")
+            time.sleep(0.5)
+        spoke("samples", "import", str(train), "--state-dir", str(state),
+              *[a for m in mapping for a in ("--map", m)])
+        started = time.monotonic()
+        job = json.loads(spoke("finetune", "start", "--state-dir", str(state), "--wait",
+                               "--json"))
+        seconds = time.monotonic() - started
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+        log.close()
+    result = job.get("result") or {}
+    promoted = (result.get("promotion") or {}).get("state") == "activated"
+    served = Path(result["candidate"]) if promoted and result.get("candidate") else parent
+    return served, job, seconds
+
+
+def served_accuracy(artifact_dir: Path, rest: list[tuple[Path, str]], positive: str
+                    ) -> float:
+    """Balanced accuracy of ``positive`` as the serving pipeline reports it."""
+    from models.artifact import load_artifact
+    from models.backends.select import create_backend
+    from models.pipeline import Pipeline
+
+    artifact = load_artifact(artifact_dir)
+    pipeline = Pipeline(artifact, create_backend(artifact, "onnxruntime"))
+    said = np.array([positive in pipeline.run(p.read_bytes()).labels for p, _ in rest])
+    truth = np.array([lab == positive for _, lab in rest])
+    return balanced(said, truth)
+
+
+def balanced(said: np.ndarray, truth: np.ndarray) -> float:
+    return float((said[truth].mean() + (~said[~truth]).mean()) / 2)
+
+
+def ridge_on_pixels(train: list[tuple[Path, str]], rest: list[tuple[Path, str]],
+                    positive: str, side: int = 32, lam: float = 10.0) -> float:
+    """Standardised 32x32 pixels, ridge regression to +-1 (dual form), sign."""
+    from PIL import Image
+
+    def pixels(items: list[tuple[Path, str]]) -> np.ndarray:
+        return np.stack([np.asarray(Image.open(p).convert("RGB").resize((side, side)),
+                                    dtype=np.float32).ravel() / 255 for p, _ in items])
+
+    a, b = pixels(train), pixels(rest)
+    mean, std = a.mean(axis=0), a.std(axis=0) + 1e-6
+    a, b = (a - mean) / std, (b - mean) / std
+    y = np.array([1.0 if lab == positive else -1.0 for _, lab in train])
+    w = a.T @ np.linalg.solve(a @ a.T + lam * np.eye(len(a)), y)
+    return balanced(b @ w > 0, np.array([lab == positive for _, lab in rest]))
+
+
+def scratch_twin(parent: Path, out: Path, seed: int) -> Path:
+    """The parent's architecture, labels and preprocessing with random weights."""
+    from models.artifact import load_artifact, write_artifact
+    from models.vit import build_model
+
+    card = load_artifact(parent).card
+    write_artifact(build_model(card.config, seed), out, name=card.name, version=card.version,
+                   labels=card.labels, preprocessing=card.preprocessing)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("directory", type=Path, metavar="DIR")
+    parser.add_argument("--map", action="append", default=[], metavar="FOLDER=LABEL")
+    parser.add_argument("--parent", type=Path,
+                        help="the starting model (default: the hub's foundation model, built "
+                             "or reused from the cache)")
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--held-out", type=int, metavar="N",
+                        help="score only the first N held-out photos of each class (a quick look)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from daemon.commands.samples import parse_map
+    from daemon.finetune.folders import read_folders, split_per_class
+
+    mapping = parse_map(args.map)
+    found = read_folders(args.directory, mapping)
+    train, rest = split_per_class(found, args.per_class, args.seed)
+    if args.held_out:
+        rest = type(rest)(tuple(item for label in rest.labels for item in
+                                [i for i in rest.items if i[1] == label][: args.held_out]),
+                          rest.labels)
+    defects = [lab for lab in found.labels if lab != "background"]
+    if len(defects) != 1 or "background" not in found.labels:
+        raise SystemExit("bench_real: the set needs one background folder and one defect folder")
+    positive = defects[0]
+    if args.parent is None:
+        from models.training.foundation import build_foundation_model
+
+        args.parent = build_foundation_model(seed=0)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="spoke-bench-real-") as tmp:
+        root = Path(tmp)
+        link_set(list(train.items), root / "train")
+        parents = {"foundation": args.parent,
+                   "scratch": scratch_twin(args.parent, root / "scratch-parent", args.seed)}
+        for name, parent in parents.items():
+            work = root / name
+            work.mkdir()
+            served, job, seconds = appliance_finetune(parent, root / "train", args.map, work)
+            result = job.get("result") or {}
+            comparison = result.get("comparison") or {}
+            rows.append({
+                "model": name, "parent": str(parent),
+                "balanced_accuracy_parent": round(served_accuracy(parent, list(rest.items),
+                                                                  positive), 4),
+                "balanced_accuracy": round(served_accuracy(served, list(rest.items),
+                                                           positive), 4),
+                "promoted": served != parent, "method": result.get("method"),
+                "details": result.get("details"), "job_seconds": round(seconds, 1),
+                "gate_reasons": comparison.get("reasons"), "status": job.get("status"),
+                "error": job.get("error"),
+            })
+            print(json.dumps(rows[-1]), flush=True)
+            if os.environ.get("SPOKE_BENCH_KEEP"):
+                shutil.copytree(work, Path(os.environ["SPOKE_BENCH_KEEP"]) / name,
+                                symlinks=True, dirs_exist_ok=True)
+    rows.append({"model": "ridge on 32x32 pixels",
+                 "balanced_accuracy": round(ridge_on_pixels(list(train.items), list(rest.items),
+                                                            positive), 4)})
+    print(f"\n{args.directory.name}: {positive} vs background, {args.per_class} per class for "
+          f"training ({len(train.items)}), {len(rest.items)} held out, seed {args.seed}")
+    print(f"{'model':<24} {'balanced acc':>12} {'(parent)':>9} {'promoted':>9} {'job s':>7}")
+    for r in rows:
+        print(f"{r['model']:<24} {r['balanced_accuracy']:>12.3f} "
+              f"{r.get('balanced_accuracy_parent', float('nan')):>9.3f} "
+              f"{r.get('promoted', '-')!s:>9} {r.get('job_seconds', float('nan')):>7}")
+    if args.json:
+        args.json.write_text(json.dumps({"set": str(args.directory), "seed": args.seed,
+                                         "per_class": args.per_class, "positive": positive,
+                                         "train": len(train.items), "held_out": len(rest.items),
+                                         "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

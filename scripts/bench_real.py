@@ -9,7 +9,7 @@ scratch (random weights) -- runs exactly what a site engineer runs:
     spoke samples import TRAIN --map FOLDER=LABEL    (class-per-folder)
     spoke finetune start --wait                      (every default)
 
-then scores the model the appliance serves afterwards (the candidate if the gate promoted it,
+then scores the model the appliance serves afterwards (the candidate if the gate promotes it,
 else the parent) on the held-out photos through the serving pipeline (tiles, ONNX Runtime,
 ``models.decide``). A ridge classifier on 32x32 pixels, trained on the same photos, is the
 same-run baseline. Balanced accuracy of the defect label; the seed is printed.
@@ -85,7 +85,9 @@ def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path
         daemon.wait(60)
         log.close()
     result = job.get("result") or {}
-    promoted = (result.get("promotion") or {}).get("state") == "activated"
+    # A standalone daemon keeps a promoted candidate in the job (it has no model store to
+    # activate it in); an enrolled one would serve it now.
+    promoted = bool((result.get("comparison") or {}).get("promote"))
     served = Path(result["candidate"]) if promoted and result.get("candidate") else parent
     return served, job, seconds
 

@@ -160,7 +160,9 @@ class Demo:
         box = self.root / "uplink-box"
         port = tomllib.loads((box / "spoke.toml").read_text())["api"]["listen"].rsplit(":", 1)[1]
         report = self.root / "bridge-17-pass-1.html"
-        tool("daemon", "report", "bridge-17-pass-1", "--state-dir", str(box), "--out", str(report))
+        step("Detections against the generator's ground truth (spoke report --ground-truth)")
+        print(tool("daemon", "report", "bridge-17-pass-1", "--state-dir", str(box), "--out",
+                   str(report), "--ground-truth", str(self.root / "frames")), end="")
         step("Open these")
         token = tool("provisioning", "tokens", "create", "--home", str(self.home), "--name",
                      f"demo-{os.getpid()}").strip()
@@ -228,13 +230,15 @@ def _wait_fleet_on(demo: Demo, version: str, timeout: float = 180) -> None:
 
 
 def foundation_artifacts(artifacts: Path) -> None:
-    """The hub's foundation model (MAE pre-training on generated concrete imagery, built once
-    from a seed and cached), packaged for this fleet as codebrim-vit-t 1.0.0 and 1.1.0."""
+    """The hub's foundation model (pre-trained on generated concrete of other sites, with a
+    trained head; built once from a seed and cached), packaged for this fleet as
+    codebrim-vit-t 1.0.0 and 1.1.0."""
     from models.artifact import load_artifact, write_artifact
     from models.training.foundation import build_foundation_model
 
-    step("Building the foundation model at the hub (MAE on generated concrete imagery, seed 0; "
-         "cached under ~/.cache/spoke after the first run)")
+    step("Building the foundation model at the hub (MAE, then supervised on generated concrete "
+         f"of other sites, never site {SITE_DOMAIN}; seed 0; cached under ~/.cache/spoke after "
+         "the first run)")
     foundation = load_artifact(build_foundation_model(seed=0))
     card = foundation.card
     model = foundation.build_model()
@@ -287,13 +291,15 @@ def model_delivery_steps(demo: Demo) -> None:
 
 # --- local fine-tuning (issue 8) ------------------------------------------------------------
 
-FINETUNE_SAMPLES = 60
-SITE_DOMAIN = 17  # the generator's site seed for bridge-17: this site's own concrete
+FINETUNE_SAMPLES = 100
+#: The generator's site seed for bridge-17: this site's own concrete, which the foundation
+#: model never saw (it trains on sites 1-24 and calibrates on 999).
+SITE_DOMAIN = 41
 
 
 def finetune_steps(demo: Demo) -> None:
-    """An engineer on site labels about 60 tiles of this bridge (generated from the site's own
-    domain), fine-tunes the delivered model on the appliance with a linear probe, and sees both
+    """An engineer on site labels 100 tiles of this bridge (generated from the site's own
+    domain), fine-tunes the delivered model on the appliance with the defaults, and sees both
     models' metrics on the held-out split and whether the gate promoted the candidate. The hub
     hears about it as an event and in the reported state; no image leaves the site."""
     state = str(demo.root / "appliance-0")
@@ -301,15 +307,15 @@ def finetune_steps(demo: Demo) -> None:
     step(f"Fine-tuning: labeling {FINETUNE_SAMPLES} tiles of bridge-17's own concrete "
          "(spoke-hub data generate, spoke samples import)")
     print(tool("provisioning", "data", "generate", "--domain", str(SITE_DOMAIN), "--tiles",
-               str(FINETUNE_SAMPLES), "--size", "112", "--out", str(tiles)), end="")
+               str(FINETUNE_SAMPLES), "--size", str(input_size(demo)), "--out", str(tiles)),
+          end="")
     print(tool("daemon", "samples", "import", str(tiles), "--state-dir", state), end="")
     print(tool("daemon", "samples", "list", "--state-dir", state).splitlines()[-2])
 
-    step("Fine-tuning on the appliance: spoke finetune start --method linear --wait "
+    step("Fine-tuning on the appliance with its defaults: spoke finetune start --wait "
          "(a worker process at low priority; held-out split, evaluation gate, promotion)")
     started = time.monotonic()
-    print(tool("daemon", "finetune", "start", "--state-dir", state, "--method", "linear",
-               "--wait"), end="")
+    print(tool("daemon", "finetune", "start", "--state-dir", state, "--wait"), end="")
     print(f"(fine-tune took {time.monotonic() - started:.0f} s end to end)")
 
     step("What the hub heard (spoke-hub events --kind finetune_finished): metrics, no images")
@@ -323,13 +329,20 @@ def finetune_steps(demo: Demo) -> None:
 
 # --- drone uplink (issue 4) ------------------------------------------------------------------
 
-UPLINK_FRAMES = 4
+UPLINK_FRAMES = 8
+
+
+def input_size(demo: Demo) -> int:
+    """The fleet model's tile size (its card's preprocessing)."""
+    card = json.loads((demo.root / "artifacts" / "1.1.0" / "card.json").read_text())
+    return int(card["preprocessing"]["input_size"])
 
 
 def uplink_steps(demo: Demo) -> None:
     """A drone uplink appliance on the same site: it enrolls with the bundle, serves the
-    uplink API with a model given on its command line, processes generated drone frames posted
-    by a real HTTP client, and the hub shows the detection summaries it received."""
+    uplink API with the fleet's model (codebrim-vit-t 1.1.0, given on its command line),
+    processes generated drone frames of this site posted by a real HTTP client, and the hub
+    shows the detection summaries it received."""
     import asyncio
 
     import aiohttp
@@ -340,18 +353,18 @@ def uplink_steps(demo: Demo) -> None:
     (state / "spoke.toml").write_text(
         f'[api]\nlisten = "127.0.0.1:{port}"\n\n[uplink]\nbackend = "onnxruntime"\n'
     )
-    step("Drone uplink: a model artifact, generated drone frames and an API token")
-    model = demo.root / "uplink-model"
-    print(tool("daemon", "models", "create", "--preset", "vit-tiny-p16-112", "--name",
-               "codebrim-vit-t", "--version", "1.0.0", "--out", str(model)), end="")
+    step(f"Drone uplink: the fleet's model, generated drone frames of site {SITE_DOMAIN} (with "
+         "their ground-truth boxes) and an API token")
+    model = demo.root / "artifacts" / "1.1.0"
     frames = demo.root / "frames"
-    print(tool("provisioning", "data", "generate", "--domain", "3", "--frames",
+    print(tool("provisioning", "data", "generate", "--domain", str(SITE_DOMAIN), "--frames",
                str(UPLINK_FRAMES), "--frame-size", "1600x1200", "--out", str(frames)), end="")
     token = tool("daemon", "tokens", "create", "--state-dir", str(state), "--name",
                  "ground-station").strip()
     print(f"token for ground-station: {token[:10]}... (shown once, stored hashed)")
 
-    step(f"Starting the uplink appliance: spoke run --model {model.name} (API on port {port})")
+    step(f"Starting the uplink appliance: spoke run --model codebrim-vit-t 1.1.0 (API on port "
+         f"{port})")
     demo.spawn("uplink-box", "daemon", "run", "--state-dir", str(state), "--trust-key",
                str(demo.root / "provisioning.pub"), "--boot-dir", str(demo.root / "boot"),
                "--model", str(model))

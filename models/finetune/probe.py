@@ -34,8 +34,8 @@ from models.preprocess import Preprocessing
 from models.vit import VisionTransformer
 
 FOLDS = 4
-WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-MAX_EPOCHS = 300
+WEIGHT_DECAYS = (1e-2, 1e-1, 1.0, 10.0)
+MAX_EPOCHS = 200
 CHECK_EVERY = 5
 LR = 0.003
 

@@ -47,7 +47,7 @@ def test_the_hub_fine_tunes_a_site_model_without_its_images_leaving(
         assert len(json.loads(out.stdout)["added"]) == 32
 
         answer = cli("spoke-hub", "device", "cmd", "--home", str(hub.home), device, "finetune",
-                     "method=linear", "epochs=300", "--json")
+                     "method=linear", "epochs=40", "--json")
         result = json.loads(answer.stdout)
         assert result["ok"] is True, result
         job_id = result["result"]["job"]

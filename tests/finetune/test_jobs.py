@@ -13,7 +13,7 @@ async def test_a_candidate_that_passes_the_gate_is_signed_and_activated(
     site: Site, site_tiles: Path
 ) -> None:
     await site.add_tiles(site_tiles)
-    job = await site.start(method="linear", epochs=300)
+    job = await site.start(method="linear", epochs=40)
     done = await site.wait(job["id"])
     assert done["status"] == "done", done
     result = done["result"]

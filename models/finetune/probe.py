@@ -37,7 +37,7 @@ FOLDS = 4
 WEIGHT_DECAYS = (1e-2, 1e-1, 1.0, 10.0)
 MAX_EPOCHS = 200
 CHECK_EVERY = 5
-LR = 0.003
+LR = 0.01
 
 
 @dataclass(frozen=True)

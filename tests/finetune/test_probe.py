@@ -135,7 +135,7 @@ def test_the_probe_stops_early_and_fits_only_labels_it_can(tmp_path: Path):
     y[:20, 0] = 1
     y[20:, 1] = 1
     feats = torch.from_numpy(rng.normal(size=(3, 40, 8)).astype(np.float32))
-    feats[..., 0] += torch.from_numpy(np.where(y[:, 1] > 0, 2.0, -2.0).astype(np.float32))
+    feats[..., 0] += torch.from_numpy(np.where(y[:, 1] > 0, 3.0, -3.0).astype(np.float32))
     fit = fit_probe(feats, y, seed=0)
     assert fit.fitted == (0, 1)
     assert 5 <= fit.epochs <= 200 and fit.cv_f1 > 0.9

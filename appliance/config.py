@@ -178,6 +178,8 @@ class HubSection(Section):
     http_port: int = Field(8443, gt=0, lt=65536)
     log_json: bool = False
     log_level: str = "info"
+    #: Names this process among several serving one fleet: its MQTT session is its own.
+    instance: str = Field("", pattern="^[a-z0-9-]{0,32}$")
 
 
 class BrokerSection(Section):
@@ -203,6 +205,11 @@ class RepositorySection(Section):
     snapshot and timestamp keys are online and the hub re-signs before they expire.
     """
 
+    #: Where the public files live: empty (``H/repository/public``), ``file:///DIR`` or
+    #: ``s3://BUCKET/PREFIX`` (with ``endpoint`` for a store that is not AWS S3).
+    url: str = Field("", pattern=r"^$|^file:///.+|^s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?$")
+    endpoint: str = Field("", pattern=r"^$|^https?://.+")
+    region: str = "us-east-1"
     root_keys: int = Field(1, ge=1, le=9)
     root_threshold: int = Field(1, ge=1)
     root_expiry_days: int = Field(365, gt=0)
@@ -219,8 +226,22 @@ class RepositorySection(Section):
         return self
 
 
+class RegistrySection(Section):
+    """The ``[registry]`` section: the hub's database. Empty: SQLite in the hub's home; a
+    ``postgresql://`` URL lets several hub processes serve one fleet."""
+
+    url: str = ""
+
+    @model_validator(mode="after")
+    def _scheme(self) -> "RegistrySection":
+        if self.url and not self.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("registry url must be sqlite:///PATH or postgresql://USER@HOST/DB")
+        return self
+
+
 class HubConfig(Section):
     hub: HubSection = HubSection()
+    registry: RegistrySection = RegistrySection()
     broker: BrokerSection = BrokerSection()
     enrollment: EnrollmentSection = EnrollmentSection()
     repository: RepositorySection = RepositorySection()

@@ -61,6 +61,7 @@ class HubLink(TaskGroupService):
         self._reconnect = asyncio.Event()
         self._exchange = renewal.Exchange()
         self.handlers[topics.renew_response(ident.device_id)] = self._exchange.on_message
+        self._seq = 0
 
     async def start(self) -> None:
         self.status.set("certificate", self.ident.cert_summary())
@@ -95,9 +96,11 @@ class HubLink(TaskGroupService):
             raise LinkError(f"publish to {topic} failed: {exc}") from exc
 
     async def publish_state(self) -> None:
-        await self.publish(
-            topics.state(self.ident.device_id), json.dumps(self.reported_state()), retain=True
-        )
+        """Publish the state with a sequence number that only grows (wall-clock nanoseconds,
+        bumped past the last one), so the hub never lets an older state replace a newer."""
+        self._seq = max(self._seq + 1, time.time_ns())
+        state = self.reported_state() | {"seq": self._seq}
+        await self.publish(topics.state(self.ident.device_id), json.dumps(state), retain=True)
 
     async def _publish_available(self, value: bytes) -> None:
         await self.publish(topics.available(self.ident.device_id), value, retain=True)

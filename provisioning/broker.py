@@ -21,6 +21,7 @@ from appliance import topics
 from appliance.config import HubConfig
 from appliance.errors import ConfigError, LinkError
 from appliance.fsutil import atomic_write
+from appliance.service import TaskGroupService
 from provisioning import ca
 from provisioning.home import HUB_COMMON_NAME, HubHome
 from provisioning.registry import Registry
@@ -119,6 +120,35 @@ def write_access(home: HubHome, registry: Registry) -> None:
     atomic_write(home.crl, ca.build_crl(ca_key, ca_cert, registry.revoked_serials()))
     atomic_write(home.broker_dir / "acl", render_acl(registry))
     reload_running_broker(home)
+
+
+class AccessSync(TaskGroupService):
+    """Keeps the broker's CRL and ACL in step with the registry. Singleton work: a revocation
+    or a new bundle recorded by any hub process (or host, on PostgreSQL) reaches the broker
+    within ``interval_s``, and only the process that holds the singleton lock writes."""
+
+    name = "access"
+
+    def __init__(self, home: HubHome, registry: Registry, interval_s: float = 5.0) -> None:
+        super().__init__()
+        self.home = home
+        self.registry = registry
+        self.interval_s = interval_s
+
+    async def start(self) -> None:
+        self.spawn(self._loop(), "sync")
+
+    async def stop(self) -> None:
+        await self.cancel_tasks()
+
+    async def _loop(self) -> None:
+        written: tuple[list[int], str] | None = None
+        while True:
+            current = (sorted(self.registry.revoked_serials()), render_acl(self.registry))
+            if current != written:
+                write_access(self.home, self.registry)
+                written = current
+            await asyncio.sleep(self.interval_s)
 
 
 def _pid_file(home: HubHome) -> Path:

@@ -37,6 +37,19 @@ AVAILABILITY = {
 MAX_DEVICE_MESSAGE_BYTES = 256 * 1024
 HUB_CLIENT_ID = "spoke-hub"
 HUB_SESSION_EXPIRY_S = 7 * 86400  # how long the broker keeps the hub's messages while it is away
+MAX_SEQ = 2**63 - 1
+#: The shared-subscription group of all hub processes of one fleet.
+SHARE = "$share/spoke-hub"
+
+
+def state_seq(state: dict[str, Any]) -> int | None:
+    """The device's sequence number of a reported state (None from older daemons)."""
+    seq = state.get("seq")
+    if seq is None:
+        return None
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        raise ValueError(f"state seq must be an integer from 0 to 2**63-1, not {seq!r}")
+    return seq
 
 
 def broker_address(config: HubConfig) -> tuple[str, int]:
@@ -84,9 +97,13 @@ class HubService(TaskGroupService):
             try:
                 # A persistent session under a fixed id: what devices publish while the hub is
                 # down or being redeployed waits in the broker (found by the fault scenarios
-                # "hub killed -9 and restarted" and "hub redeployed": events were lost).
+                # "hub killed -9 and restarted" and "hub redeployed": events were lost). Each of
+                # several hub processes has its own ([hub] instance), or they would take over
+                # each other's session.
+                instance = self.config.hub.instance
+                client_id = f"{HUB_CLIENT_ID}-{instance}" if instance else HUB_CLIENT_ID
                 async with mqtt.client(
-                    host, port, HUB_CLIENT_ID, hub_tls(self.home, self.config),
+                    host, port, client_id, hub_tls(self.home, self.config),
                     session_expiry_s=HUB_SESSION_EXPIRY_S,
                 ) as client:
                     await self._subscribe(client)
@@ -114,13 +131,20 @@ class HubService(TaskGroupService):
             raise LinkError(f"publish to {topic} failed: {exc}") from exc
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        for topic in (
+        """Enrollments, renewals, health and events are split between the hub processes (an MQTT 5
+        shared subscription: each message goes to one of them). Presence and state are
+        retained, and written idempotently, so every process takes them whole: a process that
+        starts late still gets the retained ones, which shared subscriptions do not deliver."""
+        shared = (
             topics.ENROLL_REQUEST,
             topics.ALL_RENEW_REQUESTS,
-            topics.ALL_AVAILABLE,
-            topics.ALL_STATE,
             topics.ALL_HEALTH,
             topics.ALL_EVENTS,
+        )
+        for topic in (
+            *(f"{SHARE}/{t}" for t in shared),
+            topics.ALL_AVAILABLE,
+            topics.ALL_STATE,
         ):
             if not mqtt.granted(await client.subscribe(topic, qos=1)):
                 raise LinkError(f"the broker refused the hub's subscription to {topic}")
@@ -149,7 +173,7 @@ class HubService(TaskGroupService):
                 state = json.loads(payload)
                 if not isinstance(state, dict):
                     raise TypeError("reported state must be a JSON object")
-                self.registry.set_state(device.id, state)
+                self.registry.set_state(device.id, state, state_seq(state))
                 self._retire_replaced(device.id, state)
             elif message.topic.matches(topics.ALL_HEALTH):
                 snapshot = HealthSnapshot.model_validate_json(payload)

@@ -6,20 +6,18 @@ enough, and a request is checked with one indexed lookup: a revocation holds fro
 request on, in every hub process, with no restart.
 """
 
-import hashlib
 import secrets
 import uuid
 
 from appliance.errors import ConfigError
-from provisioning.registry import OperatorToken, Registry
+from provisioning.registry import OperatorToken, Registry, token_hash
 
 PREFIX = "spk_"
 MAX_TOKEN_CHARS = 128
 MAX_NAME_CHARS = 64
 
 
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+digest = token_hash
 
 
 def create_token(registry: Registry, name: str) -> tuple[OperatorToken, str]:

@@ -1,88 +1,53 @@
-"""The device registry: claims (from bundles) and devices (from enrollments), in SQLite."""
+"""The device registry: claims (from bundles), devices (from enrollments), their health and
+events, and operator tokens; on SQLAlchemy Core, so one implementation serves SQLite (the
+embedded default, ``H/registry.db``) and PostgreSQL (several hub processes, one fleet).
+
+Writes that come from MQTT may be replayed by the broker or arrive through another hub
+process, so each is idempotent and ordered per device: a health report is stored once per
+(device, taken-at) and an event once per id (``ON CONFLICT DO NOTHING``); a reported state
+replaces the stored one only when its device sequence number is newer.
+"""
 
 import hashlib
 import json
-import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.store import connect
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS claims (
-    id TEXT PRIMARY KEY,
-    token_sha256 TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    max_uses INTEGER NOT NULL,
-    cert_serial TEXT NOT NULL,
-    revoked_at REAL
-);
-CREATE TABLE IF NOT EXISTS devices (
-    id TEXT PRIMARY KEY,
-    claim_id TEXT NOT NULL REFERENCES claims(id),
-    labels TEXT NOT NULL,
-    facts TEXT NOT NULL,
-    cert_serial TEXT NOT NULL,
-    enrolled_at REAL NOT NULL,
-    revoked_at REAL,
-    availability TEXT NOT NULL DEFAULT 'never-seen',
-    last_seen REAL,
-    software_version TEXT,
-    state TEXT
-);
-CREATE TABLE IF NOT EXISTS device_certs (
-    serial TEXT PRIMARY KEY,
-    device_id TEXT NOT NULL REFERENCES devices(id),
-    key_sha256 TEXT NOT NULL,
-    not_after REAL NOT NULL,
-    issued_at REAL NOT NULL,
-    retired_at REAL
-);
-CREATE INDEX IF NOT EXISTS device_certs_by_device ON device_certs (device_id);
-CREATE TABLE IF NOT EXISTS health (
-    device_id TEXT NOT NULL REFERENCES devices(id),
-    ts REAL NOT NULL,
-    received_at REAL NOT NULL,
-    snapshot TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS health_by_device ON health (device_id, ts);
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY,
-    device_id TEXT NOT NULL REFERENCES devices(id),
-    kind TEXT NOT NULL,
-    ts REAL NOT NULL,
-    data TEXT NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, ts);
-CREATE TABLE IF NOT EXISTS operator_tokens (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    sha256 TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE TABLE IF NOT EXISTS operator_sessions (
-    sha256 TEXT PRIMARY KEY,
-    token_id TEXT NOT NULL REFERENCES operator_tokens(id),
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alert_acks (
-    event_id TEXT PRIMARY KEY REFERENCES events(id),
-    operator TEXT NOT NULL,
-    at REAL NOT NULL
-);
-"""
+from appliance.errors import LinkError
+from provisioning import schema
+from provisioning.home import HubHome
+from provisioning.schema import (
+    alert_acks,
+    claims,
+    device_certs,
+    devices,
+    events,
+    health,
+    operator_sessions,
+    operator_tokens,
+)
 
 HEALTH_HISTORY = 360  # per device: an hour at a 10 s interval
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def engine_url(target: Path | str) -> str:
+    """A SQLAlchemy URL: a path is a SQLite file; ``postgresql://`` uses psycopg 3."""
+    if isinstance(target, Path):
+        return f"sqlite:///{target}"
+    if target.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + target.split("://", 1)[1]
+    return target
 
 
 @dataclass(frozen=True)
@@ -131,6 +96,18 @@ class Device:
 
 
 @dataclass(frozen=True)
+class DeviceCert:
+    """One certificate issued to a device (at enrollment or renewal)."""
+
+    serial: int
+    device_id: str
+    key_sha256: str
+    not_after: float
+    issued_at: float
+    retired_at: float | None
+
+
+@dataclass(frozen=True)
 class OperatorToken:
     """An operator credential for the hub's HTTPS API; the token itself is never stored."""
 
@@ -149,19 +126,63 @@ class OperatorToken:
         }
 
 
-@dataclass(frozen=True)
-class DeviceCert:
-    """One certificate issued to a device (at enrollment or renewal)."""
+# The statements of the per-message path, built once (SQLAlchemy then reuses their compiled
+# form): the hub runs them for every health report, state and event of the fleet.
+# The devices' columns plus their current certificate's end.
+_DEVICES = sa.select(
+    devices,
+    sa.select(device_certs.c.not_after)
+    .where(device_certs.c.serial == devices.c.cert_serial)
+    .scalar_subquery()
+    .label("cert_not_after"),
+)
+_DEVICE = _DEVICES.where(devices.c.id == sa.bindparam("b_id"))
+_TOUCH = (
+    devices.update()
+    .where(devices.c.id == sa.bindparam("b_id"))
+    .values(last_seen=sa.bindparam("b_now"))
+)
+_SET_AVAILABILITY = (
+    devices.update()
+    .where(devices.c.id == sa.bindparam("b_id"))
+    .values(availability=sa.bindparam("b_value"), last_seen=sa.bindparam("b_now"))
+)
+_STATE_VALUES: dict[str, Any] = {
+    "state": sa.bindparam("b_state"),
+    "software_version": sa.bindparam("b_version"),
+    "last_seen": sa.bindparam("b_now"),
+}
+# A state without a device sequence number (an older daemon) is stored as it comes.
+_SET_STATE = (
+    devices.update()
+    .where(devices.c.id == sa.bindparam("b_id"))
+    .values(_STATE_VALUES)
+    .returning(devices.c.id)
+)
+_SET_NEWER_STATE = (
+    devices.update()
+    .where(
+        devices.c.id == sa.bindparam("b_id"),
+        sa.or_(devices.c.state_seq.is_(None), devices.c.state_seq < sa.bindparam("b_seq")),
+    )
+    .values({**_STATE_VALUES, "state_seq": sa.bindparam("b_seq")})
+    .returning(devices.c.id)
+)
+_TRIM_HEALTH = health.delete().where(
+    health.c.device_id == sa.bindparam("b_id"),
+    health.c.ts
+    < (
+        sa.select(health.c.ts)
+        .where(health.c.device_id == sa.bindparam("b_id"))
+        .order_by(health.c.ts.desc())
+        .offset(HEALTH_HISTORY - 1)
+        .limit(1)
+        .scalar_subquery()
+    ),
+)
 
-    serial: int
-    device_id: str
-    key_sha256: str
-    not_after: float
-    issued_at: float
-    retired_at: float | None
 
-
-def _claim(row: sqlite3.Row) -> Claim:
+def _claim(row: RowMapping) -> Claim:
     return Claim(
         id=row["id"],
         token_sha256=row["token_sha256"],
@@ -175,7 +196,7 @@ def _claim(row: sqlite3.Row) -> Claim:
     )
 
 
-def _device(row: sqlite3.Row) -> Device:
+def _device(row: RowMapping) -> Device:
     return Device(
         id=row["id"],
         claim_id=row["claim_id"],
@@ -192,20 +213,43 @@ def _device(row: sqlite3.Row) -> Device:
     )
 
 
-# The devices' columns plus their current certificate's end.
-DEVICE_SELECT = (
-    "SELECT d.*, (SELECT c.not_after FROM device_certs c WHERE c.serial = d.cert_serial)"
-    " AS cert_not_after FROM devices d"
-)
+def _operator(row: RowMapping) -> OperatorToken:
+    return OperatorToken(row["id"], row["name"], row["created_at"], row["revoked_at"])
 
 
 class Registry:
-    def __init__(self, path: Path) -> None:
-        self.conn = connect(path)
-        self.conn.executescript(SCHEMA)
+    def __init__(self, target: Path | str) -> None:
+        self.engine: Engine = schema.connect(engine_url(target))
+        self._add_health = (
+            self._insert(health)
+            .on_conflict_do_nothing(index_elements=[health.c.device_id, health.c.ts])
+            .returning(health.c.ts)
+        )
+        self._add_event = (
+            self._insert(events)
+            .on_conflict_do_nothing(index_elements=[events.c.id])
+            .returning(events.c.id)
+        )
+        try:
+            schema.migrate(self.engine)
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise LinkError(
+                f"the registry at {where} is unreachable: {str(exc.orig).strip().splitlines()[0]}"
+            ) from exc
 
     def close(self) -> None:
-        self.conn.close()
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _insert(self, table: sa.Table) -> Any:
+        """INSERT with ``on_conflict_do_*`` in the dialect at hand (both spell it the same)."""
+        return schema.dialect_insert(self.engine, table)
 
     # --- claims ---------------------------------------------------------------------------
 
@@ -218,41 +262,48 @@ class Registry:
         max_uses: int,
         cert_serial: int,
     ) -> None:
-        self.conn.execute(
-            "INSERT INTO claims (id, token_sha256, labels, created_at, expires_at, max_uses,"
-            " cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                claim_id,
-                token_hash(token),
-                json.dumps(labels),
-                time.time(),
-                expires_at,
-                max_uses,
-                str(cert_serial),
-            ),
-        )
+        with self._tx() as conn:
+            conn.execute(
+                claims.insert().values(
+                    id=claim_id,
+                    token_sha256=token_hash(token),
+                    labels=json.dumps(labels),
+                    created_at=time.time(),
+                    expires_at=expires_at,
+                    max_uses=max_uses,
+                    cert_serial=str(cert_serial),
+                )
+            )
 
-    def _claims(self, where: str = "", args: tuple[Any, ...] = ()) -> list[Claim]:
-        rows = self.conn.execute(
-            "SELECT c.*, (SELECT COUNT(*) FROM devices d WHERE d.claim_id = c.id) AS uses"
-            f" FROM claims c {where} ORDER BY c.created_at",
-            args,
-        ).fetchall()
-        return [_claim(r) for r in rows]
+    def _claims(self, where: Any = None) -> list[Claim]:
+        uses = (
+            sa.select(sa.func.count())
+            .where(devices.c.claim_id == claims.c.id)
+            .scalar_subquery()
+            .label("uses")
+        )
+        query = sa.select(claims, uses).order_by(claims.c.created_at)
+        if where is not None:
+            query = query.where(where)
+        with self._tx() as conn:
+            return [_claim(r) for r in conn.execute(query).mappings()]
 
     def claim(self, claim_id: str) -> Claim | None:
-        found = self._claims("WHERE c.id = ?", (claim_id,))
+        found = self._claims(claims.c.id == claim_id)
         return found[0] if found else None
 
     def claims(self) -> list[Claim]:
         return self._claims()
 
     def revoke_claim(self, claim_id: str) -> bool:
-        cur = self.conn.execute(
-            "UPDATE claims SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (time.time(), claim_id),
-        )
-        return cur.rowcount == 1
+        with self._tx() as conn:
+            result = conn.execute(
+                claims.update()
+                .where(claims.c.id == claim_id, claims.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+                .returning(claims.c.id)
+            ).first()
+        return result is not None
 
     # --- devices --------------------------------------------------------------------------
 
@@ -265,47 +316,67 @@ class Registry:
         cert_serial: int,
     ) -> None:
         """Record an enrollment; a repeated one (same key, so same id) re-issues in place."""
-        self.conn.execute(
-            "INSERT INTO devices (id, claim_id, labels, facts, cert_serial, enrolled_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET facts = excluded.facts,"
-            " cert_serial = excluded.cert_serial",
-            (
-                device_id,
-                claim_id,
-                json.dumps(labels),
-                json.dumps(facts),
-                str(cert_serial),
-                time.time(),
-            ),
+        insert = self._insert(devices).values(
+            id=device_id,
+            claim_id=claim_id,
+            labels=json.dumps(labels),
+            facts=json.dumps(facts),
+            cert_serial=str(cert_serial),
+            enrolled_at=time.time(),
         )
+        with self._tx() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[devices.c.id],
+                    set_={
+                        "facts": insert.excluded.facts,
+                        "cert_serial": insert.excluded.cert_serial,
+                    },
+                )
+            )
 
     def device(self, device_id: str) -> Device | None:
-        row = self.conn.execute(f"{DEVICE_SELECT} WHERE d.id = ?", (device_id,)).fetchone()
+        with self._tx() as conn:
+            row = conn.execute(_DEVICE, {"b_id": device_id}).mappings().first()
         return _device(row) if row else None
 
     def devices(self) -> list[Device]:
-        rows = self.conn.execute(f"{DEVICE_SELECT} ORDER BY d.enrolled_at").fetchall()
-        return [_device(r) for r in rows]
+        with self._tx() as conn:
+            rows = conn.execute(_DEVICES.order_by(devices.c.enrolled_at)).mappings()
+            return [_device(r) for r in rows]
+
+    def revoke_device(self, device_id: str) -> bool:
+        with self._tx() as conn:
+            result = conn.execute(
+                devices.update()
+                .where(devices.c.id == device_id, devices.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+                .returning(devices.c.id)
+            ).first()
+        return result is not None
 
     # --- device certificates ----------------------------------------------------------------
 
     def add_cert(self, device_id: str, serial: int, key_sha256: str, not_after: float) -> None:
         """Record a certificate just issued and make it the device's current one."""
-        with self.conn:
-            self.conn.execute(
-                "INSERT INTO device_certs (serial, device_id, key_sha256, not_after, issued_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (str(serial), device_id, key_sha256, not_after, time.time()),
+        with self._tx() as conn:
+            conn.execute(
+                device_certs.insert().values(
+                    serial=str(serial),
+                    device_id=device_id,
+                    key_sha256=key_sha256,
+                    not_after=not_after,
+                    issued_at=time.time(),
+                )
             )
-            self.conn.execute(
-                "UPDATE devices SET cert_serial = ? WHERE id = ?", (str(serial), device_id)
+            conn.execute(
+                devices.update().where(devices.c.id == device_id).values(cert_serial=str(serial))
             )
 
     def device_cert(self, serial: int) -> DeviceCert | None:
-        row = self.conn.execute(
-            "SELECT * FROM device_certs WHERE serial = ?", (str(serial),)
-        ).fetchone()
+        query = device_certs.select().where(device_certs.c.serial == str(serial))
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().first()
         if row is None:
             return None
         return DeviceCert(
@@ -319,82 +390,93 @@ class Registry:
 
     def retire_other_certs(self, device_id: str, serial: int) -> int:
         """Once a device has proven ``serial`` in use, its older certificates go on the CRL."""
-        cur = self.conn.execute(
-            "UPDATE device_certs SET retired_at = ? WHERE device_id = ? AND serial != ?"
-            " AND retired_at IS NULL",
-            (time.time(), device_id, str(serial)),
-        )
-        return cur.rowcount
-
-    def revoke_device(self, device_id: str) -> bool:
-        cur = self.conn.execute(
-            "UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (time.time(), device_id),
-        )
-        return cur.rowcount == 1
+        with self._tx() as conn:
+            retired = conn.execute(
+                device_certs.update()
+                .where(
+                    device_certs.c.device_id == device_id,
+                    device_certs.c.serial != str(serial),
+                    device_certs.c.retired_at.is_(None),
+                )
+                .values(retired_at=time.time())
+                .returning(device_certs.c.serial)
+            ).all()
+        return len(retired)
 
     def set_availability(self, device_id: str, availability: str) -> None:
-        self.conn.execute(
-            "UPDATE devices SET availability = ?, last_seen = ? WHERE id = ?",
-            (availability, time.time(), device_id),
-        )
+        with self._tx() as conn:
+            values = {"b_id": device_id, "b_value": availability, "b_now": time.time()}
+            conn.execute(_SET_AVAILABILITY, values)
 
-    def set_state(self, device_id: str, state: dict[str, Any]) -> None:
-        self.conn.execute(
-            "UPDATE devices SET state = ?, software_version = ?, last_seen = ? WHERE id = ?",
-            (json.dumps(state), state.get("software_version"), time.time(), device_id),
-        )
+    def set_state(self, device_id: str, state: dict[str, Any], seq: int | None = None) -> bool:
+        """Store a reported state unless a newer one (higher device ``seq``) is stored already.
+
+        A state without ``seq`` (an older daemon) is stored as it comes. False when skipped.
+        """
+        values = {
+            "b_id": device_id,
+            "b_state": json.dumps(state),
+            "b_seq": seq,
+            "b_version": state.get("software_version"),
+            "b_now": time.time(),
+        }
+        with self._tx() as conn:
+            result = conn.execute(_SET_STATE if seq is None else _SET_NEWER_STATE, values)
+            return result.first() is not None
 
     def touch(self, device_id: str) -> None:
-        self.conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (time.time(), device_id))
+        with self._tx() as conn:
+            self._touch(conn, device_id)
+
+    @staticmethod
+    def _touch(conn: Connection, device_id: str) -> None:
+        conn.execute(_TOUCH, {"b_id": device_id, "b_now": time.time()})
 
     # --- health and events --------------------------------------------------------------
 
-    def add_health(self, device_id: str, ts: float, snapshot: dict[str, Any]) -> None:
-        """Keep the latest snapshots of each device, at most HEALTH_HISTORY of them."""
-        with self.conn:
-            now = time.time()
-            self.conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
-            self.conn.execute(
-                "INSERT INTO health (device_id, ts, received_at, snapshot) VALUES (?, ?, ?, ?)",
-                (device_id, ts, now, json.dumps(snapshot)),
-            )
-            self.conn.execute(
-                "DELETE FROM health WHERE device_id = ? AND rowid NOT IN (SELECT rowid FROM"
-                " health WHERE device_id = ? ORDER BY ts DESC LIMIT ?)",
-                (device_id, device_id, HEALTH_HISTORY),
-            )
+    def add_health(self, device_id: str, ts: float, snapshot: dict[str, Any]) -> bool:
+        """Keep the latest snapshots of each device, at most HEALTH_HISTORY of them; a report
+        seen before (same device and taken-at time) is not stored twice. False when it was."""
+        with self._tx() as conn:
+            self._touch(conn, device_id)
+            stored = conn.execute(
+                self._add_health,
+                {"device_id": device_id, "ts": ts, "received_at": time.time(),
+                 "snapshot": json.dumps(snapshot)},
+            ).first()
+            conn.execute(_TRIM_HEALTH, {"b_id": device_id})
+        return stored is not None
 
     def latest_health(self, device_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT snapshot FROM health WHERE device_id = ? ORDER BY ts DESC LIMIT 1",
-            (device_id,),
-        ).fetchone()
-        return json.loads(row[0]) if row else None
+        found = self.health_history(device_id, 1)
+        return found[0] if found else None
 
     def health_history(self, device_id: str, limit: int = HEALTH_HISTORY) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            "SELECT snapshot FROM health WHERE device_id = ? ORDER BY ts DESC LIMIT ?",
-            (device_id, limit),
-        ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        query = (
+            sa.select(health.c.snapshot)
+            .where(health.c.device_id == device_id)
+            .order_by(health.c.ts.desc())
+            .limit(limit)
+        )
+        with self._tx() as conn:
+            return [json.loads(s) for s in conn.execute(query).scalars()]
 
     def add_event(self, device_id: str, event: dict[str, Any]) -> bool:
         """Store an event once: a redelivery (same id) is ignored and returns False."""
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO events (id, device_id, kind, ts, data, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                event["id"],
-                device_id,
-                event["kind"],
-                event["ts"],
-                json.dumps(event["data"]),
-                time.time(),
-            ),
-        )
-        self.touch(device_id)
-        return cur.rowcount == 1
+        with self._tx() as conn:
+            stored = conn.execute(
+                self._add_event,
+                {
+                    "id": event["id"],
+                    "device_id": device_id,
+                    "kind": event["kind"],
+                    "ts": event["ts"],
+                    "data": json.dumps(event["data"]),
+                    "received_at": time.time(),
+                },
+            ).first()
+            self._touch(conn, device_id)
+        return stored is not None
 
     def events(
         self,
@@ -404,120 +486,54 @@ class Registry:
         before: float | None = None,
     ) -> list[dict[str, Any]]:
         """Newest first; ``before`` (a ``ts``) pages back through older ones."""
-        where: list[str] = []
-        args: list[Any] = []
+        query = sa.select(events).order_by(events.c.ts.desc(), events.c.received_at.desc())
         if before is not None:
-            where.append("ts < ?")
-            args.append(before)
+            query = query.where(events.c.ts < before)
         if device_id:
-            where.append("device_id = ?")
-            args.append(device_id)
+            query = query.where(events.c.device_id == device_id)
         if kind:
-            where.append("kind = ?")
-            args.append(kind)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self.conn.execute(
-            f"SELECT * FROM events {clause} ORDER BY ts DESC, rowid DESC LIMIT ?", (*args, limit)
-        ).fetchall()
-        return [
-            {
-                "id": r["id"],
-                "device_id": r["device_id"],
-                "kind": r["kind"],
-                "ts": r["ts"],
-                "data": json.loads(r["data"]),
-                "received_at": r["received_at"],
-            }
-            for r in rows
-        ]
-
-    # --- operator tokens and their browser sessions ----------------------------------------
-
-    def add_operator_token(self, token_id: str, name: str, sha256: str) -> bool:
-        """False when the name is taken (a revoked token keeps its name, for the audit trail)."""
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO operator_tokens (id, name, sha256, created_at)"
-            " VALUES (?, ?, ?, ?)",
-            (token_id, name, sha256, time.time()),
-        )
-        return cur.rowcount == 1
-
-    def operator_tokens(self) -> list[OperatorToken]:
-        rows = self.conn.execute(
-            "SELECT id, name, created_at, revoked_at FROM operator_tokens ORDER BY created_at"
-        ).fetchall()
-        return [OperatorToken(r["id"], r["name"], r["created_at"], r["revoked_at"]) for r in rows]
-
-    def revoke_operator_token(self, name_or_id: str) -> OperatorToken | None:
-        with self.conn:
-            self.conn.execute(
-                "UPDATE operator_tokens SET revoked_at = COALESCE(revoked_at, ?)"
-                " WHERE name = ? OR id = ?",
-                (time.time(), name_or_id, name_or_id),
-            )
-            self.conn.execute(
-                "DELETE FROM operator_sessions WHERE token_id IN"
-                " (SELECT id FROM operator_tokens WHERE name = ? OR id = ?)",
-                (name_or_id, name_or_id),
-            )
-        found = [t for t in self.operator_tokens() if name_or_id in (t.name, t.id)]
-        return found[0] if found else None
-
-    def active_operator(self, sha256: str) -> OperatorToken | None:
-        row = self.conn.execute(
-            "SELECT id, name, created_at, revoked_at FROM operator_tokens"
-            " WHERE sha256 = ? AND revoked_at IS NULL",
-            (sha256,),
-        ).fetchone()
-        return OperatorToken(row[0], row[1], row[2], row[3]) if row else None
-
-    def add_operator_session(self, sha256: str, token_id: str, expires_at: float) -> None:
-        with self.conn:
-            self.conn.execute("DELETE FROM operator_sessions WHERE expires_at < ?", (time.time(),))
-            self.conn.execute(
-                "INSERT INTO operator_sessions (sha256, token_id, expires_at) VALUES (?, ?, ?)",
-                (sha256, token_id, expires_at),
-            )
-
-    def session_operator(self, sha256: str) -> OperatorToken | None:
-        """The token behind a live session; None once it expired or its token was revoked."""
-        row = self.conn.execute(
-            "SELECT t.id, t.name, t.created_at, t.revoked_at FROM operator_sessions s"
-            " JOIN operator_tokens t ON t.id = s.token_id"
-            " WHERE s.sha256 = ? AND s.expires_at > ? AND t.revoked_at IS NULL",
-            (sha256, time.time()),
-        ).fetchone()
-        return OperatorToken(row[0], row[1], row[2], row[3]) if row else None
-
-    def end_operator_session(self, sha256: str) -> None:
-        self.conn.execute("DELETE FROM operator_sessions WHERE sha256 = ?", (sha256,))
+            query = query.where(events.c.kind == kind)
+        with self._tx() as conn:
+            rows = conn.execute(query.limit(limit)).mappings()
+            return [
+                {
+                    "id": r["id"],
+                    "device_id": r["device_id"],
+                    "kind": r["kind"],
+                    "ts": r["ts"],
+                    "data": json.loads(r["data"]),
+                    "received_at": r["received_at"],
+                }
+                for r in rows
+            ]
 
     def acknowledge(self, event_id: str, operator: str) -> dict[str, Any] | None:
         """Record who acknowledged the alert event ``event_id`` and when; the first one stands.
 
         Returns the acknowledgement, or None when there is no alert event with that id."""
-        row = self.conn.execute(
-            "SELECT 1 FROM events WHERE id = ? AND kind = 'alert'", (event_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        self.conn.execute(
-            "INSERT OR IGNORE INTO alert_acks (event_id, operator, at) VALUES (?, ?, ?)",
-            (event_id, operator, time.time()),
-        )
+        alert = sa.select(events.c.id).where(events.c.id == event_id, events.c.kind == "alert")
+        with self._tx() as conn:
+            if conn.execute(alert).first() is None:
+                return None
+            conn.execute(
+                self._insert(alert_acks)
+                .values(event_id=event_id, operator=operator, at=time.time())
+                .on_conflict_do_nothing(index_elements=[alert_acks.c.event_id])
+            )
         return self.acknowledgements([event_id])[event_id]
 
     def acknowledgements(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
         """``{event_id: {"by": operator, "at": time}}`` for those of ``event_ids`` acknowledged."""
         found: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(event_ids), 500):
-            chunk = event_ids[i : i + 500]
-            rows = self.conn.execute(
-                "SELECT event_id, operator, at FROM alert_acks WHERE event_id IN"
-                f" ({','.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall()
-            found |= {r[0]: {"by": r[1], "at": r[2]} for r in rows}
+        with self._tx() as conn:
+            for i in range(0, len(event_ids), 500):
+                query = sa.select(alert_acks).where(
+                    alert_acks.c.event_id.in_(event_ids[i : i + 500])
+                )
+                found |= {
+                    r["event_id"]: {"by": r["operator"], "at": r["at"]}
+                    for r in conn.execute(query).mappings()
+                }
         return found
 
     def revoked_serials(self) -> list[int]:
@@ -525,11 +541,96 @@ class Registry:
 
         Expired certificates fail the handshake anyway, so they leave the CRL and it stays small.
         """
-        rows = self.conn.execute(
-            "SELECT cert_serial FROM devices WHERE revoked_at IS NOT NULL"
-            " UNION SELECT cert_serial FROM claims WHERE revoked_at IS NOT NULL"
-            " UNION SELECT c.serial FROM device_certs c JOIN devices d ON d.id = c.device_id"
-            " WHERE c.not_after > ? AND (c.retired_at IS NOT NULL OR d.revoked_at IS NOT NULL)",
-            (time.time(),),
-        ).fetchall()
-        return [int(r[0]) for r in rows]
+        retired = (
+            sa.select(device_certs.c.serial)
+            .join(devices, devices.c.id == device_certs.c.device_id)
+            .where(
+                device_certs.c.not_after > time.time(),
+                sa.or_(device_certs.c.retired_at.is_not(None), devices.c.revoked_at.is_not(None)),
+            )
+        )
+        query = sa.union(
+            sa.select(devices.c.cert_serial).where(devices.c.revoked_at.is_not(None)),
+            sa.select(claims.c.cert_serial).where(claims.c.revoked_at.is_not(None)),
+            retired,
+        )
+        with self._tx() as conn:
+            return [int(s) for s in conn.execute(query).scalars()]
+
+    # --- operator tokens and their browser sessions ----------------------------------------
+
+    def add_operator_token(self, token_id: str, name: str, sha256: str) -> bool:
+        """False when the name is taken (a revoked token keeps its name, for the audit trail)."""
+        with self._tx() as conn:
+            result = conn.execute(
+                self._insert(operator_tokens)
+                .values(id=token_id, name=name, sha256=sha256, created_at=time.time())
+                .on_conflict_do_nothing(index_elements=[operator_tokens.c.name])
+                .returning(operator_tokens.c.id)
+            ).first()
+        return result is not None
+
+    def operator_tokens(self) -> list[OperatorToken]:
+        with self._tx() as conn:
+            rows = conn.execute(operator_tokens.select().order_by(operator_tokens.c.created_at))
+            return [_operator(r) for r in rows.mappings()]
+
+    def revoke_operator_token(self, name_or_id: str) -> OperatorToken | None:
+        which = sa.or_(operator_tokens.c.name == name_or_id, operator_tokens.c.id == name_or_id)
+        with self._tx() as conn:
+            conn.execute(
+                operator_tokens.update()
+                .where(which, operator_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            conn.execute(
+                operator_sessions.delete().where(
+                    operator_sessions.c.token_id.in_(sa.select(operator_tokens.c.id).where(which))
+                )
+            )
+            row = conn.execute(operator_tokens.select().where(which)).mappings().first()
+        return _operator(row) if row else None
+
+    def active_operator(self, sha256: str) -> OperatorToken | None:
+        query = operator_tokens.select().where(
+            operator_tokens.c.sha256 == sha256, operator_tokens.c.revoked_at.is_(None)
+        )
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().first()
+        return _operator(row) if row else None
+
+    def add_operator_session(self, sha256: str, token_id: str, expires_at: float) -> None:
+        with self._tx() as conn:
+            expired = operator_sessions.c.expires_at < time.time()
+            conn.execute(operator_sessions.delete().where(expired))
+            conn.execute(
+                operator_sessions.insert().values(
+                    sha256=sha256, token_id=token_id, expires_at=expires_at
+                )
+            )
+
+    def session_operator(self, sha256: str) -> OperatorToken | None:
+        """The token behind a live session; None once it expired or its token was revoked."""
+        query = (
+            sa.select(operator_tokens)
+            .join(operator_sessions, operator_sessions.c.token_id == operator_tokens.c.id)
+            .where(
+                operator_sessions.c.sha256 == sha256,
+                operator_sessions.c.expires_at > time.time(),
+                operator_tokens.c.revoked_at.is_(None),
+            )
+        )
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().first()
+        return _operator(row) if row else None
+
+    def end_operator_session(self, sha256: str) -> None:
+        with self._tx() as conn:
+            conn.execute(operator_sessions.delete().where(operator_sessions.c.sha256 == sha256))
+
+
+def open_registry(home: HubHome) -> Registry:
+    """The registry ``[registry] url`` names (or ``SPOKE_HUB_REGISTRY__URL``), else SQLite in
+    the hub's home."""
+    url = home.load_config().registry.url
+    return Registry(url or home.registry)

@@ -1,6 +1,7 @@
 """The hub's signed model repository: TUF metadata built with python-tuf's Metadata API.
 
-Layout (``public/`` is plain files; any static server or S3-compatible bucket can serve it)::
+Layout (``public/`` is plain files, in ``H/repository/public`` or where ``[repository] url``
+says, a directory or an S3-compatible bucket; any static server or the bucket can serve it)::
 
     public/metadata/1.root.json, 2.root.json ...   every root version (clients walk rotations)
     public/metadata/root.json                      the newest root (what bundles carry)
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -56,6 +58,7 @@ ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 TARGET_FORMAT = "spoke-artifact-tar/1"
 ARTIFACT_FILES = ("card.json", "model.onnx", "weights.safetensors")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_PUBLIC_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
 class RepositoryError(DataError):
@@ -376,18 +379,39 @@ def _online_signers(keys_dir: Path) -> dict[str, Signer]:
         raise RepositoryError(f"missing online key {exc.filename}") from exc
 
 
-def exists(root: Path) -> bool:
-    return (root / "public" / "metadata" / "1.root.json").exists()
+def safe_key(rel: str) -> bool:
+    """A name inside the public files: plain segments, no ``..``, no leading slash."""
+    return bool(_PUBLIC_NAME.match(rel)) and ".." not in rel.split("/")
+
+
+def public_dir(root: Path, config: RepositorySection) -> Path | None:
+    """The directory of the public files, or None when they live in an object store."""
+    if config.url.startswith("s3://"):
+        return None
+    return Path(urlsplit(config.url).path) if config.url else root / "public"
+
+
+def public_storage(root: Path, config: RepositorySection) -> Storage:
+    """Where ``[repository] url`` puts the public files (metadata and targets)."""
+    directory = public_dir(root, config)
+    if directory is not None:
+        return DirStorage(directory)
+    from provisioning.objectstore import S3Storage
+
+    return S3Storage(config.url, config.endpoint, config.region)
+
+
+def exists(root: Path, config: RepositorySection) -> bool:
+    return public_storage(root, config).read("metadata/1.root.json") is not None
 
 
 def open_repository(root: Path, config: RepositorySection) -> ModelRepository:
-    if not exists(root):
+    storage = public_storage(root, config)
+    if storage.read("metadata/1.root.json") is None:
         raise RepositoryError(
-            f"no model repository in {root}; create it with `spoke-hub models init`"
+            f"no model repository in {config.url or root}; create it with `spoke-hub models init`"
         )
-    return ModelRepository(
-        DirStorage(root / "public"), _online_signers(root / "keys"), Expiry.from_config(config)
-    )
+    return ModelRepository(storage, _online_signers(root / "keys"), Expiry.from_config(config))
 
 
 def init_repository(
@@ -396,8 +420,8 @@ def init_repository(
     """Create the repository: ``keys`` root keys (``threshold`` of them sign a root) written
     to ``offline_dir``, and the online keys under ``root/keys``. Returns the root key files."""
     with locked(root):
-        if exists(root):
-            raise RepositoryError(f"{root} already holds a model repository")
+        if exists(root, config):
+            raise RepositoryError(f"{config.url or root} already holds a model repository")
         if not 1 <= threshold <= keys:
             raise ConfigError(f"root threshold {threshold} must be between 1 and {keys}")
         online: dict[str, Signer] = {}
@@ -414,7 +438,7 @@ def init_repository(
             write_secret(path, signer_to_pem(signer))
             root_signers.append(signer)
             paths.append(path)
-        repo = ModelRepository(DirStorage(root / "public"), online, Expiry.from_config(config))
+        repo = ModelRepository(public_storage(root, config), online, Expiry.from_config(config))
         repo.create(root_signers, threshold)
     return paths
 
@@ -442,7 +466,7 @@ def rotate_root(
 
 def ensure_repository(root: Path, offline_dir: Path, config: RepositorySection) -> None:
     """Create the repository with the configured key counts unless it exists."""
-    if not exists(root):
+    if not exists(root, config):
         with contextlib.suppress(RepositoryError):
             init_repository(root, offline_dir, config, config.root_keys, config.root_threshold)
 
@@ -497,10 +521,10 @@ def _row(path: str, info: TargetFile) -> dict[str, Any]:
     }
 
 
-def root_json(root: Path) -> str | None:
+def root_json(root: Path, config: RepositorySection) -> str | None:
     """The newest root metadata as text (what bundles carry), or None without a repository."""
-    path = root / "public" / "metadata" / "root.json"
-    return path.read_text() if path.exists() else None
+    data = public_storage(root, config).read("metadata/root.json")
+    return data.decode() if data is not None else None
 
 
 def describe_root(data: bytes) -> dict[str, Any]:

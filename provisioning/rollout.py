@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def catalog(home: HubHome, config: HubConfig) -> list[Published]:
-    if not repository.exists(home.repository):
+    if not repository.exists(home.repository, config.repository):
         return []
     repo = repository.open_repository(home.repository, config.repository)
     return [

@@ -18,7 +18,7 @@ from appliance import topics
 from appliance.config import HubConfig
 from appliance.errors import ConfigError
 from appliance.fsutil import atomic_write
-from provisioning import auth, metrics
+from provisioning import auth, metrics, repo_http
 from provisioning.auth import peer_common_name
 from provisioning.fleet_api import FleetApi
 from provisioning.home import HubHome
@@ -42,10 +42,8 @@ class HubWeb:
         r = self.app.router
         r.add_get("/healthz", self._healthz)
         r.add_static("/static/", STATIC)
-        # The signed model repository, as plain files (TUF metadata and hash-named targets).
-        repository = home.repository / "public"
-        repository.mkdir(parents=True, exist_ok=True)
-        r.add_static("/repository/", repository)
+        # The signed model repository (TUF metadata and hash-named targets).
+        repo_http.install(self.app, home.repository, config.repository)
         FleetApi(home, config, registry).install(self.app)  # the dashboard and /api/v1
         r.add_get("/metrics", self._metrics)
         r.add_post("/v1/devices/{device}/support-bundles", self._support_bundle)

@@ -5,6 +5,8 @@ noisy: python's own start-up for time to online, a bare interpreter for memory, 
 enrolling alone for the enrollment rate, one device reporting alone for the ingest lag.
 
     python -m scripts.bench_fleet [--runs 10] [--devices 1000] [--json]
+    python -m scripts.bench_fleet --enrollment-cost [--enrolled 10000] [--samples 50]
+    python -m scripts.bench_fleet --processes [--devices 300] [--interval 5] [--duration 40]
 """
 
 import argparse
@@ -101,6 +103,7 @@ class SimulatedDevice:
         self.key = identity.generate_key()
         self.device_id = identity.device_id_for(self.key.public_key())
         self.cert: Path | None = None
+        self.sent = 0
 
     async def enroll(self) -> None:
         b = self.bundle
@@ -146,6 +149,7 @@ class SimulatedDevice:
             while time.time() < until:
                 body = json.dumps(snapshot | {"taken_at_s": time.time()})
                 await client.publish(topics.health(self.device_id), body, qos=1, timeout=60)
+                self.sent += 1
                 await asyncio.sleep(interval)
 
 
@@ -177,13 +181,22 @@ async def enroll_all(devices: list[SimulatedDevice], concurrency: int) -> float:
     return len(devices) / (time.monotonic() - started) * 60
 
 
-def ingest_lag(hub: Hub, since: float) -> list[float]:
-    conn = sqlite3.connect(hub.home / "registry.db")
+def ingest_lag(registry: Path | str, since: float) -> list[float]:
+    """Hub receive time minus device send time of each report stored since ``since``."""
+    import sqlalchemy as sa
+
+    from provisioning.registry import engine_url
+
+    engine = sa.create_engine(engine_url(registry))
     try:
-        rows = conn.execute("SELECT received_at - ts FROM health WHERE ts >= ?", (since,))
-        return [r[0] for r in rows]
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT received_at - ts FROM health WHERE ts >= :since"),
+                {"since": since},
+            )
+            return [float(r[0]) for r in rows]
     finally:
-        conn.close()
+        engine.dispose()
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -198,23 +211,11 @@ async def fleet_load(
     devices = [SimulatedDevice(payload, root / "creds") for _ in range(n + 1)]
     single = await enroll_all(devices[:1], 1)
     rate = await enroll_all(devices[1:], 32)
-    snapshot = (
-        Sampler()
-        .sample(__import__("appliance.health", fromlist=["DaemonFacts"]).DaemonFacts())
-        .model_dump(mode="json")
-    )
 
     async def run(group: list[SimulatedDevice]) -> list[float]:
-        start = time.time()
-        until = start + duration
-        await asyncio.gather(
-            *(
-                d.report(snapshot, interval, until, interval * i / len(group))
-                for i, d in enumerate(group)
-            )
-        )
+        start = await report_all(group, interval, duration)
         await asyncio.sleep(1)
-        return ingest_lag(hub, start)
+        return ingest_lag(hub.home / "registry.db", start)
 
     alone = await run(devices[:1])
     print(f"reporting: {n} devices every {interval:.0f} s for {duration:.0f} s", file=sys.stderr)
@@ -234,6 +235,150 @@ async def fleet_load(
     }
 
 
+TOKEN = "bench-claim-token-0123456789"
+
+
+def fill(registry: Any, start: int, end: int) -> None:
+    """Enrolled devices as rows, in one transaction (setting the scene, not measured)."""
+    from provisioning.schema import devices
+
+    rows = [
+        {"id": f"filler-{i:06d}", "claim_id": "bench", "labels": '{"site": "bench"}',
+         "facts": "{}", "cert_serial": str(10 + i), "enrolled_at": time.time()}
+        for i in range(start, end)
+    ]
+    if rows:
+        with registry.engine.begin() as conn:
+            conn.execute(devices.insert(), rows)
+
+
+def enrollment_cost(urls: tuple[str, str], sizes: tuple[int, int], samples: int) -> dict[str, Any]:
+    """The hub's whole enrollment path (request checks, certificate signed by the CA, registry
+    write; no ACL or CRL rewrite) timed in-process in two registries, one holding ``sizes[0]``
+    devices and one ``sizes[1]``. Enrollments alternate between the two, so a load swing on
+    the shared machine hits both alike; the small fleet is the same-run baseline."""
+    from appliance.config import HubConfig
+    from provisioning.broker import render_acl
+    from provisioning.home import HubHome, init_home
+    from provisioning.hub import HubService
+    from provisioning.registry import Registry
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="spoke-bench-enroll-") as tmp:
+        hubs, registries = [], []
+        for url, size in zip(urls, sizes, strict=True):
+            home = HubHome(Path(tmp) / f"hub-{size}")
+            init_home(home, "localhost", 1883, 8443)
+            registry = Registry(url or home.registry)
+            registry.add_claim("bench", TOKEN, {"site": "bench"}, time.time() + 86400, 10**6, 1)
+            fill(registry, 0, size)
+            registries.append(registry)
+            hubs.append(HubService(home, HubConfig(), registry))
+        try:
+            times: list[list[float]] = [[], []]
+            for i in tqdm(range(samples), desc="enrolling", file=sys.stderr):
+                for which in (0, 1) if i % 2 == 0 else (1, 0):
+                    raw = EnrollRequest(
+                        claim_id="bench",
+                        claim_token=TOKEN,
+                        csr=identity.build_csr(identity.generate_key(), {}).decode(),
+                        software_version="bench",
+                    ).model_dump_json().encode()
+                    started = time.perf_counter()
+                    hubs[which]._grant(raw)
+                    times[which].append((time.perf_counter() - started) * 1000)
+            for which, size in enumerate(sizes):
+                results[f"enroll_ms_at_{size}"] = spread(times[which])
+                results[f"acl_bytes_at_{size}"] = len(render_acl(registries[which]).encode())
+        finally:
+            for registry in registries:
+                registry.close()
+    small, large = (results[f"enroll_ms_at_{size}"]["median"] for size in sizes)
+    results["enroll_ms_ratio_large_to_small"] = large / small
+    return results
+
+
+async def report_all(
+    devices: list[SimulatedDevice], interval: float, duration: float
+) -> float:
+    """Every device reports every ``interval`` (spread evenly) for ``duration``; returns the
+    start time."""
+    snapshot = (
+        Sampler()
+        .sample(__import__("appliance.health", fromlist=["DaemonFacts"]).DaemonFacts())
+        .model_dump(mode="json")
+    )
+    start = time.time()
+    await asyncio.gather(
+        *(
+            d.report(snapshot, interval, start + duration, interval * i / len(devices))
+            for i, d in enumerate(devices)
+        )
+    )
+    return start
+
+
+async def processes_load(
+    root: Path, url: str, processes: int, n: int, interval: float, duration: float,
+    kill_one: bool,
+) -> dict[str, Any]:
+    """``processes`` hub processes on PostgreSQL behind one mosquitto: ``n`` simulated devices
+    enroll (32 at a time), then report health; with ``kill_one`` the first hub process is
+    killed (SIGKILL) halfway through. Lost = reports sent (PUBACKed) but not stored."""
+    from tests.support.hubfleet import HubFleet
+
+    fleet = HubFleet(root, url)
+    try:
+        hubs = [fleet.start_hub(f"hub-{i}") for i in range(processes)]
+        bundle = fleet.hub.bundle(root / "sim.spoke", "--max-uses", str(n + 10))
+        payload = claim_creds(bundle, root / "creds")
+        devices = [SimulatedDevice(payload, root / "creds") for _ in range(n)]
+        rate = await enroll_all(devices, 32)
+
+        async def kill_later() -> float:
+            await asyncio.sleep(duration / 2)
+            hubs[0].proc.kill()
+            return time.time()
+
+        killer = asyncio.create_task(kill_later()) if kill_one else None
+        start = await report_all(devices, interval, duration)
+        await asyncio.sleep(max(5.0, interval))  # what is in flight lands
+        lags = ingest_lag(url, start)
+        sent = sum(d.sent for d in devices)
+        return {
+            "processes": processes,
+            "devices": n,
+            "enrollments_per_minute": rate,
+            "reports_sent": sent,
+            "reports_stored": len(lags),
+            "reports_lost": sent - len(lags),
+            "ingest_lag_p50_s": percentile(lags, 50) if lags else None,
+            "ingest_lag_p99_s": percentile(lags, 99) if lags else None,
+            "killed_a_process_at_s": (await killer) - start if killer else None,
+        }
+    finally:
+        fleet.close()
+
+
+def processes_bench(n: int, interval: float, duration: float) -> dict[str, Any]:
+    """1 vs 3 hub processes on PostgreSQL, then 3 with one killed under load."""
+    from tests.support import postgres
+
+    results: dict[str, Any] = {}
+    with postgres.cluster() as cluster:
+        for name, processes, kill in (("one", 1, False), ("three", 3, False),
+                                      ("three_one_killed", 3, True)):
+            url = cluster.create_database(f"bench_{name}")
+            with tempfile.TemporaryDirectory(prefix=f"spoke-bench-{name}-") as tmp:
+                results[name] = asyncio.run(
+                    processes_load(Path(tmp), url, processes, n, interval, duration, kill)
+                )
+    results["enrollment_ratio_3_to_1"] = (
+        results["three"]["enrollments_per_minute"] / results["one"]["enrollments_per_minute"]
+    )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
@@ -241,8 +386,36 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--enrollment-cost",
+        action="store_true",
+        help="only the cost of one enrollment at 10 vs --enrolled devices (SQLite, and "
+        "PostgreSQL in a throw-away cluster when its server tools are installed)",
+    )
+    parser.add_argument("--enrolled", type=int, default=10_000)
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="only health ingest and enrollments over 1 vs 3 hub processes on PostgreSQL, "
+        "and 3 with one killed under load (--devices, --interval, --duration)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(REPO))
+    if args.enrollment_cost:
+        from tests.support import postgres
+
+        sizes = (10, args.enrolled)
+        results = {"sqlite": enrollment_cost(("", ""), sizes, args.samples)}
+        if postgres.available():
+            with postgres.cluster() as cluster:
+                urls = (cluster.create_database("small"), cluster.create_database("large"))
+                results["postgresql"] = enrollment_cost(urls, sizes, args.samples)
+        print(json.dumps(results, indent=2))
+        return
+    if args.processes:
+        print(json.dumps(processes_bench(args.devices, args.interval, args.duration), indent=2))
+        return
     with tempfile.TemporaryDirectory(prefix="spoke-bench-") as tmp:
         root = Path(tmp)
         hub = Hub(root).start()

@@ -96,7 +96,7 @@ class Demo:
         step(f"Starting the hub and its managed mosquitto (mTLS on port {mqtt_port})")
         self.spawn("hub", "provisioning", "serve", "--home", str(self.home))
         wait_until(
-            lambda: "hub connected to broker" in (self.root / "hub.log").read_text(), 30, "the hub"
+            lambda: "hub connected to broker" in (self.root / "hub.log").read_text(), 90, "the hub"
         )
 
         step("Creating a signed provisioning bundle for site bridge-17")

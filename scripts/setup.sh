@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything `make demo` and `make test` need on a fresh Debian or Ubuntu machine:
-# mosquitto (the managed broker), prometheus (promtool and server, for metric tests) and
-# chromium (browser tests) from apt when missing, then a virtual environment with the project.
+# mosquitto (the managed broker), prometheus (promtool and server, for metric tests), postgresql
+# (registry tests) and chromium (browser tests) from apt when missing, then a virtual environment.
 set -eu
 venv="${1:-.venv}"
 
@@ -16,6 +16,10 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # libfaketime steps an appliance's wall clock.
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 dpkg -s libfaketime >/dev/null 2>&1 || need_apt+=(libfaketime)
+# PostgreSQL's server tools (initdb, pg_ctl): registry tests start a throw-away cluster on a free
+# port; the packaged service is left alone and not used.
+command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
+    || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} with apt-get"
     sudo_cmd=""

@@ -15,7 +15,7 @@ from appliance.fsutil import write_secret
 from provisioning import broker, ca
 from provisioning.commands.common import add_home, home_of, parse_duration, parse_labels
 from provisioning.home import HubHome
-from provisioning.registry import Registry
+from provisioning.registry import open_registry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def _tuf_root(home: HubHome) -> str | None:
 
     config = home.load_config()
     repository.ensure_repository(home.repository, home.offline_keys, config.repository)
-    return repository.root_json(home.repository)
+    return repository.root_json(home.repository, config.repository)
 
 
 def create_bundle(
@@ -73,7 +73,7 @@ def create_bundle(
         f"claim-{claim_id}",
         dt.datetime.fromtimestamp(expires_at, dt.UTC),
     )
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         registry.add_claim(claim_id, token, labels, expires_at, max_uses, claim_cert.serial_number)
         broker.write_access(home, registry)
@@ -125,7 +125,7 @@ def pubkey(args: argparse.Namespace) -> int:
 def list_claims(args: argparse.Namespace) -> int:
     home = home_of(args)
     home.require()
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         claims = registry.claims()
     finally:
@@ -161,7 +161,7 @@ def list_claims(args: argparse.Namespace) -> int:
 def revoke(args: argparse.Namespace) -> int:
     home = home_of(args)
     home.require()
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         if registry.claim(args.claim_id) is None:
             raise ConfigError(f"no claim {args.claim_id!r}; see `spoke-hub bundle list`")

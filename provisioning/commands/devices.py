@@ -22,7 +22,7 @@ from provisioning.fleet import every_device
 from provisioning.fleet_api import current_desired
 from provisioning.home import HubHome
 from provisioning.hub import broker_address, hub_tls
-from provisioning.registry import Registry
+from provisioning.registry import open_registry
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def list_devices(args: argparse.Namespace) -> int:
     """The same rows, in the same order, as the dashboard's ``GET /api/v1/devices`` pages."""
     home = home_of(args)
     home.require()
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         desired = current_desired(home, home.load_config(), registry)
         rows = [s.as_dict() for s in every_device(registry, args.selector, desired)]
@@ -151,7 +151,7 @@ async def _take_over_session(home: HubHome, device_id: str) -> None:
 def revoke(args: argparse.Namespace) -> int:
     home = home_of(args)
     home.require()
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         if registry.device(args.device_id) is None:
             raise ConfigError(f"no device {args.device_id!r}; see `spoke-hub devices`")
@@ -212,7 +212,7 @@ def command(args: argparse.Namespace) -> int:
     home.require()
     if args.name not in COMMANDS:
         raise ConfigError(f"unknown command {args.name!r}; known: {', '.join(COMMANDS)}")
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         device = registry.device(args.device_id)
     finally:

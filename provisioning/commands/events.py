@@ -9,7 +9,7 @@ from typing import Any
 
 from appliance.cli import print_json, print_table
 from provisioning.commands.common import add_home, home_of
-from provisioning.registry import Registry
+from provisioning.registry import open_registry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def _summary(event: dict[str, Any]) -> str:
 def list_events(args: argparse.Namespace) -> int:
     home = home_of(args)
     home.require()
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         events = registry.events(args.device, args.kind, max(1, args.limit))
     finally:

@@ -91,7 +91,7 @@ def publish(args: argparse.Namespace) -> int:
 def list_models(args: argparse.Namespace) -> int:
     home = home_of(args)
     config = home.load_config()
-    if not repository.exists(home.repository):
+    if not repository.exists(home.repository, config.repository):
         rows = []
     else:
         rows = repository.open_repository(home.repository, config.repository).models()

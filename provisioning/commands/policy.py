@@ -8,7 +8,7 @@ from appliance.errors import ConfigError
 from appliance.fsutil import atomic_write
 from provisioning.commands.common import add_home, home_of
 from provisioning.placement import parse_policy
-from provisioning.registry import Registry
+from provisioning.registry import open_registry
 from provisioning.rollout import fleet_desired
 
 
@@ -44,7 +44,7 @@ def apply(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     home = home_of(args)
     config = home.load_config()
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         desired = fleet_desired(home, config, registry)
     finally:

@@ -6,12 +6,13 @@ import logging
 
 from appliance.config import HubConfig
 from appliance.logs import setup_logging
-from appliance.service import Supervisor, run_until_signal
-from provisioning.broker import ManagedBroker
+from appliance.service import Service, Supervisor, run_until_signal
+from provisioning.broker import AccessSync, ManagedBroker
 from provisioning.commands.common import add_home, home_of
 from provisioning.home import HubHome
 from provisioning.hub import HubService
-from provisioning.registry import Registry
+from provisioning.leader import Singleton, lock_for
+from provisioning.registry import open_registry
 from provisioning.rollout import RolloutService
 from provisioning.web import HubWeb
 
@@ -47,7 +48,7 @@ def _with_overrides(config: HubConfig, args: argparse.Namespace) -> HubConfig:
 
 
 async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
-    registry = Registry(home.registry)
+    registry = open_registry(home)
     try:
         async with Supervisor() as supervisor:
             if config.broker.mode == "managed":
@@ -55,9 +56,16 @@ async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
             hub = HubService(home, config, registry)
             hub.on_failure = supervisor.report_failure
             await supervisor.add(hub)
-            rollout = RolloutService(home, config, registry, hub)
-            rollout.on_failure = supervisor.report_failure
-            await supervisor.add(rollout)
+
+            def singleton_work() -> list[Service]:
+                access = AccessSync(home, registry)
+                rollout = RolloutService(home, config, registry, hub)
+                access.on_failure = rollout.on_failure = supervisor.report_failure
+                return [access, rollout]
+
+            singleton = Singleton(lock_for(registry.engine), singleton_work)
+            singleton.on_failure = supervisor.report_failure
+            await supervisor.add(singleton)
             await supervisor.add(HubWeb(home, config, registry))
             log.info("hub running", extra={"home": str(home.root)})
             stopper = asyncio.create_task(stop.wait())

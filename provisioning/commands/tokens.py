@@ -9,7 +9,7 @@ import argparse
 from appliance.cli import print_json, print_table
 from provisioning import operators
 from provisioning.commands.common import add_home, home_of
-from provisioning.registry import Registry
+from provisioning.registry import Registry, open_registry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _registry(args: argparse.Namespace) -> Registry:
     home = home_of(args)
     home.require()
-    return Registry(home.registry)
+    return open_registry(home)
 
 
 def create(args: argparse.Namespace) -> int:

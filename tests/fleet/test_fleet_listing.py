@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from appliance.errors import ConfigError
 from provisioning.fleet import STALE_AFTER_S, device_page, every_device
@@ -86,8 +87,9 @@ def test_no_model_reads_as_none_not_null_null(registry: Registry) -> None:
 def test_connectivity_online_stale_offline_revoked(registry: Registry) -> None:
     registry.set_availability("dev1", "offline")
     registry.revoke_device("dev2")
-    registry.conn.execute("UPDATE devices SET last_seen = ? WHERE id = 'dev3'",
-                          (time.time() - STALE_AFTER_S - 1,))
+    with registry.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE devices SET last_seen = :t WHERE id = 'dev3'"),
+                     {"t": time.time() - STALE_AFTER_S - 1})
     rows = {s.device.id: s.connectivity for s in every_device(registry)}
     assert rows == {"dev0": "online", "dev1": "offline", "dev2": "revoked", "dev3": "stale",
                     "dev4": "online"}

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import postgres
 from tests.support.fleet import Appliance, Hub
 
 
@@ -31,3 +32,10 @@ def appliance(appliances: list[Appliance], tmp_path: Path, hub: Hub) -> Applianc
     a = Appliance(tmp_path, hub)
     appliances.append(a)
     return a
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[postgres.Cluster]:
+    """One throw-away PostgreSQL for the session; each test makes its own database in it."""
+    with postgres.cluster() as cluster:
+        yield cluster

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from appliance import identity
 from tests.support.fleet import Appliance, Hub, cli, wait_for
@@ -41,10 +42,12 @@ def device_certs(hub: Hub, device_id: str) -> list[dict[str, object]]:
 
     registry = Registry(hub.home / "registry.db")
     try:
-        rows = registry.conn.execute(
-            "SELECT serial, retired_at FROM device_certs WHERE device_id = ?", (device_id,)
-        ).fetchall()
-        return [dict(r) for r in rows]
+        with registry.engine.begin() as conn:
+            rows = conn.execute(
+                sa.text("SELECT serial, retired_at FROM device_certs WHERE device_id = :d"),
+                {"d": device_id},
+            ).mappings()
+            return [dict(r) for r in rows]
     finally:
         registry.close()
 

@@ -1,4 +1,7 @@
-"""Payload schemas of the MQTT contract. Every message is validated on arrival; extras refused."""
+"""Payload schemas of the MQTT contract, validated where they arrive: the hub validates what
+devices send (enrollment, renewal, reported state, events, command results) and the device what
+the hub sends (desired state, commands). Extras are refused, except in reported state, where a
+newer appliance may add fields an older hub does not know yet."""
 
 from typing import Annotated, Any, Literal
 
@@ -65,16 +68,30 @@ class RenewAccepted(Payload):
     server_certificate: str | None = None
 
 
-class ReportedState(Payload):
-    """Retained on ``spoke/v1/{device}/state``: what the device is and runs."""
+class ReportedModel(BaseModel):
+    """The model part of reported state (``ModelService.reported()``)."""
 
-    device_id: str
-    software_version: str
-    provisioning: str
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+    state: Literal["none", "probation", "committed"] = "none"
+    desired: str | None = None
+    hold: bool = False
+    last_error: dict[str, Any] | None = None
+
+
+class ReportedState(BaseModel):
+    """Retained on ``spoke/v1/{device}/state``: what the device is and runs. The hub refuses
+    (and counts) a state that does not fit, and one that names another device."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    device_id: str = Field(min_length=1, max_length=64)
+    software_version: str = Field(max_length=64)
+    provisioning: str = Field(max_length=64)
     labels: dict[str, str] = {}
-    capabilities: dict[str, Any] = {}
-    model: dict[str, Any] | None = None
     started_at: float
+    model: ReportedModel | None = None
 
 
 class Event(Payload):

@@ -5,7 +5,7 @@ newer appliance may add fields an older hub does not know yet."""
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 PROTOCOL: Literal[1] = 1
 
@@ -92,6 +92,9 @@ class ReportedState(BaseModel):
     labels: dict[str, str] = {}
     started_at: float
     model: ReportedModel | None = None
+    #: Orders states from one device (a replayed or late one never overwrites a newer one);
+    #: None from older daemons.
+    seq: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
 
 
 class Event(Payload):

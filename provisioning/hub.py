@@ -21,6 +21,7 @@ from appliance.payloads import (
     AVAILABLE_STOPPED,
     Event,
     RenewAccepted,
+    ReportedState,
 )
 from appliance.service import TaskGroupService
 from provisioning import broker, ca, enrollment, metrics
@@ -37,19 +38,8 @@ AVAILABILITY = {
 MAX_DEVICE_MESSAGE_BYTES = 256 * 1024
 HUB_CLIENT_ID = "spoke-hub"
 HUB_SESSION_EXPIRY_S = 7 * 86400  # how long the broker keeps the hub's messages while it is away
-MAX_SEQ = 2**63 - 1
 #: The shared-subscription group of all hub processes of one fleet.
 SHARE = "$share/spoke-hub"
-
-
-def state_seq(state: dict[str, Any]) -> int | None:
-    """The device's sequence number of a reported state (None from older daemons)."""
-    seq = state.get("seq")
-    if seq is None:
-        return None
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
-        raise ValueError(f"state seq must be an integer from 0 to 2**63-1, not {seq!r}")
-    return seq
 
 
 def broker_address(config: HubConfig) -> tuple[str, int]:
@@ -170,10 +160,11 @@ class HubService(TaskGroupService):
             elif len(payload) > MAX_DEVICE_MESSAGE_BYTES:
                 self._refuse(topic, "oversized", f"{len(payload)} bytes")
             elif message.topic.matches(topics.ALL_STATE) and payload:
-                state = json.loads(payload)
-                if not isinstance(state, dict):
-                    raise TypeError("reported state must be a JSON object")
-                self.registry.set_state(device.id, state, state_seq(state))
+                reported = ReportedState.model_validate_json(payload)
+                if reported.device_id != device.id:
+                    raise ValueError(f"the state names {reported.device_id}, not its sender")
+                state = reported.model_dump(mode="json")
+                self.registry.set_state(device.id, state, reported.seq)
                 self._retire_replaced(device.id, state)
             elif message.topic.matches(topics.ALL_HEALTH):
                 snapshot = HealthSnapshot.model_validate_json(payload)

@@ -20,6 +20,7 @@ itself stays stored hashed like every other; only the offer file holds it in cle
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -89,6 +90,13 @@ def pairing_uri(url: str, offer: Offer | None, fingerprint: str | None = None) -
     return f"{SCHEME}://pair?{urlencode(params)}"
 
 
+def workbench_link(url: str, offer: Offer) -> str:
+    """Opens the Review and train workbench signed in with the offered token: an engineer
+    scans it with a tablet. The token rides in the fragment, which the browser never sends
+    to a server or writes into a log."""
+    return f"{url}/workbench#token={offer.token}"
+
+
 def cert_fingerprint(cert_file: str | None) -> str | None:
     """SHA-256 of the API's TLS certificate (hex), for pinning; None without TLS."""
     if not cert_file:
@@ -103,6 +111,7 @@ def cert_fingerprint(cert_file: str | None) -> str | None:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+@functools.lru_cache(maxsize=8)
 def qr_svg_data_uri(text: str) -> str:
     """A QR code of ``text`` as an SVG data URI, made here (segno, pure Python): no network."""
     import segno

@@ -181,7 +181,6 @@ class StatusPage:
         self.refresh_s = refresh_s
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._recent_ids: set[str] = set()
-        self._qr_cache: tuple[str, str] | None = None
         self._paired: str | None = None
         self._signer = UrlSigner()
 
@@ -311,9 +310,11 @@ class StatusPage:
                              "expires_at": offer.expires_at}
         fingerprint = pairing.cert_fingerprint(self.sources.tls_cert())
         uri = pairing.pairing_uri(base_url, offer, fingerprint)
-        if self._qr_cache is None or self._qr_cache[0] != uri:
-            self._qr_cache = (uri, pairing.qr_svg_data_uri(uri))
-        view["qr"] = self._qr_cache[1]
+        view["qr"] = pairing.qr_svg_data_uri(uri)
         view["qr_text"] = uri
+        view["workbench"] = None
+        if offer is not None:
+            link = pairing.workbench_link(base_url, offer)
+            view["workbench"] = {"url": link, "qr": pairing.qr_svg_data_uri(link)}
         view["fingerprint"] = fingerprint
         return view

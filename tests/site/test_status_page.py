@@ -132,6 +132,16 @@ async def test_pairing_offer_shows_token_until_the_app_uses_it(
     assert not (uplink_root / "pairing.json").exists()
 
 
+async def test_a_pairing_offer_also_opens_the_workbench_signed_in(running: Running) -> None:
+    _, token = running.daemon.uplink.tokens.create("tablet")
+    pairing.write_offer(running.state / "uplink", "tablet", token, minutes=5)
+    wb = (await status(running))["pairing"]["workbench"]
+    assert wb["url"] == f"{running.base}/workbench#token={token}"
+    assert wb["qr"].startswith("data:image/svg+xml")
+    pairing.remove_offer(running.state / "uplink")
+    assert (await status(running))["pairing"]["workbench"] is None
+
+
 async def test_expired_pairing_offer_is_not_shown(running: Running) -> None:
     uplink_root = running.state / "uplink"
     offer = pairing.write_offer(uplink_root, "late", "spk_x", minutes=1)

@@ -205,6 +205,12 @@ function renderUplink(u) {
 function renderPairing(p) {
   const qr = $("qr");
   if (qr.getAttribute("src") !== p.qr) { qr.setAttribute("src", p.qr); }
+  const wb = p.workbench;
+  $("pair-workbench").hidden = !wb;
+  if (wb && $("wb-qr").getAttribute("src") !== wb.qr) {
+    $("wb-qr").setAttribute("src", wb.qr);
+    $("wb-link").setAttribute("href", wb.url);
+  }
   const token = $("pair-token");
   if (p.offer) {
     const left = Math.max(0, Math.round(p.offer.expires_at - Date.now() / 1000));

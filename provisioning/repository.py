@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,7 +50,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from appliance.config import RepositorySection
 from appliance.errors import ConfigError, DataError
-from appliance.fsutil import atomic_write, write_secret
+from appliance.fsutil import atomic_write, file_lock, write_secret
 
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 TARGET_FORMAT = "spoke-artifact-tar/1"
@@ -361,17 +359,6 @@ class ModelRepository:
 # --- the hub's repository on disk ---------------------------------------------------------
 
 
-@contextlib.contextmanager
-def locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _online_signers(keys_dir: Path) -> dict[str, Signer]:
     try:
         return {r: signer_from_pem((keys_dir / f"{r}.pem").read_bytes()) for r in ONLINE_ROLES}
@@ -419,7 +406,7 @@ def init_repository(
 ) -> list[Path]:
     """Create the repository: ``keys`` root keys (``threshold`` of them sign a root) written
     to ``offline_dir``, and the online keys under ``root/keys``. Returns the root key files."""
-    with locked(root):
+    with file_lock(root):
         if exists(root, config):
             raise RepositoryError(f"{config.url or root} already holds a model repository")
         if not 1 <= threshold <= keys:
@@ -454,7 +441,7 @@ def rotate_root(
             root_signers.append(signer_from_pem(path.read_bytes()))
         except OSError as exc:
             raise ConfigError(f"cannot read root key {path}: {exc.strerror}") from exc
-    with locked(root):
+    with file_lock(root):
         repo = open_repository(root, config)
         fresh: dict[str, Signer] = {role: new_signer() for role in roles}
         version = repo.rotate_root(root_signers, fresh)

@@ -21,6 +21,7 @@ from appliance import topics
 from appliance.config import HubConfig
 from appliance.delivery import DesiredState
 from appliance.errors import LinkError, SpokeError
+from appliance.fsutil import file_lock
 from appliance.service import TaskGroupService
 from provisioning import repository
 from provisioning.home import HubHome
@@ -76,7 +77,7 @@ class RolloutService(TaskGroupService):
         await self.cancel_tasks()
 
     def _refresh(self) -> list[str]:
-        with repository.locked(self.home.repository):
+        with file_lock(self.home.repository):
             repo = repository.open_repository(self.home.repository, self.config.repository)
             return repo.refresh()
 

@@ -14,6 +14,7 @@ from tuf.ngclient import Updater
 
 from appliance import identity
 from appliance.config import RepositorySection
+from appliance.fsutil import file_lock
 from daemon.delivery.fetch import HttpsFetcher
 from daemon.delivery.tufclient import TufClient
 from provisioning import ca, repository
@@ -58,7 +59,7 @@ def artifact(tmp_path: Path, version: str) -> Path:
 
 
 def publish(root: Path, config: RepositorySection, folder: Path, version: str) -> dict[str, str]:
-    with repository.locked(root):
+    with file_lock(root):
         repo = repository.open_repository(root, config)
         row, _ = repository.publish(repo, folder, "crack", version, "0" * 64)
     return row

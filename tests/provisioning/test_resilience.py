@@ -110,6 +110,7 @@ def test_power_loss_during_enrollment_never_leaves_a_half_identity(
                 "device.crt",
                 "device.key",
                 "identity.json",
+                "server.crt",  # the API's certificate, issued with the device's at enrollment
             ]
         a.start(bundle)  # the stick is still plugged in
         try:

@@ -537,9 +537,11 @@ class Registry:
         return found
 
     def revoked_serials(self) -> list[int]:
-        """What the CRL lists: revoked devices' and claims' certs, and retired (renewed) ones.
+        """What the CRL lists: revoked devices' certs, and retired (renewed) ones.
 
-        Expired certificates fail the handshake anyway, so they leave the CRL and it stays small.
+        A revoked claim stays off it: its ACL lets it only ask to enroll and hear the answer, so
+        its holder learns "claim-revoked" instead of a bare TLS failure. Expired certificates
+        fail the handshake anyway, so they leave the CRL and it stays small.
         """
         retired = (
             sa.select(device_certs.c.serial)
@@ -551,7 +553,6 @@ class Registry:
         )
         query = sa.union(
             sa.select(devices.c.cert_serial).where(devices.c.revoked_at.is_not(None)),
-            sa.select(claims.c.cert_serial).where(claims.c.revoked_at.is_not(None)),
             retired,
         )
         with self._tx() as conn:

@@ -125,10 +125,12 @@ def test_enrollment_again_keeps_labels_and_updates_the_certificate(registry: Reg
     assert registry.claim("site-a") is not None and registry.claim("site-a").uses == 1  # type: ignore[union-attr]
 
 
-def test_revocations_reach_the_crl_list(registry: Registry) -> None:
+def test_revoked_devices_reach_the_crl_list_and_revoked_claims_do_not(
+    registry: Registry,
+) -> None:
     registry.revoke_device("dev-1")
-    registry.revoke_claim("site-a")
-    assert sorted(registry.revoked_serials()) == [1, 10]
+    registry.revoke_claim("site-a")  # refused at enrollment, with its reason, not at TLS
+    assert registry.revoked_serials() == [10]  # dev-1's certificate, not the claim's (1)
 
 
 FIRST_SQLITE_SCHEMA = """

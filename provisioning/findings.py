@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from daemon.web.results import BACKGROUND, DEFAULT_SEVERITY, SEVERITY, SEVERITY_NAMES
+from appliance.severity import BACKGROUND, DEFAULT_SEVERITY, SEVERITY, SEVERITY_NAMES
 from provisioning.fleet import NO_SITE
 from provisioning.registry import Device
 

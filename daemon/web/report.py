@@ -30,15 +30,8 @@ import markupsafe
 
 from appliance import __version__
 from appliance.errors import SpokeError
-from daemon.web.results import (
-    BACKGROUND,
-    SEVERITY,
-    SEVERITY_NAMES,
-    Results,
-    defects,
-    severity,
-    thumbnail,
-)
+from appliance.severity import BACKGROUND, SEVERITY, SEVERITY_NAMES
+from daemon.web.results import Results, defects, severity, thumbnail
 
 if TYPE_CHECKING:
     from aiohttp import web

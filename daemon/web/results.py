@@ -17,16 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-BACKGROUND = "background"
+from appliance.severity import BACKGROUND, DEFAULT_SEVERITY, SEVERITY
+
 JSON_COLUMNS = ("labels", "probs", "tiles", "timings", "warnings")
 STATUSES = ("queued", "running", "done", "failed")
-# How bad each CODEBRIM defect is for the structure, for ranking findings: exposed or spalled
-# concrete means the reinforcement is at risk now; stains and cracks may lead there; salt
-# deposits are mostly a moisture sign. A label we do not know ranks in the middle.
-SEVERITY = {"exposed_bars": 3, "spallation": 3, "corrosion_stain": 2, "crack": 2,
-            "efflorescence": 1}
-SEVERITY_NAMES = {3: "high", 2: "medium", 1: "low"}
-DEFAULT_SEVERITY = 2
 
 
 def defects(row: dict[str, Any]) -> list[str]:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -35,7 +34,7 @@ from appliance.config import FinetuneSection
 from appliance.errors import DataError, SpokeError
 from appliance.fsutil import atomic_write
 from appliance.service import TaskGroupService
-from daemon.finetune.jobs import FINAL, JobConflict, JobStore
+from daemon.finetune.jobs import JobConflict, JobStore
 from daemon.finetune.samples import SampleStore, UnknownLabels
 
 log = logging.getLogger(__name__)
@@ -650,13 +649,6 @@ def _gpus() -> list[Any]:
 
         return nvidia_gpus()
     return []
-
-
-def remove_job_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-__all__ = ["FINAL", "FinetuneService", "check_options", "parse_budget"]
 
 
 def load_section(state_dir: Path) -> FinetuneSection:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -150,7 +151,7 @@ def _open(data: bytes) -> Image.Image:
         raise TooManyPixels(f"refused before decoding: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise UnsupportedImage(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, struct.error) as exc:
         if "truncated" in str(exc).lower():
             raise TruncatedImage(f"truncated file, the header is incomplete: {exc}") from exc
         raise UnsupportedImage(f"corrupt image header: {exc}") from exc
@@ -164,7 +165,9 @@ def _load(im: Image.Image) -> None:
         if "truncated" in str(exc).lower():
             raise TruncatedImage(f"truncated {im.format} file: {exc}") from exc
         raise UnsupportedImage(f"corrupt {im.format} data: {exc}") from exc
-    except (SyntaxError, ValueError, EOFError) as exc:
+    except (SyntaxError, ValueError, EOFError, TypeError, IndexError, struct.error) as exc:
+        # Pillow's decoders raise these on hostile headers (a TIFF strip offset given as a
+        # rational raises TypeError, found by fuzzing); all mean the same: corrupt data.
         raise UnsupportedImage(f"corrupt {im.format} data: {exc}") from exc
 
 

@@ -114,6 +114,7 @@ def run_atheris(target: Callable[[bytes], None], corpus: Path, seconds: int) -> 
         target(data)
 
     argv = [sys.argv[0], f"-max_total_time={seconds}", "-max_len=65536", "-rss_limit_mb=4096",
+            f"-artifact_prefix={corpus.parent}/",
             "-print_final_stats=1", str(corpus)]
     atheris.Setup(argv, one)
     atheris.Fuzz()  # exits the process: libFuzzer prints "Done N runs"

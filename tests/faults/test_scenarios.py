@@ -151,15 +151,18 @@ def test_power_cut_mid_model_download(fleet: FaultFleet, box: Box) -> None:
 
 
 def test_data_partition_full_while_images_arrive(fleet: FaultFleet, box: Box) -> None:
-    """The uplink's partition (a real 4 MiB tmpfs) fills up while images keep arriving: every
-    refusal is a clear 507, nothing answered 202 is lost, and once space is back (the
-    partition grows) images are taken again."""
+    """The uplink's partition (a real tmpfs with 4 MiB free once the earlier scenarios' data
+    is copied in) fills up while images keep arriving: every refusal is a clear 507, nothing
+    answered 202 is lost, and once space is back (the partition grows) images are taken
+    again."""
     uplink_dir = box.appliance.state_dir / "uplink"
     box.appliance.stop()
     saved = uplink_dir.with_name("uplink.before")
     uplink_dir.rename(saved)
     uplink_dir.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(uplink_dir)],
+    used = sum(p.stat().st_size + 4096 for p in saved.rglob("*"))  # a page per file at least
+    size_kib = used // 1024 + 4096
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(uplink_dir)],
                    check=True)
     try:
         subprocess.run(["cp", "-a", f"{saved}/.", str(uplink_dir)], check=True)
@@ -171,7 +174,8 @@ def test_data_partition_full_while_images_arrive(fleet: FaultFleet, box: Box) ->
                 break
         assert box.refused, "the partition never filled"
         assert set(box.refused) <= {429, 507}, box.refused
-        subprocess.run(["mount", "-o", "remount,size=256m", str(uplink_dir)], check=True)
+        subprocess.run(["mount", "-o", f"remount,size={size_kib + 256 * 1024}k", str(uplink_dir)],
+                       check=True)
         end = time.monotonic()
         wait_for(lambda: box.post()[0] == 202, 60, "images to be taken again")
         settle(fleet, "data partition full", end)

@@ -1,5 +1,6 @@
 """Bounded decoding: one test per refusal rule, EXIF orientation (all 8), GPS and friends."""
 
+import base64
 import io
 import struct
 import zlib
@@ -125,6 +126,16 @@ def test_decompression_bomb_header_is_refused_without_decoding() -> None:
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     with pytest.raises(TooManyPixels):
         decode_image(bytes(data))
+
+
+def test_tiff_with_a_rational_strip_offset_is_refused_as_corrupt() -> None:
+    """Found by the byte fuzzer: Pillow raised TypeError while loading this TIFF."""
+    data = base64.b64decode(
+        "SUkqAAgAAAAKAAABBAABAAAAIAAAAAEBBAABAAAAGAAAAAIBAwADAAAAhgAAAAMBAwABAAAAAQAAAAYBAwABAAAA"
+        "AgAAABEBBQABAAAAjAAAABUBAwABAAAAAwAAABYBBAQBAAAAGAAAABcBBAABAAADAAkAABwBAwABAAAAAQAAAAAA"
+        "AAAIAAgACABfgj9YcZiebYDb80IHGw1q7XrJHrgjimpP/wAAAAACSUuEc3hH8tuExA==")
+    with pytest.raises(UnsupportedImage, match="corrupt TIFF data"):
+        decode_image(data)
 
 
 def test_unsupported_format_is_refused() -> None:

@@ -213,6 +213,17 @@ def _device(row: RowMapping) -> Device:
     )
 
 
+def _event(row: RowMapping) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "device_id": row["device_id"],
+        "kind": row["kind"],
+        "ts": row["ts"],
+        "data": json.loads(row["data"]),
+        "received_at": row["received_at"],
+    }
+
+
 def _operator(row: RowMapping) -> OperatorToken:
     return OperatorToken(row["id"], row["name"], row["created_at"], row["revoked_at"])
 
@@ -494,18 +505,47 @@ class Registry:
         if kind:
             query = query.where(events.c.kind == kind)
         with self._tx() as conn:
-            rows = conn.execute(query.limit(limit)).mappings()
-            return [
-                {
-                    "id": r["id"],
-                    "device_id": r["device_id"],
-                    "kind": r["kind"],
-                    "ts": r["ts"],
-                    "data": json.loads(r["data"]),
-                    "received_at": r["received_at"],
-                }
-                for r in rows
-            ]
+            return [_event(r) for r in conn.execute(query.limit(limit)).mappings()]
+
+    def recent_events_by_device(
+        self, kind: str, per_device: int, device_ids: list[str] | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Each device's newest ``per_device`` events of ``kind`` (newest first), in one query:
+        what ``events(device, kind, per_device)`` gives, for the whole fleet at once."""
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=events.c.device_id,
+                  order_by=(events.c.ts.desc(), events.c.received_at.desc()))
+            .label("rank")
+        )
+        ranked = sa.select(events, rank).where(events.c.kind == kind)
+        if device_ids is not None:
+            ranked = ranked.where(events.c.device_id.in_(device_ids))
+        inner = ranked.subquery()
+        query = (
+            sa.select(*(inner.c[c.name] for c in events.c))
+            .where(inner.c.rank <= per_device)
+            .order_by(inner.c.device_id, inner.c.rank)
+        )
+        found: dict[str, list[dict[str, Any]]] = {}
+        with self._tx() as conn:
+            for r in conn.execute(query).mappings():
+                found.setdefault(r["device_id"], []).append(_event(r))
+        return found
+
+    def latest_health_of(self, device_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each listed device's newest health snapshot, in one query (devices without one are
+        left out)."""
+        latest = health.alias("latest")
+        query = sa.select(health.c.device_id, health.c.snapshot).where(
+            health.c.device_id.in_(device_ids),
+            health.c.ts
+            == sa.select(sa.func.max(latest.c.ts))
+            .where(latest.c.device_id == health.c.device_id)
+            .scalar_subquery(),
+        )
+        with self._tx() as conn:
+            return {r.device_id: json.loads(r.snapshot) for r in conn.execute(query)}
 
     def acknowledge(self, event_id: str, operator: str) -> dict[str, Any] | None:
         """Record who acknowledged the alert event ``event_id`` and when; the first one stands.

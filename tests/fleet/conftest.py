@@ -2,6 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.provisioning.conftest import pg_cluster  # noqa: F401  (a real PostgreSQL, per session)
 from tests.support.fleet import Appliance, Hub
 
 

@@ -1,7 +1,9 @@
 """The one device listing behind `spoke-hub devices` and GET /api/v1/devices, over a real
-registry file: filter by selector, alerting devices first, paging, connectivity, no "null null"."""
+registry (a SQLite file, and a real PostgreSQL): filter by selector, alerting devices first,
+paging, connectivity, no "null null"; and the fleet-wide reads it makes in one query each."""
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import sqlalchemy as sa
 from appliance.errors import ConfigError
 from provisioning.fleet import STALE_AFTER_S, device_page, every_device
 from provisioning.registry import Registry
+from tests.support import postgres
 
 SNAPSHOT: dict[str, Any] = {
     "taken_at_s": 0.0,
@@ -30,9 +33,17 @@ def alert(device: str, n: int, state: str = "raised") -> dict[str, Any]:
                      "severity": "critical", "message": "disk 97 % full", "at_s": 0}}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
+    return cluster.create_database(f"t{uuid.uuid4().hex[:12]}")
+
+
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    reg = Registry(tmp_path / "registry.db")
+def registry(url: str) -> Registry:
+    reg = Registry(url)
     reg.add_claim("c1", "token", {}, time.time() + 3600, 100, 1)
     sites = ["bridge-17", "bridge-18", "bridge-18", "depot", "bridge-17"]
     for i, site in enumerate(sites):
@@ -114,14 +125,14 @@ def test_bad_listing_input_is_a_clear_error(
 
 
 def test_an_acknowledgement_is_kept_once_and_survives_reopening(
-    registry: Registry, tmp_path: Path
+    registry: Registry, url: str
 ) -> None:
     registry.add_event("dev0", alert("dev0", 1))
     first = registry.acknowledge("dev0-a1", "alice")
     assert first is not None and first["by"] == "alice"
     assert registry.acknowledge("dev0-a1", "bob") == first
     registry.close()
-    reopened = Registry(tmp_path / "registry.db")
+    reopened = Registry(url)
     row = device_page(reopened).items[0].as_dict()
     assert row["alerts"][0]["acknowledged"] == first
 
@@ -142,3 +153,20 @@ def test_a_certificate_near_its_end_is_an_alert_with_nothing_to_acknowledge(
     (alert,) = first["alerts"]
     assert (alert["alert"], alert["event_id"], alert["acknowledged"]) == (
         "certificate_expiring", None, None)
+
+
+def test_fleet_wide_reads_give_what_the_per_device_reads_give(registry: Registry) -> None:
+    """One query for every device's newest alert events and one for the page's latest health
+    (the overview used to make one per device): the same rows, newest first, per device."""
+    for n in range(4):
+        registry.add_event("dev1", alert("dev1", n, "cleared" if n % 2 else "raised"))
+        registry.add_health("dev1", 100.0 + n, SNAPSHOT | {"taken_at_s": 100.0 + n})
+    registry.add_event("dev2", alert("dev2", 1))
+    registry.add_event("dev2", {"id": "d1", "kind": "detection", "ts": 1.0, "data": {}})
+    registry.add_health("dev2", 50.0, SNAPSHOT | {"taken_at_s": 50.0})
+    bulk = registry.recent_events_by_device("alert", 3)
+    assert bulk == {d: registry.events(d, kind="alert", limit=3) for d in ("dev1", "dev2")}
+    assert [e["id"] for e in bulk["dev1"]] == ["dev1-a3", "dev1-a2", "dev1-a1"]
+    latest = registry.latest_health_of(["dev1", "dev2", "dev3"])
+    assert latest == {d: registry.latest_health(d) for d in ("dev1", "dev2")}
+    assert latest["dev1"]["taken_at_s"] == 103.0

@@ -244,23 +244,31 @@ def desired_states(
         rule = chosen[dev.id]
         if rule is not None:
             by_rule.setdefault(rule.name, []).append(dev)
+    # Per rule, not per device: its allowed versions, and its canary cohort with how it went
+    # (cohort ids, all promoted, any refused for good).
+    allowed = {r.name: allowed_versions(r, catalog) for r in policy.rules}
+    canaries: dict[str, tuple[set[str], bool, bool]] = {}
     out: dict[str, DesiredState] = {}
     for dev in devices:
         rule = chosen[dev.id]
         if rule is None:
             out[dev.id] = DesiredState(note="no placement rule matches this device")
             continue
-        versions = allowed_versions(rule, catalog)
+        versions = allowed[rule.name]
         if not versions:
             out[dev.id] = DesiredState(rule=rule.name,
                                        note=f"no published {rule.model} satisfies the rule")
             continue
         pick, note = versions[-1], None
         if rule.canary is not None and rule.canary < 100:
-            cohort = canary_cohort(rule, pick.version, by_rule[rule.name])
-            ids = {d.id for d in cohort}
-            promoted = all(d.runs(pick.name, pick.version) for d in cohort)
-            halted = any(d.refused(pick.name, pick.version) for d in cohort)
+            if rule.name not in canaries:
+                cohort = canary_cohort(rule, pick.version, by_rule[rule.name])
+                canaries[rule.name] = (
+                    {d.id for d in cohort},
+                    all(d.runs(pick.name, pick.version) for d in cohort),
+                    any(d.refused(pick.name, pick.version) for d in cohort),
+                )
+            ids, promoted, halted = canaries[rule.name]
             if dev.id not in ids and (halted or not promoted):
                 note = (f"canary of {pick.version} failed: rollout halted" if halted
                         else f"waiting for the canary of {pick.version}")

@@ -217,11 +217,21 @@ def summarize(
     )
 
 
+#: Alert events folded per device: enough for every alert a device has, raised or cleared.
+ALERT_EVENTS = 500
+
+
+def alert_events(registry: Registry) -> dict[str, list[dict[str, Any]]]:
+    """Every device's recent alert events, newest first, in one query."""
+    return registry.recent_events_by_device("alert", ALERT_EVENTS)
+
+
 def fleet(registry: Registry) -> list[DeviceSummary]:
-    return [
-        summarize(d, registry.latest_health(d.id), registry.events(d.id, kind="alert", limit=500))
-        for d in registry.devices()
-    ]
+    devices = registry.devices()
+    health = registry.latest_health_of([d.id for d in devices])
+    alerts = alert_events(registry)
+    now = time.time()
+    return [summarize(d, health.get(d.id), alerts.get(d.id, []), now) for d in devices]
 
 
 # --- the device list (CLI and API) ---------------------------------------------------------
@@ -280,6 +290,36 @@ def parse_cursor(cursor: str | None) -> int:
     return int(cursor)
 
 
+def _listing(
+    registry: Registry, selector: str, desired: Mapping[str, DesiredState] | None
+) -> list[DeviceSummary]:
+    """Every device the selector matches, without health, in listing order: alerting first,
+    then by site and id. Three queries for the whole fleet (devices, alert events, acks)."""
+    terms = parse_filter(selector)
+    desired = desired or {}
+    now = time.time()
+    alerts = alert_events(registry)
+    light = [
+        summarize(d, None, alerts.get(d.id, []), now, desired_text(desired.get(d.id)))
+        for d in registry.devices()
+        if all(t.matches(d.labels) for t in terms)
+    ]
+    light.sort(key=lambda s: (not s.alerts, s.site, s.device.id))
+    return light
+
+
+def _with_health(registry: Registry, page: list[DeviceSummary]) -> list[DeviceSummary]:
+    """The page's devices with their latest health and acknowledgements (one query each)."""
+    health = registry.latest_health_of([s.device.id for s in page])
+    acked = iter(with_acks(registry, [a for s in page for a in s.alerts]))
+    now = time.time()
+    return [
+        replace(summarize(s.device, health.get(s.device.id), [], now, s.desired),
+                alerts=[next(acked) for _ in s.alerts], connectivity=s.connectivity)
+        for s in page
+    ]
+
+
 def device_page(
     registry: Registry,
     selector: str = "",
@@ -293,37 +333,19 @@ def device_page(
     fold per device, not a thousand snapshots."""
     if not 1 <= limit <= MAX_PAGE:
         raise ConfigError(f"bad limit {limit}: use 1 to {MAX_PAGE}")
-    terms = parse_filter(selector)
     start = parse_cursor(cursor)
-    desired = desired or {}
-    now = time.time()
-    light = [
-        summarize(d, None, registry.events(d.id, kind="alert", limit=500), now,
-                  desired_text(desired.get(d.id)))
-        for d in registry.devices()
-        if all(t.matches(d.labels) for t in terms)
-    ]
-    light.sort(key=lambda s: (not s.alerts, s.site, s.device.id))
+    light = _listing(registry, selector, desired)
     page = light[start:start + limit]
-    items = [
-        replace(
-            summarize(s.device, registry.latest_health(s.device.id), [], now, s.desired),
-            alerts=with_acks(registry, s.alerts),
-        )
-        for s in page
-    ]
     end = start + len(page)
-    return DevicePage(items, len(light), str(end) if end < len(light) else None, _sites(light))
+    return DevicePage(_with_health(registry, page), len(light),
+                      str(end) if end < len(light) else None, _sites(light))
 
 
 def every_device(
     registry: Registry, selector: str = "", desired: Mapping[str, DesiredState] | None = None
 ) -> Iterator[DeviceSummary]:
-    """All devices the selector matches, page by page, in the API's order (the CLI's list)."""
-    cursor: str | None = None
-    while True:
-        page = device_page(registry, selector, MAX_PAGE, cursor, desired)
-        yield from page.items
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
+    """All devices the selector matches in the API's order (the CLI's list), read page by
+    page from one listing."""
+    light = _listing(registry, selector, desired)
+    for start in range(0, len(light), MAX_PAGE):
+        yield from _with_health(registry, light[start:start + MAX_PAGE])

@@ -5,29 +5,41 @@ origin); everything they show comes from this API, which ``--json`` users and th
 too. Lists are paged: no response carries the whole fleet's health history.
 """
 
+import asyncio
 import json
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
 from appliance.config import HubConfig
 from appliance.delivery import DesiredState
 from appliance.errors import SpokeError
+from provisioning import repository
 from provisioning.auth import operator_of
 from provisioning.findings import summarize_findings
 from provisioning.fleet import (
+    ALERT_EVENTS,
+    alert_events,
     device_page,
     health_point,
     summarize,
     with_acks,
 )
 from provisioning.home import HubHome
-from provisioning.placement import DeviceView, load_policy
-from provisioning.registry import HEALTH_HISTORY, Registry
-from provisioning.rollout import catalog, fleet_desired
+from provisioning.placement import (
+    DeviceView,
+    Policy,
+    Published,
+    desired_states,
+    load_policy,
+)
+from provisioning.registry import HEALTH_HISTORY, Device, Registry
+from provisioning.rollout import catalog
 from provisioning.rollouts import ROLLED_BACK, rollouts
 
 STATIC = Path(__file__).parent / "static"
@@ -48,6 +60,7 @@ HISTORY_KINDS = (
 )
 MAX_EVENTS = 200
 MAX_FINDING_EVENTS = 50_000
+T = TypeVar("T")
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -81,15 +94,64 @@ def _float(request: web.Request, name: str) -> float | None:
         raise BadRequest(f"{name} must be a Unix time in seconds, not {raw!r}") from None
 
 
+class PlacementInputs:
+    """The policy, the published versions and every device's desired state, recomputed only
+    when what they come from changed: the policy file (its stat), the repository's timestamp
+    metadata (rewritten by every publish) and the devices' labels and reported models. The
+    keys are read on every call, since the CLI and other hub processes write these too; only
+    the parsing and the placement are saved. Thread-safe: handlers run it off the event loop.
+    """
+
+    def __init__(self, home: HubHome, config: HubConfig) -> None:
+        self.home = home
+        self.config = config
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[Any, Any]] = {}
+
+    def _cached(self, name: str, key: Any, compute: Callable[[], T]) -> T:
+        with self._lock:
+            held = self._cache.get(name)
+            if held is not None and held[0] == key:
+                return cast(T, held[1])
+            value = compute()
+            self._cache[name] = (key, value)
+            return value
+
+    def policy(self) -> Policy:
+        try:
+            st = self.home.policy.stat()
+            key: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        return self._cached("policy", key, lambda: load_policy(self.home.policy))
+
+    def catalog(self) -> list[Published]:
+        storage = repository.public_storage(self.home.repository, self.config.repository)
+        key = storage.read("metadata/timestamp.json")
+        return self._cached("catalog", key, lambda: catalog(self.home, self.config))
+
+    def desired(self, devices: list[Device]) -> dict[str, DesiredState]:
+        """Each active device's desired state as the hub publishes it; empty while the policy
+        or the repository is unusable (the rollout loop logs why)."""
+        try:
+            policy, published = self.policy(), self.catalog()
+        except SpokeError:
+            return {}
+        views = [
+            DeviceView(d.id, d.labels, dict((d.state or {}).get("model") or {}))
+            for d in devices
+            if d.revoked_at is None
+        ]
+        key = (policy, tuple(published),
+               json.dumps([(v.id, v.labels, v.reported) for v in views], sort_keys=True))
+        return self._cached("desired", key, lambda: desired_states(policy, published, views))
+
+
 def current_desired(
     home: HubHome, config: HubConfig, registry: Registry
 ) -> dict[str, DesiredState]:
-    """Each device's desired state as the hub publishes it; empty while the policy is unusable
-    (the rollout loop logs why)."""
-    try:
-        return fleet_desired(home, config, registry)
-    except SpokeError:
-        return {}
+    """Each device's desired state as the hub publishes it now (the CLI's one-off read)."""
+    return PlacementInputs(home, config).desired(registry.devices())
 
 
 def _page(name: str) -> Any:
@@ -106,12 +168,16 @@ def _page(name: str) -> Any:
 
 class FleetApi:
     """Handlers over one registry. Every route here needs an operator: the hub's default-deny
-    middleware (provisioning/auth) refuses anyone else before a handler runs."""
+    middleware (provisioning/auth) refuses anyone else before a handler runs.
+
+    Each handler reads the registry in a worker thread (``asyncio.to_thread``): the hub's
+    event loop keeps taking device messages while a page of a large fleet is put together."""
 
     def __init__(self, home: HubHome, config: HubConfig, registry: Registry) -> None:
         self.home = home
         self.config = config
         self.registry = registry
+        self.placement = PlacementInputs(home, config)
 
     def install(self, app: web.Application) -> None:
         r = app.router
@@ -125,122 +191,131 @@ class FleetApi:
         r.add_get("/api/v1/alerts", self.alerts)
         r.add_post("/api/v1/alerts/{event}/ack", self.acknowledge)
 
-    def _desired(self) -> dict[str, DesiredState]:
-        return current_desired(self.home, self.config, self.registry)
-
-    def _known(self, request: web.Request) -> str:
+    def _known(self, request: web.Request) -> Device:
         device_id = request.match_info["device"]
-        if self.registry.device(device_id) is None:
+        device = self.registry.device(device_id)
+        if device is None:
             raise NotFound(f"no device {device_id!r}; see GET /api/v1/devices")
-        return device_id
+        return device
 
     async def devices(self, request: web.Request) -> web.Response:
         """``?selector=site in (a,b)&limit=100&cursor=...``: one page of the filtered fleet."""
+        limit = _int(request, "limit", 100, 1, 500)
+
+        def read() -> dict[str, Any]:
+            desired = self.placement.desired(self.registry.devices())
+            return device_page(self.registry, request.query.get("selector", ""), limit,
+                               request.query.get("cursor"), desired).as_dict()
+
         try:
-            page = device_page(
-                self.registry,
-                request.query.get("selector", ""),
-                _int(request, "limit", 100, 1, 500),
-                request.query.get("cursor"),
-                self._desired(),
-            )
+            body = await asyncio.to_thread(read)
         except SpokeError as exc:
             raise BadRequest(str(exc)) from exc
-        return web.json_response(page.as_dict())
+        return web.json_response(body)
 
     async def device(self, request: web.Request) -> web.Response:
-        device_id = self._known(request)
-        device = self.registry.device(device_id)
-        assert device is not None
-        alert_events = self.registry.events(device_id, kind="alert", limit=500)
-        desired = self._desired().get(device_id)
-        summary = summarize(device, self.registry.latest_health(device_id), alert_events,
+        return web.json_response(await asyncio.to_thread(self._device, request))
+
+    def _device(self, request: web.Request) -> dict[str, Any]:
+        device = self._known(request)
+        alert_events = self.registry.events(device.id, kind="alert", limit=ALERT_EVENTS)
+        desired = self.placement.desired(self.registry.devices()).get(device.id)
+        summary = summarize(device, self.registry.latest_health(device.id), alert_events,
                             desired=desired.model.version if desired and desired.model else None)
         history = sorted(
-            (e for k in HISTORY_KINDS for e in self.registry.events(device_id, kind=k, limit=50)),
+            (e for k in HISTORY_KINDS for e in self.registry.events(device.id, kind=k, limit=50)),
             key=lambda e: -e["ts"],
         )
-        body = summary.as_dict() | {
+        return summary.as_dict() | {
             "alerts": with_acks(self.registry, summary.alerts),
             "desired": desired.model_dump(mode="json", exclude_none=True) if desired else None,
             "os": (device.state or {}).get("os"),
             "model_history": history[:50],
             "recent_alerts": alert_events[:20],
-            "recent_events": self.registry.events(device_id, limit=20),
+            "recent_events": self.registry.events(device.id, limit=20),
         }
-        return web.json_response(body)
 
     async def health(self, request: web.Request) -> web.Response:
         """``?limit=120&before=TS``: chart points, newest last; ``next_before`` pages back."""
-        device_id = self._known(request)
         limit = _int(request, "limit", HEALTH_HISTORY, 1, HEALTH_HISTORY)
         before = _float(request, "before")
-        snapshots = [
-            s for s in self.registry.health_history(device_id)
-            if before is None or s["taken_at_s"] < before
-        ]
-        page = snapshots[:limit]
-        more = len(snapshots) > limit
-        points = [asdict(health_point(s)) for s in reversed(page)]
-        return web.json_response({
-            "points": points,
-            "next_before": page[-1]["taken_at_s"] if more else None,
-        })
+
+        def read() -> dict[str, Any]:
+            device = self._known(request)
+            snapshots = [
+                s for s in self.registry.health_history(device.id)
+                if before is None or s["taken_at_s"] < before
+            ]
+            page = snapshots[:limit]
+            return {
+                "points": [asdict(health_point(s)) for s in reversed(page)],
+                "next_before": page[-1]["taken_at_s"] if len(snapshots) > limit else None,
+            }
+
+        return web.json_response(await asyncio.to_thread(read))
 
     async def rollouts(self, request: web.Request) -> web.Response:
+        def read() -> dict[str, Any]:
+            policy, published = self.placement.policy(), self.placement.catalog()
+            devices = [
+                DeviceView(d.id, d.labels, dict((d.state or {}).get("model") or {}))
+                for d in self.registry.devices()
+                if d.revoked_at is None
+            ]
+            events = self.registry.events(kind=ROLLED_BACK, limit=10_000)
+            return {"rules": [asdict(r) for r in rollouts(policy, published, devices, events)]}
+
         try:
-            policy = load_policy(self.home.policy)
-            published = catalog(self.home, self.config)
+            body = await asyncio.to_thread(read)
         except SpokeError as exc:
             raise BadRequest(str(exc)) from exc
-        devices = [
-            DeviceView(d.id, d.labels, dict((d.state or {}).get("model") or {}))
-            for d in self.registry.devices()
-            if d.revoked_at is None
-        ]
-        events = self.registry.events(kind=ROLLED_BACK, limit=10_000)
-        return web.json_response(
-            {"rules": [asdict(r) for r in rollouts(policy, published, devices, events)]}
-        )
+        return web.json_response(body)
 
     async def findings(self, request: web.Request) -> web.Response:
         """``?days=30``: detection summaries of the last N days (numbers only, no images)."""
         days = _int(request, "days", 30, 1, 366)
-        since = time.time() - days * 86400
-        events = [
-            e for e in self.registry.events(kind="detection", limit=MAX_FINDING_EVENTS)
-            if e["ts"] >= since
-        ]
-        devices = {d.id: d for d in self.registry.devices()}
-        return web.json_response(
-            summarize_findings(events, devices)
-            | {"days": days, "truncated": len(events) == MAX_FINDING_EVENTS}
-        )
+
+        def read() -> dict[str, Any]:
+            since = time.time() - days * 86400
+            events = [
+                e for e in self.registry.events(kind="detection", limit=MAX_FINDING_EVENTS)
+                if e["ts"] >= since
+            ]
+            devices = {d.id: d for d in self.registry.devices()}
+            return summarize_findings(events, devices) | {
+                "days": days, "truncated": len(events) == MAX_FINDING_EVENTS}
+
+        return web.json_response(await asyncio.to_thread(read))
 
     async def alerts(self, request: web.Request) -> web.Response:
         """Active alerts fleet-wide (acknowledged or not) and a page of recent alert events."""
         limit = _int(request, "limit", 50, 1, MAX_EVENTS)
-        now = time.time()
-        active = [
-            a
-            for d in self.registry.devices()
-            if d.revoked_at is None
-            for a in summarize(d, None, self.registry.events(d.id, kind="alert", limit=500),
-                               now).alerts
-        ]
-        active.sort(key=lambda a: -a["ts"])
-        recent = self.registry.events(kind="alert", limit=limit + 1,
-                                      before=_float(request, "before"))
-        return web.json_response({
-            "active": with_acks(self.registry, active),
-            "recent": recent[:limit],
-            "next_before": recent[limit - 1]["ts"] if len(recent) > limit else None,
-        })
+        before = _float(request, "before")
+
+        def read() -> dict[str, Any]:
+            now = time.time()
+            events = alert_events(self.registry)
+            active = [
+                a
+                for d in self.registry.devices()
+                if d.revoked_at is None
+                for a in summarize(d, None, events.get(d.id, []), now).alerts
+            ]
+            active.sort(key=lambda a: -a["ts"])
+            recent = self.registry.events(kind="alert", limit=limit + 1, before=before)
+            return {
+                "active": with_acks(self.registry, active),
+                "recent": recent[:limit],
+                "next_before": recent[limit - 1]["ts"] if len(recent) > limit else None,
+            }
+
+        return web.json_response(await asyncio.to_thread(read))
 
     async def acknowledge(self, request: web.Request) -> web.Response:
         """Record that the signed-in operator has seen this raised alert (the first ack stands)."""
         event_id = request.match_info["event"]
-        ack = self.registry.acknowledge(event_id, operator_of(request))
+        operator = operator_of(request)
+        ack = await asyncio.to_thread(self.registry.acknowledge, event_id, operator)
         if ack is None:
             raise NotFound(f"no alert event {event_id!r}; see GET /api/v1/alerts")
         return web.json_response({"event_id": event_id, "acknowledged": ack})

@@ -243,7 +243,10 @@ def test_overview_groups_sites_and_puts_alerting_devices_first(
     assert "null" not in p.locator("#devices").inner_text()
     p.fill("#selector", "site in (bridge-17, bridge-18), region!=south")
     p.click("#filter button")
-    p.wait_for_function("document.querySelectorAll('tbody tr').length === 1")
+    from playwright.sync_api import expect
+
+    # A locator wait, not wait_for_function: the page's CSP (no 'unsafe-eval') refuses that.
+    expect(p.locator("tbody tr")).to_have_count(1)
     assert p.locator("tbody tr").first.get_attribute("data-device") == fleet.ids["bridge-17"]
     assert "selector=" in p.url
     p.fill("#selector", "site in (")

@@ -4,6 +4,7 @@ No sockets here: the hub service feeds it bytes and registry rows, and sends wha
 """
 
 import hmac
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,6 +183,25 @@ def decide_renewal(
     if csr_name != topic_device:
         raise Refusal("name-mismatch", f"the CSR asks for {csr_name!r}, not {topic_device!r}")
     return RenewalGrant(topic_device, csr, csr_key_sha256(csr))
+
+
+def hub_names(public_host: str, broker_host: str | None) -> set[str]:
+    """The names a device's API certificate may not hold: the hub's public host, ``localhost``
+    and an external broker's host, unless that is a loopback address. A loopback address
+    names whichever host reads it, so a certificate for it stands in for no hub elsewhere, and
+    every appliance listening on all addresses asks for 127.0.0.1 and ::1: reserving them
+    refused every enrollment on a hub whose external broker runs on its own host."""
+    names = {public_host.lower(), "localhost"}
+    if broker_host and not _is_loopback(broker_host):
+        names.add(broker_host.lower())
+    return names
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_server_names(names: list[str], reserved: set[str]) -> list[str]:

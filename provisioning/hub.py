@@ -231,9 +231,10 @@ class HubService(TaskGroupService):
         not_after = dt.datetime.now(dt.UTC) + dt.timedelta(
             days=self.config.enrollment.device_cert_days
         )
-        reserved = {self.config.hub.public_host.lower(), "localhost"}
-        if self.config.broker.mode == "external":
-            reserved.add(self.config.broker.host.lower())
+        external = self.config.broker.mode == "external"
+        reserved = enrollment.hub_names(
+            self.config.hub.public_host, self.config.broker.host if external else None
+        )
         enrollment.check_server_names(server_names, reserved)
         cert = ca.issue(ca_key, ca_cert, csr, device_id, not_after)
         server = None

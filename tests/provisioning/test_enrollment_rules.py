@@ -6,7 +6,7 @@ import pytest
 
 from appliance import identity
 from appliance.payloads import EnrollRequest
-from provisioning.enrollment import Refusal, decide, parse_request
+from provisioning.enrollment import Refusal, check_server_names, decide, hub_names, parse_request
 from provisioning.registry import Claim, Device, token_hash
 
 TOKEN = "a-good-claim-token-123"
@@ -114,3 +114,17 @@ def test_malformed_request() -> None:
 def test_unparseable_csr() -> None:
     r = EnrollRequest(claim_id="c1", claim_token=TOKEN, csr="not a csr", software_version="t")
     assert refusal_code(decide, r, claim(), None, time.time()) == "bad-csr"
+
+
+def test_an_external_brokers_host_is_reserved_from_device_server_certificates() -> None:
+    reserved = hub_names("hub.example.org", "mqtt.example.org")
+    assert refusal_code(check_server_names, ["MQTT.example.org"], reserved) == "bad-server-name"
+    assert refusal_code(check_server_names, ["localhost"], reserved) == "bad-server-name"
+
+
+def test_a_loopback_broker_address_is_not_reserved_since_every_appliance_names_it() -> None:
+    """An appliance listening on all addresses asks for 127.0.0.1 and ::1 (the regression:
+    two hub processes on an external broker at 127.0.0.1 refused every enrollment)."""
+    for broker in ("127.0.0.1", "::1"):
+        names = ["box-7", "10.0.0.5", "127.0.0.1", "::1"]
+        assert check_server_names(names, hub_names("hub.example.org", broker)) == names

@@ -4,16 +4,75 @@ Both models are scored on the same held-out split, over the labels that split co
 candidate is promoted only if its macro-F1 beats the current one by at least ``margin`` (and is
 strictly higher) and no single label's F1 drops by more than ``max_label_drop``. The comparison
 is returned whichever way it went, with the reasons.
+
+A label's drop refuses the candidate only if it is also beyond the noise of that label's
+held-out decisions, when those are given (``changes``): with a handful of held-out samples one
+flipped decision moves F1 by more than ``max_label_drop``. The test is McNemar's exact test,
+once on the samples that carry the label (found -> missed against missed -> found) and once on
+those that do not (false alarms raised against cleared): under "both models err equally often",
+each changed decision is a fair coin. Only when both sides are likely (p > ``ALPHA``) is the
+drop noise, and the reason says so. A label the candidate no longer finds at all (F1 0 where
+the parent's was above 0) is always refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from models.training.metrics import Scores
+
+#: One-sided significance level of a per-label drop (McNemar's exact test).
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Held-out decisions of one label that the candidate changed: ``worse`` were right and
+    became wrong, ``better`` the reverse."""
+
+    worse: int
+    better: int
+
+    @property
+    def p_value(self) -> float:
+        """P(at least ``worse`` of the changed decisions go wrong | a fair coin each)."""
+        n = self.worse + self.better
+        return sum(math.comb(n, k) for k in range(self.worse, n + 1)) / 2**n
+
+
+@dataclass(frozen=True)
+class LabelChanges:
+    """A label's changed decisions on the samples that carry it and on those that do not."""
+
+    positives: Changes
+    negatives: Changes
+
+    @property
+    def p_value(self) -> float:
+        return min(self.positives.p_value, self.negatives.p_value)
+
+    def __str__(self) -> str:
+        return (f"{self.positives.worse} found->missed vs {self.positives.better} "
+                f"missed->found, {self.negatives.worse} new false alarms vs "
+                f"{self.negatives.better} cleared")
+
+
+def label_changes(current: np.ndarray, candidate: np.ndarray, targets: np.ndarray,
+                  names: list[str] | tuple[str, ...]) -> dict[str, LabelChanges]:
+    """Per label, the changes between two (N, L) decision arrays against (N, L) targets."""
+    truth = targets >= 0.5
+    was, now = current.astype(bool) == truth, candidate.astype(bool) == truth
+    out = {}
+    for j, name in enumerate(names):
+        worse, better = was[:, j] & ~now[:, j], ~was[:, j] & now[:, j]
+        pos = truth[:, j]
+        out[name] = LabelChanges(Changes(int(worse[pos].sum()), int(better[pos].sum())),
+                                 Changes(int(worse[~pos].sum()), int(better[~pos].sum())))
+    return out
 
 
 @dataclass(frozen=True)
@@ -60,7 +119,8 @@ def collapse_reason(decisions: np.ndarray, targets: np.ndarray, labels: tuple[st
 
 
 def compare(current: Scores, candidate: Scores, margin: float, max_label_drop: float,
-            collapse: str | None = None) -> Comparison:
+            collapse: str | None = None, changes: dict[str, LabelChanges] | None = None
+            ) -> Comparison:
     deltas = {
         name: round(candidate.per_label_f1[name] - current.per_label_f1.get(name, 0.0), 6)
         for name in candidate.per_label_f1
@@ -75,8 +135,17 @@ def compare(current: Scores, candidate: Scores, margin: float, max_label_drop: f
         reasons.append(f"macro-F1 {current.macro_f1:.3f} -> {candidate.macro_f1:.3f} "
                        f"({delta:+.3f}) does not beat the current model by the margin "
                        f"{margin:.3f}")
-    losers = {n: d for n, d in deltas.items() if -d > max_label_drop + 1e-12}
-    for name, d in sorted(losers.items()):
+    losers = {}
+    for name, d in sorted(deltas.items()):
+        if -d <= max_label_drop + 1e-12:
+            continue
+        seen = (changes or {}).get(name)
+        still_found = candidate.per_label_f1[name] > 0
+        if seen is not None and still_found and seen.p_value > ALPHA:
+            reasons.append(f"label {name} loses {-d:.3f} F1, within noise: {seen} "
+                           f"(p={seen.p_value:.2f} > {ALPHA})")
+            continue
+        losers[name] = d
         reasons.append(f"label {name} loses {-d:.3f} F1 (at most {max_label_drop:.3f} allowed)")
     if collapse:
         reasons.insert(0, collapse)

@@ -30,7 +30,7 @@ from appliance.errors import DataError
 from models.artifact import Artifact, load_artifact, write_artifact
 from models.decide import decide_many
 from models.finetune.augment import drone_augment
-from models.finetune.gate import Comparison, collapse_reason, compare
+from models.finetune.gate import Comparison, collapse_reason, compare, label_changes
 from models.finetune.methods import (
     DEFAULT_EPOCHS,
     LEARNING_RATES,
@@ -285,7 +285,7 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
     base = predict(model, val_images, pre, device)
     base = np.concatenate(
         [base, np.zeros((len(base), len(spec.labels) - base.shape[1]), np.float32)], axis=1)
-    current, _ = evaluate(base, val_targets, spec.labels, thresholds, present)
+    current, base_decisions = evaluate(base, val_targets, spec.labels, thresholds, present)
 
     grow_head(model, len(spec.labels) - len(card.labels), spec.seed)
     model.to(device)
@@ -304,7 +304,11 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
                                spec.labels, thresholds, present)
     comparison: Comparison = compare(current, cand, spec.margin, spec.max_label_drop,
                                      collapse=collapse_reason(decisions, val_targets,
-                                                              spec.labels))
+                                                              spec.labels),
+                                     changes=label_changes(
+                                         base_decisions[:, present], decisions[:, present],
+                                         val_targets[:, present],
+                                         [spec.labels[j] for j in present]))
     out: dict[str, Any] = {
         "method": method,
         "samples": len(data.images),

@@ -10,7 +10,7 @@ from appliance.errors import IdentityError
 from appliance.identity import generate_key, key_to_pem
 from daemon.finetune.promote import next_version, sign_statement, verify_signed
 from daemon.finetune.service import check_options, parse_budget
-from models.finetune.gate import compare
+from models.finetune.gate import Changes, LabelChanges, compare, label_changes
 from models.finetune.methods import merge, prepare
 from models.finetune.split import TooFewSamples, stratified_split
 from models.training.metrics import Scores
@@ -63,6 +63,55 @@ def test_the_gate_refuses_a_label_that_loses_too_much():
     assert any("crack loses 0.100" in r for r in result.reasons)
     assert compare(cur, cand, margin=0.01, max_label_drop=0.2).promote
 
+
+
+def few(worse: int, better: int = 0) -> dict[str, LabelChanges]:
+    """Changes of ``crack`` on the samples that carry it; none on the others."""
+    return {"crack": LabelChanges(Changes(worse, better), Changes(0, 0))}
+
+
+def test_mcnemar_p_value_is_the_exact_one_sided_binomial_tail():
+    assert Changes(3, 1).p_value == 5 / 16
+    assert Changes(0, 0).p_value == 1.0
+    assert Changes(5, 0).p_value == 1 / 32
+
+
+def test_a_label_drop_within_the_noise_of_few_held_out_samples_does_not_refuse():
+    cur = scores(0.50, crack=0.6, rust=0.4)
+    cand = scores(0.60, crack=0.5, rust=0.7)
+    result = compare(cur, cand, margin=0.01, max_label_drop=0.05, changes=few(2))
+    assert result.promote
+    assert any("crack loses 0.100 F1, within noise" in r and "p=0.25" in r
+               for r in result.reasons)
+
+
+def test_a_significant_label_drop_still_refuses():
+    cur = scores(0.50, crack=0.6, rust=0.4)
+    cand = scores(0.60, crack=0.5, rust=0.7)
+    result = compare(cur, cand, margin=0.01, max_label_drop=0.05, changes=few(6, 0))
+    assert not result.promote
+    assert any("crack loses 0.100 F1 (at most" in r for r in result.reasons)
+
+
+def test_new_false_alarms_count_as_much_as_missed_defects():
+    cur = scores(0.50, crack=0.6, rust=0.4)
+    cand = scores(0.60, crack=0.5, rust=0.7)
+    alarms = {"crack": LabelChanges(Changes(0, 1), Changes(7, 0))}
+    assert not compare(cur, cand, margin=0.01, max_label_drop=0.05, changes=alarms).promote
+
+
+def test_a_label_the_candidate_no_longer_finds_is_refused_however_few_the_samples():
+    cur = scores(0.50, crack=0.3, rust=0.4)
+    cand = scores(0.60, crack=0.0, rust=0.9)
+    assert not compare(cur, cand, margin=0.01, max_label_drop=0.05, changes=few(1)).promote
+
+
+def test_label_changes_split_positives_from_negatives():
+    truth = targets(["crack", "crack", "crack", "background", "background"])
+    before = targets(["crack", "crack", "background", "background", "crack"])
+    after = targets(["crack", "background", "crack", "crack", "background"])
+    crack = label_changes(before, after, truth, LABELS)["crack"]
+    assert crack == LabelChanges(positives=Changes(1, 1), negatives=Changes(1, 1))
 
 
 def test_versions_are_bumped_with_a_local_suffix():

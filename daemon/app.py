@@ -21,7 +21,7 @@ from appliance.config import DaemonConfig
 from appliance.errors import LinkError
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.service import Service, Supervisor, TaskGroupService
-from daemon import remote, sdnotify
+from daemon import remote, sdnotify, versions
 from daemon.api.server import ApiServer, parse_listen
 from daemon.api.tls import ApiTls
 from daemon.delivery.service import ModelService
@@ -87,7 +87,8 @@ class Daemon:
 
     def state_fields(self) -> dict[str, Any]:
         """Extra reported-state fields; services that own them add theirs here."""
-        fields: dict[str, Any] = {"api_port": self.api.port}
+        fields: dict[str, Any] = {"api_port": self.api.port,
+                                  "os": {"name": self.versions.os, "kernel": self.versions.kernel}}
         if self.models is not None:
             fields["model"] = self.models.reported()
         finetune = getattr(self, "finetune", None)
@@ -234,6 +235,12 @@ class Daemon:
         self.supervisor = Supervisor(stop_timeout=self.config.daemon.stop_timeout_s)
         self.outbox = Outbox(self.options.state.root / "outbox.db")
         self.outbox.on_drop = lambda n: self.metrics.drop("outbox_full", n)
+        # Spoke, OS and kernel versions: reported in the state, each change told once (hub history).
+        self.versions = versions.current()
+        update = versions.changed_since_last_start(self.options.state.root / "versions.json",
+                                                   self.versions)
+        if update:
+            self.outbox.put("software_updated", update)
         self.api = ApiServer(
             self.config.api,
             self.metrics.exposition,

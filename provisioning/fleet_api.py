@@ -56,7 +56,7 @@ PAGES = {
 }
 HISTORY_KINDS = (
     "model_activated", "model_committed", "model_rolled_back", "model_refused",
-    "model_interrupted",
+    "model_interrupted", "software_updated",
 )
 MAX_EVENTS = 200
 MAX_FINDING_EVENTS = 50_000

@@ -26,11 +26,19 @@
 
   const KINDS = {
     model_activated: "activated", model_committed: "committed", model_rolled_back: "rolled back",
-    model_refused: "refused", model_interrupted: "interrupted",
+    model_refused: "refused", model_interrupted: "interrupted", software_updated: "updated",
   };
+
+  function versionsText(v) {
+    return v ? "Spoke " + v.spoke + " · " + (v.os || "unknown OS") + " · kernel " + v.kernel : "";
+  }
 
   function historyRow(e) {
     const x = e.data;
+    if (e.kind === "software_updated") {
+      return row([when(e.ts), badge(KINDS[e.kind], e.kind), versionsText(x.to), "",
+        x.from ? "from " + versionsText(x.from) : "first start"]);
+    }
     const detail = x.reason || x.gate || (x.previous ? "replaced " + String(x.previous).slice(0, 12) : "");
     return row([when(e.ts), badge(KINDS[e.kind] || e.kind, e.kind), (x.name || "") + "@" + (x.version || "?"),
       x.code || "", detail]);
@@ -81,7 +89,7 @@
         ["Kernel", f.kernel],
         ["GPUs", (f.gpus || []).map((g) => g.name + (g.memory_bytes ? " " + gib(g.memory_bytes) : "")).join(", ") || "none"]]);
       const refused = d.model_refused ? d.model_refused.version + ": " + d.model_refused.code : null;
-      dl("software", [["Spoke", d.software_version], ["OS", d.os ? d.os.version || JSON.stringify(d.os) : null],
+      dl("software", [["Spoke", d.software_version], ["OS", d.os ? (d.os.name || "unknown") + " · kernel " + d.os.kernel : null],
         ["Model", d.model ? d.model + " (" + d.model_state + ")" : "none"],
         ["Desired model", d.desired && d.desired.model ? d.desired.model.name + "@" + d.desired.model.version
           : (d.desired && d.desired.note) || "none"],
@@ -90,7 +98,7 @@
       charts(health.points);
       document.getElementById("history").replaceChildren(d.model_history.length
         ? table(["Time", "What", "Version", "Code", "Detail"], d.model_history.map(historyRow), "history")
-        : el("p", { class: "muted", text: "No model activations, rollbacks or refusals yet." }));
+        : el("p", { class: "muted", text: "No model activations, rollbacks, refusals or software updates yet." }));
       document.getElementById("events").replaceChildren(d.recent_events.length
         ? table(["Time", "Kind", "Summary"], d.recent_events.map(eventRow), "events")
         : el("p", { class: "muted", text: "No events yet." }));

@@ -5,6 +5,7 @@ driving the system Chromium)."""
 
 import asyncio
 import json
+import platform
 import ssl
 import time
 import urllib.error
@@ -229,7 +230,31 @@ def test_pages_render_without_console_errors(
     visit.screenshot(shot(f"dashboard-{name}-{size[0]}x{size[1]}.png"))
     assert visit.console_errors == []
     assert visit.page.locator("#error").is_hidden()
+    # Laid out for the viewport: wide tables scroll inside their box, the page itself does not.
+    overflow = visit.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+    # Everything it loaded came from the hub itself (no CDN).
+    loaded = visit.page.evaluate(
+        "performance.getEntriesByType('resource').map((e) => e.name)")
+    assert loaded and all(url.startswith(fleet.base + "/") for url in loaded), loaded
     visit.page.close()
+
+
+@pytest.mark.parametrize("path", ["/", "/rollouts", "/findings", "/alerts", "/devices/x"])
+def test_pages_are_served_with_a_strict_content_security_policy(fleet: Fleet, path: str) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(fleet.base + path, headers={
+        "Accept": "text/html", "Authorization": f"Bearer {fleet.hub.operator_token()}"})
+    with urllib.request.urlopen(request, context=ctx, timeout=30) as response:
+        csp = response.headers["Content-Security-Policy"]
+        html = response.read().decode()
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
+    assert "unsafe" not in csp and "frame-ancestors 'none'" in csp
+    assert "<script>" not in html and " style=" not in html  # no inline code to allow
 
 
 def test_overview_groups_sites_and_puts_alerting_devices_first(
@@ -266,10 +291,28 @@ def test_device_page_charts_health_and_shows_model_history(
     assert p.locator("svg.chart polyline").count() >= 3  # CPU, memory, disk
     history = p.locator("#history").inner_text()
     assert "committed" in history and "crack-vit@1.1.0" in history
-    assert "crack-vit@1.1.0 (committed)" in p.locator("#software").inner_text()
+    software = p.locator("#software").inner_text()
+    assert "crack-vit@1.1.0 (committed)" in software
+    assert f"kernel {platform.release()}" in software  # the OS as the appliance reports it
+    updated = p.locator("#history tr:has(.software_updated)").inner_text()
+    assert "first start" in updated and f"kernel {platform.release()}" in updated
     assert "Cores" in p.locator("#hardware").inner_text()
+    assert "Certificate expires" in p.locator("#identity").inner_text()
     assert visit.console_errors == []
     p.close()
+
+
+def test_findings_page_counts_the_mission_and_links_its_report(
+    fleet: Fleet, browser: Browser
+) -> None:
+    visit = browser.visit(fleet.base + "/findings")
+    mission = visit.page.locator('tr[data-mission="north-span"]')
+    assert "bridge-17" in mission.inner_text()
+    port = fleet.boxes["bridge-17"].api_port
+    link = mission.locator("a", has_text="report").get_attribute("href")
+    assert link is not None and link.endswith(f":{port}/v1/missions/north-span/report")
+    assert visit.console_errors == []
+    visit.page.close()
 
 
 def test_rollouts_page_shows_the_canary_share(fleet: Fleet, browser: Browser) -> None:

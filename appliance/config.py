@@ -8,7 +8,7 @@ TOML values when they can be (numbers, booleans), else taken as strings.
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -34,6 +34,11 @@ class HubLinkSection(Section):
     renew_at_share: float = Field(2 / 3, gt=0, lt=1)
     renew_new_key: bool = True
     renew_retry_s: float = Field(300.0, gt=0)
+    # How the device key is kept at rest (docs/IDENTITY.md): "tpm" sealed by the box's TPM,
+    # "file" a 0600 PEM; "auto" the TPM where there is one.
+    key_store: Literal["auto", "tpm", "file"] = "auto"
+    # The TPM as tpm2-tools name it (e.g. "device:/dev/tpmrm0"); empty: the tools' default.
+    tpm_device: str = ""
 
 
 class HealthSection(Section):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance import __version__, topics
+from appliance import __version__, keystore, topics
 from appliance.config import DaemonConfig
 from appliance.errors import LinkError
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
@@ -61,6 +61,8 @@ class Daemon:
         self.options = options
         self.config = config
         self.status = StatusFile(options.state)
+        # How device keys are kept: sealed by the TPM where the box has one (docs/IDENTITY.md).
+        self.keys = keystore.choose(config.hub.key_store, config.hub.tpm_device)
         self.metrics = DaemonMetrics()
         self.health_history: deque[dict[str, Any]] = deque(maxlen=HEALTH_HISTORY)
         self.restart_requested = asyncio.Event()
@@ -244,7 +246,10 @@ class Daemon:
         self.api = ApiServer(
             self.config.api,
             self.metrics.exposition,
-            ApiTls(self.config.api, self.options.state, parse_listen(self.config.api.listen)[0]),
+            ApiTls(
+                self.config.api, self.options.state, parse_listen(self.config.api.listen)[0],
+                self.keys,
+            ),
         )
         self.health = HealthService(
             self.config.health, self._publish_health, metrics=self.metrics, facts=self._facts,
@@ -269,7 +274,7 @@ class Daemon:
             self.model_provider,
             lambda kind, data: self.outbox.put(kind, data),
             models=self.models,
-            device_key=self.options.state.identity / "device.key",
+            device_key=lambda: self.keys.tls_path(self.options.state.identity),
         )
         FinetuneApi(self.finetune, self.uplink.tokens.verify, self._uplink_image).install(
             self.api.app
@@ -295,6 +300,7 @@ class Daemon:
             Provisioner(
                 self.options.state,
                 self.config.hub,
+                self.keys,
                 self.status,
                 self.options.trust_key,
                 self.options.bundle,

@@ -15,24 +15,24 @@ from typing import Any
 import aiomqtt
 from pydantic import ValidationError
 
-from appliance import identity, mqtt, topics
+from appliance import identity, keystore, mqtt, topics
 from appliance.bundle import BundlePayload
 from appliance.errors import EnrollmentRefused, IdentityError, LinkError
 from appliance.fsutil import atomic_write, write_secret
+from appliance.keystore import KeyStore
 from appliance.payloads import EnrollAccepted, EnrollRefused, EnrollRequest
 from daemon.state import Identity, StateDir, load_identity, save_identity
 
 log = logging.getLogger(__name__)
 
 
-def pending_key(state: StateDir) -> identity.PrivateKey:
-    """The key this enrollment uses: made once, reused after a restart."""
-    path = state.pending / "device.key"
-    if path.exists():
-        return identity.load_private_key(path.read_bytes())
+def pending_key(state: StateDir, keys: KeyStore) -> identity.PrivateKey:
+    """The key this enrollment uses: made once, kept as ``keys`` keeps keys (sealed by the
+    TPM where there is one), reused after a restart."""
+    if keystore.kind_in(state.pending) is not None:
+        return keys.load(state.pending)
     key = identity.generate_key()
-    state.pending.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_secret(path, identity.key_to_pem(key))
+    keys.save(state.pending, key)
     return key
 
 
@@ -63,6 +63,7 @@ async def enroll(
     facts: dict[str, Any],
     software_version: str,
     timeout: float,
+    keys: KeyStore,
     expired: Identity | None = None,
     server_names: list[str] | None = None,
 ) -> Identity:
@@ -72,10 +73,10 @@ async def enroll(
     re-enrolls under the same id with the same key (the hub knows that key for that id).
     """
     if expired is not None:
-        key = identity.load_private_key(expired.key.read_bytes())
+        key = expired.private_key()
         device_id = expired.device_id
     else:
-        key = pending_key(state)
+        key = pending_key(state, keys)
         device_id = identity.device_id_for(key.public_key())
     request = EnrollRequest(
         claim_id=bundle.claim.id,
@@ -120,7 +121,8 @@ async def enroll(
     server_pem = identity.checked_server_cert(answer.server_certificate, ca_cert, key)
     save_identity(
         state,
-        identity.key_to_pem(key),
+        keys,
+        key,
         answer.certificate.encode(),
         bundle.ca_certificate.encode(),
         {
@@ -134,7 +136,7 @@ async def enroll(
         },
         server_pem,
     )
-    enrolled = load_identity(state)
+    enrolled = load_identity(state, keys)
     assert enrolled is not None
     log.info("enrolled", extra={"device": device_id})
     return enrolled

@@ -17,6 +17,7 @@ from appliance.bundle import BundlePayload, load_trust_key, verify_bundle
 from appliance.config import HubLinkSection
 from appliance.errors import BundleError, EnrollmentRefused, IdentityError, LinkError
 from appliance.fsutil import atomic_write
+from appliance.keystore import KeyStore
 from appliance.mqtt import Backoff
 from appliance.service import TaskGroupService
 from daemon import bundle_finder, hardware
@@ -46,6 +47,7 @@ class Provisioner(TaskGroupService):
         self,
         state: StateDir,
         config: HubLinkSection,
+        keys: KeyStore,
         status: StatusFile,
         trust_key: Path,
         explicit_bundle: Path | None,
@@ -57,6 +59,7 @@ class Provisioner(TaskGroupService):
         super().__init__()
         self.state = state
         self.config = config
+        self.keys = keys
         self.status = status
         self.trust_key = trust_key
         self.explicit_bundle = explicit_bundle
@@ -81,6 +84,18 @@ class Provisioner(TaskGroupService):
             state = "certificate-expired"
         self.status.provisioning(state, reason)
 
+    def _key_opens(self, ident: Identity) -> bool:
+        """A TPM-sealed key opens only in the TPM that sealed it: a copied disk stops here,
+        saying why, instead of failing every TLS handshake."""
+        try:
+            ident.key  # noqa: B018 (unseals once and keeps it for TLS)
+        except IdentityError as exc:
+            self.status.set("device_id", ident.device_id)
+            self.status.provisioning("key-unusable", str(exc))
+            log.error("device key unusable", extra={"reason": str(exc)})
+            return False
+        return True
+
     def _find_bundle(self, expired: Identity | None) -> BundlePayload | None:
         places = bundle_finder.candidates(self.explicit_bundle, self.state.bundle, self.boot_dir)
         if not places:
@@ -104,8 +119,11 @@ class Provisioner(TaskGroupService):
     async def _run(self) -> None:
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
         while True:
-            ident = load_identity(self.state)
+            ident = load_identity(self.state, self.keys)
             if ident is not None and not ident.expired():
+                if not self._key_opens(ident):
+                    await asyncio.sleep(self.config.backoff_cap_s)
+                    continue
                 shutil.rmtree(self.state.pending, ignore_errors=True)
                 self.status.set("device_id", ident.device_id)
                 self.status.set("certificate", ident.cert_summary())
@@ -131,6 +149,7 @@ class Provisioner(TaskGroupService):
                     facts,
                     __version__,
                     self.config.enroll_timeout_s,
+                    self.keys,
                     expired=expired,
                     server_names=self.server_names(),
                 )

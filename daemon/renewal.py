@@ -19,9 +19,9 @@ from typing import Any
 import aiomqtt
 from pydantic import ValidationError
 
-from appliance import __version__, identity, mqtt, topics
+from appliance import __version__, identity, keystore, mqtt, topics
 from appliance.errors import EnrollmentRefused, IdentityError, LinkError
-from appliance.fsutil import write_secret
+from appliance.fsutil import atomic_write
 from appliance.payloads import EnrollRefused, RenewAccepted, RenewRequest
 from daemon.state import Identity, StateDir, save_identity
 
@@ -38,15 +38,15 @@ class Renewed:
 
 
 def renewal_key(state: StateDir, ident: Identity, new_key: bool) -> identity.PrivateKey:
-    """The key to certify: made once per renewal (reused after a restart), or the current one."""
+    """The key to certify: made once per renewal (reused after a restart) and kept the way the
+    identity's store keeps new keys (sealed by the TPM where there is one), or the current one.
+    """
     if not new_key:
-        return identity.load_private_key(ident.key.read_bytes())
-    path = state.renewing / "device.key"
-    if path.exists():
-        return identity.load_private_key(path.read_bytes())
+        return ident.private_key()
+    if keystore.kind_in(state.renewing) is not None:
+        return ident.keys.load(state.renewing)
     key = identity.generate_key()
-    state.renewing.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_secret(path, identity.key_to_pem(key))
+    ident.keys.save(state.renewing, key)
     return key
 
 
@@ -91,7 +91,7 @@ async def prove(ident: Identity, state: StateDir, timeout: float) -> None:
     """Connect once with the candidate identity (in ``state.renewing``) and subscribe to our
     own desired topic: the broker accepting both is the proof that it works."""
     d = state.renewing
-    tls = mqtt.tls_context(ident.ca, d / "device.crt", d / "device.key")
+    tls = mqtt.tls_context(ident.ca, d / "device.crt", ident.keys.tls_path(d))
     try:
         async with mqtt.client(
             ident.hub_host, ident.mqtt_port, f"{ident.device_id}-renewal", tls, timeout=timeout
@@ -107,11 +107,11 @@ def swap_in(
 ) -> Renewed:
     """Make the proven candidate the identity (the old one moves to ``identity.previous``)."""
     d = state.renewing
-    key_pem = (d / "device.key").read_bytes()
+    key = ident.keys.load(d)
     meta: dict[str, Any] = json.loads((state.identity / "identity.json").read_text())
     meta["renewed_at"] = time.time()
     previous = ident.certificate()
-    save_identity(state, key_pem, cert_pem, ident.ca.read_bytes(), meta, server_pem)
+    save_identity(state, ident.keys, key, cert_pem, ident.ca.read_bytes(), meta, server_pem)
     cert = identity.load_cert(cert_pem)
     for leftover in d.iterdir():
         leftover.unlink()
@@ -177,8 +177,8 @@ async def renew(
     cert_pem, server_pem = check_answer(ident, key, parse_answer(raw))
     state.renewing.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not new_key:
-        write_secret(state.renewing / "device.key", ident.key.read_bytes())
-    write_secret(state.renewing / "device.crt", cert_pem)
+        ident.keys.save(state.renewing, key)
+    atomic_write(state.renewing / "device.crt", cert_pem)
     await prove(ident, state, timeout)
     renewed = swap_in(state, ident, cert_pem, server_pem)
     log.info(

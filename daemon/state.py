@@ -4,14 +4,16 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
-from appliance.fsutil import atomic_write, fsync_dir, write_secret
-from appliance.identity import cert_not_after, load_cert
+from appliance import keystore
+from appliance.fsutil import atomic_write, fsync_dir
+from appliance.identity import PrivateKey, cert_not_after, load_cert
+from appliance.keystore import KeyStore
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,18 @@ class Identity:
     hub_host: str
     mqtt_port: int
     http_port: int
-    key: Path
     cert: Path
     ca: Path
+    keys: KeyStore = field(default_factory=KeyStore)
+
+    @property
+    def key(self) -> Path:
+        """Where TLS reads the private key from (for a TPM-sealed key, a memfd: unsealing
+        raises IdentityError on a box whose TPM did not seal it)."""
+        return self.keys.tls_path(self.cert.parent)
+
+    def private_key(self) -> PrivateKey:
+        return self.keys.load(self.cert.parent)
 
     def certificate(self) -> x509.Certificate:
         return load_cert(self.cert.read_bytes())
@@ -74,19 +85,18 @@ class Identity:
             "serial": str(cert.serial_number),
             "not_after": cert_not_after(cert),
             "expired": self.expired(),
-            "key": KEY_KIND_FILE,
+            "key": keystore.kind_in(self.cert.parent),
         }
 
 
-# The private key is a 0600 PEM file (no TPM-held keys yet).
-KEY_KIND_FILE = "file"
-
 SERVER_CERT = "server.crt"
-IDENTITY_FILES = ("device.key", "device.crt", "ca.crt", "identity.json")
+IDENTITY_FILES = ("device.crt", "ca.crt", "identity.json")
 
 
-def load_identity(state: StateDir) -> Identity | None:
-    """The enrolled identity, or None. A directory missing any file is not an identity."""
+def load_identity(state: StateDir, keys: KeyStore | None = None) -> Identity | None:
+    """The enrolled identity, or None. A directory missing any file is not an identity.
+
+    ``keys`` opens a TPM-sealed key (its TPM); the key is read only when it is used."""
     d = state.identity
     if not _complete(d):
         return None
@@ -97,19 +107,20 @@ def load_identity(state: StateDir) -> Identity | None:
         hub_host=meta["hub_host"],
         mqtt_port=meta["mqtt_port"],
         http_port=meta["http_port"],
-        key=d / "device.key",
         cert=d / "device.crt",
         ca=d / "ca.crt",
+        keys=keys or KeyStore(),
     )
 
 
 def _complete(d: Path) -> bool:
-    return all((d / name).exists() for name in IDENTITY_FILES)
+    return keystore.kind_in(d) is not None and all((d / n).exists() for n in IDENTITY_FILES)
 
 
 def save_identity(
     state: StateDir,
-    key_pem: bytes,
+    keys: KeyStore,
+    key: PrivateKey,
     cert_pem: bytes,
     ca_pem: bytes,
     meta: dict[str, Any],
@@ -125,7 +136,7 @@ def save_identity(
     tmp = state.root / f".identity.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o700, parents=True)
-    write_secret(tmp / "device.key", key_pem)
+    keys.save(tmp, key)
     atomic_write(tmp / "device.crt", cert_pem)
     atomic_write(tmp / "ca.crt", ca_pem)
     atomic_write(tmp / "identity.json", json.dumps(meta, indent=2))

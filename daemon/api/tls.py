@@ -20,9 +20,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance import identity
+from appliance import identity, keystore
 from appliance.config import ApiSection
+from appliance.errors import IdentityError
 from appliance.fsutil import atomic_write, write_secret
+from appliance.keystore import KeyStore
 from daemon.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -84,9 +86,13 @@ def make_self_signed(crt: Path, key_path: Path, names: list[str]) -> None:
 
 
 class ApiTls:
-    def __init__(self, config: ApiSection, state: StateDir, listen_host: str) -> None:
+    def __init__(
+        self, config: ApiSection, state: StateDir, listen_host: str, keys: KeyStore | None = None
+    ) -> None:
+        """``keys``: how the device key is kept (the hub-issued certificate uses it)."""
         self.config = config
         self.state = state
+        self.keys = keys or KeyStore()
         self.listen_host = listen_host
         self._ctx: ssl.SSLContext | None = None
 
@@ -100,12 +106,13 @@ class ApiTls:
             return "plain-http"
         if self.config.tls_cert:
             return "configured"
-        return "hub" if self._hub_files() is not None else "self-signed"
+        return "hub" if self._hub_cert() is not None else "self-signed"
 
-    def _hub_files(self) -> tuple[Path, Path] | None:
+    def _hub_cert(self) -> Path | None:
+        """The hub-issued certificate, if there is one and a device key beside it."""
         d = self.state.identity
-        crt, key = d / "server.crt", d / "device.key"
-        return (crt, key) if crt.exists() and key.exists() else None
+        crt = d / "server.crt"
+        return crt if crt.exists() and keystore.kind_in(d) is not None else None
 
     def files(self) -> tuple[Path, Path] | None:
         """(certificate, key) to serve now; None for plain HTTP."""
@@ -113,9 +120,12 @@ class ApiTls:
             return None
         if self.config.tls_cert:
             return Path(self.config.tls_cert), Path(self.config.tls_key or self.config.tls_cert)
-        hub = self._hub_files()
-        if hub is not None:
-            return hub
+        crt = self._hub_cert()
+        if crt is not None:
+            try:
+                return crt, self.keys.tls_path(crt.parent)
+            except IdentityError as exc:  # e.g. sealed by another TPM: still serve the page
+                log.error("device key unusable; serving self-signed", extra={"reason": str(exc)})
         return self._self_signed()
 
     def _self_signed(self) -> tuple[Path, Path]:

@@ -48,7 +48,7 @@ def collect(state: StateDir) -> dict[str, Any]:
                 "state": "certificate-expired",
                 "reason": f"certificate expired at {when}; re-enrolling needs a valid bundle",
             }
-    elif ident is not None:
+    elif ident is not None and provisioning.get("state") != "key-unusable":
         provisioning = {**provisioning, "state": "enrolled"}
     elif not provisioning:
         provisioning = {"state": "not-provisioned", "reason": "the daemon has not run yet"}
@@ -62,7 +62,8 @@ def collect(state: StateDir) -> dict[str, Any]:
         "hub_address": f"{ident.hub_host}:{ident.mqtt_port}" if ident else hub.get("address"),
         "provisioning": provisioning,
         "hub": hub,
-        # serial, not_after, expired, key ("file": a PEM key file on the data partition)
+        # serial, not_after, expired, key ("tpm": sealed by this box's TPM; "file": a 0600
+        # PEM file on the data partition)
         "certificate": certificate,
         "renewal": status.get("renewal"),
     }

@@ -106,7 +106,8 @@ class FinetuneService(TaskGroupService):
     name = "finetune"
 
     def __init__(self, root: Path, config: FinetuneSection, provider: Any, emit: Emit,
-                 models: Any = None, device_key: Path | None = None) -> None:
+                 models: Any = None, device_key: Callable[[], Path] | None = None) -> None:
+        """``device_key``: where the device key is read from now (it moves with renewals)."""
         super().__init__()
         self.root = root
         self.config = config
@@ -584,11 +585,11 @@ class FinetuneService(TaskGroupService):
         from daemon.finetune.promote import PromotionRefused, build_entry, validate_entry
 
         assert self.device_key is not None
-        key = self.device_key
+        key = self.device_key()
         store = self.models.store
         try:
             tar, meta = await asyncio.to_thread(
-                build_entry, Path(result["candidate"]), job_dir, self.device_key, job_id,
+                build_entry, Path(result["candidate"]), job_dir, key, job_id,
                 result["parent"])
 
             def install() -> None:

@@ -165,7 +165,7 @@ async def open_site(state: Path, aiohttp_client: Any, config: FinetuneSection = 
     models = ModelService(state / "models", FAST_MODELS, emit)
     await models.start()
     service = FinetuneService(state / "finetune", config, models.manager, emit, models=models,
-                              device_key=state / "identity" / "device.key")
+                              device_key=lambda: state / "identity" / "device.key")
     await service.start()
     server = ApiServer(ApiSection())
     FinetuneApi(service, lambda t: "test" if t == TOKEN else None).install(server.app)

@@ -10,6 +10,7 @@ from cryptography import x509
 from pydantic import ValidationError
 
 from appliance import identity
+from appliance.keystore import KeyStore
 from appliance.payloads import EnrollRequest, RenewRequest
 from daemon import renewal
 from daemon.state import StateDir, clean_leftovers, load_identity, save_identity
@@ -188,7 +189,8 @@ def test_renewal_is_due_at_the_configured_share_of_the_lifetime() -> None:
 def write_identity(state: StateDir, key: identity.PrivateKey, name: str, days: float) -> None:
     save_identity(
         state,
-        identity.key_to_pem(key),
+        KeyStore(),
+        key,
         ca.to_pem(issued(key, name, days)),
         ca.to_pem(CA_CERT),
         {"device_id": name, "labels": {}, "hub_host": "h", "mqtt_port": 1, "http_port": 2},

@@ -35,6 +35,9 @@ FAST_DAEMON_ENV = {
     "SPOKE_HEALTH__INTERVAL_S": "1",
     "SPOKE_HUB__ENROLL_TIMEOUT_S": "5",
     "SPOKE_HUB__CONNECT_TIMEOUT_S": "5",
+    # File keys unless a test asks for the TPM (tests/provisioning/test_tpm_keys.py), so the
+    # suite does not depend on whether the host has a TPM.
+    "SPOKE_HUB__KEY_STORE": "file",
 }
 
 

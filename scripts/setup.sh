@@ -28,6 +28,25 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
         "${need_apt[@]}" >/dev/null
 fi
+# TPM-sealed device keys (appliance/tpm.py): tpm2-tools seals and unseals; the tests run a
+# software TPM per simulated box (swtpm). Optional: without them the TPM tests skip and say why.
+need_tpm=()
+command -v tpm2_unseal >/dev/null 2>&1 || need_tpm+=(tpm2-tools)
+command -v swtpm >/dev/null 2>&1 || need_tpm+=(swtpm)
+if [ ${#need_tpm[@]} -gt 0 ]; then
+    # tpm2-tools pulls in udev; where systemd comes from bookworm-backports (for mkosi), udev
+    # must come from there too, or apt refuses the install.
+    if ! dpkg -s udev >/dev/null 2>&1 \
+            && dpkg-query -W -f='${Version}' libudev1 2>/dev/null | grep -q bpo; then
+        need_tpm+=(udev/bookworm-backports)
+    fi
+    echo "setup: installing ${need_tpm[*]} with apt-get"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends "${need_tpm[@]}" >/dev/null \
+        || echo "setup: could not install ${need_tpm[*]}; the TPM key tests will be skipped"
+fi
 # The packaged mosquitto service is not ours: the hub runs its own broker.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
     systemctl disable --now mosquitto >/dev/null 2>&1 || true

@@ -10,6 +10,7 @@ stays usable; the store's ``kind`` says only how *new* keys (enrollment, renewal
 See docs/IDENTITY.md for why the key is sealed rather than used inside the TPM.
 """
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ KeyKind = Literal["tpm", "file"]
 FILE_NAME = "device.key"
 SEALED_NAME = "device.key.tpm"
 SCALAR_BYTES = 32  # EC P-256
+
+log = logging.getLogger(__name__)
 
 
 def kind_in(directory: Path) -> KeyKind | None:
@@ -85,9 +88,15 @@ class KeyStore:
 
 
 def choose(want: Literal["auto", "tpm", "file"], tpm_device: str) -> KeyStore:
-    """``auto``: the TPM where the box has one (tools installed and a TPM named or present)."""
+    """``auto``: the TPM where the box has one that answers (tools installed, a TPM named or
+    present); one that is there but refuses (permissions, a broken chip) is logged, and the
+    key is a file rather than no identity at all."""
     if want == "auto":
-        want = "tpm" if tpm.present(tpm_device) else "file"
+        why = tpm.unusable(tpm_device) if tpm.present(tpm_device) else "no TPM"
+        if why is not None and why != "no TPM":
+            log.warning("TPM present but not usable; keeping the key in a file",
+                        extra={"reason": why})
+        want = "file" if why else "tpm"
     if want == "tpm" and tpm.tools_missing():
         raise IdentityError(
             f"[hub] key_store = \"tpm\" needs tpm2-tools ({', '.join(tpm.tools_missing())} "

@@ -26,7 +26,8 @@ from appliance.errors import IdentityError
 # A sealed data object holds at most 128 bytes (TPM2 MAX_SYM_DATA).
 MAX_SECRET = 128
 BLOB_FORMAT = "spoke-tpm-sealed-1"
-TOOLS = ("tpm2_createprimary", "tpm2_create", "tpm2_load", "tpm2_unseal", "tpm2_flushcontext")
+TOOLS = ("tpm2_createprimary", "tpm2_create", "tpm2_load", "tpm2_unseal", "tpm2_flushcontext",
+         "tpm2_getrandom")
 TIMEOUT_S = 30.0
 
 
@@ -38,6 +39,15 @@ def present(tcti: str) -> bool:
     """A TPM is there to use: the tools are installed and either a TPM was named or the kernel
     offers its resource manager."""
     return not tools_missing() and (bool(tcti) or Path("/dev/tpmrm0").exists())
+
+
+def unusable(tcti: str) -> str | None:
+    """Why the TPM cannot be used (e.g. no permission on /dev/tpmrm0), or None if it answers."""
+    try:
+        _run(tcti, ["tpm2_getrandom", "--hex", "8"])
+    except IdentityError as exc:
+        return str(exc)
+    return None
 
 
 def _run(tcti: str, argv: list[str], stdin: bytes = b"", cwd: str | None = None) -> bytes:

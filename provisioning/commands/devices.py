@@ -128,13 +128,15 @@ def list_devices(args: argparse.Namespace) -> int:
                 "hardware": _hardware(d["facts"]),
                 "version": d["software_version"] or "-",
                 "cert_expires": _cert_expiry(d["cert_not_after"]),
+                # tpm: sealed by the box's TPM; file: a 0600 file (docs/IDENTITY.md)
+                "key": ((d.get("state") or {}).get("certificate") or {}).get("key") or "-",
                 "health": _health(d),
                 "desired_model": d["desired_model"] or "-",
                 "model": _model(d),
             }
             for d in rows
         ],
-        ["device", "status", "last_seen", "version", "cert_expires", "desired_model", "model",
+        ["device", "status", "last_seen", "version", "cert_expires", "key", "desired_model", "model",
          "health", "hardware", "labels"],
     )
     return 0

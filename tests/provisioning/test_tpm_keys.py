@@ -16,7 +16,7 @@ from appliance import identity, keystore, tpm
 from appliance.errors import IdentityError
 from appliance.keystore import KeyStore
 from tests.support import swtpm
-from tests.support.fleet import Appliance, Hub, cli, wait_for
+from tests.support.fleet import Appliance, Hub, cli, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(
     bool(swtpm.missing()),
@@ -120,6 +120,14 @@ def test_auto_picks_the_tpm_when_one_is_named(box_a: swtpm.SoftTpm) -> None:
     assert tpm.present(box_a.tcti)
 
 
+def test_auto_keeps_a_file_key_when_the_tpm_does_not_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    silent = f"swtpm:host=127.0.0.1,port={free_port()}"
+    assert keystore.choose("auto", silent).kind == "file"
+    assert "TPM present but not usable" in caplog.text
+
+
 # --- a real appliance, hub and broker ---------------------------------------------------------
 
 SHORT = {"SPOKE_HUB_ENROLLMENT__DEVICE_CERT_DAYS": "0.0012"}  # 104 s (see test_renewal.py)
@@ -164,6 +172,8 @@ def test_enrolls_connects_and_renews_with_a_tpm_sealed_key(
             .get("certificate", {}).get("key") == "tpm",
             60, "the hub to see a TPM-held key",
         )
+        header, row = cli("spoke-hub", "devices", "--home", str(hub.home)).stdout.splitlines()
+        assert row[header.index(" KEY ") + 1:].split()[0] == "tpm"
 
         # Renewal makes a new key, sealed by the same TPM, and proves it before the swap.
         wait_for(

@@ -136,8 +136,8 @@ def list_devices(args: argparse.Namespace) -> int:
             }
             for d in rows
         ],
-        ["device", "status", "last_seen", "version", "cert_expires", "key", "desired_model", "model",
-         "health", "hardware", "labels"],
+        ["device", "status", "last_seen", "version", "cert_expires", "key", "desired_model",
+         "model", "health", "hardware", "labels"],
     )
     return 0
 

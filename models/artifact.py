@@ -9,6 +9,7 @@ input with the expected output recorded at export time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,18 +20,23 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import torch
 
-from appliance.fsutil import fsync_dir
-from models.checkpoint import load_weights, save_weights
+from appliance.fsutil import atomic_write, fsync_dir
+from models.cache import default_cache_dir
 from models.config import CODEBRIM_LABELS, ViTConfig
 from models.errors import ArtifactError, ModelError
-from models.export import GraphSignature, check_onnx, export_onnx
 from models.preprocess import Preprocessing
-from models.vit import VisionTransformer
+from models.signature import GraphSignature
+
+if TYPE_CHECKING:
+    from models.vit import VisionTransformer
+
+# torch and onnx are imported where a model is built, exported or checked, not at module level:
+# they cost seconds of start-up, and serving a verified artifact on ONNX Runtime or OpenVINO
+# needs neither (see ``_check_graph_and_weights``).
 
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.safetensors"
@@ -151,6 +157,9 @@ class Artifact:
 
     def build_model(self) -> VisionTransformer:
         """The PyTorch model with this artifact's weights, in eval mode."""
+        from models.checkpoint import load_weights
+        from models.vit import VisionTransformer
+
         model = VisionTransformer(self.card.config)
         load_weights(model, self.weights_path)
         return model.eval()
@@ -211,6 +220,9 @@ def write_artifact(
         raise ArtifactError(f"{out_dir} already exists and is not an empty directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    from models.checkpoint import save_weights
+    from models.export import export_onnx
+
     try:
         export_onnx(model, work / ONNX_FILE)
         save_weights(model, work / WEIGHTS_FILE)
@@ -243,6 +255,8 @@ def write_artifact(
 
 
 def _make_golden(model: VisionTransformer, pre: Preprocessing, seed: int) -> Golden:
+    import torch
+
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (GOLDEN_IMAGES, GOLDEN_PATTERN, GOLDEN_PATTERN, 3), dtype=np.uint8)
     golden = Golden(tuple(p.tobytes().hex() for p in small), ())
@@ -317,19 +331,37 @@ def _load_dir(root: Path) -> Artifact:
         actual = sha256_file(fpath)
         if actual != digest:
             raise ArtifactError(f"{fpath}: sha256 {actual} does not match the card's {digest}")
+    return Artifact(root, card, _check_graph_and_weights(root, card))
+
+
+def _check_graph_and_weights(root: Path, card: ModelCard) -> GraphSignature:
+    """Run the ONNX checker and build the model from its weights, or reuse the verdict of an
+    earlier load of the same bytes.
+
+    Both checks cost seconds (they import onnx and torch). Their verdict depends only on the
+    files, whose hashes the card holds and ``_load_dir`` has just verified, so it is kept in
+    the engine cache under the card's sha256: a second ``spoke infer`` on the same model
+    starts without either library. The cache is trusted like the int8 graphs beside it; an
+    unwritable cache only means checking every time."""
+    record = default_cache_dir() / "verified" / f"{sha256_file(root / CARD_FILE)}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return GraphSignature.from_dict(json.loads(record.read_text()))
+    from models.export import check_onnx
+
     try:
         signature = check_onnx(root / ONNX_FILE)
     except ModelError as exc:
         raise ArtifactError(str(exc)) from exc
     _check_graph(card, signature)
-    artifact = Artifact(root, card, signature)
     try:
-        artifact.build_model()
+        Artifact(root, card, signature).build_model()
     except ModelError as exc:
         raise ArtifactError(
             f"{root / WEIGHTS_FILE} does not match the card's config: {exc}"
         ) from exc
-    return artifact
+    with contextlib.suppress(OSError):
+        atomic_write(record, json.dumps(signature.to_dict()).encode())
+    return signature
 
 
 def read_card(root: Path) -> ModelCard:

@@ -21,12 +21,13 @@ from PIL import Image
 
 from appliance.errors import SpokeError
 from models.artifact import Artifact
-from models.backends.base import Backend, default_cache_dir
+from models.backends.base import Backend
 from models.backends.calibration import concrete_texture
 from models.backends.choice import cpu_identity, engine_versions
 from models.backends.onnxruntime_backend import OnnxRuntimeBackend
 from models.backends.quantize import evaluate
 from models.backends.select import build_backend, candidate_labels, create_backend, fp32_reference
+from models.cache import default_cache_dir
 from models.pipeline import Pipeline, TileOptions
 
 FULL_SIZE = (4000, 3000)

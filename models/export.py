@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -11,19 +10,10 @@ import torch
 from google.protobuf.message import DecodeError
 
 from models.errors import ModelError
+from models.signature import INPUT_NAME, OUTPUT_NAME, GraphSignature
 from models.vit import Probabilities, VisionTransformer
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "probs"
 OPSET = 17
-
-
-@dataclass(frozen=True)
-class GraphSignature:
-    """The one input and one output of an exported model; ``None`` is a dynamic dimension."""
-
-    input_shape: tuple[int | None, ...]
-    output_shape: tuple[int | None, ...]
 
 
 def export_onnx(model: VisionTransformer, path: Path) -> None:

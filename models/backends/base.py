@@ -7,10 +7,8 @@ backend library raises becomes a ``BackendError`` with its cause attached.
 
 from __future__ import annotations
 
-import os
 import time
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -23,13 +21,6 @@ if TYPE_CHECKING:
     from models.backends.choice import EngineChoice
 
 DEFAULT_BATCH_SIZE = 16
-
-
-def default_cache_dir() -> Path:
-    """Where derived graphs and engines are cached: ``$SPOKE_ENGINE_CACHE``, else
-    ``~/.cache/spoke/engines``. Entries are keyed by content, so stale ones are never used."""
-    env = os.environ.get("SPOKE_ENGINE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "spoke" / "engines"
 
 
 class Backend(ABC):

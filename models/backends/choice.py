@@ -69,6 +69,16 @@ def cpu_identity() -> str:
     return f"{name} [{' '.join(sorted(flags & _MATRIX_FLAGS)) or 'no matrix flags'}] x{cores}"
 
 
+def gpu_name() -> str | None:
+    """The first CUDA GPU's name, or None. Without the NVIDIA driver's device node there is no
+    GPU to ask about, and torch (seconds to import) is not imported to say so."""
+    if not Path("/dev/nvidiactl").exists():
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 @dataclass(frozen=True)
 class ChoiceKey:
     """Everything a measured choice depends on."""

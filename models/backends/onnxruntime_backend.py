@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from models.artifact import Artifact
-from models.backends.base import DEFAULT_BATCH_SIZE, Backend, default_cache_dir
+from models.backends.base import DEFAULT_BATCH_SIZE, Backend
 from models.backends.quantize import int8_graph
+from models.cache import default_cache_dir
 from models.errors import BackendUnavailable
-from models.export import INPUT_NAME, OUTPUT_NAME
+from models.signature import INPUT_NAME, OUTPUT_NAME
 
 #: Preference order; ONNX Runtime falls back down the list per node.
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from models.artifact import Artifact
-from models.backends.base import DEFAULT_BATCH_SIZE, Backend, default_cache_dir
+from models.backends.base import DEFAULT_BATCH_SIZE, Backend
 from models.backends.quantize import int8_graph
+from models.cache import default_cache_dir
 from models.errors import BackendUnavailable
-from models.export import INPUT_NAME
+from models.signature import INPUT_NAME
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: OpenVINO's name for the precision of the ops a graph leaves in floating point.

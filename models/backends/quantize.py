@@ -22,7 +22,7 @@ import numpy as np
 from models.artifact import ONNX_FILE, Artifact
 from models.backends.calibration import CALIBRATION_SEED, CALIBRATION_TILES, card_tiles
 from models.errors import BackendError
-from models.export import INPUT_NAME
+from models.signature import INPUT_NAME
 
 #: Share of evaluation tiles whose int8 label set must equal the fp32 one.
 MIN_AGREEMENT = 0.95

@@ -14,24 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from appliance.errors import SpokeError
 from models.artifact import Artifact
-from models.backends.base import DEFAULT_BATCH_SIZE, Backend, default_cache_dir, probe_throughput
+from models.backends.base import DEFAULT_BATCH_SIZE, Backend, probe_throughput
 from models.backends.calibration import EVALUATION_SEED, EVALUATION_TILES, card_tiles
 from models.backends.choice import (
     ChoiceKey,
     EngineChoice,
     cpu_identity,
     engine_versions,
+    gpu_name,
     load_choice,
     save_choice,
 )
 from models.backends.onnxruntime_backend import OnnxRuntimeBackend
 from models.backends.quantize import evaluate
-from models.backends.tensorrt_backend import TensorRTBackend
-from models.backends.torch_backend import TorchBackend, cpu_has_bf16
+from models.cache import default_cache_dir
 from models.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ def available_backends() -> list[str]:
     """Backend names whose libraries are installed and whose hardware is present."""
     engines = engine_versions()
     names: list[str] = [n for n in ("torch", "onnxruntime", "openvino") if n in engines]
-    if torch.cuda.is_available() and "tensorrt" in engines:
+    if gpu_name() is not None and "tensorrt" in engines:
         names.append("tensorrt")
     return names
 
@@ -56,11 +55,8 @@ def choice_key(artifact: Artifact, batch_size: int) -> ChoiceKey:
     """The key ``auto``'s measurement is stored under for this model here."""
     files = artifact.card.files
     model = hashlib.sha256("\n".join(files[f] for f in sorted(files)).encode()).hexdigest()
-    hardware = (
-        f"gpu:{torch.cuda.get_device_name(0)}"
-        if torch.cuda.is_available()
-        else f"cpu:{cpu_identity()}"
-    )
+    gpu = gpu_name()
+    hardware = f"gpu:{gpu}" if gpu is not None else f"cpu:{cpu_identity()}"
     return ChoiceKey(model, engine_versions(), hardware, batch_size)
 
 
@@ -102,8 +98,11 @@ def create_backend(
 def build_backend(
     artifact: Artifact, name: str, precision: str, batch_size: int, cache: Path
 ) -> Backend:
-    """One named backend at one precision (no ``auto``)."""
+    """One named backend at one precision (no ``auto``). Each engine's library is imported
+    only when that engine is built: a cached pick of ONNX Runtime never imports torch."""
     if name == "torch":
+        from models.backends.torch_backend import TorchBackend
+
         return TorchBackend(artifact, precision, batch_size=batch_size)
     if name == "onnxruntime":
         return OnnxRuntimeBackend(artifact, precision, batch_size=batch_size, cache_dir=cache)
@@ -112,13 +111,19 @@ def build_backend(
 
         return OpenVINOBackend(artifact, precision, batch_size=batch_size, cache_dir=cache)
     if name == "tensorrt":
+        from models.backends.tensorrt_backend import TensorRTBackend
+
         return TensorRTBackend(artifact, precision, batch_size=batch_size, cache_dir=cache)
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
 
 
 def candidate_labels() -> list[str]:
     """``backend/precision`` of every configuration ``auto`` considers on this machine."""
-    if torch.cuda.is_available():
+    from models.backends.torch_backend import cpu_has_bf16
+
+    if gpu_name() is not None:
+        import torch
+
         torch_reduced = "torch/bf16" if torch.cuda.is_bf16_supported() else "torch/fp16"
         return ["tensorrt/auto", torch_reduced, "onnxruntime/fp32"]
     labels = ["torch/fp32", "onnxruntime/fp32", "onnxruntime/int8"]

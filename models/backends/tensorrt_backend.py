@@ -17,9 +17,10 @@ import torch
 
 from appliance.fsutil import atomic_write
 from models.artifact import ONNX_FILE, Artifact
-from models.backends.base import DEFAULT_BATCH_SIZE, Backend, default_cache_dir
+from models.backends.base import DEFAULT_BATCH_SIZE, Backend
+from models.cache import default_cache_dir
 from models.errors import BackendError, BackendUnavailable
-from models.export import INPUT_NAME, OUTPUT_NAME
+from models.signature import INPUT_NAME, OUTPUT_NAME
 
 #: FP16 tensor math needs compute capability 5.3 or newer.
 _FP16_MIN_CAPABILITY = (5, 3)

@@ -10,7 +10,8 @@ import torch
 
 from models.config import tiny_config
 from models.errors import ModelError
-from models.export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
+from models.export import check_onnx, export_onnx
+from models.signature import INPUT_NAME, OUTPUT_NAME
 from models.vit import build_model
 
 

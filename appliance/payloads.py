@@ -106,6 +106,13 @@ class Event(Payload):
     data: dict[str, Any]
 
 
+class EventAck(Payload):
+    """Published by the hub on ``spoke/v1/{device}/events/ack`` once the events are stored
+    (redeliveries too): a broker's PUBACK alone does not survive the broker's crash."""
+
+    ids: list[str] = Field(min_length=1, max_length=1000)
+
+
 COMMANDS = ("ping", "health", "restart", "support-bundle", "finetune")
 ArgValue = str | int | float | bool
 

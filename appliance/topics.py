@@ -45,6 +45,11 @@ def events(device: str) -> str:
     return f"{ROOT}/{_checked(device)}/events"
 
 
+def events_ack(device: str) -> str:
+    """The hub names the events it has stored here; only then may the device forget them."""
+    return f"{ROOT}/{_checked(device)}/events/ack"
+
+
 def desired(device: str) -> str:
     return f"{ROOT}/{_checked(device)}/desired"
 

@@ -20,6 +20,7 @@ from appliance import __version__, keystore, topics
 from appliance.config import DaemonConfig
 from appliance.errors import LinkError
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
+from appliance.payloads import EventAck
 from appliance.service import Service, Supervisor, TaskGroupService
 from daemon import remote, sdnotify, versions
 from daemon.api.server import ApiServer, parse_listen
@@ -131,6 +132,15 @@ class Daemon:
             raise LinkError("not enrolled yet")
         await link.publish(topics.events(link.ident.device_id), event)
 
+    async def _on_events_ack(self, message: Any) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        try:
+            ack = EventAck.model_validate_json(payload)
+        except ValueError as exc:
+            log.warning("ignored a malformed event acknowledgement", extra={"error": str(exc)})
+            return
+        self.outbox.ack(ack.ids)
+
     # --- remote commands ------------------------------------------------------------------
 
     def _commands(self, link: HubLink) -> remote.RemoteCommands:
@@ -202,6 +212,7 @@ class Daemon:
             tls.reload()
         link.handlers[f"{topics.ROOT}/{ident.device_id}/cmd/+"] = self._commands(link).on_message
         self.hublink = link
+        link.handlers[topics.events_ack(ident.device_id)] = self._on_events_ack
         self.outbox.attach(self._publish_event)
         if self.models is not None:
             self._attach_models(self.models, link)

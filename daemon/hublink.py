@@ -141,7 +141,8 @@ class HubLink(TaskGroupService):
 
     async def _session(self, client: aiomqtt.Client, address: str) -> None:
         device = self.ident.device_id
-        for topic in (topics.desired(device), f"{topics.ROOT}/{device}/cmd/+"):
+        for topic in (topics.desired(device), f"{topics.ROOT}/{device}/cmd/+",
+                      topics.events_ack(device)):
             if not mqtt.granted(await client.subscribe(topic, qos=1)):
                 raise LinkError(f"the broker refused subscription to {topic} (revoked?)")
         self.connected.set()

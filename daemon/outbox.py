@@ -1,12 +1,18 @@
 """The durable outbox: events for the hub survive restarts and hub outages, in order.
 
 Events are rows in SQLite. A drain task publishes them oldest first whenever the hub link is
-up and deletes each one only once the broker has acknowledged it (QoS 1), so an event is
-delivered at least once; the hub de-duplicates by event id. The outbox is bounded: past
-``max_events`` the oldest are dropped and counted, so a long outage cannot fill the disk.
+up and marks each one sent once the broker has acknowledged it (QoS 1). A row is deleted only
+when the hub says it has stored the event (``ack``, from ``spoke/v1/{device}/events/ack``): the
+broker keeps what it has acknowledged in memory, so a broker killed before it handed an event
+to the hub would otherwise lose it (found by the fault scenario "broker killed -9"). A sent
+event the hub has not acknowledged after ``resend_s`` is published again; the hub
+de-duplicates by event id, so delivery is at least once and storage exactly once. The outbox
+is bounded: past ``max_events`` the oldest are dropped and counted, so a long outage cannot
+fill the disk.
 """
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -28,7 +34,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL,
     payload TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    sent_at REAL
 );
 CREATE TABLE IF NOT EXISTS outbox_stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -40,12 +47,18 @@ Publisher = Callable[[bytes], Awaitable[None]]
 class Outbox(TaskGroupService):
     name = "outbox"
 
-    def __init__(self, path: Path, max_events: int = 10_000, retry_s: float = 1.0) -> None:
+    def __init__(self, path: Path, max_events: int = 10_000, retry_s: float = 1.0,
+                 resend_s: float = 30.0) -> None:
         super().__init__()
         self.max_events = max_events
         self.retry_s = retry_s
+        self.resend_s = resend_s
         self._conn: sqlite3.Connection = connect(path)
         self._conn.executescript(SCHEMA)
+        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(outbox)")}
+        if "sent_at" not in columns:  # an outbox written before hub acknowledgements
+            with self._conn:
+                self._conn.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
         self._wake = asyncio.Event()
         self._publisher: Publisher | None = None
         self.on_drop: Callable[[int], None] | None = None
@@ -93,8 +106,16 @@ class Outbox(TaskGroupService):
         row = self._conn.execute("SELECT value FROM outbox_stats WHERE name = 'dropped'").fetchone()
         return int(row[0]) if row else 0
 
+    def ack(self, event_ids: list[str]) -> int:
+        """The hub has stored these events: forget them. Returns how many were still here."""
+        with self._conn:
+            cur = self._conn.executemany("DELETE FROM outbox WHERE id = ?",
+                                         [(i,) for i in event_ids])
+        return cur.rowcount
+
     def pending(self) -> list[Event]:
-        """The events not yet delivered, oldest first (what ``spoke status`` and tests see)."""
+        """The events the hub has not yet acknowledged, oldest first (what ``spoke status``
+        and tests see)."""
         rows = self._conn.execute("SELECT payload FROM outbox ORDER BY seq").fetchall()
         return [Event.model_validate_json(r["payload"]) for r in rows]
 
@@ -117,11 +138,15 @@ class Outbox(TaskGroupService):
 
     async def _drain(self) -> None:
         while True:
-            await self._wake.wait()
+            resend = self._next_resend() if self._publisher is not None else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), resend)
             self._wake.clear()
             while self._publisher is not None:
                 row = self._conn.execute(
-                    "SELECT seq, payload FROM outbox ORDER BY seq LIMIT 1"
+                    "SELECT seq, payload FROM outbox WHERE sent_at IS NULL OR sent_at <= ?"
+                    " ORDER BY seq LIMIT 1",
+                    (time.time() - self.resend_s,),
                 ).fetchone()
                 if row is None:
                     break
@@ -131,5 +156,13 @@ class Outbox(TaskGroupService):
                     await asyncio.sleep(self.retry_s)
                     continue
                 with self._conn:
-                    self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row["seq"],))
-                log.debug("event delivered", extra={"seq": row["seq"]})
+                    self._conn.execute("UPDATE outbox SET sent_at = ? WHERE seq = ?",
+                                       (time.time(), row["seq"]))
+                log.debug("event sent", extra={"seq": row["seq"]})
+
+    def _next_resend(self) -> float | None:
+        """Seconds until the oldest unacknowledged event is due again; None when none is."""
+        row = self._conn.execute("SELECT MIN(sent_at) FROM outbox").fetchone()
+        if row[0] is None:
+            return None
+        return max(0.0, row[0] + self.resend_s - time.time())

@@ -1,7 +1,8 @@
 """The managed mosquitto: its config and ACL written from the registry, run as a supervised child.
 
 The broker enforces identity: a client's certificate common name is its username, and the ACL
-lets a device write only its own topics and read only its own ``desired`` and ``cmd``. Device
+lets a device write only its own topics and read only its own ``desired``, ``cmd`` and event
+acknowledgements. Device
 rules are ``%u`` patterns, so enrolling a device changes neither ACL nor CRL; a bundle (its
 claim) or a revocation rewrites them, and mosquitto re-reads them on SIGHUP without a restart.
 """
@@ -48,6 +49,7 @@ def device_rules() -> list[str]:
         ("write", topics.command_result(_SLOT, _ANY)),
         ("write", topics.renew_request(_SLOT)),
         ("read", topics.renew_response(_SLOT)),
+        ("read", topics.events_ack(_SLOT)),
         ("read", topics.desired(_SLOT)),
         ("read", topics.command(_SLOT, _ANY)),
     ]

@@ -20,6 +20,7 @@ from appliance.payloads import (
     AVAILABLE_ONLINE,
     AVAILABLE_STOPPED,
     Event,
+    EventAck,
     RenewAccepted,
     ReportedState,
 )
@@ -40,6 +41,8 @@ HUB_CLIENT_ID = "spoke-hub"
 HUB_SESSION_EXPIRY_S = 7 * 86400  # how long the broker keeps the hub's messages while it is away
 #: The shared-subscription group of all hub processes of one fleet.
 SHARE = "$share/spoke-hub"
+ACK_BATCH_S = 0.2
+MAX_ACK_IDS = 1000
 
 
 def broker_address(config: HubConfig) -> tuple[str, int]:
@@ -73,9 +76,13 @@ class HubService(TaskGroupService):
         #: Counts broker sessions, so a publisher of retained state knows to send it again.
         self.sessions = 0
         self._client: aiomqtt.Client | None = None
+        #: Event ids stored (or refused for good) per device, acknowledged in batches.
+        self._to_ack: dict[str, list[str]] = {}
+        self._ack_due = asyncio.Event()
 
     async def start(self) -> None:
         self.spawn(self._run(), "mqtt")
+        self.spawn(self._acknowledge_events(), "event-acks")
 
     async def stop(self) -> None:
         await self.cancel_tasks()
@@ -174,8 +181,36 @@ class HubService(TaskGroupService):
             elif message.topic.matches(topics.ALL_EVENTS):
                 event = Event.model_validate_json(payload)
                 self.registry.add_event(device.id, event.model_dump(mode="json"))
+                self._ack(device.id, event.id)
         except (ValueError, TypeError, RecursionError) as exc:
             self._refuse(topic, "malformed", str(exc))
+            if device_id and message.topic.matches(topics.ALL_EVENTS):
+                # Sending it again will not make it valid: let the device forget it.
+                event_id = _event_id(payload)
+                if event_id:
+                    self._ack(device_id, event_id)
+
+    def _ack(self, device_id: str, event_id: str) -> None:
+        self._to_ack.setdefault(device_id, []).append(event_id)
+        self._ack_due.set()
+
+    async def _acknowledge_events(self) -> None:
+        """Tell each device which of its events are stored, a batch at most every
+        ``ACK_BATCH_S``. A lost acknowledgement costs only a redelivery, which the registry
+        ignores and acknowledges again, so nothing here is retried."""
+        while True:
+            await self._ack_due.wait()
+            await asyncio.sleep(ACK_BATCH_S)
+            self._ack_due.clear()
+            batch, self._to_ack = self._to_ack, {}
+            for device_id, ids in batch.items():
+                for start in range(0, len(ids), MAX_ACK_IDS):
+                    ack = EventAck(ids=ids[start:start + MAX_ACK_IDS])
+                    try:
+                        await self.publish(topics.events_ack(device_id), ack.model_dump_json())
+                    except LinkError as exc:
+                        log.info("event acknowledgement not sent; the device will resend",
+                                 extra={"device": device_id, "error": str(exc)})
 
     @staticmethod
     def _refuse(topic: str, reason: str, detail: str) -> None:
@@ -338,3 +373,12 @@ class HubService(TaskGroupService):
         if self.registry.retire_other_certs(device_id, device.cert_serial):
             broker.write_access(self.home, self.registry)
             log.info("replaced certificates retired", extra={"device": device_id})
+
+
+def _event_id(payload: bytes) -> str | None:
+    """The id of an event the hub refused, when the payload says one plainly."""
+    try:
+        value = json.loads(payload).get("id")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None

@@ -125,6 +125,7 @@ def test_device_cannot_read_another_devices_topics(
         topics.desired(victim_id),
         topics.command(victim_id, "ping"),
         topics.health(victim_id),
+        topics.events_ack(victim_id),
     ]
     for topic in secrets:
         attacker.subscribe(topic)
@@ -159,6 +160,25 @@ def test_device_can_use_its_own_topics(
     witness.publish(topics.desired(device_id_of(me)), b"yours")
     # The hub's retained desired state may arrive first; ours must arrive too.
     assert b"yours" in probe.received(topics.desired(device_id_of(me)))
+
+
+def test_the_hub_acknowledges_each_stored_event_to_its_device(
+    hub: Hub, two_devices: list[Appliance], probes: list[Probe]
+) -> None:
+    """Only the hub's word that an event is stored lets a device forget it: a valid event and
+    one the hub refuses for good (sending it again cannot help) are both acknowledged."""
+    me = two_devices[0]
+    probe = device_probe(me, hub, probes, "-probe")
+    ack_topic = topics.events_ack(device_id_of(me))
+    assert probe.subscribe(ack_topic)
+    event = {"id": "ack-test-1", "kind": "note", "ts": 1.0, "data": {"n": 1}}
+    probe.publish(topics.events(device_id_of(me)), json.dumps(event).encode())
+    probe.publish(topics.events(device_id_of(me)), b'{"id": "ack-test-bad", "kind": 7}')
+    acked: set[str] = set()
+    for payload in probe.received(ack_topic, timeout=5.0):
+        acked.update(json.loads(payload)["ids"])
+    assert acked == {"ack-test-1", "ack-test-bad"}
+    assert [e["id"] for e in hub.events(device_id_of(me), "note")] == ["ack-test-1"]
 
 
 def test_claim_credential_can_do_nothing_but_enroll(

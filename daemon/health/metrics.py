@@ -64,7 +64,9 @@ class DaemonMetrics:
             registry=r,
         )
         self.outbox_depth = Gauge(
-            f"{PREFIX}outbox_depth", "Events in the durable outbox the hub has not yet acknowledged as stored.", registry=r
+            f"{PREFIX}outbox_depth",
+            "Events in the durable outbox the hub has not yet acknowledged as stored.",
+            registry=r,
         )
         self.hub_last_contact_timestamp_seconds = Gauge(
             f"{PREFIX}hub_last_contact_timestamp_seconds",

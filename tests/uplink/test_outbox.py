@@ -86,8 +86,8 @@ def test_an_outbox_written_before_acknowledgements_keeps_its_events(tmp_path: Pa
     old.executescript("""
         CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
                              kind TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL);
-        INSERT INTO outbox (id, kind, payload, created_at) VALUES
-            ('old-1', 'detection', '{"id": "old-1", "kind": "detection", "ts": 1.0, "data": {}}', 1.0);
+        INSERT INTO outbox (id, kind, payload, created_at) VALUES ('old-1', 'detection',
+            '{"id": "old-1", "kind": "detection", "ts": 1.0, "data": {}}', 1.0);
     """)
     old.close()
     outbox = Outbox(path)

@@ -6,13 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.osupdate import DesiredOs
+
 _TOKEN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
 
 #: Refusals about the signed bytes themselves: the appliance never tries the same target again,
 #: and the hub counts the device as refused for that version instead of waiting for it.
 FINAL_REFUSALS = frozenset(
     {"smoke-test", "bad-artifact", "health-gate", "downgrade", "target-mismatch",
-     "interrupted-probation"}
+     "interrupted-probation", "rolled-back", "wrong-architecture"}
 )
 
 
@@ -31,5 +33,7 @@ class DesiredState(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     protocol: Literal[1] = 1
     model: DesiredModel | None = None
+    os: DesiredOs | None = None
     rule: str | None = Field(None, max_length=200)
     note: str | None = Field(None, max_length=300)
+    os_note: str | None = Field(None, max_length=300)

@@ -18,6 +18,7 @@ COMMANDS = {
     "evaluate": "provisioning.commands.pretrain",
     "events": "provisioning.commands.events",
     "models": "provisioning.commands.models",
+    "os": "provisioning.commands.osversions",
     "policy": "provisioning.commands.policy",
     "tokens": "provisioning.commands.tokens",
 }

@@ -39,7 +39,7 @@ from provisioning.placement import (
     load_policy,
 )
 from provisioning.registry import HEALTH_HISTORY, Device, Registry
-from provisioning.rollout import catalog
+from provisioning.rollout import catalog, device_view
 from provisioning.rollouts import ROLLED_BACK, rollouts
 
 STATIC = Path(__file__).parent / "static"
@@ -137,13 +137,9 @@ class PlacementInputs:
             policy, published = self.policy(), self.catalog()
         except SpokeError:
             return {}
-        views = [
-            DeviceView(d.id, d.labels, dict((d.state or {}).get("model") or {}))
-            for d in devices
-            if d.revoked_at is None
-        ]
+        views = [device_view(d) for d in devices if d.revoked_at is None]
         key = (policy, tuple(published),
-               json.dumps([(v.id, v.labels, v.reported) for v in views], sort_keys=True))
+               json.dumps([(v.id, v.labels, v.reported, v.os) for v in views], sort_keys=True))
         return self._cached("desired", key, lambda: desired_states(policy, published, views))
 
 

@@ -17,6 +17,10 @@ pins X, which is what lets a device go back to an older version.
 Canary: the newest allowed version goes to ``canary`` percent of the rule's devices first,
 picked by a stable hash of device and version. Once all of them report it committed, the rest
 follow; until then (or when a canary device refused it) they stay on the version before.
+
+OS updates ride on the same rules: ``os_version = ">=2"`` and ``os_canary = 10`` choose the
+OS version (published with ``spoke-hub os publish``) exactly as ``version``/``canary`` choose
+the model; a rule without ``os_version`` leaves the OS alone.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import math
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from appliance.delivery import FINAL_REFUSALS, DesiredModel, DesiredState
 from appliance.errors import ConfigError
+from appliance.osupdate import OS_NAME, DesiredOs
 from appliance.versions import version_key
 
 _KEY = r"[a-z][a-z0-9_.-]*"
@@ -130,9 +135,17 @@ class Rule:
     model: str
     version: Constraint
     canary: int | None = None
+    os_version: Constraint | None = None
+    os_canary: int | None = None
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(t.matches(labels) for t in self.selector)
+
+    def os_rule(self) -> Rule:
+        """The rule's OS track as a rule of its own over the OS 'model', so versions, pins and
+        canaries work exactly as for models."""
+        return replace(self, model=OS_NAME, version=self.os_version or Constraint(()),
+                       canary=self.os_canary, os_version=None, os_canary=None)
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,7 @@ class Policy:
     rules: tuple[Rule, ...] = ()
 
 
-_RULE_KEYS = {"name", "selector", "model", "version", "canary"}
+_RULE_KEYS = {"name", "selector", "model", "version", "canary", "os_version", "os_canary"}
 
 
 def parse_policy(text: str, source: str = "policy") -> Policy:
@@ -161,16 +174,22 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
             raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
         if not isinstance(raw.get("model"), str) or not raw["model"]:
             raise ConfigError(f"{where}: needs model = \"NAME\"")
-        canary = raw.get("canary")
-        if canary is not None and (not isinstance(canary, int) or not 1 <= canary <= 100):
-            raise ConfigError(f"{where}: canary must be a percentage from 1 to 100")
+        for key in ("canary", "os_canary"):
+            pct = raw.get(key)
+            if pct is not None and (not isinstance(pct, int) or not 1 <= pct <= 100):
+                raise ConfigError(f"{where}: {key} must be a percentage from 1 to 100")
+        if "os_canary" in raw and "os_version" not in raw:
+            raise ConfigError(f"{where}: os_canary needs os_version = \"...\"")
         try:
             rules.append(Rule(
                 name=str(raw.get("name") or f"rule-{i}"),
                 selector=parse_selector(str(raw.get("selector", ""))),
                 model=raw["model"],
                 version=parse_constraint(str(raw.get("version", "*"))),
-                canary=canary,
+                canary=raw.get("canary"),
+                os_version=(parse_constraint(str(raw["os_version"])) if "os_version" in raw
+                            else None),
+                os_canary=raw.get("os_canary"),
             ))
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
@@ -192,11 +211,12 @@ class Published:
 
 @dataclass(frozen=True)
 class DeviceView:
-    """What placement needs of a device: its labels and the model it reports."""
+    """What placement needs of a device: its labels and the model and OS it reports."""
 
     id: str
     labels: dict[str, str]
     reported: dict[str, Any] = field(default_factory=dict)
+    os: dict[str, Any] = field(default_factory=dict)  # reported OS, the same shape as a model
 
     def runs(self, name: str, version: str) -> bool:
         r = self.reported
@@ -233,54 +253,78 @@ def match_rules(policy: Policy, devices: Iterable[DeviceView]) -> dict[str, Rule
     }
 
 
-def desired_states(
-    policy: Policy, catalog: Iterable[Published], devices: Sequence[DeviceView]
-) -> dict[str, DesiredState]:
-    """Every device's desired state, from the policy, what is published and what is reported."""
-    catalog = list(catalog)
-    chosen = match_rules(policy, devices)
+def _rollout(
+    rules: dict[str, Rule], chosen: dict[str, Rule | None], catalog: list[Published],
+    devices: Sequence[DeviceView],
+) -> dict[str, tuple[Published | None, str | None]]:
+    """One track's pick for each device whose deciding rule is in ``rules`` (by name): the
+    newest allowed version, held back to the one before while its canary has not committed."""
     by_rule: dict[str, list[DeviceView]] = {}
     for dev in devices:
         rule = chosen[dev.id]
-        if rule is not None:
+        if rule is not None and rule.name in rules:
             by_rule.setdefault(rule.name, []).append(dev)
     # Per rule, not per device: its allowed versions, and its canary cohort with how it went
     # (cohort ids, all promoted, any refused for good).
-    allowed = {r.name: allowed_versions(r, catalog) for r in policy.rules}
+    allowed = {name: allowed_versions(r, catalog) for name, r in rules.items()}
     canaries: dict[str, tuple[set[str], bool, bool]] = {}
+    out: dict[str, tuple[Published | None, str | None]] = {}
+    for name, group in by_rule.items():
+        rule, versions = rules[name], allowed[name]
+        for dev in group:
+            if not versions:
+                out[dev.id] = (None, f"no published {rule.model} satisfies the rule")
+                continue
+            pick, note = versions[-1], None
+            if rule.canary is not None and rule.canary < 100:
+                if name not in canaries:
+                    cohort = canary_cohort(rule, pick.version, group)
+                    canaries[name] = (
+                        {d.id for d in cohort},
+                        all(d.runs(pick.name, pick.version) for d in cohort),
+                        any(d.refused(pick.name, pick.version) for d in cohort),
+                    )
+                ids, promoted, halted = canaries[name]
+                if dev.id not in ids and (halted or not promoted):
+                    note = (f"canary of {pick.version} failed: rollout halted" if halted
+                            else f"waiting for the canary of {pick.version}")
+                    older = versions[:-1]
+                    if not older:
+                        out[dev.id] = (None, note)
+                        continue
+                    pick = older[-1]
+            out[dev.id] = (pick, note)
+    return out
+
+
+def desired_states(
+    policy: Policy, catalog: Iterable[Published], devices: Sequence[DeviceView]
+) -> dict[str, DesiredState]:
+    """Every device's desired state (model and OS), from the policy, what is published and
+    what is reported."""
+    catalog = list(catalog)
+    chosen = match_rules(policy, devices)
+    models = _rollout({r.name: r for r in policy.rules}, chosen, catalog, devices)
+    os_rules = {r.name: r.os_rule() for r in policy.rules if r.os_version is not None}
+    oses = _rollout(os_rules, chosen, catalog,
+                    [DeviceView(d.id, d.labels, d.os) for d in devices])
     out: dict[str, DesiredState] = {}
     for dev in devices:
         rule = chosen[dev.id]
         if rule is None:
             out[dev.id] = DesiredState(note="no placement rule matches this device")
             continue
-        versions = allowed[rule.name]
-        if not versions:
-            out[dev.id] = DesiredState(rule=rule.name,
-                                       note=f"no published {rule.model} satisfies the rule")
-            continue
-        pick, note = versions[-1], None
-        if rule.canary is not None and rule.canary < 100:
-            if rule.name not in canaries:
-                cohort = canary_cohort(rule, pick.version, by_rule[rule.name])
-                canaries[rule.name] = (
-                    {d.id for d in cohort},
-                    all(d.runs(pick.name, pick.version) for d in cohort),
-                    any(d.refused(pick.name, pick.version) for d in cohort),
-                )
-            ids, promoted, halted = canaries[rule.name]
-            if dev.id not in ids and (halted or not promoted):
-                note = (f"canary of {pick.version} failed: rollout halted" if halted
-                        else f"waiting for the canary of {pick.version}")
-                older = versions[:-1]
-                if not older:
-                    out[dev.id] = DesiredState(rule=rule.name, note=note)
-                    continue
-                pick = older[-1]
+        pick, note = models[dev.id]
+        os_pick, os_note = oses.get(dev.id, (None, None))
         out[dev.id] = DesiredState(
-            model=DesiredModel(name=pick.name, version=pick.version, target=pick.target,
-                               pinned=rule.version.pinned),
+            model=None if pick is None else DesiredModel(
+                name=pick.name, version=pick.version, target=pick.target,
+                pinned=rule.version.pinned),
+            os=None if os_pick is None else DesiredOs(
+                version=os_pick.version, target=os_pick.target,
+                pinned=rule.os_version is not None and rule.os_version.pinned),
             rule=rule.name,
             note=note,
+            os_note=os_note,
         )
     return out

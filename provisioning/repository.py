@@ -9,6 +9,7 @@ says, a directory or an S3-compatible bucket; any static server or the bucket ca
     public/metadata/{N}.snapshot.json              consistent snapshots: every version stays
     public/metadata/{N}.targets.json
     public/targets/models/{name}/{sha256}.{name}-{version}.tar
+    public/targets/os/{version}/{sha256}.{file}     OS update artefacts (provisioning/osupdates.py)
     keys/{targets,snapshot,timestamp}.pem          online keys (mode 0600), never served
     <offline dir>/root-{i}.pem                     root keys: move them off the hub
 
@@ -29,6 +30,7 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -218,6 +220,8 @@ class ModelRepository:
         """Every published model version, with its target path, length and sha256."""
         rows = []
         for path, info in self.targets().signed.targets.items():
+            if not path.startswith("models/"):
+                continue  # OS versions share the repository (provisioning/osupdates.py)
             custom = info.custom or {}
             rows.append(
                 {
@@ -271,16 +275,25 @@ class ModelRepository:
 
     def add_target(self, path: str, data: bytes, custom: dict[str, Any]) -> TargetFile:
         """Store ``data`` under its hash-prefixed name and sign a targets version naming it."""
-        info = TargetFile.from_data(path, data, ["sha256"])
-        info.unrecognized_fields["custom"] = custom
-        dirname, _, base = path.rpartition("/")
-        self.storage.write(f"targets/{dirname}/{info.hashes['sha256']}.{base}", data)
+        return self.add_targets([(path, data, custom)])[0]
+
+    def add_targets(self, items: list[tuple[str, bytes, dict[str, Any]]]) -> list[TargetFile]:
+        """Store several targets and sign ONE targets version naming them all (an OS version
+        appears whole or not at all)."""
+        infos = []
+        for path, data, custom in items:
+            info = TargetFile.from_data(path, data, ["sha256"])
+            info.unrecognized_fields["custom"] = custom
+            dirname, _, base = path.rpartition("/")
+            self.storage.write(f"targets/{dirname}/{info.hashes['sha256']}.{base}", data)
+            infos.append(info)
         targets = self.targets()
-        targets.signed.targets[path] = info
+        for info in infos:
+            targets.signed.targets[info.path] = info
         targets.signed.version += 1
         targets.signed.expires = _now() + self.expiry.targets
         self._write_targets(targets)
-        return info
+        return infos
 
     def rotate_root(
         self, root_signers: list[Signer], new_online: dict[str, Signer] | None = None
@@ -456,6 +469,17 @@ def ensure_repository(root: Path, offline_dir: Path, config: RepositorySection) 
     if not exists(root, config):
         with contextlib.suppress(RepositoryError):
             init_repository(root, offline_dir, config, config.root_keys, config.root_threshold)
+
+
+@contextlib.contextmanager
+def writable(
+    root: Path, offline_dir: Path, config: RepositorySection
+) -> Iterator[ModelRepository]:
+    """The repository (created if need be) under the writers' lock: how every publish
+    (models, OS versions) adds targets."""
+    ensure_repository(root, offline_dir, config)
+    with file_lock(root):
+        yield open_repository(root, config)
 
 
 # --- artifacts as targets -------------------------------------------------------------------

@@ -3,11 +3,11 @@
 - Every ``refresh_interval_s`` it re-signs online metadata that is past half its lifetime (the
   timestamp expires after a day by default, so a hub that stops refreshing freezes no one: the
   appliances refuse the stale metadata).
-- Every ``rollout_interval_s`` it recomputes each device's desired model with the pure
-  ``placement.desired_states`` (policy + published versions + reported states) and publishes
-  it, retained, to every device whose desired state changed. That covers a device joining,
-  its labels changing, a new policy and a new published version alike, and a canary's
-  progress. After a broker reconnect everything is published again.
+- Every ``rollout_interval_s`` it recomputes each device's desired model and OS version
+  with the pure ``placement.desired_states`` (policy + published versions + reported states)
+  and publishes it, retained, to every device whose desired state changed. That covers a
+  device joining, its labels changing, a new policy and a new published version alike, and a
+  canary's progress. After a broker reconnect everything is published again.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from appliance.config import HubConfig
 from appliance.delivery import DesiredState
 from appliance.errors import LinkError, SpokeError
 from appliance.fsutil import file_lock
+from appliance.osupdate import OS_NAME
 from appliance.service import TaskGroupService
-from provisioning import repository
+from provisioning import osupdates, repository
 from provisioning.home import HubHome
 from provisioning.hub import HubService
 from provisioning.placement import DeviceView, Published, desired_states, load_policy
-from provisioning.registry import Registry
+from provisioning.registry import Device, Registry
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,20 @@ def catalog(home: HubHome, config: HubConfig) -> list[Published]:
         Published(str(m["name"]), str(m["version"]), str(m["target"]))
         for m in repo.models()
         if m["name"] and m["version"]
-    ]
+    ] + [Published(OS_NAME, str(o["version"]), str(o["target"]))
+         for o in osupdates.os_versions(repo) if o["version"]]
+
+
+def device_view(device: Device) -> DeviceView:
+    """What placement reads of a registered device: labels, reported model and OS."""
+    state = device.state or {}
+    return DeviceView(device.id, device.labels, dict(state.get("model") or {}),
+                      dict(state.get("os") or {}))
 
 
 def fleet_desired(home: HubHome, config: HubConfig, registry: Registry) -> dict[str, DesiredState]:
     """Every active device's desired state, as the hub publishes it now."""
-    devices = [
-        DeviceView(d.id, d.labels, dict((d.state or {}).get("model") or {}))
-        for d in registry.devices()
-        if d.revoked_at is None
-    ]
+    devices = [device_view(d) for d in registry.devices() if d.revoked_at is None]
     return desired_states(load_policy(home.policy), catalog(home, config), devices)
 
 

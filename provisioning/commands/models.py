@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 from appliance.cli import print_json, print_table
-from appliance.fsutil import file_lock
 from provisioning import repository
 from provisioning.commands.common import add_home, home_of
 
@@ -75,9 +74,7 @@ def publish(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.artifact)  # validates hashes, card and graph
     card = artifact.card
     card_sha = hashlib.sha256((artifact.root / "card.json").read_bytes()).hexdigest()
-    repository.ensure_repository(home.repository, home.offline_keys, config.repository)
-    with file_lock(home.repository):
-        repo = repository.open_repository(home.repository, config.repository)
+    with repository.writable(home.repository, home.offline_keys, config.repository) as repo:
         row, added = repository.publish(repo, artifact.root, card.name, card.version, card_sha)
     if args.json:
         print_json(row | {"added": added})

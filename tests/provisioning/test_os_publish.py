@@ -1,0 +1,111 @@
+"""`spoke-hub os publish`: OS versions as TUF targets in the models' signed repository, and
+every refusal leaving the repository as it was."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.config import RepositorySection
+from appliance.osupdate import OsManifest
+from provisioning import repository
+from tests.provisioning.test_hub_cli import init
+from tests.support.fleet import cli
+from tests.support.osrelease import make_release
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "hub"
+    init(home)
+    return home
+
+
+def publish(home: Path, directory: Path, check: bool = True):  # type: ignore[no-untyped-def]
+    return cli("spoke-hub", "os", "publish", "--home", str(home), str(directory), "--json",
+               check=check)
+
+
+def repo_of(home: Path) -> repository.ModelRepository:
+    return repository.open_repository(home / "repository", RepositorySection())
+
+
+def targets_version(home: Path) -> int:
+    return repo_of(home).targets().signed.version
+
+
+def test_publish_adds_manifest_uki_and_root_as_signed_targets(home: Path, tmp_path: Path):
+    rel = make_release(tmp_path / "v2", "2")
+    row = json.loads(publish(home, rel).stdout)
+    assert row["target"] == "os/2/manifest.json"
+    targets = repo_of(home).targets().signed.targets
+    assert set(targets) >= {"os/2/manifest.json", "os/2/spoke_2.efi", "os/2/spoke_2.root.raw"}
+    root = (rel / "spoke_2.root.raw").read_bytes()
+    assert targets["os/2/spoke_2.root.raw"].hashes["sha256"] == hashlib.sha256(root).hexdigest()
+    stored = home / "repository" / "public" / "targets" / "os" / "2"
+    manifest_info = targets["os/2/manifest.json"]
+    body = (stored / f"{manifest_info.hashes['sha256']}.manifest.json").read_bytes()
+    manifest = OsManifest.model_validate_json(body)
+    assert (manifest.version, manifest.architecture) == ("2", "x86-64")
+    assert {f.role for f in manifest.files} == {"uki", "root"}
+
+
+def test_os_targets_are_not_listed_as_models(home: Path, tmp_path: Path):
+    publish(home, make_release(tmp_path / "v2", "2"))
+    assert repo_of(home).models() == []
+    listed = json.loads(cli("spoke-hub", "os", "list", "--home", str(home), "--json").stdout)
+    assert [r["version"] for r in listed] == ["2"]
+
+
+def test_a_uki_for_another_architecture_is_refused(home: Path, tmp_path: Path):
+    publish(home, make_release(tmp_path / "v1", "1"))
+    before = targets_version(home)
+    proc = publish(home, make_release(tmp_path / "v2", "2", uki_arch="arm64"), check=False)
+    assert proc.returncode != 0 and "UKI for arm64" in proc.stderr
+    assert targets_version(home) == before
+
+
+def test_an_unknown_architecture_is_refused(home: Path, tmp_path: Path):
+    rel = make_release(tmp_path / "v2", "2")
+    (rel / "manifest.json").write_text(json.dumps({"version": "2", "architecture": "mips"}))
+    proc = publish(home, rel, check=False)
+    assert proc.returncode != 0 and "architecture 'mips'" in proc.stderr
+
+
+def test_a_mismatched_checksum_is_refused(home: Path, tmp_path: Path):
+    publish(home, make_release(tmp_path / "v1", "1"))
+    before = targets_version(home)
+    rel = make_release(tmp_path / "v2", "2")
+    with (rel / "spoke_2.root.raw").open("r+b") as f:
+        f.write(b"X")
+    proc = publish(home, rel, check=False)
+    assert proc.returncode != 0 and "does not match SHA256SUMS" in proc.stderr
+    assert targets_version(home) == before
+    assert "os/2/manifest.json" not in repo_of(home).targets().signed.targets
+
+
+def test_a_missing_checksum_is_refused(home: Path, tmp_path: Path):
+    rel = make_release(tmp_path / "v2", "2")
+    lines = (rel / "SHA256SUMS").read_text().splitlines()
+    (rel / "SHA256SUMS").write_text("\n".join(line for line in lines if ".efi" not in line))
+    proc = publish(home, rel, check=False)
+    assert proc.returncode != 0 and "uki image of 2 is missing" in proc.stderr
+
+
+def test_a_missing_checksum_file_is_refused(home: Path, tmp_path: Path):
+    rel = make_release(tmp_path / "v2", "2")
+    (rel / "SHA256SUMS").unlink()
+    proc = publish(home, rel, check=False)
+    assert proc.returncode != 0 and "SHA256SUMS is missing" in proc.stderr
+
+
+def test_a_version_already_published_is_refused_and_kept(home: Path, tmp_path: Path):
+    publish(home, make_release(tmp_path / "a", "2"))
+    first = repo_of(home).targets().signed.targets["os/2/spoke_2.root.raw"].hashes
+    before = targets_version(home)
+    proc = publish(home, make_release(tmp_path / "b", "2", root=b"other bytes" * 100),
+                   check=False)
+    assert proc.returncode != 0 and "already published" in proc.stderr
+    assert targets_version(home) == before
+    assert repo_of(home).targets().signed.targets["os/2/spoke_2.root.raw"].hashes == first

@@ -51,6 +51,8 @@
       text = (x.mission ? "mission " + x.mission + ": " : "") + ((x.labels || []).join(", ") || "nothing");
     } else if (e.kind === "alert") {
       text = x.alert + " " + x.state + ": " + (x.message || "");
+    } else if (e.kind === "software_updated") {
+      text = versionsText(x.to);
     } else {
       text = Object.entries(x).filter(([, v]) => typeof v !== "object").map(([k, v]) => k + "=" + v)
         .join(", ").slice(0, 160);

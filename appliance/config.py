@@ -166,6 +166,18 @@ class FinetuneSection(Section):
     allow_manual_promotion: bool = False
 
 
+class OsSection(Section):
+    """The ``[os]`` section: over-the-air OS updates (daemon/osupdate) and the boot health gate.
+
+    ``reboot_window`` is local time ``HH:MM-HH:MM`` (it may wrap past midnight): a staged
+    version is booted only then. ``hub_grace_s``: the health gate still passes when the hub
+    was reachable within this long (a link outage alone must not roll an OS back)."""
+
+    reboot_window: str = Field("02:00-05:00", pattern=r"^\d\d:\d\d-\d\d:\d\d$")
+    download_deadline_s: float = Field(3600.0, gt=0)
+    hub_grace_s: float = Field(900.0, gt=0)
+
+
 class DaemonConfig(Section):
     daemon: DaemonSection = DaemonSection()
     hub: HubLinkSection = HubLinkSection()
@@ -174,6 +186,7 @@ class DaemonConfig(Section):
     models: ModelsSection = ModelsSection()
     uplink: UplinkSection = UplinkSection()
     finetune: FinetuneSection = FinetuneSection()
+    os: OsSection = OsSection()
 
 
 class HubSection(Section):

@@ -1,0 +1,92 @@
+"""Fetch a desired OS version: its signed manifest, then every file it names, each through the
+TUF client and ``download_target`` (capped by the signed length and the deadline, resumable),
+into a source directory laid out for systemd-sysupdate (the files plus SHA256SUMS).
+
+Nothing reaches the source directory until every file is verified, so a refusal leaves the
+previous contents and the slots as they were.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from appliance.fsutil import atomic_write, fsync_dir
+from appliance.osupdate import UNAME_ARCH, DesiredOs, OsManifest, pe_architecture
+from daemon.delivery.download import download_target
+from daemon.delivery.errors import ModelRefused
+from daemon.delivery.fetch import RangeFetcher
+from daemon.delivery.tufclient import TufClient
+
+
+def machine_architecture() -> str:
+    """This machine's architecture in systemd's naming (``x86-64``, ``arm64``)."""
+    machine = platform.machine()
+    return UNAME_ARCH.get(machine, machine)
+
+
+def fetch_os(
+    client: TufClient,
+    fetcher: RangeFetcher,
+    desired: DesiredOs,
+    work: Path,
+    source: Path,
+    deadline: float,
+    architecture: str | None = None,
+) -> OsManifest:
+    """Download and verify ``desired`` into ``work`` (partial files kept for the next try on
+    a lost link), then replace ``source`` with exactly its files and a SHA256SUMS.
+
+    Raises ``ModelRefused`` (tampered, wrong architecture, a manifest that does not match its
+    targets) or ``DeliveryInterrupted`` (link lost, deadline, disk full)."""
+    arch = architecture or machine_architecture()
+    resolved = client.resolve(desired.target)
+    path = download_target(fetcher, resolved.url, resolved.info, work / "manifest.json.partial",
+                           deadline)
+    try:
+        manifest = OsManifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise ModelRefused("bad-os-manifest", f"{desired.target}: {exc.errors()[0]['msg']}") \
+            from exc
+    if manifest.version != desired.version:
+        raise ModelRefused("target-mismatch", f"{desired.target} describes version "
+                           f"{manifest.version}, not {desired.version}")
+    if manifest.architecture != arch:
+        raise ModelRefused("wrong-architecture", f"OS {manifest.version} is built for "
+                           f"{manifest.architecture}; this appliance is {arch}")
+    fetched: dict[str, Path] = {}
+    for file in manifest.files:
+        target = client.resolve(manifest.target(file))
+        if (target.sha256, target.info.length) != (file.sha256, file.length):
+            raise ModelRefused("target-mismatch", f"{target.info.path}: the signed target and "
+                               "the signed manifest disagree")
+        fetched[file.name] = download_target(fetcher, target.url, target.info,
+                                             work / f"{file.name}.partial", deadline)
+        if file.role == "uki":
+            with fetched[file.name].open("rb") as f:
+                uki_arch = pe_architecture(f.read(4096))
+            if uki_arch != arch:
+                fetched[file.name].unlink()
+                raise ModelRefused("wrong-architecture", f"{file.name} is a UKI for "
+                                   f"{uki_arch or 'no known architecture'}; this appliance "
+                                   f"is {arch}")
+    _install_source(source, fetched, manifest)
+    return manifest
+
+
+def _install_source(source: Path, fetched: dict[str, Path], manifest: OsManifest) -> None:
+    """Make ``source`` hold exactly this version's files and their SHA256SUMS (sysupdate's
+    url-file source reads the list first)."""
+    if source.exists():
+        shutil.rmtree(source)
+    source.mkdir(parents=True)
+    for name, path in fetched.items():
+        os.replace(path, source / name)
+    sums = "".join(f"{f.sha256}  {f.name}\n" for f in manifest.files)
+    atomic_write(source / "SHA256SUMS", sums)
+    fsync_dir(source)
+

@@ -1,0 +1,34 @@
+"""One OS update step as the reconciler runs it: fetch and verify, then stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from appliance.osupdate import DesiredOs, OsManifest
+from daemon.delivery.fetch import RangeFetcher
+from daemon.delivery.tufclient import TufClient
+from daemon.osupdate.fetch import fetch_os
+from daemon.osupdate.stage import stage
+
+
+def source_dir(state_dir: Path) -> Path:
+    """Where the transfer definitions read from (``file:///var/lib/spoke/os/source``)."""
+    return state_dir / "os" / "source"
+
+
+def fetch_and_stage(
+    client: TufClient,
+    fetcher: RangeFetcher,
+    desired: DesiredOs,
+    state_dir: Path,
+    deadline: float,
+    image: Path | None = None,
+    root: Path | None = None,
+    architecture: str | None = None,
+    env: dict[str, str] | None = None,
+) -> OsManifest:
+    """Bring ``desired`` into the inactive slot; any refusal happens before sysupdate runs."""
+    manifest = fetch_os(client, fetcher, desired, state_dir / "os" / "partial",
+                        source_dir(state_dir), deadline, architecture)
+    stage(manifest.version, image=image, root=root, env=env)
+    return manifest

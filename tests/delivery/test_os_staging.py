@@ -1,0 +1,192 @@
+"""OS updates staged for real: systemd-sysupdate (systemd 254) with the transfer definitions the
+image ships, against a GPT disk image with A/B root partitions made by systemd-repart, from a
+source the appliance filled through the TUF client. Needs root (sysupdate attaches the image to
+a loop device itself)."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.osupdate import DesiredOs
+from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
+from daemon.delivery.tufclient import TufClient
+from daemon.osupdate.stage import SYSUPDATE
+from daemon.osupdate.update import fetch_and_stage, source_dir
+from provisioning import osupdates
+from tests.delivery.simulator import SimulatedRepository
+from tests.support.osrelease import make_release
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not SYSUPDATE.exists() or not shutil.which("systemd-repart")
+    or not shutil.which("debugfs"),
+    reason="needs root, systemd-sysupdate and systemd-repart (systemd >= 254) and debugfs",
+)
+
+SYSUPDATE_D = Path(__file__).parents[2] / "image/mkosi/mkosi.extra/usr/lib/sysupdate.d"
+SLOT = 16 * 2**20
+ROOT_V2 = bytes(range(256)) * 4096  # 1 MiB, a stand-in root file system image
+
+
+def shipped(name: str, state: Path) -> str:
+    """A transfer definition as the image ships it, reading the test's state directory."""
+    text = (SYSUPDATE_D / name).read_text()
+    assert "file:///var/lib/spoke/os/source" in text
+    return text.replace("file:///var/lib/spoke/os/source", f"file://{source_dir(state)}")
+
+
+def os_tree(path: Path, state: Path, conf: str) -> Path:
+    (path / "etc").mkdir(parents=True)
+    (path / "etc/os-release").write_text("ID=debian\nIMAGE_ID=spoke\nIMAGE_VERSION=1\n")
+    (path / "usr/lib/sysupdate.d").mkdir(parents=True)
+    (path / "usr/lib/sysupdate.d" / conf).write_text(shipped(conf, state))
+    return path
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "var-lib-spoke"
+
+
+@pytest.fixture
+def disk(tmp_path: Path, state: Path) -> Path:
+    """Slot A holds version 1 (an ext4 root with the shipped 50-root.conf), slot B is empty."""
+    tree = os_tree(tmp_path / "tree", state, "50-root.conf")
+    repart = tmp_path / "repart.d"
+    repart.mkdir()
+    (repart / "20-root-a.conf").write_text(
+        f"[Partition]\nType=root\nLabel=spoke_1\nFormat=ext4\nCopyFiles={tree}:/\n"
+        f"SizeMinBytes={SLOT}\nSizeMaxBytes={SLOT}\n")
+    (repart / "21-root-b.conf").write_text(
+        f"[Partition]\nType=root\nLabel=_empty\nSizeMinBytes={SLOT}\nSizeMaxBytes={SLOT}\n")
+    disk = tmp_path / "disk.raw"
+    with disk.open("wb") as f:
+        f.truncate(3 * SLOT)
+    subprocess.run(["systemd-repart", "--offline=yes", "--empty=require", "--dry-run=no",
+                    f"--definitions={repart}", str(disk)], check=True, capture_output=True)
+    return disk
+
+
+def partitions(disk: Path) -> list[dict[str, object]]:
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], check=True,
+                                      capture_output=True, text=True).stdout)
+    return list(table["partitiontable"]["partitions"])
+
+
+def read_partition(disk: Path, part: dict[str, object], length: int | None = None) -> bytes:
+    with disk.open("rb") as f:
+        f.seek(int(str(part["start"])) * 512)
+        return f.read(length if length is not None else int(str(part["size"])) * 512)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> SimulatedRepository:
+    sim = SimulatedRepository()
+    osupdates.publish(sim.repo, make_release(tmp_path / "v2", "2", root=ROOT_V2))
+    return sim
+
+
+def client(sim: SimulatedRepository, tmp_path: Path) -> TufClient:
+    return TufClient(tmp_path / "tuf", sim.root, sim.base, sim)
+
+
+def rel_of(sim: SimulatedRepository, target: str) -> str:
+    info = sim.repo.targets().signed.targets[target]
+    dirname, _, base = target.rpartition("/")
+    return f"targets/{dirname}/{info.hashes['sha256']}.{base}"
+
+
+V2 = DesiredOs(version="2", target="os/2/manifest.json")
+
+
+def update(sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path) -> None:
+    fetch_and_stage(client(sim, tmp_path), sim, V2, state, time.monotonic() + 120, image=disk,
+                    architecture="x86-64")
+
+
+def files_of(disk: Path, part: dict[str, object], out: Path) -> dict[str, str]:
+    """The running slot's file system as {path: sha256}, read with debugfs (no mount)."""
+    image = out.with_suffix(".img")
+    image.write_bytes(read_partition(disk, part))
+    out.mkdir()
+    subprocess.run(["debugfs", "-R", f"rdump / {out}", str(image)], check=True,
+                   capture_output=True)
+    return {str(p.relative_to(out)): digest(p.read_bytes())
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_the_inactive_slot_gets_the_new_version_and_the_running_one_is_untouched(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    a, _ = partitions(disk)
+    running = files_of(disk, a, tmp_path / "before")
+    update(sim, tmp_path, state, disk)
+    a2, b2 = partitions(disk)
+    assert (a2["name"], b2["name"]) == ("spoke_1", "spoke_2")
+    assert (a2["start"], a2["size"]) == (a["start"], a["size"])
+    assert read_partition(disk, b2, len(ROOT_V2)) == ROOT_V2
+    # --image mode fscks and mounts slot A read-write to read its os-release and transfer
+    # definitions (its superblock's mount count moves); on a running box it is simply /.
+    # What must not move is the running version's file system: every file, byte for byte.
+    assert files_of(disk, a2, tmp_path / "after") == running
+    assert "etc/os-release" in running
+
+
+def test_a_tampered_target_is_refused_and_nothing_is_staged(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    before = digest(disk.read_bytes())
+    rel = rel_of(sim, "os/2/spoke_2.root.raw")
+    sim.served[rel] = b"X" + ROOT_V2[1:]  # same length, one byte changed
+    with pytest.raises(ModelRefused) as err:
+        update(sim, tmp_path, state, disk)
+    assert err.value.code == "hash-mismatch"
+    assert digest(disk.read_bytes()) == before
+    assert not source_dir(state).exists()
+
+
+def test_a_truncated_download_stages_nothing_then_resumes(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    before = digest(disk.read_bytes())
+    rel = rel_of(sim, "os/2/spoke_2.root.raw")
+    sim.cut_after[rel] = len(ROOT_V2) // 2
+    with pytest.raises(DeliveryInterrupted):
+        update(sim, tmp_path, state, disk)
+    assert digest(disk.read_bytes()) == before and not source_dir(state).exists()
+    del sim.cut_after[rel]
+    update(sim, tmp_path, state, disk)
+    assert (rel, len(ROOT_V2) // 2) in sim.requests  # the second try asked for the rest only
+    assert read_partition(disk, partitions(disk)[1], len(ROOT_V2)) == ROOT_V2
+
+
+def test_a_version_for_another_architecture_is_refused_and_nothing_is_staged(
+        tmp_path: Path, state: Path, disk: Path):
+    sim = SimulatedRepository()
+    osupdates.publish(sim.repo, make_release(tmp_path / "arm", "2", arch="arm64"))
+    before = digest(disk.read_bytes())
+    with pytest.raises(ModelRefused) as err:
+        update(sim, tmp_path, state, disk)
+    assert err.value.code == "wrong-architecture"
+    assert digest(disk.read_bytes()) == before and not source_dir(state).exists()
+
+
+def test_the_uki_lands_on_the_esp_with_boot_counting(
+        sim: SimulatedRepository, tmp_path: Path, state: Path):
+    root = os_tree(tmp_path / "root", state, "60-uki.conf")
+    linux = root / "efi/EFI/Linux"
+    linux.mkdir(parents=True)
+    (linux / "spoke_1.efi").write_bytes(b"the running UKI")
+    # The ESP here is a directory, not vfat (no vfat module in CI's container).
+    fetch_and_stage(client(sim, tmp_path), sim, V2, state, time.monotonic() + 120, root=root,
+                    architecture="x86-64",
+                    env={"SYSTEMD_RELAX_ESP_CHECKS": "1", "SYSTEMD_ESP_PATH": "/efi"})
+    uki = (tmp_path / "v2" / "spoke_2.efi").read_bytes()
+    assert (linux / "spoke_2+3-0.efi").read_bytes() == uki
+    assert (linux / "spoke_1.efi").read_bytes() == b"the running UKI"

@@ -90,8 +90,11 @@ class Daemon:
 
     def state_fields(self) -> dict[str, Any]:
         """Extra reported-state fields; services that own them add theirs here."""
-        fields: dict[str, Any] = {"api_port": self.api.port,
-                                  "os": {"name": self.versions.os, "kernel": self.versions.kernel}}
+        fields: dict[str, Any] = {
+            "api_port": self.api.port,
+            # What runs now (not "os": that is the OS update's state, shaped like "model").
+            "system": {"os": self.versions.os, "kernel": self.versions.kernel},
+        }
         if self.models is not None:
             fields["model"] = self.models.reported()
         finetune = getattr(self, "finetune", None)

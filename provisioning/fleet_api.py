@@ -226,6 +226,7 @@ class FleetApi:
             "alerts": with_acks(self.registry, summary.alerts),
             "desired": desired.model_dump(mode="json", exclude_none=True) if desired else None,
             "os": (device.state or {}).get("os"),
+            "system": (device.state or {}).get("system"),
             "model_history": history[:50],
             "recent_alerts": alert_events[:20],
             "recent_events": self.registry.events(device.id, limit=20),

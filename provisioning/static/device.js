@@ -91,7 +91,8 @@
         ["Kernel", f.kernel],
         ["GPUs", (f.gpus || []).map((g) => g.name + (g.memory_bytes ? " " + gib(g.memory_bytes) : "")).join(", ") || "none"]]);
       const refused = d.model_refused ? d.model_refused.version + ": " + d.model_refused.code : null;
-      dl("software", [["Spoke", d.software_version], ["OS", d.os ? (d.os.name || "unknown") + " · kernel " + d.os.kernel : null],
+      dl("software", [["Spoke", d.software_version], ["OS", d.system ? (d.system.os || "unknown") + " · kernel " + d.system.kernel : null],
+        ["OS image", d.os && d.os.version ? d.os.version + (d.os.state ? " (" + d.os.state + ")" : "") : null],
         ["Model", d.model ? d.model + " (" + d.model_state + ")" : "none"],
         ["Desired model", d.desired && d.desired.model ? d.desired.model.name + "@" + d.desired.model.version
           : (d.desired && d.desired.note) || "none"],

@@ -2,7 +2,9 @@
 versions and a rule, two devices that enrolled for real (the fleet benchmark's simulated
 devices: claim certificate, CSR, MQTT 5), and their rollback events sent the way a device's
 outbox sends them (its own certificate, its own events topic, the daemon's Refusal payload).
-One device fails the health gate on the target twice (the rollout stalls), the other once."""
+One device fails the health gate on the target twice (the rollout stalls), the other once.
+The other also sends text meant as markup (a mission name, an alert message): a device is not
+trusted, so the pages must show it as text."""
 
 import asyncio
 import json
@@ -54,6 +56,21 @@ async def send(device: SimulatedDevice, events: list[Event]) -> None:
             await client.publish(topics.events(device.device_id), event.model_dump_json(), qos=1)
 
 
+HOSTILE = '<img src="/x" onerror="document.title=\'owned\'">'
+
+
+def hostile_events() -> list[Event]:
+    """A detection and an alert whose device-chosen text is HTML."""
+    return [
+        Event(id=str(uuid.uuid4()), kind="detection", ts=time.time(), data={
+            "image": "i1", "mission": HOSTILE, "labels": ["crack"], "max_probs": {"crack": 0.9},
+            "captured_at": None, "gps": None, "model": {"name": "crack-vit", "version": "1.0.0"}}),
+        Event(id=str(uuid.uuid4()), kind="alert", ts=time.time(), data={
+            "alert": "disk_full", "state": "raised", "subject": "/", "severity": "critical",
+            "message": HOSTILE}),
+    ]
+
+
 def api(hub: Hub, path: str) -> Any:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -83,11 +100,13 @@ def stalled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, lis
         async def scene() -> None:
             await enroll_all(devices, 2)
             await send(failing, [rolled_back("1.1.0"), rolled_back("1.1.0")])
-            await send(flaky, [rolled_back("1.1.0"), rolled_back("1.0.0"), rolled_back("1.0.0")])
+            await send(flaky, [rolled_back("1.1.0"), rolled_back("1.0.0"), rolled_back("1.0.0"),
+                               *hostile_events()])
 
         asyncio.run(scene())
         wait_for(lambda: api(hub, "/api/v1/rollouts")["rules"][0]["phase"] == "stalled", 60,
                  "the rollout to stall")
+        wait_for(lambda: api(hub, "/api/v1/alerts")["active"], 60, "the alert")
         yield hub, [failing.device_id, flaky.device_id]
     finally:
         hub.stop()
@@ -131,5 +150,19 @@ def test_a_stalled_rollout_is_a_banner_naming_the_device(
     assert banner_box is not None and table_box is not None
     assert banner_box["y"] < table_box["y"] and banner_box["y"] + banner_box["height"] <= size[1]
     visit.screenshot(shot(f"dashboard-rollouts-stalled-{size[0]}x{size[1]}.png"))
+    assert visit.console_errors == []
+    p.close()
+
+
+@pytest.mark.parametrize("path", ["/findings", "/alerts"])
+def test_text_a_device_sends_is_shown_as_text_never_as_markup(
+    stalled: tuple[Hub, list[str]], browser: Browser, path: str
+) -> None:
+    hub, _ = stalled
+    visit = browser.visit(f"https://localhost:{hub.http_port}{path}")
+    p = visit.page
+    assert HOSTILE in p.locator("main").inner_text()
+    assert p.locator('main img[src="/x"]').count() == 0
+    assert p.title() != "owned"
     assert visit.console_errors == []
     p.close()

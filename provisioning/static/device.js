@@ -84,7 +84,8 @@
         " ", badge(d.connectivity));
       dl("identity", [["Site", d.site], ["Labels", labelText(d.labels)], ["Status", d.availability],
         ["Last seen", ago(d.last_seen)], ["Enrolled", when(d.enrolled_at)], ["Claim", d.claim_id],
-        ["Certificate expires", certificate(d)]]);
+        ["Certificate expires", certificate(d)],
+        ["Key storage", d.state && d.state.certificate ? d.state.certificate.key : null]]);
       const f = d.facts || {};
       dl("hardware", [["Product", f.product], ["Host name", f.hostname], ["CPU", f.cpu_model],
         ["Cores", f.cpu_count], ["Memory", gib(f.memory_bytes)], ["Architecture", f.arch],

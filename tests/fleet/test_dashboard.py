@@ -297,7 +297,8 @@ def test_device_page_charts_health_and_shows_model_history(
     updated = p.locator("#history tr:has(.software_updated)").inner_text()
     assert "first start" in updated and f"kernel {platform.release()}" in updated
     assert "Cores" in p.locator("#hardware").inner_text()
-    assert "Certificate expires" in p.locator("#identity").inner_text()
+    identity = p.locator("#identity").inner_text()
+    assert "Certificate expires" in identity and "Key storage\nfile" in identity
     assert visit.console_errors == []
     p.close()
 

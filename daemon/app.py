@@ -27,10 +27,12 @@ from daemon.api.server import ApiServer, parse_listen
 from daemon.api.tls import ApiTls
 from daemon.delivery.service import ModelService
 from daemon.finetune.api import FinetuneApi
+from daemon.finetune.jobs import ACTIVE as ACTIVE_JOBS
 from daemon.finetune.review import review_upload
 from daemon.finetune.service import FinetuneService
 from daemon.health import DaemonMetrics, HealthService
 from daemon.hublink import HubLink
+from daemon.osupdate.service import OsUpdateService
 from daemon.outbox import Outbox
 from daemon.provisioner import Provisioner
 from daemon.state import Identity, StateDir, StatusFile
@@ -77,6 +79,7 @@ class Daemon:
         )
         #: Signed model delivery (daemon/delivery): its manager is the uplink's provider.
         self.models: ModelService | None = None
+        self.osupdate: OsUpdateService | None = None
         if options.model is None and not options.standalone:
             self.models = ModelService(
                 options.state.root / "models",
@@ -97,6 +100,8 @@ class Daemon:
         }
         if self.models is not None:
             fields["model"] = self.models.reported()
+        if self.osupdate is not None:
+            fields["os_update"] = self.osupdate.reported()
         finetune = getattr(self, "finetune", None)
         if finetune is not None:
             fields["finetune"] = finetune.reported()
@@ -233,6 +238,8 @@ class Daemon:
         async def on_desired(message: Any) -> None:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             await models.on_desired(payload)
+            if self.osupdate is not None:
+                await self.osupdate.on_desired(payload)
 
         link.handlers[topics.desired(ident.device_id)] = on_desired
         models.on_change = [link.publish_state]
@@ -244,6 +251,9 @@ class Daemon:
             ident.ca, (ident.cert, ident.key), read_timeout=self.config.models.read_timeout_s
         )
         models.attach(root, f"https://{ident.hub_host}:{ident.http_port}/repository", fetcher)
+        if self.osupdate is not None and models.tuf is not None:
+            self.osupdate.on_change = [link.publish_state]
+            self.osupdate.attach(models.tuf)  # one trust root and TUF cache: models and the OS
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -300,6 +310,13 @@ class Daemon:
             from daemon.web.status import Sources, StatusPage
 
             StatusPage(Sources.of_daemon(self)).install(self.api.app)
+        # Over-the-air OS updates (daemon/osupdate), with the models' TUF client.
+        self.osupdate = None if self.models is None else OsUpdateService(
+            self.options.state.root, self.config.os,
+            lambda kind, data: self.outbox.put(kind, data),
+            busy=lambda: ((self.finetune.reported() or {}).get("status") in ACTIVE_JOBS,
+                          self.uplink.queue_depth()),
+        )
         services: list[Service] = [sdnotify.Watchdog(), self.outbox]
         if isinstance(self.model_provider, StaticModel):
             # Before the uplink, so it stops after it: no image runs on a closed backend.
@@ -307,6 +324,8 @@ class Daemon:
         if self.models is not None:
             services.append(self.models)  # before the uplink, so it stops after it
         services += [self.uplink, self.finetune, self.api, self.health]
+        if self.osupdate is not None:
+            services.append(self.osupdate)
         if self.options.standalone:
             self.status.provisioning("standalone", "started with --standalone: no hub")
             return services

@@ -9,6 +9,7 @@ from appliance.cli import build_parser, run_cli
 COMMANDS = {
     "run": "daemon.commands.run",
     "status": "daemon.commands.status",
+    "health-gate": "daemon.commands.healthgate",
     "infer": "daemon.commands.infer",
     "bench": "daemon.commands.bench",
     "tokens": "daemon.commands.tokens",

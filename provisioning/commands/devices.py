@@ -133,11 +133,12 @@ def list_devices(args: argparse.Namespace) -> int:
                 "health": _health(d),
                 "desired_model": d["desired_model"] or "-",
                 "model": _model(d),
+                "os": d["os"] or "-",
             }
             for d in rows
         ],
         ["device", "status", "last_seen", "version", "cert_expires", "key", "desired_model",
-         "model", "health", "hardware", "labels"],
+         "model", "os", "health", "hardware", "labels"],
     )
     return 0
 

@@ -3,6 +3,7 @@ image ships, against a GPT disk image with A/B root partitions made by systemd-r
 source the appliance filled through the TUF client. Needs root (sysupdate attaches the image to
 a loop device itself)."""
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance.config import OsSection
+from appliance.delivery import DesiredState
 from appliance.osupdate import DesiredOs
 from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
 from daemon.delivery.tufclient import TufClient
+from daemon.osupdate.service import OsUpdateService
 from daemon.osupdate.stage import SYSUPDATE
 from daemon.osupdate.update import fetch_and_stage, source_dir
 from provisioning import osupdates
@@ -190,3 +194,93 @@ def test_the_uki_lands_on_the_esp_with_boot_counting(
     uki = (tmp_path / "v2" / "spoke_2.efi").read_bytes()
     assert (linux / "spoke_2+3-0.efi").read_bytes() == uki
     assert (linux / "spoke_1.efi").read_bytes() == b"the running UKI"
+
+
+# --- the reconciler: desired version in, staged slot, reboot when allowed, outcome reported ---
+
+
+class Box:
+    """What the OS reconciler sees of the rest of the appliance."""
+
+    def __init__(self) -> None:
+        self.finetune, self.queued = False, 0
+        self.hour = 3
+        self.reboots = 0
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def service(self, state: Path, disk: Path, running: tuple[str, str]) -> OsUpdateService:
+        return OsUpdateService(
+            state, OsSection(reboot_window="02:00-05:00"),
+            emit=lambda kind, data: self.events.append((kind, data)),
+            busy=lambda: (self.finetune, self.queued),
+            running=lambda: running,
+            reboot=self.reboot,
+            stage_into={"image": disk, "architecture": "x86-64"},
+            now=lambda: dt.datetime(2026, 12, 2, self.hour, 30),
+        )
+
+    def reboot(self) -> None:  # stands in for `systemctl reboot`
+        self.reboots += 1
+
+
+def desire(version: str) -> bytes:
+    return DesiredState(os=DesiredOs(version=version, target=f"os/{version}/manifest.json")
+                        ).model_dump_json().encode()
+
+
+async def test_the_reconciler_stages_the_desired_version_and_waits_for_a_quiet_window(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    box = Box()
+    box.hour, box.queued = 12, 3
+    svc = box.service(state, disk, ("1", "spoke_1"))
+    svc.attach(client(sim, tmp_path))
+    await svc.on_desired(desire("2"))
+    await svc.reconcile()
+    assert svc.reported()["staged"] == "2"
+    assert partitions(disk)[1]["name"] == "spoke_2"
+    assert box.reboots == 0 and "outside the reboot window" in str(svc.reported()["waiting"])
+    box.hour = 3
+    await svc.reconcile()
+    assert box.reboots == 0 and "uplink queue holds 3" in str(svc.reported()["waiting"])
+    box.queued = 0
+    await svc.reconcile()
+    assert box.reboots == 1
+    assert [k for k, _ in box.events] == ["os_staged", "os_rebooting"]
+
+
+async def test_booting_the_new_version_reports_it_committed(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    box = Box()
+    svc = box.service(state, disk, ("1", "spoke_1"))
+    svc.attach(client(sim, tmp_path))
+    await svc.on_desired(desire("2"))
+    await svc.reconcile()
+    after = box.service(state, disk, ("2", "spoke_2"))
+    after._after_boot()
+    reported = after.reported()
+    assert (reported["version"], reported["slot"], reported["state"]) == ("2", "spoke_2",
+                                                                          "committed")
+    assert reported["last_update"]["outcome"] == "committed"  # type: ignore[index]
+
+
+async def test_a_rollback_is_reported_with_its_reason_and_not_retried(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    box = Box()
+    svc = box.service(state, disk, ("1", "spoke_1"))
+    svc.attach(client(sim, tmp_path))
+    await svc.on_desired(desire("2"))
+    await svc.reconcile()
+    (state / "os" / "health.json").write_text(
+        json.dumps({"ok": False, "reason": "hub unreachable for 300 s"}))
+    back = box.service(state, disk, ("1", "spoke_1"))  # systemd-boot fell back to slot A
+    back._after_boot()
+    back.attach(client(sim, tmp_path))
+    reported = back.reported()
+    assert reported["version"] == "1"
+    assert reported["last_error"] == {
+        "name": "spoke-os", "version": "2", "code": "rolled-back",
+        "reason": "rolled back: spoke-health failed: hub unreachable for 300 s"}
+    await back.on_desired(desire("2"))
+    await back.reconcile()
+    assert box.reboots == 1  # the first boot attempt only: 2 is not staged or booted again
+    assert back.reported()["staged"] is None

@@ -1,0 +1,268 @@
+"""The OS update reconciler: desired OS version in, a staged inactive slot and a reboot at an
+allowed time out, and the outcome (committed, rolled back, refused) in the reported state.
+
+Its journal (``STATE/os/journal.json``, on the data partition, so it outlives a slot switch)
+remembers which version it rebooted into: after the boot, running that version means the boot
+passed its health gate (systemd-boot fell back otherwise), running the old one means a
+rollback, whose reason ``spoke health-gate`` left in ``STATE/os/health.json``. A version that
+was refused for good or rolled back is not tried again until the hub desires another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from appliance.config import OsSection
+from appliance.delivery import FINAL_REFUSALS, DesiredState
+from appliance.errors import SpokeError
+from appliance.fsutil import atomic_write
+from appliance.osupdate import OS_NAME, DesiredOs
+from appliance.service import TaskGroupService
+from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
+from daemon.delivery.tufclient import TufClient
+from daemon.osupdate.reboot import may_reboot, parse_window
+from daemon.osupdate.update import fetch_and_stage
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["staged", "rebooting", "committed", "rolled-back", "refused", "interrupted"]
+
+
+class LastUpdate(BaseModel):
+    version: str
+    outcome: Outcome
+    reason: str
+    code: str | None = None
+    ts: float
+
+
+class OsJournal(BaseModel):
+    desired: DesiredOs | None = None
+    staged: str | None = None
+    booting: str | None = None  # the version we rebooted into, until the next start sees it
+    last: LastUpdate | None = None
+    refused: list[str] = []  # versions never tried again (refused for good or rolled back)
+
+
+def running_os(os_release: Path = Path("/etc/os-release")) -> tuple[str | None, str | None]:
+    """The running OS version (``IMAGE_VERSION``) and slot (the root partition's GPT label);
+    (None, None) on anything but a Spoke image, where OS updates stay off."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in os_release.read_text().splitlines():
+            key, _, value = line.partition("=")
+            fields[key] = value.strip().strip('"')
+    version = fields.get("IMAGE_VERSION") or None
+    if fields.get("IMAGE_ID") != "spoke" or version is None:
+        return None, None
+    slot = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        source = subprocess.run(["findmnt", "-no", "SOURCE", "/"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        if source.startswith("/dev/"):
+            slot = subprocess.run(["lsblk", "-no", "PARTLABEL", source], capture_output=True,
+                                  text=True, timeout=5).stdout.strip() or None
+    return version, slot
+
+
+def system_reboot() -> None:
+    subprocess.run(["systemctl", "reboot"], check=True, timeout=60)
+
+
+def health_failure(path: Path) -> str | None:
+    """What the last failed ``spoke health-gate`` said, if it failed last."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        if not data.get("ok"):
+            return str(data.get("reason") or "spoke-health failed")
+    return None
+
+
+class OsUpdateService(TaskGroupService):
+    name = "osupdate"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        config: OsSection,
+        emit: Callable[[str, dict[str, Any]], object],
+        busy: Callable[[], tuple[bool, int]],
+        running: Callable[[], tuple[str | None, str | None]] = running_os,
+        reboot: Callable[[], None] = system_reboot,
+        stage_into: dict[str, Any] | None = None,
+        now: Callable[[], dt.datetime] = dt.datetime.now,
+    ) -> None:
+        """``busy()`` -> (a fine-tune job runs, images queued in the uplink). ``stage_into``:
+        extra ``fetch_and_stage`` arguments (an ``image`` to stage into, in tests)."""
+        super().__init__()
+        self.state_dir = state_dir
+        self.root = state_dir / "os"
+        self.config = config
+        self.window = parse_window(config.reboot_window)
+        self.emit = emit
+        self.busy = busy
+        self.running = running
+        self.reboot = reboot
+        self.stage_into = stage_into or {}
+        self.now = now
+        self.tuf: TufClient | None = None
+        self.on_change: list[Callable[[], Awaitable[None]]] = []
+        self._wake = asyncio.Event()
+        self.version, self.slot = running()
+        self.waiting: str | None = None  # why a staged version is not booted yet
+
+    # --- the journal ------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.root / "journal.json"
+
+    def journal(self) -> OsJournal:
+        try:
+            return OsJournal.model_validate_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return OsJournal()
+        except ValidationError:
+            log.error("OS journal unreadable; starting afresh", extra={"path": str(self.path)})
+            return OsJournal()
+
+    def _save(self, journal: OsJournal) -> None:
+        atomic_write(self.path, journal.model_dump_json(indent=2))
+
+    def _record(self, journal: OsJournal, version: str, outcome: Outcome, reason: str,
+                code: str | None = None) -> None:
+        journal.last = LastUpdate(version=version, outcome=outcome, reason=reason, code=code,
+                                  ts=time.time())
+        self._save(journal)
+        self.emit(f"os_{outcome.replace('-', '_')}", journal.last.model_dump(mode="json"))
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._after_boot()
+        self.spawn(self._loop(), "reconcile")
+
+    async def stop(self) -> None:
+        await self.cancel_tasks()
+
+    def _after_boot(self) -> None:
+        """Settle the version we rebooted into: committed, or rolled back and why."""
+        journal = self.journal()
+        target = journal.booting
+        if target is None:
+            return
+        journal.booting = None
+        journal.staged = None
+        if self.version == target:
+            self._record(journal, target, "committed", f"booted {target} in slot {self.slot}")
+            return
+        why = health_failure(self.root / "health.json") or "the new slot never completed a boot"
+        journal.refused.append(target)
+        self._record(journal, target, "rolled-back", f"rolled back: spoke-health failed: {why}",
+                     code="rolled-back")
+
+    def attach(self, tuf: TufClient) -> None:
+        self.tuf = tuf
+        self._wake.set()
+
+    async def on_desired(self, payload: bytes) -> None:
+        try:
+            desired = DesiredState.model_validate_json(payload) if payload else DesiredState()
+        except ValidationError:
+            return  # the model reconciler logs it
+        journal = self.journal()
+        if journal.desired != desired.os:
+            journal.desired = desired.os
+            self._save(journal)
+            self._wake.set()
+
+    # --- what the hub sees ----------------------------------------------------------------------
+
+    def reported(self) -> dict[str, Any]:
+        journal = self.journal()
+        last = journal.last
+        error = None
+        if last is not None and last.code is not None:
+            error = {"name": OS_NAME, "version": last.version, "code": last.code,
+                     "reason": last.reason}
+        return {
+            "name": OS_NAME, "version": self.version, "slot": self.slot,
+            "state": "committed" if self.version else "not-an-image",
+            "desired": journal.desired.version if journal.desired else None,
+            "staged": journal.staged, "waiting": self.waiting,
+            "last_update": last.model_dump(mode="json") if last else None,
+            "last_error": error,
+        }
+
+    async def _changed(self) -> None:
+        for callback in list(self.on_change):
+            with contextlib.suppress(SpokeError):
+                await callback()
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 60)
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("OS reconcile failed")
+
+    async def reconcile(self) -> None:
+        """One pass: stage the desired version if it is new, then reboot if policy allows."""
+        journal = self.journal()
+        desired = journal.desired
+        if self.version is None:
+            return  # not running a Spoke image (a development box): never stage anything
+        if desired is not None and self.tuf is not None and desired.version not in (
+                self.version, journal.staged) and desired.version not in journal.refused:
+            await self._stage(journal, desired)
+        if journal.staged is not None and journal.booting is None:
+            await self._maybe_reboot(journal)
+
+    async def _stage(self, journal: OsJournal, desired: DesiredOs) -> None:
+        assert self.tuf is not None
+        deadline = time.monotonic() + self.config.download_deadline_s
+        try:
+            await asyncio.to_thread(fetch_and_stage, self.tuf, self.tuf.fetcher, desired,
+                                    self.state_dir, deadline, **self.stage_into)
+        except ModelRefused as exc:
+            if exc.code in FINAL_REFUSALS:
+                journal.refused.append(desired.version)
+            self._record(journal, desired.version, "refused", exc.reason, code=exc.code)
+        except DeliveryInterrupted as exc:
+            self._record(journal, desired.version, "interrupted", exc.reason)
+        else:
+            journal.staged = desired.version
+            self._record(journal, desired.version, "staged",
+                         f"{desired.version} staged into the inactive slot")
+        await self._changed()
+
+    async def _maybe_reboot(self, journal: OsJournal) -> None:
+        finetune, queued = self.busy()
+        decision = may_reboot(self.now(), self.window, finetune, queued)
+        if not decision.allowed:
+            if self.waiting != decision.reason:
+                self.waiting = decision.reason
+                await self._changed()
+            return
+        assert journal.staged is not None
+        journal.booting = journal.staged
+        self.waiting = None
+        self._record(journal, journal.staged, "rebooting", decision.reason)
+        await self._changed()
+        await asyncio.to_thread(self.reboot)

@@ -1,0 +1,52 @@
+"""`spoke health-gate` (what spoke-health.service runs before boot-complete.target) against a
+real hub and a real daemon: it passes on a healthy box and names the first thing that is not."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.delivery.test_end_to_end import MODEL_ENV, POLICY
+from tests.support.fleet import Appliance, Hub, cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def gate(appliance: Appliance, grace_s: int = 900) -> tuple[int, dict[str, object]]:
+    proc = cli("spoke", "health-gate", "--state-dir", str(appliance.state_dir), "--json",
+               check=False, env={"SPOKE_OS__HUB_GRACE_S": str(grace_s)})
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_the_gate_passes_on_a_healthy_box_then_names_what_broke(
+        tmp_path: Path, artifacts: dict[str, Path]):
+    hub = Hub(tmp_path).start()
+    appliance = Appliance(tmp_path, hub)
+    try:
+        code, verdict = gate(appliance)
+        assert code == 1 and verdict["reason"] == "the daemon is not READY"
+
+        hub.publish(artifacts["1.0.0"])
+        hub.apply_policy(POLICY.replace(">=1.0,<2", "==1.0.0"))
+        appliance.start(hub.bundle(tmp_path / "b.spoke"), env=MODEL_ENV)
+        device = appliance.wait_enrolled()
+        hub.wait_model(device, "1.0.0")
+        code, verdict = gate(appliance)
+        assert (code, verdict["ok"]) == (0, True), verdict
+        assert verdict["reason"] == "healthy: crack-vit@1.0.0 serves"
+        saved = json.loads((appliance.state_dir / "os" / "health.json").read_text())
+        assert saved["ok"] is True
+
+        hub.stop()
+        wait_for(lambda: not appliance.status()["hub"]["connected"] or None, 60,
+                 "the daemon to see the hub gone")
+        code, verdict = gate(appliance, grace_s=900)
+        assert code == 0, "a hub outage within the grace must not fail the boot"
+        wait_for(lambda: gate(appliance, grace_s=1)[0] == 1 or None, 30, "the grace to pass")
+        code, verdict = gate(appliance, grace_s=1)
+        assert str(verdict["reason"]).startswith("hub unreachable for ")
+        saved = json.loads((appliance.state_dir / "os" / "health.json").read_text())
+        assert saved["ok"] is False and saved["reason"] == verdict["reason"]
+    finally:
+        appliance.stop()
+        hub.stop()

@@ -101,7 +101,7 @@ class Daemon:
         if self.models is not None:
             fields["model"] = self.models.reported()
         if self.osupdate is not None:
-            fields["os_update"] = self.osupdate.reported()
+            fields["os"] = self.osupdate.reported()  # shaped like "model" (placement reads it)
         finetune = getattr(self, "finetune", None)
         if finetune is not None:
             fields["finetune"] = finetune.reported()

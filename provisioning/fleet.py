@@ -78,13 +78,13 @@ def model_text(model: Mapping[str, Any] | None) -> str | None:
     return f"{model['name']}@{model.get('version') or '?'}"
 
 
-def os_text(os_update: dict[str, Any]) -> str | None:
+def os_text(os: dict[str, Any]) -> str | None:
     """The running OS ``version (slot)`` and how its last update ended, e.g. ``1 (spoke_1);
     2 rolled-back: rolled back: spoke-health failed: ...``; None before any report."""
-    if not os_update.get("version"):
+    if not os.get("version"):
         return None
-    text = f"{os_update['version']} ({os_update.get('slot') or 'slot ?'})"
-    last = os_update.get("last_update") or {}
+    text = f"{os['version']} ({os.get('slot') or 'slot ?'})"
+    last = os.get("last_update") or {}
     if last and last.get("outcome") != "committed":
         text += f"; {last.get('version')} {last.get('outcome')}: {last.get('reason')}"
     return text
@@ -130,7 +130,7 @@ class DeviceSummary:
                 if error.get("code") else None
             ),
             "desired_model": self.desired,
-            "os": os_text(state.get("os_update") or {}),
+            "os_image": os_text(state.get("os") or {}),
             "health": {
                 "at": self.health_at,
                 "cpu_ratio": self.cpu_ratio,

@@ -49,7 +49,7 @@ def device_view(device: Device) -> DeviceView:
     """What placement reads of a registered device: labels, reported model and OS."""
     state = device.state or {}
     return DeviceView(device.id, device.labels, dict(state.get("model") or {}),
-                      dict(state.get("os_update") or {}))
+                      dict(state.get("os") or {}))
 
 
 def fleet_desired(home: HubHome, config: HubConfig, registry: Registry) -> dict[str, DesiredState]:

@@ -133,7 +133,7 @@ def list_devices(args: argparse.Namespace) -> int:
                 "health": _health(d),
                 "desired_model": d["desired_model"] or "-",
                 "model": _model(d),
-                "os": d["os"] or "-",
+                "os": d["os_image"] or "-",
             }
             for d in rows
         ],

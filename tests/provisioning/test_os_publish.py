@@ -120,12 +120,12 @@ def test_spoke_hub_devices_shows_the_running_os_and_a_rollback_with_its_reason(h
     registry.add_claim("c1", "token", {}, time.time() + 3600, 100, 1)
     registry.add_device("dev0", "c1", {"site": "b1"}, {"cpu_count": 4}, 10)
     reason = "rolled back: spoke-health failed: hub unreachable for 300 s"
-    registry.set_state("dev0", {"os_update": {
+    registry.set_state("dev0", {"os": {
         "name": "spoke-os", "version": "2", "slot": "spoke_2", "state": "committed",
         "last_update": {"version": "3", "outcome": "rolled-back", "reason": reason,
                         "code": "rolled-back", "ts": time.time()}}})
     registry.close()
     rows = json.loads(cli("spoke-hub", "devices", "--home", str(home), "--json").stdout)
-    assert rows[0]["os"] == f"2 (spoke_2); 3 rolled-back: {reason}"
+    assert rows[0]["os_image"] == f"2 (spoke_2); 3 rolled-back: {reason}"
     table = cli("spoke-hub", "devices", "--home", str(home)).stdout
     assert "2 (spoke_2); 3 rolled-back" in table

@@ -534,18 +534,22 @@ class Registry:
         return found
 
     def latest_health_of(self, device_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Each listed device's newest health snapshot, in one query (devices without one are
-        left out)."""
+        """Each listed device's newest health snapshot, one query per 500 devices (devices
+        without one are left out)."""
         latest = health.alias("latest")
-        query = sa.select(health.c.device_id, health.c.snapshot).where(
-            health.c.device_id.in_(device_ids),
-            health.c.ts
-            == sa.select(sa.func.max(latest.c.ts))
+        newest = (
+            sa.select(sa.func.max(latest.c.ts))
             .where(latest.c.device_id == health.c.device_id)
-            .scalar_subquery(),
+            .scalar_subquery()
         )
+        found: dict[str, dict[str, Any]] = {}
         with self._tx() as conn:
-            return {r.device_id: json.loads(r.snapshot) for r in conn.execute(query)}
+            for i in range(0, len(device_ids), 500):
+                query = sa.select(health.c.device_id, health.c.snapshot).where(
+                    health.c.device_id.in_(device_ids[i : i + 500]), health.c.ts == newest
+                )
+                found |= {r.device_id: json.loads(r.snapshot) for r in conn.execute(query)}
+        return found
 
     def acknowledge(self, event_id: str, operator: str) -> dict[str, Any] | None:
         """Record who acknowledged the alert event ``event_id`` and when; the first one stands.

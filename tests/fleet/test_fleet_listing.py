@@ -170,3 +170,6 @@ def test_fleet_wide_reads_give_what_the_per_device_reads_give(registry: Registry
     latest = registry.latest_health_of(["dev1", "dev2", "dev3"])
     assert latest == {d: registry.latest_health(d) for d in ("dev1", "dev2")}
     assert latest["dev1"]["taken_at_s"] == 103.0
+    # Past the 500 ids one statement takes, on both sides of the boundary.
+    many = ["dev1", *(f"ghost{i}" for i in range(600)), "dev2"]
+    assert registry.latest_health_of(many) == latest

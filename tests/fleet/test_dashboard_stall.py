@@ -4,7 +4,9 @@ devices: claim certificate, CSR, MQTT 5), and their rollback events sent the way
 outbox sends them (its own certificate, its own events topic, the daemon's Refusal payload).
 One device fails the health gate on the target twice (the rollout stalls), the other once.
 The other also sends text meant as markup (a mission name, an alert message): a device is not
-trusted, so the pages must show it as text."""
+trusted, so the pages must show it as text. The failing one reports health with a GPU (the
+daemon's own sampler over a simulated NVML library: this machine has no GPU), so its device
+page has GPU charts with points."""
 
 import asyncio
 import json
@@ -18,10 +20,14 @@ from typing import Any
 import pytest
 
 from appliance import mqtt, topics
+from appliance.health import DaemonFacts
 from appliance.payloads import Event
 from daemon.delivery.journal import Refusal
+from daemon.health import NvmlReader
+from daemon.health.sampler import Sampler
 from scripts.bench_fleet import SimulatedDevice, claim_creds, enroll_all
 from tests.delivery.conftest import make_artifact
+from tests.health.fake_nvml import FakeNvml
 from tests.site.shots import shot
 from tests.support.browser import Browser, open_browser, playwright_missing
 from tests.support.fleet import Hub, wait_for
@@ -100,6 +106,8 @@ def stalled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, lis
         async def scene() -> None:
             await enroll_all(devices, 2)
             await send(failing, [rolled_back("1.1.0"), rolled_back("1.1.0")])
+            snapshot = Sampler(gpu=NvmlReader(FakeNvml())).sample(DaemonFacts())
+            await failing.report(snapshot.model_dump(mode="json"), 0.3, time.time() + 1.0, 0)
             await send(flaky, [rolled_back("1.1.0"), rolled_back("1.0.0"), rolled_back("1.0.0"),
                                *hostile_events()])
 
@@ -107,6 +115,8 @@ def stalled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, lis
         wait_for(lambda: api(hub, "/api/v1/rollouts")["rules"][0]["phase"] == "stalled", 60,
                  "the rollout to stall")
         wait_for(lambda: api(hub, "/api/v1/alerts")["active"], 60, "the alert")
+        wait_for(lambda: len(api(hub, f"/api/v1/devices/{failing.device_id}/health")["points"])
+                 >= 2, 60, "two health reports")
         yield hub, [failing.device_id, flaky.device_id]
     finally:
         hub.stop()
@@ -164,5 +174,19 @@ def test_text_a_device_sends_is_shown_as_text_never_as_markup(
     assert HOSTILE in p.locator("main").inner_text()
     assert p.locator('main img[src="/x"]').count() == 0
     assert p.title() != "owned"
+    assert visit.console_errors == []
+    p.close()
+
+
+def test_gpu_health_is_charted_with_points(
+    stalled: tuple[Hub, list[str]], browser: Browser
+) -> None:
+    hub, (failing, _) = stalled
+    visit = browser.visit(f"https://localhost:{hub.http_port}/devices/{failing}")
+    p = visit.page
+    for title, cls in (("GPU temperature", "gpu"), ("GPU memory", "gpumem")):
+        chart = p.locator(f'svg.chart[aria-label="{title}"]')
+        assert int(chart.get_attribute("data-points") or 0) >= 2
+        assert chart.locator(f"polyline.{cls}").count() >= 1
     assert visit.console_errors == []
     p.close()

@@ -142,9 +142,13 @@ class OsUpdateService(TaskGroupService):
 
     def _record(self, journal: OsJournal, version: str, outcome: Outcome, reason: str,
                 code: str | None = None) -> None:
+        previous = journal.last
         journal.last = LastUpdate(version=version, outcome=outcome, reason=reason, code=code,
                                   ts=time.time())
         self._save(journal)
+        if previous is not None and (previous.version, previous.outcome, previous.code) == (
+                version, outcome, code):
+            return  # a retry that failed the same way is not news for the hub's event log
         self.emit(f"os_{outcome.replace('-', '_')}", journal.last.model_dump(mode="json"))
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -186,6 +190,7 @@ class OsUpdateService(TaskGroupService):
             journal.desired = desired.os
             self._save(journal)
             self._wake.set()
+            await self._changed()  # the hub sees the device took the new desired version
 
     # --- what the hub sees ----------------------------------------------------------------------
 

@@ -5,15 +5,22 @@ the root image goes to the root partition that is not running (``ProtectVersion=
 to the ESP with boot counting. Their source is ``url-file`` at ``file:///var/lib/spoke/os/
 source``: the directory ``fetch_os`` filled, verified through TUF beforehand, which is why
 sysupdate runs with ``--verify=no`` (there is no GPG signature; TUF's signatures are stronger).
+
+The daemon runs unprivileged, so on the appliance it asks: ``request_stage`` writes the version
+to ``STATE/os/stage-request``; ``spoke-os-stage.path`` starts ``spoke-os-stage.service`` (root,
+``/usr/lib/spoke/os-stage``), which runs the same sysupdate command and answers in
+``STATE/os/stage-result``. As root (tests, a manual run) ``stage`` runs it directly.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
-from daemon.delivery.errors import ModelRefused
+from appliance.fsutil import atomic_write
+from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
 
 SYSUPDATE = Path("/usr/lib/systemd/systemd-sysupdate")
 
@@ -45,3 +52,26 @@ def stage(version: str, image: Path | None = None, root: Path | None = None,
         words = [line for line in proc.stderr.splitlines() if line.strip()][-3:]
         raise ModelRefused("stage-failed", f"systemd-sysupdate update {version} exited "
                            f"{proc.returncode}: {' / '.join(words) or 'no output'}")
+
+
+def request_stage(state_dir: Path, version: str, timeout_s: float = 3600,
+                  poll_s: float = 1.0) -> None:
+    """Ask the root staging unit for ``version`` and wait for its answer."""
+    folder = state_dir / "os"
+    result = folder / "stage-result"
+    result.unlink(missing_ok=True)
+    atomic_write(folder / "stage-request", f"{version}\n")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            answer = result.read_text().strip()
+        except FileNotFoundError:
+            time.sleep(poll_s)
+            continue
+        result.unlink(missing_ok=True)
+        if answer == f"ok {version}":
+            return
+        raise ModelRefused("stage-failed", f"spoke-os-stage: {answer}")
+    (folder / "stage-request").unlink(missing_ok=True)
+    raise DeliveryInterrupted("stage-timeout", f"spoke-os-stage.service did not answer within "
+                              f"{timeout_s:.0f} s")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from appliance.osupdate import DesiredOs, OsManifest
 from daemon.delivery.fetch import RangeFetcher
 from daemon.delivery.tufclient import TufClient
 from daemon.osupdate.fetch import fetch_os
-from daemon.osupdate.stage import stage
+from daemon.osupdate.stage import request_stage, stage
 
 
 def source_dir(state_dir: Path) -> Path:
@@ -26,9 +28,14 @@ def fetch_and_stage(
     root: Path | None = None,
     architecture: str | None = None,
     env: dict[str, str] | None = None,
+    privileged: bool | None = None,
 ) -> OsManifest:
-    """Bring ``desired`` into the inactive slot; any refusal happens before sysupdate runs."""
+    """Bring ``desired`` into the inactive slot; any refusal happens before sysupdate runs.
+    Unprivileged (the daemon on the appliance), the root staging unit runs sysupdate."""
     manifest = fetch_os(client, fetcher, desired, state_dir / "os" / "partial",
                         source_dir(state_dir), deadline, architecture)
-    stage(manifest.version, image=image, root=root, env=env)
+    if privileged if privileged is not None else os.geteuid() == 0:
+        stage(manifest.version, image=image, root=root, env=env)
+    else:
+        request_stage(state_dir, manifest.version, max(60.0, deadline - time.monotonic()))
     return manifest

@@ -8,6 +8,7 @@ import pytest
 
 from tests.delivery.test_end_to_end import MODEL_ENV, POLICY
 from tests.support.fleet import Appliance, Hub, cli, wait_for
+from tests.support.osrelease import make_release
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +37,17 @@ def test_the_gate_passes_on_a_healthy_box_then_names_what_broke(
         assert verdict["reason"] == "healthy: crack-vit@1.0.0 serves"
         saved = json.loads((appliance.state_dir / "os" / "health.json").read_text())
         assert saved["ok"] is True
+
+        # An OS version published on the hub reaches the daemon as its desired OS. This host is
+        # not a Spoke image (no IMAGE_ID=spoke), so it reports that and stages nothing.
+        cli("spoke-hub", "os", "publish", "--home", str(hub.home),
+            str(make_release(tmp_path / "os2", "2")))
+        hub.apply_policy(POLICY.replace(">=1.0,<2", "==1.0.0") + 'os_version = ">=2"\n')
+        reported = wait_for(
+            lambda: ((hub.devices()[device].get("state") or {}).get("os") or {}).get("desired")
+            == "2" and hub.devices()[device]["state"]["os"], 60, "the desired OS version")
+        assert (reported["state"], reported["staged"]) == ("not-an-image", None)
+        assert not (appliance.state_dir / "os" / "source").exists()
 
         hub.stop()
         wait_for(lambda: not appliance.status()["hub"]["connected"] or None, 60,

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -284,3 +285,71 @@ async def test_a_rollback_is_reported_with_its_reason_and_not_retried(
     await back.reconcile()
     assert box.reboots == 1  # the first boot attempt only: 2 is not staged or booted again
     assert back.reported()["staged"] is None
+
+
+# --- the unprivileged daemon asks the root staging unit (spoke-os-stage.service) ---
+
+OS_STAGE = Path(__file__).parents[2] / "image/mkosi/mkosi.extra/usr/lib/spoke/os-stage"
+
+
+def run_os_stage(state: Path, disk: Path) -> subprocess.CompletedProcess[str]:
+    """What spoke-os-stage.path starts when the request file appears."""
+    return subprocess.run([str(OS_STAGE)], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"SPOKE_STATE_DIR": str(state),
+                                            "SPOKE_SYSUPDATE_IMAGE": str(disk)})
+
+
+def test_an_unprivileged_daemon_stages_through_the_root_unit(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    errors: list[BaseException] = []
+
+    def daemon_side() -> None:
+        try:
+            fetch_and_stage(client(sim, tmp_path), sim, V2, state, time.monotonic() + 120,
+                            architecture="x86-64", privileged=False)
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=daemon_side)
+    worker.start()
+    request = state / "os" / "stage-request"
+    deadline = time.monotonic() + 60
+    while not request.exists() and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert request.read_text() == "2\n"
+    assert run_os_stage(state, disk).returncode == 0
+    worker.join(60)
+    assert not errors, errors
+    assert partitions(disk)[1]["name"] == "spoke_2"
+    assert read_partition(disk, partitions(disk)[1], len(ROOT_V2)) == ROOT_V2
+    assert not request.exists() and not (state / "os" / "stage-result").exists()
+
+
+def test_the_root_unit_refuses_a_request_that_is_not_a_version_and_echoes_nothing(
+        tmp_path: Path, state: Path, disk: Path):
+    before = digest(disk.read_bytes())
+    secret = tmp_path / "secret"
+    secret.write_text("root:$6$hash\n")
+    (state / "os").mkdir(parents=True)
+    (state / "os" / "stage-request").symlink_to(secret)
+    assert run_os_stage(state, disk).returncode == 1
+    answer = (state / "os" / "stage-result").read_text()
+    assert answer == "failed: the request is not a version\n" and "hash" not in answer
+    assert digest(disk.read_bytes()) == before
+
+
+async def test_a_refusal_is_recorded_and_told_once_while_the_retries_fail_the_same_way(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    box = Box()
+    before = digest(disk.read_bytes())
+    sim.served[rel_of(sim, "os/2/spoke_2.root.raw")] = b"X" + ROOT_V2[1:]
+    svc = box.service(state, disk, ("1", "spoke_1"))
+    svc.attach(client(sim, tmp_path))
+    await svc.on_desired(desire("2"))
+    await svc.reconcile()
+    await svc.reconcile()
+    assert [k for k, _ in box.events] == ["os_refused"]
+    error = svc.reported()["last_error"]
+    assert isinstance(error, dict) and error["code"] == "hash-mismatch"
+    assert svc.reported()["staged"] is None and box.reboots == 0
+    assert digest(disk.read_bytes()) == before

@@ -88,7 +88,7 @@ def test_factory_reset_runs_on_the_kernel_command_line_flag() -> None:
     assert "Before=var-lib-spoke.mount" in u
 
 
-@pytest.mark.parametrize("script", ["import-bundle", "factory-reset"])
+@pytest.mark.parametrize("script", ["import-bundle", "factory-reset", "os-stage"])
 def test_shell_scripts_parse(script: str) -> None:
     subprocess.run(["sh", "-n", str(EXTRA / "usr/lib/spoke" / script)], check=True)
 

@@ -41,3 +41,11 @@ def test_spoke_health_unit_has_no_unknown_settings():
     bad = [line for line in proc.stderr.splitlines()
            if "spoke-health.service" in line and "Unknown" in line]
     assert not bad, proc.stderr
+
+
+def test_the_staging_unit_watches_the_request_the_daemon_writes():
+    path_unit = unit("spoke-os-stage.path")
+    assert path_unit["Path"]["PathExists"] == "/var/lib/spoke/os/stage-request"
+    assert unit("spoke-os-stage.service")["Service"]["ExecStart"] == "/usr/lib/spoke/os-stage"
+    preset = (EXTRA / "usr/lib/systemd/system-preset/50-spoke.preset").read_text()
+    assert "enable spoke-os-stage.path" in preset.splitlines()

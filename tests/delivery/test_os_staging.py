@@ -353,3 +353,20 @@ async def test_a_refusal_is_recorded_and_told_once_while_the_retries_fail_the_sa
     assert isinstance(error, dict) and error["code"] == "hash-mismatch"
     assert svc.reported()["staged"] is None and box.reboots == 0
     assert digest(disk.read_bytes()) == before
+
+
+def test_a_full_data_partition_during_the_download_stages_nothing(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    before = digest(disk.read_bytes())
+    state.mkdir()
+    # A data partition with room for the manifest and the UKI, not for the root image.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(state)], check=True)
+    try:
+        with pytest.raises(DeliveryInterrupted) as err:
+            update(sim, tmp_path, state, disk)
+        assert err.value.code == "disk-full"
+        assert not source_dir(state).exists()
+        assert not (state / "os" / "partial" / "spoke_2.root.raw.partial").exists()
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+    assert digest(disk.read_bytes()) == before

@@ -6,8 +6,10 @@
 3. boots the image in QEMU (KVM only if a short probe boot under it reaches userspace, else
    TCG), user-mode networking with restrict=on and guest forwarding only to the hub's loopback
    MQTT and HTTP ports;
-4. asserts at the hub that the appliance enrolled, is online and reported its state;
-5. powers it off and on, and asserts it comes back online without enrolling again;
+4. asserts at the hub that the appliance enrolled, is online and reported its state, with its
+   device key sealed by the VM's TPM (a software TPM, swtpm, where the host has one);
+5. powers it off and on, and asserts it comes back online without enrolling again (the same
+   TPM unseals the same key);
 6. boots it once with spoke.factory_reset=1 and asserts that it provisions itself again.
 
 Each boot's serial console goes to a log file; on failure the logs are printed. Timings go to
@@ -162,6 +164,9 @@ class Machine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.serial: Path | None = None
         self.boots = 0
+        # The machine's TPM: its state (seeds) lives as long as the machine, across boots.
+        self.tpm_state = work / "tpm"
+        self.tpm: subprocess.Popen[bytes] | None = None
 
     def create(self) -> None:
         self.disk.unlink(missing_ok=True)
@@ -170,6 +175,32 @@ class Machine:
              str(self.disk)], check=True,
         )
         shutil.copyfile(OVMF_VARS, self.vars)
+        shutil.rmtree(self.tpm_state, ignore_errors=True)
+
+    @property
+    def has_tpm(self) -> bool:
+        return shutil.which("swtpm") is not None
+
+    def start_tpm(self) -> list[str]:
+        """A software TPM 2.0 for this boot (it exits with QEMU); QEMU's arguments for it."""
+        if self.tpm is not None and self.tpm.poll() is None:  # the last boot's, exiting with QEMU
+            try:
+                self.tpm.wait(10)
+            except subprocess.TimeoutExpired:
+                self.tpm.kill()
+                self.tpm.wait()
+        sock = self.work / "swtpm.sock"
+        sock.unlink(missing_ok=True)
+        self.tpm_state.mkdir(parents=True, exist_ok=True)
+        out = (self.work / "swtpm.log").open("ab")
+        self.tpm = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.tpm_state}",
+             "--ctrl", f"type=unixio,path={sock}", "--terminate"],
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+        )
+        wait_for("swtpm's socket", sock.exists, 20, every=0.1)
+        return ["-chardev", f"socket,id=chrtpm,path={sock}",
+                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
 
     def netdev(self) -> str:
         # restrict=on: no route out of the guest at all, except these two explicit forwards, each
@@ -201,6 +232,8 @@ class Machine:
             "-rtc", "base=utc",
         ]
         cmd += accel_args(self.accel)
+        if self.has_tpm:
+            cmd += self.start_tpm()
         if extra_cmdline is None:
             cmd += [
                 "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
@@ -253,9 +286,10 @@ class Machine:
         return time.monotonic() - t0
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        for proc in (self.proc, self.tpm):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def accel_args(accel: str) -> list[str]:
@@ -419,6 +453,9 @@ def main() -> int:
         run.check("labels from the bundle", first["labels"] == labels, str(first["labels"]))
         run.check("reported state and hardware facts",
                   bool(first["state"]) and bool(first["facts"]), json.dumps(first["state"])[:200])
+        key = (first["state"].get("certificate") or {}).get("key")
+        want = "tpm" if machine.has_tpm else "file"  # no swtpm on the host: no TPM in the VM
+        run.check(f"device key kept as {want}", key == want, f"key: {key}")
         banner = wait_for(
             "the console banner", lambda: re.search(
                 rf"spoke: device={re.escape(first['id'])} provisioning=enrolled hub=connected",
@@ -477,7 +514,8 @@ def main() -> int:
 
 
 def dump_logs(work: Path, machine: Machine | None) -> None:
-    for path in [*sorted(work.glob("serial-*.log")), work / "qemu.log", work / "hub.log"]:
+    for path in [*sorted(work.glob("serial-*.log")), work / "qemu.log", work / "swtpm.log",
+                 work / "hub.log"]:
         if not path.exists():
             continue
         text = path.read_text(errors="replace")

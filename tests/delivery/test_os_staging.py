@@ -3,11 +3,13 @@ image ships, against a GPT disk image with A/B root partitions made by systemd-r
 source the appliance filled through the TUF client. Needs root (sysupdate attaches the image to
 a loop device itself)."""
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -20,8 +22,9 @@ from appliance.delivery import DesiredState
 from appliance.osupdate import DesiredOs
 from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
 from daemon.delivery.tufclient import TufClient
+from daemon.osupdate.fetch import fetch_os
 from daemon.osupdate.service import OsUpdateService
-from daemon.osupdate.stage import SYSUPDATE
+from daemon.osupdate.stage import SYSUPDATE, stage, sysupdate_command
 from daemon.osupdate.update import fetch_and_stage, source_dir
 from provisioning import osupdates
 from tests.delivery.simulator import SimulatedRepository
@@ -370,3 +373,41 @@ def test_a_full_data_partition_during_the_download_stages_nothing(
     finally:
         subprocess.run(["umount", str(state)], check=True)
     assert digest(disk.read_bytes()) == before
+
+
+def test_power_loss_while_staging_keeps_the_running_slot_and_the_retry_completes(
+        tmp_path: Path, state: Path, disk: Path):
+    """sysupdate and its download helper are killed (SIGKILL, the whole group) once bytes
+    reach slot B; wherever that lands, slot A keeps its files and staging again completes."""
+    # Version 2's root: a real 12 MiB ext4 (a later sysupdate --image mounts the newest slot).
+    tree = os_tree(tmp_path / "tree-v2", state, "50-root.conf")
+    (tree / "etc/os-release").write_text("ID=debian\nIMAGE_ID=spoke\nIMAGE_VERSION=2\n")
+    (tree / "payload").write_bytes(os.urandom(8 * 2**20))  # so the write takes a moment
+    image = tmp_path / "root-v2.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(image), "12M"], check=True)
+    sim = SimulatedRepository()
+    osupdates.publish(sim.repo, make_release(tmp_path / "big", "2", root=image.read_bytes()))
+    a, b = partitions(disk)
+    running = files_of(disk, a, tmp_path / "before")
+    fetch_os(client(sim, tmp_path), sim, V2, state / "os" / "partial", source_dir(state),
+             time.monotonic() + 120, "x86-64")
+    proc = subprocess.Popen(sysupdate_command("2", image=disk), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not any(read_partition(disk, b, 2**20)):
+            time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    a2, _ = partitions(disk)
+    assert a2["name"] == "spoke_1"
+    assert files_of(disk, a2, tmp_path / "after-kill") == running
+    stage("2", image=disk)
+    a3, b3 = partitions(disk)
+    assert (a3["name"], b3["name"]) == ("spoke_1", "spoke_2")
+    # By files, not bytes: had the kill come after the write, the retry's --image mount of the
+    # newest slot (now B) moved B's superblock mount count.
+    assert files_of(disk, b3, tmp_path / "staged") == {
+        str(f.relative_to(tree)): digest(f.read_bytes()) for f in tree.rglob("*") if f.is_file()}
+    assert files_of(disk, a3, tmp_path / "after-retry") == running

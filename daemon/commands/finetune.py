@@ -20,8 +20,7 @@ from typing import Any
 from appliance.cli import print_json, print_table
 from appliance.errors import ConfigError, DataError
 from daemon.commands.run import add_state_dir
-
-METHODS = ("auto", "linear", "lora", "partial", "full")
+from daemon.finetune.service import METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,9 +80,7 @@ def daemon_running(state_dir: Path) -> bool:
 def precheck(state_dir: Path, seed: int) -> None:
     """The checks the daemon makes too, made here for an immediate answer: an active model,
     known labels, enough samples to hold some out."""
-    import numpy as np
-
-    from daemon.finetune.samples import SampleStore, UnknownLabels, active_labels
+    from daemon.finetune.samples import SampleStore, active_labels, label_targets
     from models.finetune.split import stratified_split
 
     known, model = active_labels(state_dir)
@@ -94,18 +91,7 @@ def precheck(state_dir: Path, seed: int) -> None:
         rows, accepted = store.rows(), store.accepted_labels()
     finally:
         store.close()
-    labels = list(known)
-    for row in rows:
-        for name in row["labels"]:
-            if name not in labels:
-                if name not in accepted:
-                    raise UnknownLabels(f"sample {row['id'][:12]} has label {name!r}, which "
-                                        f"{model} does not know; relabel it or use --new-label")
-                labels.append(name)
-    targets = np.zeros((len(rows), len(labels)), dtype=np.float32)
-    for i, row in enumerate(rows):
-        for name in row["labels"]:
-            targets[i, labels.index(name)] = 1.0
+    labels, targets = label_targets(rows, known, accepted, model)
     from daemon.finetune.service import load_section
 
     stratified_split(targets, labels, load_section(state_dir).held_out_fraction, seed)

@@ -234,6 +234,29 @@ class SampleStore:
         return self.files / row["path"]
 
 
+def label_targets(rows: Sequence[dict[str, Any]], known: Sequence[str], accepted: Sequence[str],
+                  model_ref: str) -> tuple[list[str], Any]:
+    """The job's label set (the model's labels, then each accepted new one in the order samples
+    use it) and the (samples, labels) 0/1 target matrix. Raises ``UnknownLabels`` for a label
+    neither the model ``model_ref`` knows nor was accepted with ``--new-label``."""
+    import numpy as np
+
+    labels = list(known)
+    for row in rows:
+        for name in row["labels"]:
+            if name not in labels:
+                if name not in accepted:
+                    raise UnknownLabels(
+                        f"sample {row['id'][:12]} has label {name!r}, which the active model "
+                        f"{model_ref} does not know; relabel it or add it with --new-label")
+                labels.append(name)
+    targets = np.zeros((len(rows), len(labels)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for name in row["labels"]:
+            targets[i, labels.index(name)] = 1.0
+    return labels, targets
+
+
 def active_labels(state_root: Path) -> tuple[list[str], str | None]:
     """The active model's labels and ``name@version`` as the files say (for the CLI, which may
     run without the daemon): the model store's ``current`` card, else what the daemon last

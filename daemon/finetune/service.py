@@ -35,7 +35,7 @@ from appliance.errors import DataError, SpokeError
 from appliance.fsutil import atomic_write
 from appliance.service import TaskGroupService
 from daemon.finetune.jobs import JobConflict, JobStore
-from daemon.finetune.samples import SampleStore, UnknownLabels
+from daemon.finetune.samples import SampleStore, label_targets
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,6 @@ class FinetuneService(TaskGroupService):
     def plan(self, options: dict[str, Any]) -> dict[str, Any]:
         """Everything a job needs, checked now: the parent model, the samples, the label set
         and a split that works. Raises a ``DataError`` naming what is wrong."""
-        import numpy as np
-
         from models.finetune.methods import default_method
         from models.finetune.split import stratified_split
 
@@ -256,21 +254,8 @@ class FinetuneService(TaskGroupService):
             raise DataError("no active model to fine-tune yet")
         card = model.artifact.card
         rows = self.samples.rows()
-        accepted = self.samples.accepted_labels()
-        labels = list(card.labels)
-        for row in rows:
-            for name in row["labels"]:
-                if name not in labels:
-                    if name not in accepted:
-                        raise UnknownLabels(
-                            f"sample {row['id'][:12]} has label {name!r}, which the active "
-                            f"model {card.ref} does not know; relabel it or add it with "
-                            "--new-label")
-                    labels.append(name)
-        targets = np.zeros((len(rows), len(labels)), dtype=np.float32)
-        for i, row in enumerate(rows):
-            for name in row["labels"]:
-                targets[i, labels.index(name)] = 1.0
+        labels, targets = label_targets(rows, card.labels, self.samples.accepted_labels(),
+                                        card.ref)
         train, held = stratified_split(targets, labels, self.config.held_out_fraction,
                                        int(options.get("seed", 0)))
         taken: list[str] = []

@@ -17,8 +17,10 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from appliance.severity import BACKGROUND
 from daemon.uplink.openapi import openapi_document
 from daemon.uplink.service import CONTENT_TYPES, EXTENSIONS, Metadata, Refused, UplinkService
+from daemon.uplink.store import ImageStatus
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -31,7 +33,6 @@ MAX_PARTS = 8
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 READ_CHUNK = 256 * 1024
-BACKGROUND = "background"
 CLIENT = web.RequestKey("uplink_client", str)
 
 
@@ -224,8 +225,8 @@ class UplinkApi:
             raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
         since = _parse_since(q["since"]) if "since" in q else None
         status = q.get("status")
-        if status is not None and status not in ("queued", "running", "done", "failed"):
-            raise BadRequest("status must be queued, running, done or failed")
+        if status is not None and status not in set(ImageStatus):
+            raise BadRequest(f"status must be one of {', '.join(ImageStatus)}")
         try:
             rows, cursor = await self.service.query(
                 "page", mission=q.get("mission"), label=q.get("label"), since=since,
@@ -328,7 +329,7 @@ def _defects(row: dict[str, Any]) -> list[str]:
 
 
 def mission_view(mission: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    status = {s: 0 for s in ("queued", "running", "done", "failed")}
+    status = {s.value: 0 for s in ImageStatus}
     counts: dict[str, int] = {}
     defects = []
     for row in rows:

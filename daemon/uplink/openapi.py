@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.uplink.store import ImageStatus
+
 NULLABLE_STR = {"type": "string", "nullable": True}
 NULLABLE_NUM = {"type": "number", "nullable": True}
 PROBS = {"type": "object", "additionalProperties": {"type": "number"}}
@@ -49,7 +51,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["id", "status", "location", "duplicate"],
         "properties": {"id": IMAGE_ID,
                        "status": {"type": "string",
-                                  "enum": ["queued", "running", "done", "failed"]},
+                                  "enum": [s.value for s in ImageStatus]},
                        "location": {"type": "string"}, "duplicate": {"type": "boolean"}},
     },
     "Image": {
@@ -58,7 +60,7 @@ SCHEMAS: dict[str, Any] = {
                      "received_at", "image", "gps", "labels", "probs", "model", "location"],
         "properties": {
             "id": IMAGE_ID,
-            "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+            "status": {"type": "string", "enum": [s.value for s in ImageStatus]},
             "reason": NULLABLE_STR,
             "source": {"type": "string", "enum": ["api", "watch"]},
             "mission": NULLABLE_STR, "drone": NULLABLE_STR, "captured_at": NULLABLE_STR,
@@ -181,7 +183,7 @@ def openapi_document() -> dict[str, Any]:
                         {"name": "mission", "in": "query", "schema": {"type": "string"}},
                         {"name": "label", "in": "query", "schema": {"type": "string"}},
                         {"name": "status", "in": "query", "schema": {
-                            "type": "string", "enum": ["queued", "running", "done", "failed"]}},
+                            "type": "string", "enum": [s.value for s in ImageStatus]}},
                         {"name": "since", "in": "query", "schema": {"type": "string"},
                          "description": "Unix seconds or an ISO 8601 time with a zone."},
                         {"name": "limit", "in": "query",

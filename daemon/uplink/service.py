@@ -35,7 +35,7 @@ from appliance.config import UplinkSection
 from appliance.service import TaskGroupService
 from daemon.uplink.batcher import TileBatcher
 from daemon.uplink.provider import ModelProvider, NoActiveModel, ServedModel
-from daemon.uplink.store import StorageFull
+from daemon.uplink.store import PENDING, StorageFull
 from daemon.uplink.tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -332,7 +332,7 @@ class UplinkService(TaskGroupService):
 
         assert self.store is not None
         row = await self._db(self.store.get, image_id)
-        if row is None or row["status"] not in ("queued", "running"):
+        if row is None or row["status"] not in PENDING:
             return
         await self._db(self.store.mark_running, image_id, model.name, model.version,
                        model.backend.name)

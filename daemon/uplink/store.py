@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,17 @@ import sqlite_utils
 from appliance.fsutil import atomic_write
 from appliance.store import connect
 
-STATUSES = ("queued", "running", "done", "failed")
-PENDING = ("queued", "running")
-BACKGROUND = "background"
+
+class ImageStatus(StrEnum):
+    """Where an accepted image is: waiting, being inferred, or finished either way."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+PENDING = (ImageStatus.QUEUED, ImageStatus.RUNNING)
 JSON_COLUMNS = ("labels", "probs", "tiles", "timings", "warnings")
 
 SCHEMA = """

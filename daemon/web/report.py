@@ -31,6 +31,7 @@ import markupsafe
 from appliance import __version__
 from appliance.errors import SpokeError
 from appliance.severity import BACKGROUND, SEVERITY, SEVERITY_NAMES
+from daemon.uplink.store import ImageStatus
 from daemon.web.results import Results, defects, severity, thumbnail
 
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ def build_report(mission: str, rows: Sequence[dict[str, Any]], read_image: Image
                  top: int = TOP_IMAGES, ground_truth: GroundTruth | None = None) -> str:
     """The report of ``mission`` (its result rows, oldest first) as one HTML document; with
     ``ground_truth`` (a test flight over known defects) also how the detections compare."""
-    status = {s: 0 for s in ("queued", "running", "done", "failed")}
+    status = {s.value: 0 for s in ImageStatus}
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1
     done = [r for r in rows if r["status"] == "done"]

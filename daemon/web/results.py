@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.severity import BACKGROUND, DEFAULT_SEVERITY, SEVERITY
-
-JSON_COLUMNS = ("labels", "probs", "tiles", "timings", "warnings")
-STATUSES = ("queued", "running", "done", "failed")
+from daemon.uplink.store import JSON_COLUMNS, ImageStatus
 
 
 def defects(row: dict[str, Any]) -> list[str]:
@@ -95,13 +93,13 @@ class Results:
         """What the status page shows of the uplink: totals, the last hour, recent findings."""
         now = time.time() if now is None else now
         empty: dict[str, Any] = {
-            "total": 0, "by_status": dict.fromkeys(STATUSES, 0), "last_hour": 0,
+            "total": 0, "by_status": {s.value: 0 for s in ImageStatus}, "last_hour": 0,
             "last_received_at": None, "last_finished_at": None, "missions": [],
             "recent": [], "failed": []}
         if not self.exists():
             return empty
         with self._conn() as conn:
-            by_status = dict.fromkeys(STATUSES, 0)
+            by_status = {s.value: 0 for s in ImageStatus}
             for r in conn.execute("SELECT status, COUNT(*) AS n FROM images GROUP BY status"):
                 by_status[r["status"]] = r["n"]
             # Each of these runs on an index (received_at, seq): no full scan per refresh.

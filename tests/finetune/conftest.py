@@ -3,9 +3,7 @@ real fine-tune service and routes under ``aiohttp_client``, generated site sampl
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from daemon.delivery.service import ModelService
 from daemon.finetune.api import FinetuneApi
 from daemon.finetune.promote import build_entry, validate_entry
 from daemon.finetune.service import FinetuneService
+from tests.support.wait import eventually
 
 FAST_MODELS = ModelsSection(backend="onnxruntime", gate_good_inferences=2, gate_quiet_s=0.3)
 FAST = FinetuneSection(threads=1, niceness=5, checkpoint_every_s=60, checkpoint_every_steps=2,
@@ -138,21 +137,23 @@ class Site:
 
     async def wait(self, job_id: str, timeout: float = 90.0,
                    until: tuple[str, ...] = ("done", "failed", "cancelled")) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
+        last: dict[str, Any] = {}
+
+        async def finished() -> dict[str, Any] | None:
             resp = await self.client.get(f"/v1/finetune/{job_id}", headers=self.auth)
-            job: dict[str, Any] = await resp.json()
-            if job["status"] in until:
-                return job
-            assert time.monotonic() < deadline, f"job still {job['status']}: {job['progress']}"
-            await asyncio.sleep(0.2)
+            last.update(await resp.json())
+            return dict(last) if last["status"] in until else None
+
+        return await eventually(finished, timeout, lambda: f"job {job_id} to end ({last})", 0.2)
 
     async def settle_gate(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.models.gate is not None:
-            assert time.monotonic() < deadline, "health gate never decided"
+        async def decided() -> bool:
+            if self.models.gate is None:
+                return True
             await self.models.check_gate()
-            await asyncio.sleep(0.1)
+            return False
+
+        await eventually(decided, timeout, "the health gate to decide")
 
 
 async def open_site(state: Path, aiohttp_client: Any, config: FinetuneSection = FAST,

@@ -3,30 +3,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.finetune.conftest import FAST, Site, open_site
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
 
 
 async def wait_step(site: Site, job_id: str, step: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def reached() -> bool:
         job = await site.service.db(site.service.jobs.get, job_id)
         progress = job["progress"] or {}
         if progress.get("phase") == "train" and progress.get("step", 0) >= step:
-            return
+            return True
         assert job["status"] in ("queued", "running"), job
-        assert time.monotonic() < deadline, progress
-        await asyncio.sleep(0.1)
+        return False
+
+    await eventually(reached, timeout, f"job {job_id} to reach step {step}")
 
 
 async def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint(

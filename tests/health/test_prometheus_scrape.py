@@ -3,7 +3,6 @@
 import asyncio
 import shutil
 import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from daemon.health.metrics import DaemonMetrics
 from daemon.health.nvml import NvmlReader
 from daemon.health.sampler import Sampler
 from tests.health.fake_nvml import FakeNvml
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
 DEADLINE_S = 60.0
@@ -98,14 +98,9 @@ async def test_real_prometheus_scrapes_and_answers_a_query(
 ) -> None:
     api, target = prometheus
     promql = 'spoke_inputs_dropped_total{reason="upload_too_large"}'
-    deadline = time.monotonic() + DEADLINE_S
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        result: list[Any] = []
-        while not result and time.monotonic() < deadline:
-            result = await query(session, api, promql)
-            if not result:
-                await asyncio.sleep(0.5)
-        assert result, f"Prometheus answered nothing for {promql} within {DEADLINE_S} s"
+        result = await eventually(lambda: query(session, api, promql), DEADLINE_S,
+                                  f"Prometheus to answer {promql}", 0.5)
         assert result[0]["metric"]["instance"] == target
         assert float(result[0]["value"][1]) == 1.0
         up = await query(session, api, 'up{job="spoke"}')

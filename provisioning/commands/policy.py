@@ -55,12 +55,13 @@ def show(args: argparse.Namespace) -> int:
             "rule": d.rule or "-",
             "desired": f"{d.model.name}@{d.model.version}" if d.model else "-",
             "pinned": bool(d.model and d.model.pinned),
-            "note": d.note or "",
+            "desired_os": d.os.version if d.os else "-",
+            "note": "; ".join(n for n in (d.note, d.os_note) if n),
         }
         for device, d in desired.items()
     ]
     if args.json:
         print_json(rows)
     else:
-        print_table(rows, ["device", "rule", "desired", "note"])
+        print_table(rows, ["device", "rule", "desired", "desired_os", "note"])
     return 0

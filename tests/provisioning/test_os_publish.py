@@ -129,3 +129,20 @@ def test_spoke_hub_devices_shows_the_running_os_and_a_rollback_with_its_reason(h
     assert rows[0]["os_image"] == f"2 (spoke_2); 3 rolled-back: {reason}"
     table = cli("spoke-hub", "devices", "--home", str(home)).stdout
     assert "2 (spoke_2); 3 rolled-back" in table
+
+
+def test_policy_show_gives_each_device_its_desired_os_version(home: Path, tmp_path: Path):
+    from provisioning.home import HubHome
+    from provisioning.registry import open_registry
+
+    publish(home, make_release(tmp_path / "v2", "2"))
+    publish(home, make_release(tmp_path / "v3", "3"))
+    registry = open_registry(HubHome(home))
+    registry.add_claim("c1", "token", {}, time.time() + 3600, 100, 1)
+    registry.add_device("dev0", "c1", {"site": "b1"}, {"cpu_count": 4}, 10)
+    registry.close()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nselector = "site=b1"\nmodel = "m"\nos_version = "<3"\n')
+    cli("spoke-hub", "policy", "apply", "--home", str(home), str(policy))
+    rows = json.loads(cli("spoke-hub", "policy", "show", "--home", str(home), "--json").stdout)
+    assert [(r["device"], r["desired_os"]) for r in rows] == [("dev0", "2")]

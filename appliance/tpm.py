@@ -29,6 +29,8 @@ BLOB_FORMAT = "spoke-tpm-sealed-1"
 TOOLS = ("tpm2_createprimary", "tpm2_create", "tpm2_load", "tpm2_unseal", "tpm2_flushcontext",
          "tpm2_getrandom")
 TIMEOUT_S = 30.0
+SLOTS_FULL = "out of memory for object contexts"
+SLOT_RETRIES = 3
 
 
 def tools_missing() -> list[str]:
@@ -76,16 +78,23 @@ def _with_primary(tcti: str, work: str, then: list[list[str]], stdin: bytes = b"
     after it (the tools keep them as saved contexts in ``work``, reloaded by the next step).
 
     Behind a resource manager each tool's objects go when it exits; straight on a TPM (or a
-    simulator) they would stay and fill its three transient slots, hence the flushes.
+    simulator) they would stay and fill its three transient slots, hence the flushes, and a
+    step that found the slots full (another process between its step and its flush) is run
+    again once they are flushed.
     """
     out = b""
     for argv in [["tpm2_createprimary", "-Q", "-C", "o", "-c", "primary.ctx"], *then]:
-        try:
-            out = _run(tcti, argv, stdin if argv[0] == "tpm2_create" else b"", cwd=work)
-        finally:
-            # Nothing to flush, or the TPM is gone: the error that matters is the step's.
-            with contextlib.suppress(IdentityError):
-                _run(tcti, ["tpm2_flushcontext", "-t"], cwd=work)
+        for attempt in range(SLOT_RETRIES + 1):
+            try:
+                out = _run(tcti, argv, stdin if argv[0] == "tpm2_create" else b"", cwd=work)
+                break
+            except IdentityError as exc:
+                if SLOTS_FULL not in str(exc) or attempt == SLOT_RETRIES:
+                    raise
+            finally:
+                # Nothing to flush, or the TPM is gone: the error that matters is the step's.
+                with contextlib.suppress(IdentityError):
+                    _run(tcti, ["tpm2_flushcontext", "-t"], cwd=work)
     return out
 
 

@@ -73,10 +73,10 @@ async def enroll(
     re-enrolls under the same id with the same key (the hub knows that key for that id).
     """
     if expired is not None:
-        key = expired.private_key()
+        key = await asyncio.to_thread(expired.private_key)  # may be a TPM round trip
         device_id = expired.device_id
     else:
-        key = pending_key(state, keys)
+        key = await asyncio.to_thread(pending_key, state, keys)
         device_id = identity.device_id_for(key.public_key())
     request = EnrollRequest(
         claim_id=bundle.claim.id,
@@ -119,7 +119,8 @@ async def enroll(
     if not identity.cert_matches_key(cert, key) or answer.device_id != device_id:
         raise IdentityError("the hub returned a certificate for another key")
     server_pem = identity.checked_server_cert(answer.server_certificate, ca_cert, key)
-    save_identity(
+    await asyncio.to_thread(
+        save_identity,
         state,
         keys,
         key,

@@ -84,11 +84,12 @@ class Provisioner(TaskGroupService):
             state = "certificate-expired"
         self.status.provisioning(state, reason)
 
-    def _key_opens(self, ident: Identity) -> bool:
+    async def _key_opens(self, ident: Identity) -> bool:
         """A TPM-sealed key opens only in the TPM that sealed it: a copied disk stops here,
         saying why, instead of failing every TLS handshake."""
         try:
-            ident.key  # noqa: B018 (unseals once and keeps it for TLS)
+            # Unsealed once (a TPM round trip, off the event loop) and kept for TLS.
+            await asyncio.to_thread(ident.keys.tls_path, ident.cert.parent)
         except IdentityError as exc:
             self.status.set("device_id", ident.device_id)
             self.status.provisioning("key-unusable", str(exc))
@@ -121,7 +122,7 @@ class Provisioner(TaskGroupService):
         while True:
             ident = load_identity(self.state, self.keys)
             if ident is not None and not ident.expired():
-                if not self._key_opens(ident):
+                if not await self._key_opens(ident):
                     await asyncio.sleep(self.config.backoff_cap_s)
                     continue
                 shutil.rmtree(self.state.pending, ignore_errors=True)

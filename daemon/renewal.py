@@ -91,7 +91,8 @@ async def prove(ident: Identity, state: StateDir, timeout: float) -> None:
     """Connect once with the candidate identity (in ``state.renewing``) and subscribe to our
     own desired topic: the broker accepting both is the proof that it works."""
     d = state.renewing
-    tls = mqtt.tls_context(ident.ca, d / "device.crt", ident.keys.tls_path(d))
+    key_path = await asyncio.to_thread(ident.keys.tls_path, d)  # may unseal (a TPM round trip)
+    tls = mqtt.tls_context(ident.ca, d / "device.crt", key_path)
     try:
         async with mqtt.client(
             ident.hub_host, ident.mqtt_port, f"{ident.device_id}-renewal", tls, timeout=timeout
@@ -171,16 +172,17 @@ async def renew(
     server_names: list[str],
 ) -> Renewed:
     """One renewal: ask, check, prove, swap. LinkError: retry later; EnrollmentRefused: no."""
-    key = renewal_key(state, ident, new_key)
+    # Key work may be TPM round trips (tpm2-tools): off the event loop.
+    key = await asyncio.to_thread(renewal_key, state, ident, new_key)
     request = build_request(ident, key, server_names)
     raw = await exchange.ask(client, ident.device_id, request, timeout)
     cert_pem, server_pem = check_answer(ident, key, parse_answer(raw))
     state.renewing.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not new_key:
-        ident.keys.save(state.renewing, key)
+        await asyncio.to_thread(ident.keys.save, state.renewing, key)
     atomic_write(state.renewing / "device.crt", cert_pem)
     await prove(ident, state, timeout)
-    renewed = swap_in(state, ident, cert_pem, server_pem)
+    renewed = await asyncio.to_thread(swap_in, state, ident, cert_pem, server_pem)
     log.info(
         "certificate renewed",
         extra={"device": ident.device_id, "serial": renewed.serial, "not_after": renewed.not_after},

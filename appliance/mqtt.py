@@ -29,9 +29,12 @@ def client(
     keepalive: int = 30,
     timeout: float = 10.0,
     session_expiry_s: int = 0,
+    resume: bool = False,
 ) -> aiomqtt.Client:
     """``session_expiry_s`` > 0: a persistent session (resumed, not cleaned, on reconnect), so
-    the broker keeps QoS 1 messages for this client while it is away."""
+    the broker keeps QoS 1 messages for this client while it is away. ``resume`` with no
+    expiry: take over the session this id left, with what waits in it, and end it on
+    disconnect."""
     properties = None
     if session_expiry_s:
         properties = Properties(PacketTypes.CONNECT)
@@ -45,7 +48,7 @@ def client(
         will=will,
         keepalive=keepalive,
         timeout=timeout,
-        clean_start=not session_expiry_s,
+        clean_start=not (session_expiry_s or resume),
         properties=properties,
     )
 

@@ -25,7 +25,7 @@ from appliance.payloads import (
     ReportedState,
 )
 from appliance.service import TaskGroupService
-from provisioning import broker, ca, enrollment, metrics
+from provisioning import broker, ca, enrollment, leader, metrics
 from provisioning.home import HubHome
 from provisioning.registry import Registry
 
@@ -43,6 +43,11 @@ HUB_SESSION_EXPIRY_S = 7 * 86400  # how long the broker keeps the hub's messages
 SHARE = "$share/spoke-hub"
 ACK_BATCH_S = 0.2
 MAX_ACK_IDS = 1000
+
+
+def client_id(instance: str) -> str:
+    """The MQTT client id (and so the persistent session) of a hub process."""
+    return f"{HUB_CLIENT_ID}-{instance}" if instance else HUB_CLIENT_ID
 
 
 def broker_address(config: HubConfig) -> tuple[str, int]:
@@ -79,6 +84,7 @@ class HubService(TaskGroupService):
         #: Event ids stored (or refused for good) per device, acknowledged in batches.
         self._to_ack: dict[str, list[str]] = {}
         self._ack_due = asyncio.Event()
+        self._instance_lock: leader.Lock | None = None
 
     async def start(self) -> None:
         self.spawn(self._run(), "mqtt")
@@ -86,8 +92,28 @@ class HubService(TaskGroupService):
 
     async def stop(self) -> None:
         await self.cancel_tasks()
+        if self._instance_lock is not None:
+            await asyncio.to_thread(self._instance_lock.release)
+
+    async def _claim_instance(self) -> None:
+        """A named process holds its instance's lock for life and is listed in the registry, so
+        the singleton ends its MQTT session once it stops (provisioning.sessions): what the
+        broker queued for it then reaches the registry. A second process of the name waits."""
+        instance = self.config.hub.instance
+        if not instance:
+            return
+        lock = leader.instance_lock(self.registry.engine, instance)
+        self._instance_lock = lock
+        waiting = False
+        while not await asyncio.to_thread(lock.try_acquire):
+            if not waiting:
+                log.warning("waiting for this instance's lock", extra={"instance": instance})
+                waiting = True
+            await asyncio.sleep(leader.RETRY_S)
+        await asyncio.to_thread(self.registry.add_hub_process, instance)
 
     async def _run(self) -> None:
+        await self._claim_instance()
         host, port = broker_address(self.config)
         backoff = mqtt.Backoff(0.5, 10.0)
         while True:
@@ -97,10 +123,9 @@ class HubService(TaskGroupService):
                 # "hub killed -9 and restarted" and "hub redeployed": events were lost). Each of
                 # several hub processes has its own ([hub] instance), or they would take over
                 # each other's session.
-                instance = self.config.hub.instance
-                client_id = f"{HUB_CLIENT_ID}-{instance}" if instance else HUB_CLIENT_ID
                 async with mqtt.client(
-                    host, port, client_id, hub_tls(self.home, self.config),
+                    host, port, client_id(self.config.hub.instance),
+                    hub_tls(self.home, self.config),
                     session_expiry_s=HUB_SESSION_EXPIRY_S,
                 ) as client:
                     await self._subscribe(client)
@@ -110,7 +135,7 @@ class HubService(TaskGroupService):
                     self.connected.set()
                     log.info("hub connected to broker", extra={"host": host, "port": port})
                     async for message in client.messages:
-                        await self._dispatch(client, message)
+                        await self.dispatch(client, message)
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 delay = backoff.next_delay()
@@ -146,7 +171,8 @@ class HubService(TaskGroupService):
             if not mqtt.granted(await client.subscribe(topic, qos=1)):
                 raise LinkError(f"the broker refused the hub's subscription to {topic}")
 
-    async def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    async def dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """Take one device message; ``client`` answers enrollments and renewals."""
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else b""
         try:

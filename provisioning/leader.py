@@ -10,6 +10,7 @@ beside the database, which the kernel releases the same way.
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,12 @@ class AdvisoryLock:
     def release(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(sa.exc.DBAPIError):
-                # Closed, not returned to the pool: the session ends, and its lock with it.
+                # Unlocked first: the server ends a closed session's backend a moment later,
+                # and whoever tries next must not find the lock still held.
+                self._conn.execute(sa.select(sa.func.pg_advisory_unlock(self.key)))
+                self._conn.commit()
+            with contextlib.suppress(sa.exc.DBAPIError):
+                # Closed, not returned to the pool: the session ends (were the unlock lost).
                 self._conn.invalidate()
                 self._conn.close()
             self._conn = None
@@ -101,6 +107,15 @@ def lock_for(engine: Engine) -> Lock:
     if engine.dialect.name == "postgresql":
         return AdvisoryLock(engine)
     return FileLock(Path(f"{engine.url.database}.singleton.lock"))
+
+
+def instance_lock(engine: Engine, instance: str) -> Lock:
+    """The lock a named hub process holds while it lives: whoever else gets it knows that
+    process is gone (provisioning.sessions), and a second process of the same name waits."""
+    if engine.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"spoke-hub instance {instance}".encode()).digest()
+        return AdvisoryLock(engine, int.from_bytes(digest[:8], "big", signed=True))
+    return FileLock(Path(f"{engine.url.database}.{instance}.lock"))
 
 
 class Singleton(TaskGroupService):

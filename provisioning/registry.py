@@ -30,6 +30,7 @@ from provisioning.schema import (
     devices,
     events,
     health,
+    hub_processes,
     operator_sessions,
     operator_tokens,
 )
@@ -442,6 +443,24 @@ class Registry:
     @staticmethod
     def _touch(conn: Connection, device_id: str) -> None:
         conn.execute(_TOUCH, {"b_id": device_id, "b_now": time.time()})
+
+    # --- hub processes ----------------------------------------------------------------------
+
+    def add_hub_process(self, instance: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                self._insert(hub_processes)
+                .values(instance=instance, started_at=time.time())
+                .on_conflict_do_nothing(index_elements=[hub_processes.c.instance])
+            )
+
+    def hub_processes(self) -> list[str]:
+        with self._tx() as conn:
+            return list(conn.execute(sa.select(hub_processes.c.instance)).scalars())
+
+    def remove_hub_process(self, instance: str) -> None:
+        with self._tx() as conn:
+            conn.execute(hub_processes.delete().where(hub_processes.c.instance == instance))
 
     # --- health and events --------------------------------------------------------------
 

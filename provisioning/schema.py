@@ -109,6 +109,14 @@ operator_sessions = sa.Table(
     sa.Column("token_id", sa.Text, sa.ForeignKey("operator_tokens.id"), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
 )
+#: The named hub processes ([hub] instance) that have served this fleet, so the singleton can
+#: end the MQTT session of one that stopped (provisioning.sessions).
+hub_processes = sa.Table(
+    "hub_processes",
+    metadata,
+    sa.Column("instance", sa.Text, primary_key=True),
+    sa.Column("started_at", sa.Float, nullable=False),
+)
 schema_migrations = sa.Table(
     "schema_migrations",
     metadata,
@@ -144,7 +152,15 @@ def _from_first_sqlite_schema(conn: Connection) -> None:
         conn.execute(sa.text("CREATE UNIQUE INDEX health_once ON health (device_id, ts)"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_baseline, _from_first_sqlite_schema]
+def _hub_processes(conn: Connection) -> None:
+    hub_processes.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _baseline,
+    _from_first_sqlite_schema,
+    _hub_processes,
+]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -14,6 +14,7 @@ from provisioning.hub import HubService
 from provisioning.leader import Singleton, lock_for
 from provisioning.registry import open_registry
 from provisioning.rollout import RolloutService
+from provisioning.sessions import SessionSweeper
 from provisioning.web import HubWeb
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,12 @@ async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
                 access = AccessSync(home, registry)
                 rollout = RolloutService(home, config, registry, hub)
                 access.on_failure = rollout.on_failure = supervisor.report_failure
-                return [access, rollout]
+                work: list[Service] = [access, rollout]
+                if config.hub.instance:
+                    sweeper = SessionSweeper(hub)
+                    sweeper.on_failure = supervisor.report_failure
+                    work.append(sweeper)
+                return work
 
             singleton = Singleton(lock_for(registry.engine), singleton_work)
             singleton.on_failure = supervisor.report_failure

@@ -1,7 +1,9 @@
 """Several hub processes serve one fleet: a real PostgreSQL registry, a real mosquitto that
 both hubs use as an external broker, a real appliance. Singleton work (ACL/CRL, TUF refresh,
-rollout) runs in one process and moves when that one is killed."""
+rollout, ending stopped processes' sessions) runs in one process and moves when that one is
+killed."""
 
+import asyncio
 import os
 import signal
 import time
@@ -11,8 +13,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from appliance import mqtt, topics
+from appliance.payloads import Event
+from daemon.state import StateDir, load_identity
+from provisioning.home import HubHome
 from provisioning.leader import AdvisoryLock
-from provisioning.registry import engine_url
+from provisioning.registry import engine_url, open_registry
 from tests.support import postgres
 from tests.support.fleet import Appliance, free_port, wait_for
 from tests.support.hubfleet import LEADS, HubFleet
@@ -65,3 +71,50 @@ def test_singleton_work_moves_when_its_process_is_killed(fleet: HubFleet, tmp_pa
         wait_for(fresh_health, 30, "health stored through the surviving hub")
     finally:
         appliance.kill()
+
+
+async def send_events(box: Appliance, ids: list[str]) -> None:
+    """Publish as the device does from its outbox: its own certificate, its events topic."""
+    ident = load_identity(StateDir(box.state_dir))
+    assert ident is not None
+    tls = mqtt.tls_context(ident.ca, ident.cert, ident.key)
+    async with mqtt.client(ident.hub_host, ident.mqtt_port, f"{ident.device_id}-t", tls) as c:
+        for event_id in ids:
+            event = Event(id=event_id, kind="note", ts=time.time(), data={})
+            await c.publish(topics.events(ident.device_id), event.model_dump_json(), qos=1)
+
+
+@pytest.mark.slow
+def test_what_the_broker_kept_for_a_killed_process_is_stored_by_another(
+    fleet: HubFleet, tmp_path: Path
+) -> None:
+    """The broker keeps giving a dead process's persistent session its share of the shared
+    subscriptions; the singleton ends that session and stores what waited in it."""
+    leader = fleet.start_hub("hub-a")
+    wait_for(lambda: LEADS in leader.output(), 30, "hub-a to take the singleton work")
+    doomed = fleet.start_hub("hub-b")
+    appliance = Appliance(tmp_path, fleet.hub)
+    appliance.start(fleet.hub.bundle(tmp_path / "site.spoke"))
+    try:
+        device_id = appliance.wait_enrolled()
+    finally:
+        appliance.kill()
+    registry = open_registry(HubHome(fleet.hub.home))
+    try:
+        # Frozen, hub-b takes its share off the broker but never stores or acknowledges it.
+        doomed.proc.send_signal(signal.SIGSTOP)
+        sent = [f"ev-{i}" for i in range(12)]
+        asyncio.run(send_events(appliance, sent[:6]))
+        doomed.proc.send_signal(signal.SIGKILL)
+        doomed.proc.wait()
+        asyncio.run(send_events(appliance, sent[6:]))
+
+        def stored() -> bool:
+            return {e["id"] for e in registry.events(device_id, "note")} == set(sent)
+
+        wait_for(stored, 60, "every event stored, hub-b's share included")
+        ended = "ended the session of a stopped hub process"
+        wait_for(lambda: ended in leader.output(), 30, "hub-a to end hub-b's session")
+        assert registry.hub_processes() == ["hub-a"]
+    finally:
+        registry.close()

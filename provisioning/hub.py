@@ -45,9 +45,42 @@ ACK_BATCH_S = 0.2
 MAX_ACK_IDS = 1000
 
 
+#: What every hub process subscribes to. Enrollments, renewals, health and events are split
+#: between the processes (an MQTT 5 shared subscription: each message goes to one of them).
+#: Presence and state are retained, and written idempotently, so every process takes them
+#: whole: a process that starts late still gets the retained ones, which shared subscriptions
+#: do not deliver.
+SUBSCRIPTIONS = (
+    *(
+        f"{SHARE}/{t}"
+        for t in (
+            topics.ENROLL_REQUEST,
+            topics.ALL_RENEW_REQUESTS,
+            topics.ALL_HEALTH,
+            topics.ALL_EVENTS,
+        )
+    ),
+    topics.ALL_AVAILABLE,
+    topics.ALL_STATE,
+)
+
+
 def client_id(instance: str) -> str:
     """The MQTT client id (and so the persistent session) of a hub process."""
     return f"{HUB_CLIENT_ID}-{instance}" if instance else HUB_CLIENT_ID
+
+
+def ack_when_handled(client: aiomqtt.Client) -> aiomqtt.Client:
+    """QoS 1 messages acknowledged once handled, not on receipt (before connecting: a resumed
+    session delivers at once): a message a hub process dies holding stays in its session, for
+    it or for whoever ends that session (provisioning.sessions). aiomqtt has no switch for
+    this; paho, underneath it, has."""
+    client._client.manual_ack_set(True)
+    return client
+
+
+def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    client._client.ack(message.mid, message.qos)
 
 
 def broker_address(config: HubConfig) -> tuple[str, int]:
@@ -123,11 +156,12 @@ class HubService(TaskGroupService):
                 # "hub killed -9 and restarted" and "hub redeployed": events were lost). Each of
                 # several hub processes has its own ([hub] instance), or they would take over
                 # each other's session.
-                async with mqtt.client(
+                client = ack_when_handled(mqtt.client(
                     host, port, client_id(self.config.hub.instance),
                     hub_tls(self.home, self.config),
                     session_expiry_s=HUB_SESSION_EXPIRY_S,
-                ) as client:
+                ))
+                async with client:
                     await self._subscribe(client)
                     backoff.reset()
                     self._client = client
@@ -136,6 +170,7 @@ class HubService(TaskGroupService):
                     log.info("hub connected to broker", extra={"host": host, "port": port})
                     async for message in client.messages:
                         await self.dispatch(client, message)
+                        ack(client, message)
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 delay = backoff.next_delay()
@@ -153,21 +188,7 @@ class HubService(TaskGroupService):
             raise LinkError(f"publish to {topic} failed: {exc}") from exc
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        """Enrollments, renewals, health and events are split between the hub processes (an MQTT 5
-        shared subscription: each message goes to one of them). Presence and state are
-        retained, and written idempotently, so every process takes them whole: a process that
-        starts late still gets the retained ones, which shared subscriptions do not deliver."""
-        shared = (
-            topics.ENROLL_REQUEST,
-            topics.ALL_RENEW_REQUESTS,
-            topics.ALL_HEALTH,
-            topics.ALL_EVENTS,
-        )
-        for topic in (
-            *(f"{SHARE}/{t}" for t in shared),
-            topics.ALL_AVAILABLE,
-            topics.ALL_STATE,
-        ):
+        for topic in SUBSCRIPTIONS:
             if not mqtt.granted(await client.subscribe(topic, qos=1)):
                 raise LinkError(f"the broker refused the hub's subscription to {topic}")
 

@@ -5,8 +5,8 @@ in the broker. But a broker keeps choosing a disconnected persistent member of a
 subscription: mosquitto (and EMQX) queue its share of ``$share/spoke-hub/...`` traffic for it
 until it returns. Singleton work therefore watches the named processes of the registry: when
 one's instance lock is free, that process is gone; the singleton resumes its session under its
-client id with no expiry, stores what was queued there through the hub's own dispatch, and
-disconnects, which ends the session and its place in the shared subscriptions. A process of
+client id with no expiry, leaves the shared subscriptions, stores what was queued there
+through the hub's own dispatch, and disconnects, which ends the session. A process of
 that name that starts meanwhile waits for the lock, then begins a fresh session.
 """
 
@@ -19,7 +19,15 @@ import aiomqtt
 from appliance import mqtt
 from appliance.service import TaskGroupService
 from provisioning import leader
-from provisioning.hub import HubService, broker_address, client_id, hub_tls
+from provisioning.hub import (
+    SUBSCRIPTIONS,
+    HubService,
+    ack,
+    ack_when_handled,
+    broker_address,
+    client_id,
+    hub_tls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,13 @@ class SessionSweeper(TaskGroupService):
         host, port = broker_address(self.hub.config)
         tls = hub_tls(self.hub.home, self.hub.config)
         count = 0
-        async with mqtt.client(host, port, client_id(instance), tls, resume=True) as client:
+        client = ack_when_handled(
+            mqtt.client(host, port, client_id(instance), tls, resume=True)
+        )
+        async with client:
+            # Out of the shared subscriptions at once: what arrives now is what the broker
+            # queued for the dead process, and the session falls quiet even under load.
+            await client.unsubscribe(list(SUBSCRIPTIONS))
             messages = aiter(client.messages)
             while True:
                 try:
@@ -83,4 +97,5 @@ class SessionSweeper(TaskGroupService):
                 except TimeoutError:
                     return count
                 await self.hub.dispatch(client, message)
+                ack(client, message)
                 count += 1

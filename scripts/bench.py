@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "infer": ["-m", "scripts.bench_infer"],
     "health": ["-m", "scripts.bench_health"],
     "fleet": ["-m", "scripts.bench_fleet"],
+    "hubscale": ["-m", "scripts.bench_hubscale"],
     "dashboard": ["-m", "scripts.bench_dashboard"],
     "uplink": ["-m", "scripts.bench_uplink"],
     "delivery": ["-m", "scripts.bench_delivery"],

@@ -6,7 +6,8 @@ enrolling alone for the enrollment rate, one device reporting alone for the inge
 
     python -m scripts.bench_fleet [--runs 10] [--devices 1000] [--json]
     python -m scripts.bench_fleet --enrollment-cost [--enrolled 10000] [--samples 50]
-    python -m scripts.bench_fleet --processes [--devices 300] [--interval 5] [--duration 40]
+
+Several hub processes on PostgreSQL: ``scripts.bench_hubscale``.
 """
 
 import argparse
@@ -103,7 +104,8 @@ class SimulatedDevice:
         self.key = identity.generate_key()
         self.device_id = identity.device_id_for(self.key.public_key())
         self.cert: Path | None = None
-        self.sent = 0
+        #: Taken-at times of the reports the broker acknowledged.
+        self.acked: list[float] = []
 
     async def enroll(self) -> None:
         b = self.bundle
@@ -134,9 +136,15 @@ class SimulatedDevice:
                 (self.creds / f"{self.device_id}.key").write_bytes(identity.key_to_pem(self.key))
                 return
 
+    @property
+    def sent(self) -> int:
+        return len(self.acked)
+
     async def report(
-        self, snapshot: dict[str, Any], interval: float, until: float, offset: float
+        self, snapshot: dict[str, Any], interval: float, until: float, offset: float,
+        count: int | None = None,
     ) -> None:
+        """Every ``interval`` s until ``until`` (or ``count`` reports, if sooner)."""
         tls = mqtt.tls_context(
             self.creds / "ca.crt",
             self.creds / f"{self.device_id}.crt",
@@ -146,10 +154,13 @@ class SimulatedDevice:
             self.bundle.hub.host, self.bundle.hub.mqtt_port, self.device_id, tls, timeout=60
         ) as client:
             await asyncio.sleep(offset)
-            while time.time() < until:
-                body = json.dumps(snapshot | {"taken_at_s": time.time()})
+            sent = 0
+            while time.time() < until and (count is None or sent < count):
+                sent += 1
+                taken = time.time()
+                body = json.dumps(snapshot | {"taken_at_s": taken})
                 await client.publish(topics.health(self.device_id), body, qos=1, timeout=60)
-                self.sent += 1
+                self.acked.append(taken)
                 await asyncio.sleep(interval)
 
 
@@ -299,10 +310,10 @@ def enrollment_cost(urls: tuple[str, str], sizes: tuple[int, int], samples: int)
 
 
 async def report_all(
-    devices: list[SimulatedDevice], interval: float, duration: float
+    devices: list[SimulatedDevice], interval: float, duration: float, count: int | None = None
 ) -> float:
-    """Every device reports every ``interval`` (spread evenly) for ``duration``; returns the
-    start time."""
+    """Every device reports every ``interval`` (spread evenly) for ``duration`` (or ``count``
+    times); returns the start time."""
     snapshot = (
         Sampler()
         .sample(__import__("appliance.health", fromlist=["DaemonFacts"]).DaemonFacts())
@@ -311,72 +322,11 @@ async def report_all(
     start = time.time()
     await asyncio.gather(
         *(
-            d.report(snapshot, interval, start + duration, interval * i / len(devices))
+            d.report(snapshot, interval, start + duration, interval * i / len(devices), count)
             for i, d in enumerate(devices)
         )
     )
     return start
-
-
-async def processes_load(
-    root: Path, url: str, processes: int, n: int, interval: float, duration: float,
-    kill_one: bool,
-) -> dict[str, Any]:
-    """``processes`` hub processes on PostgreSQL behind one mosquitto: ``n`` simulated devices
-    enroll (32 at a time), then report health; with ``kill_one`` the first hub process is
-    killed (SIGKILL) halfway through. Lost = reports sent (PUBACKed) but not stored."""
-    from tests.support.hubfleet import HubFleet
-
-    fleet = HubFleet(root, url)
-    try:
-        hubs = [fleet.start_hub(f"hub-{i}") for i in range(processes)]
-        bundle = fleet.hub.bundle(root / "sim.spoke", "--max-uses", str(n + 10))
-        payload = claim_creds(bundle, root / "creds")
-        devices = [SimulatedDevice(payload, root / "creds") for _ in range(n)]
-        rate = await enroll_all(devices, 32)
-
-        async def kill_later() -> float:
-            await asyncio.sleep(duration / 2)
-            hubs[0].proc.kill()
-            return time.time()
-
-        killer = asyncio.create_task(kill_later()) if kill_one else None
-        start = await report_all(devices, interval, duration)
-        await asyncio.sleep(max(5.0, interval))  # what is in flight lands
-        lags = ingest_lag(url, start)
-        sent = sum(d.sent for d in devices)
-        return {
-            "processes": processes,
-            "devices": n,
-            "enrollments_per_minute": rate,
-            "reports_sent": sent,
-            "reports_stored": len(lags),
-            "reports_lost": sent - len(lags),
-            "ingest_lag_p50_s": percentile(lags, 50) if lags else None,
-            "ingest_lag_p99_s": percentile(lags, 99) if lags else None,
-            "killed_a_process_at_s": (await killer) - start if killer else None,
-        }
-    finally:
-        fleet.close()
-
-
-def processes_bench(n: int, interval: float, duration: float) -> dict[str, Any]:
-    """1 vs 3 hub processes on PostgreSQL, then 3 with one killed under load."""
-    from tests.support import postgres
-
-    results: dict[str, Any] = {}
-    with postgres.cluster() as cluster:
-        for name, processes, kill in (("one", 1, False), ("three", 3, False),
-                                      ("three_one_killed", 3, True)):
-            url = cluster.create_database(f"bench_{name}")
-            with tempfile.TemporaryDirectory(prefix=f"spoke-bench-{name}-") as tmp:
-                results[name] = asyncio.run(
-                    processes_load(Path(tmp), url, processes, n, interval, duration, kill)
-                )
-    results["enrollment_ratio_3_to_1"] = (
-        results["three"]["enrollments_per_minute"] / results["one"]["enrollments_per_minute"]
-    )
-    return results
 
 
 def main() -> None:
@@ -394,12 +344,6 @@ def main() -> None:
     )
     parser.add_argument("--enrolled", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument(
-        "--processes",
-        action="store_true",
-        help="only health ingest and enrollments over 1 vs 3 hub processes on PostgreSQL, "
-        "and 3 with one killed under load (--devices, --interval, --duration)",
-    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(REPO))
     if args.enrollment_cost:
@@ -412,9 +356,6 @@ def main() -> None:
                 urls = (cluster.create_database("small"), cluster.create_database("large"))
                 results["postgresql"] = enrollment_cost(urls, sizes, args.samples)
         print(json.dumps(results, indent=2))
-        return
-    if args.processes:
-        print(json.dumps(processes_bench(args.devices, args.interval, args.duration), indent=2))
         return
     with tempfile.TemporaryDirectory(prefix="spoke-bench-") as tmp:
         root = Path(tmp)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 from tqdm import tqdm
 
 from appliance import identity, mqtt, topics
@@ -106,6 +107,7 @@ class SimulatedDevice:
         self.cert: Path | None = None
         #: Taken-at times of the reports the broker acknowledged.
         self.acked: list[float] = []
+        self.reconnects = 0
 
     async def enroll(self) -> None:
         b = self.bundle
@@ -144,24 +146,33 @@ class SimulatedDevice:
         self, snapshot: dict[str, Any], interval: float, until: float, offset: float,
         count: int | None = None,
     ) -> None:
-        """Every ``interval`` s until ``until`` (or ``count`` reports, if sooner)."""
+        """Every ``interval`` s until ``until`` (or ``count`` reports, if sooner). A lost
+        connection is counted and made again; its unacknowledged report is not counted sent."""
         tls = mqtt.tls_context(
             self.creds / "ca.crt",
             self.creds / f"{self.device_id}.crt",
             self.creds / f"{self.device_id}.key",
         )
-        async with mqtt.client(
-            self.bundle.hub.host, self.bundle.hub.mqtt_port, self.device_id, tls, timeout=60
-        ) as client:
-            await asyncio.sleep(offset)
-            sent = 0
-            while time.time() < until and (count is None or sent < count):
-                sent += 1
-                taken = time.time()
-                body = json.dumps(snapshot | {"taken_at_s": taken})
-                await client.publish(topics.health(self.device_id), body, qos=1, timeout=60)
-                self.acked.append(taken)
-                await asyncio.sleep(interval)
+        await asyncio.sleep(offset)
+        sent = 0
+        while time.time() < until and (count is None or sent < count):
+            try:
+                async with mqtt.client(
+                    self.bundle.hub.host, self.bundle.hub.mqtt_port, self.device_id, tls,
+                    timeout=60,
+                ) as client:
+                    while time.time() < until and (count is None or sent < count):
+                        sent += 1
+                        taken = time.time()
+                        body = json.dumps(snapshot | {"taken_at_s": taken})
+                        await client.publish(
+                            topics.health(self.device_id), body, qos=1, timeout=60
+                        )
+                        self.acked.append(taken)
+                        await asyncio.sleep(interval)
+            except aiomqtt.MqttError:
+                self.reconnects += 1
+                await asyncio.sleep(1)
 
 
 def claim_creds(bundle_file: Path, creds: Path) -> BundlePayload:

@@ -5,15 +5,16 @@ ingest rate, and a hub process killed under load. Each measured with 1 process a
 Simulated devices enroll for real (claim credential, CSR, certificate) and publish real
 health snapshots with their own certificates, over mTLS on loopback.
 
-    python -m scripts.bench_hubscale [--processes 2] [--devices 200] [--burst 20]
-        [--interval 5] [--duration 30] [--json]
+    python -m scripts.bench_hubscale [--processes 2] [--devices 100] [--burst 20]
+        [--interval 5] [--duration 30] [--json] [--keep DIR]
 
 - enrollments per minute: every device enrolls, 32 at a time;
 - ingest rate: every device publishes ``--burst`` reports back to back; reports stored per
   second from the first send until the last one is in the registry;
 - killed under load: every device reports every ``--interval`` s for ``--duration`` s and the
   process that leads the singleton work is killed (SIGKILL) halfway. Reported: reports sent
-  (acknowledged by the broker) and stored (lost = the difference), how long after the kill the
+  (acknowledged by the broker) and stored (lost: those not stored, with when each was sent
+  relative to the kill), simulated clients' reconnections, how long after the kill the
   singleton work moved and the dead process's session was ended, and the ingest lag of the
   reports sent after the kill (how long the dead process's share took to be stored).
   A report is stored once per (device, taken-at time): a replay cannot add a row.
@@ -119,6 +120,7 @@ async def run_fleet(
         result["ingest"] = await burst(devices, url, args.burst)
         for d in devices:
             d.acked.clear()
+            d.reconnects = 0
         if not kill:
             return result
 
@@ -144,6 +146,7 @@ async def run_fleet(
             "reports_sent": sent,
             "reports_stored": len(lags),
             "reports_lost": len(missing),
+            "device_reconnects": sum(d.reconnects for d in devices),
             "lost_sent_after_kill_s": [round(t - killed_at, 3) for t in missing],
             **failover,
             "ingest_lag_p50_s": percentile(lags, 50),
@@ -161,8 +164,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     with postgres.cluster() as cluster:
         for name, processes, kill in (("one", 1, False), ("several", args.processes, True)):
             url = cluster.create_database(f"bench_{name}")
+            print(f"{name}: {processes} hub process(es)", file=sys.stderr, flush=True)
+            if args.keep:
+                root = args.keep / name
+                root.mkdir(parents=True)
+                results[name] = asyncio.run(run_fleet(root, url, processes, args, kill))
+                continue
             with tempfile.TemporaryDirectory(prefix=f"spoke-bench-{name}-") as tmp:
-                print(f"{name}: {processes} hub process(es)", file=sys.stderr, flush=True)
                 results[name] = asyncio.run(run_fleet(Path(tmp), url, processes, args, kill))
     one, several = results["one"], results["several"]
     results["enrollment_ratio"] = several["enrollments_per_minute"] / one["enrollments_per_minute"]
@@ -174,11 +182,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", type=Path, help="keep each fleet's logs under this new folder")
     args = parser.parse_args()
     if args.processes < 2:
         parser.error("--processes: at least 2 (one is the baseline, and one is killed)")

@@ -215,7 +215,7 @@ def card_metrics(cfg: PretrainConfig, results: list[tuple[str, LoopResult]]) -> 
         "pretrain.mae_steps": steps.get("mae", 0.0),
         "pretrain.supervised_steps": steps.get("supervised", 0.0),
         "pretrain.steps": sum(steps.values()),
-        "pretrain.seconds": round(sum(r.seconds for _, r in results), 1),
+        "pretrain.seconds": round(sum(r.seconds for _, r in results), 3),
         "pretrain.final_loss": round(results[-1][1].final_loss, 5),
         "pretrain.bf16": float(results[-1][1].precision == "bf16"),
         "pretrain.seed": float(cfg.seed),
@@ -309,7 +309,7 @@ def pretrain(
     else:
         fresh_head(model, cfg.seed + 1)
     # data generation, training and calibration: what "fits in N minutes" is about
-    metrics["pretrain.wall_seconds"] = round(time.perf_counter() - started, 1)
+    metrics["pretrain.wall_seconds"] = round(time.perf_counter() - started, 3)
     if shard.main:
         write_artifact(
             model,

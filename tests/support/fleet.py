@@ -7,6 +7,7 @@ its API serves.
 """
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -42,9 +43,21 @@ FAST_DAEMON_ENV = {
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on IPv4 and on IPv6 loopback: clients given "localhost" try ::1 first, so a
+    port taken there by another process would reach that process instead of ours (a hub's
+    repository then answered with garbage: BadStatusLine in tests/finetune/test_fleet.py)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket(socket.AF_INET6) as s6:
+                s6.bind(("::1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # no IPv6 here: nothing can listen there
+                return port
+            continue
+        return port
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -8,18 +8,14 @@ import argparse
 import json
 import os
 import signal
-import socket
 import ssl
-import subprocess
-import sys
 import tempfile
 import time
-import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.fleet import Appliance, Hub, cli, wait_for
+
 APPLIANCES = 2
 
 
@@ -27,125 +23,73 @@ def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def tool(module: str, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"demo: `{module} {' '.join(args)}` failed:\n{proc.stderr}")
-    return proc.stdout
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise SystemExit(f"demo: timed out waiting for {what}")
+    """A ``spoke-hub`` (module ``provisioning``) or ``spoke`` (``daemon``) command's output."""
+    return cli({"provisioning": "spoke-hub", "daemon": "spoke"}[module], *args).stdout
 
 
 class Demo:
+    """The demo's fleet, through the fleet-control module the tests use (tests/support/fleet.py):
+    one hub, ``APPLIANCES`` appliances that find the bundle where a USB stick would put it,
+    and an uplink box added later."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.home = root / "hub"
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.hub: Hub | None = None
+        self.appliances: list[Appliance] = []
 
-    def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO
-        )
-        self.procs.append(proc)
-        return proc
+    @property
+    def home(self) -> Path:
+        return self.root / "hub"
+
+    def spoke_hub(self, *args: str) -> str:
+        """``spoke-hub ARGS --home HOME``: its output, to show."""
+        assert self.hub is not None
+        return self.hub.run(*args)
 
     def devices(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = json.loads(
-            tool("provisioning", "devices", "--home", str(self.home), "--json")
-        )
-        return result
+        assert self.hub is not None
+        return list(self.hub.devices().values())
+
+    def appliance(self, name: str, config: str) -> Appliance:
+        """A new appliance whose state directory holds the bundle and ``config`` (spoke.toml);
+        it runs with the daemon's defaults, not the tests' quick retries."""
+        assert self.hub is not None
+        box = Appliance(self.root, self.hub, name, base_env={})
+        box.state_dir.mkdir()
+        # The bundle sits where a technician's USB stick would put it.
+        (box.state_dir / "bundle.spoke").write_bytes((self.root / "bridge-17.spoke").read_bytes())
+        (box.state_dir / "spoke.toml").write_text(config)
+        self.appliances.append(box)
+        return box
 
     def run(self) -> None:
-        mqtt_port, http_port = free_port(), free_port()
         step(f"Creating a hub home in {self.home}")
-        print(
-            tool(
-                "provisioning",
-                "init",
-                "--home",
-                str(self.home),
-                "--public-host",
-                "localhost",
-                "--mqtt-port",
-                str(mqtt_port),
-                "--http-port",
-                str(http_port),
-            ),
-            end="",
-        )
-        trust = self.root / "provisioning.pub"
-        trust.write_text(tool("provisioning", "bundle", "pubkey", "--home", str(self.home)))
+        self.hub = hub = Hub(self.root)
+        print(hub.created, end="")
 
-        step(f"Starting the hub and its managed mosquitto (mTLS on port {mqtt_port})")
-        self.spawn("hub", "provisioning", "serve", "--home", str(self.home))
-        wait_until(
-            lambda: "hub connected to broker" in (self.root / "hub.log").read_text(), 90, "the hub"
-        )
+        step(f"Starting the hub and its managed mosquitto (mTLS on port {hub.mqtt_port})")
+        hub.start()
 
         step("Creating a signed provisioning bundle for site bridge-17")
-        bundle = self.root / "bridge-17.spoke"
-        print(
-            tool(
-                "provisioning",
-                "bundle",
-                "create",
-                "--home",
-                str(self.home),
-                "--labels",
-                "site=bridge-17,region=north",
-                "--max-uses",
-                "5",
-                "--out",
-                str(bundle),
-            ),
-            end="",
-        )
+        print(self.spoke_hub("bundle", "create", "--labels", "site=bridge-17,region=north",
+                             "--max-uses", "5", "--out", str(self.root / "bridge-17.spoke")),
+              end="")
 
         step(f"Plugging in {APPLIANCES} appliances: each finds the bundle and enrolls itself")
         for i in range(APPLIANCES):
-            state = self.root / f"appliance-{i}"
-            state.mkdir()
-            # The bundle sits where a technician's USB stick would put it.
-            (state / "bundle.spoke").write_bytes(bundle.read_bytes())
-            (state / "spoke.toml").write_text(demo_appliance_config())
-            self.spawn(
-                f"appliance-{i}",
-                "daemon",
-                "run",
-                "--state-dir",
-                str(state),
-                "--trust-key",
-                str(trust),
-                "--boot-dir",
-                str(self.root / "boot"),
-            )
-        wait_until(
+            self.appliance(f"appliance-{i}", demo_appliance_config()).start()
+        wait_for(
             lambda: sum(d["availability"] == "online" for d in self.devices()) == APPLIANCES,
             60,
             "the appliances to come online",
+            interval=0.3,
         )
 
         step("The fleet as the hub sees it (spoke-hub devices)")
-        print(tool("provisioning", "devices", "--home", str(self.home)), end="")
+        print(self.spoke_hub("devices"), end="")
         step("One appliance's own view (spoke status)")
-        print(tool("daemon", "status", "--state-dir", str(self.root / "appliance-0")), end="")
+        print(self.appliances[0].run("status"), end="")
 
         model_delivery_steps(self)
 
@@ -156,33 +100,25 @@ class Demo:
 
     def show_urls(self) -> None:
         """Where a person looks next: the hub's dashboard, a box's status page, the report."""
-        config = tomllib.loads((self.home / "hub.toml").read_text())["hub"]
-        box = self.root / "uplink-box"
-        port = tomllib.loads((box / "spoke.toml").read_text())["api"]["listen"].rsplit(":", 1)[1]
+        assert self.hub is not None
+        box = self.appliances[-1]
         report = self.root / "bridge-17-pass-1.html"
         step("Detections against the generator's ground truth (spoke report --ground-truth)")
-        print(tool("daemon", "report", "bridge-17-pass-1", "--state-dir", str(box), "--out",
-                   str(report), "--ground-truth", str(self.root / "frames")), end="")
+        print(box.run("report", "bridge-17-pass-1", "--out", str(report), "--ground-truth",
+                      str(self.root / "frames")), end="")
         step("Open these")
-        token = tool("provisioning", "tokens", "create", "--home", str(self.home), "--name",
-                     f"demo-{os.getpid()}").strip()
-        print(f"hub dashboard:         https://localhost:{config['http_port']}/login#token={token}"
+        token = self.spoke_hub("tokens", "create", "--name", f"demo-{os.getpid()}").strip()
+        print(f"hub dashboard:         https://localhost:{self.hub.http_port}/login#token={token}"
               " (signs in with an operator token; certificate from the hub's own CA)")
-        print(f"appliance status page: https://127.0.0.1:{port}/ (hub CA certificate)")
+        print(f"appliance status page: https://127.0.0.1:{box.api_port}/ (hub CA certificate)")
         print(f"mission report:        file://{report}")
-        print(f"  (also GET https://127.0.0.1:{port}/v1/missions/bridge-17-pass-1/report "
+        print(f"  (also GET https://127.0.0.1:{box.api_port}/v1/missions/bridge-17-pass-1/report "
               "with the uplink token)")
 
     def stop(self) -> None:
         step("Shutting down: appliances first (they report 'stopped'), then the hub")
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        codes = [p.returncode for p in self.procs]
+        codes = [box.stop() for box in reversed(self.appliances)]
+        codes.append(self.hub.stop() if self.hub else 0)
         print(f"exit codes: {codes}")
         if any(codes):
             raise SystemExit("demo: a process did not stop cleanly; logs are in " + str(self.root))
@@ -191,13 +127,10 @@ class Demo:
 # --- signed model delivery (issue 5) ---------------------------------------------------------
 
 def demo_appliance_config() -> str:
-    """Each demo appliance's spoke.toml: its own API port on loopback (two appliances share
-    the host), ONNX Runtime (no backend probing) and a 3-second health gate, so a rollout
-    shows in seconds rather than the default two minutes."""
-    return f"""[api]
-listen = "127.0.0.1:{free_port()}"
-
-[models]
+    """Each demo appliance's spoke.toml: ONNX Runtime (no backend probing) and a 3-second
+    health gate, so a rollout shows in seconds rather than the default two minutes. (Its API
+    port on loopback comes from the fleet control, ``SPOKE_API__LISTEN``.)"""
+    return """[models]
 backend = "onnxruntime"
 gate_quiet_s = 3
 retry_initial_s = 1
@@ -222,10 +155,11 @@ def _models_of(demo: Demo) -> list[tuple[str | None, str | None]]:
 
 
 def _wait_fleet_on(demo: Demo, version: str, timeout: float = 180) -> None:
-    wait_until(
+    wait_for(
         lambda: _models_of(demo) == [(version, "committed")] * APPLIANCES,
         timeout,
         f"every appliance to commit {version}",
+        interval=0.3,
     )
 
 
@@ -278,8 +212,9 @@ def model_delivery_steps(demo: Demo) -> None:
     step("Publishing 1.1.0: the canary appliance takes it first, then the rest")
     print(tool("provisioning", "models", "publish", "--home", home, str(artifacts / "1.1.0")),
           end="")
-    wait_until(lambda: ("1.1.0", "committed") in _models_of(demo) or
-               ("1.1.0", "probation") in _models_of(demo), 120, "the canary to take 1.1.0")
+    wait_for(lambda: ("1.1.0", "committed") in _models_of(demo) or
+             ("1.1.0", "probation") in _models_of(demo), 120, "the canary to take 1.1.0",
+             interval=0.3)
     print(tool("provisioning", "devices", "--home", home), end="")
     _wait_fleet_on(demo, "1.1.0")
     step("Every appliance committed 1.1.0 after its health gate (spoke-hub devices)")
@@ -319,9 +254,9 @@ def finetune_steps(demo: Demo) -> None:
     print(f"(fine-tune took {time.monotonic() - started:.0f} s end to end)")
 
     step("What the hub heard (spoke-hub events --kind finetune_finished): metrics, no images")
-    wait_until(lambda: json.loads(tool("provisioning", "events", "--home", str(demo.home),
-                                       "--kind", "finetune_finished", "--json")),
-               60, "the hub to receive the fine-tune outcome")
+    wait_for(lambda: json.loads(tool("provisioning", "events", "--home", str(demo.home),
+                                     "--kind", "finetune_finished", "--json")),
+             60, "the hub to receive the fine-tune outcome", interval=0.3)
     print(tool("provisioning", "events", "--home", str(demo.home), "--kind",
                "finetune_finished"), end="")
     print(tool("daemon", "models", "list", "--state-dir", state), end="")
@@ -347,41 +282,25 @@ def uplink_steps(demo: Demo) -> None:
 
     import aiohttp
 
-    state, port = demo.root / "uplink-box", free_port()
-    state.mkdir()
-    (state / "bundle.spoke").write_bytes((demo.root / "bridge-17.spoke").read_bytes())
-    (state / "spoke.toml").write_text(
-        f'[api]\nlisten = "127.0.0.1:{port}"\n\n[uplink]\nbackend = "onnxruntime"\n'
-    )
+    box = demo.appliance("uplink-box", '[uplink]\nbackend = "onnxruntime"\n')
     step(f"Drone uplink: the fleet's model, generated drone frames of site {SITE_DOMAIN} (with "
          "their ground-truth boxes) and an API token")
     model = demo.root / "artifacts" / "1.1.0"
     frames = demo.root / "frames"
     print(tool("provisioning", "data", "generate", "--domain", str(SITE_DOMAIN), "--frames",
                str(UPLINK_FRAMES), "--frame-size", "1600x1200", "--out", str(frames)), end="")
-    token = tool("daemon", "tokens", "create", "--state-dir", str(state), "--name",
-                 "ground-station").strip()
+    token = box.run("tokens", "create", "--name", "ground-station").strip()
     print(f"token for ground-station: {token[:10]}... (shown once, stored hashed)")
 
     step(f"Starting the uplink appliance: spoke run --model codebrim-vit-t 1.1.0 (API on port "
-         f"{port})")
-    demo.spawn("uplink-box", "daemon", "run", "--state-dir", str(state), "--trust-key",
-               str(demo.root / "provisioning.pub"), "--boot-dir", str(demo.root / "boot"),
-               "--model", str(model))
-    # HTTPS: once enrolled, the box serves a certificate from the hub's CA (for 127.0.0.1).
-    base = f"https://127.0.0.1:{port}"
+         f"{box.api_port})")
+    box.start(args=["--model", str(model)])
+    wait_for(lambda: box.api("/readyz")[0] == 200, 90, "the uplink API to be ready",
+             interval=0.3)
+    # HTTPS: once enrolled, the box serves a certificate from the hub's CA (for 127.0.0.1);
+    # the drone's client checks it.
+    base = f"https://127.0.0.1:{box.api_port}"
     hub_ca = ssl.create_default_context(cafile=str(demo.home / "ca" / "ca.crt"))
-
-    def ready() -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2, context=hub_ca) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    wait_until(ready, 90, "the uplink API to be ready")
 
     async def post_all() -> list[dict[str, Any]]:
         auth = {"Authorization": f"Bearer {token}"}
@@ -422,7 +341,7 @@ def uplink_steps(demo: Demo) -> None:
               f"{gps.get('longitude')}  ({r['model']['name']}@{r['model']['version']})")
 
     step("The detection summaries the hub received (spoke-hub events); no image left the box")
-    wait_until(
+    wait_for(
         lambda: len(json.loads(tool("provisioning", "events", "--home", str(demo.home),
                                     "--kind", "detection", "--json"))) >= UPLINK_FRAMES,
         60, "the hub to receive the detection events")
@@ -444,6 +363,8 @@ def main() -> None:
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
         except KeyboardInterrupt:
             pass
+        except AssertionError as exc:  # a command failed or a wait timed out (CommandFailed)
+            raise SystemExit(f"demo: {exc}\n(logs were in {tmp})") from None
         finally:
             demo.stop()
     step("Done")

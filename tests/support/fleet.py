@@ -1,9 +1,10 @@
 """Fleet control: real hubs and appliances, each a subprocess, talking TLS to a real mosquitto.
 
-Tests, benchmarks and the fault suite start, stop, kill and poll them through these classes.
-An appliance may run inside a network namespace (``tests.support.netns.Link``) so that its link
-to the hub can be cut and degraded; ``Appliance.api`` follows whichever scheme (HTTP or HTTPS)
-its API serves.
+The one place that spawns and polls them: tests, benchmarks, the fault suite and its soak
+(tests/faults/harness.py, scripts/soak.py) and ``make demo`` (scripts/demo.py) start, stop,
+kill and poll hubs and appliances through these classes. An appliance may run inside a network
+namespace (``tests.support.netns.Link``) so that its link to the hub can be cut and degraded;
+``Appliance.api`` follows whichever scheme (HTTP or HTTPS) its API serves.
 """
 
 import contextlib
@@ -12,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -67,6 +69,10 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class CommandFailed(AssertionError):
+    """A ``spoke`` or ``spoke-hub`` command exited non-zero (its stderr is in the message)."""
+
+
 def cli(tool: str, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run ``spoke`` or ``spoke-hub`` to completion and return its output."""
     module = {"spoke": "daemon", "spoke-hub": "provisioning"}[tool]
@@ -79,7 +85,7 @@ def cli(tool: str, *args: str, check: bool = True, **kw: Any) -> subprocess.Comp
         **kw,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        raise CommandFailed(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
 
 
@@ -146,7 +152,8 @@ class Process:
 class Hub:
     def __init__(self, root: Path, public_host: str = "localhost",
                  bind_host: str | None = None) -> None:
-        """``bind_host``: listen only there (the fault suite's private address), not 0.0.0.0."""
+        """``bind_host``: listen only there (the fault suite's private address), not 0.0.0.0.
+        ``created`` is what ``spoke-hub init`` printed."""
         self.home = root / "hub"
         self.mqtt_port = free_port()
         self.http_port = free_port()
@@ -154,22 +161,14 @@ class Hub:
         self.starts = 0
         self._operator_token: str | None = None
         self.env = {"SPOKE_HUB_HUB__BIND_HOST": bind_host} if bind_host else {}
-        cli(
-            "spoke-hub",
-            "init",
-            "--home",
-            str(self.home),
-            "--public-host",
-            public_host,
-            "--mqtt-port",
-            str(self.mqtt_port),
-            "--http-port",
-            str(self.http_port),
-        )
+        self.created = self.run("init", "--public-host", public_host, "--mqtt-port",
+                                str(self.mqtt_port), "--http-port", str(self.http_port))
         self.trust_key = root / "trust.pub"
-        self.trust_key.write_text(
-            cli("spoke-hub", "bundle", "pubkey", "--home", str(self.home)).stdout
-        )
+        self.trust_key.write_text(self.run("bundle", "pubkey"))
+
+    def run(self, *args: str) -> str:
+        """``spoke-hub ARGS --home HOME`` to completion: its standard output."""
+        return cli("spoke-hub", *args, "--home", str(self.home)).stdout
 
     def start(self, env: dict[str, str] | None = None) -> "Hub":
         """``env``: config overrides, e.g. ``SPOKE_HUB_ENROLLMENT__DEVICE_CERT_DAYS``."""
@@ -194,35 +193,21 @@ class Hub:
         self.process = None
 
     def bundle(self, out: Path, *extra: str, labels: str = "site=bridge-17,region=north") -> Path:
-        cli(
-            "spoke-hub",
-            "bundle",
-            "create",
-            "--home",
-            str(self.home),
-            "--labels",
-            labels,
-            "--out",
-            str(out),
-            *extra,
-        )
+        """A signed provisioning bundle at ``out`` (``extra``: e.g. ``--max-uses 5``)."""
+        self.run("bundle", "create", "--labels", labels, "--out", str(out), *extra)
         return out
 
     def operator_token(self) -> str:
         """An operator token for the hub's HTTPS API (created on first use)."""
         if self._operator_token is None:
-            self._operator_token = cli(
-                "spoke-hub", "tokens", "create", "--home", str(self.home), "--name", "tests"
-            ).stdout.strip()
+            self._operator_token = self.run("tokens", "create", "--name", "tests").strip()
         return self._operator_token
 
     def claim_ids(self) -> list[str]:
-        out = cli("spoke-hub", "bundle", "list", "--home", str(self.home), "--json").stdout
-        return [c["claim"] for c in json.loads(out)]
+        return [c["claim"] for c in json.loads(self.run("bundle", "list", "--json"))]
 
     def devices(self) -> dict[str, dict[str, Any]]:
-        out = cli("spoke-hub", "devices", "--home", str(self.home), "--json").stdout
-        return {d["id"]: d for d in json.loads(out)}
+        return {d["id"]: d for d in json.loads(self.run("devices", "--json"))}
 
     def availability(self, device_id: str) -> str | None:
         """What the hub's registry says now (read in-process: cheaper than ``devices``)."""
@@ -252,15 +237,14 @@ class Hub:
     # --- model delivery -------------------------------------------------------------------
 
     def publish(self, artifact: Path) -> dict[str, Any]:
-        out = cli("spoke-hub", "models", "publish", "--home", str(self.home), str(artifact),
-                  "--json").stdout
-        result: dict[str, Any] = json.loads(out)
+        result: dict[str, Any] = json.loads(self.run("models", "publish", str(artifact), "--json"))
         return result
 
-    def apply_policy(self, text: str) -> None:
+    def apply_policy(self, text: str) -> str:
+        """Apply a placement policy; returns what ``spoke-hub policy apply`` printed."""
         path = self.home / "policy-input.toml"
         path.write_text(text)
-        cli("spoke-hub", "policy", "apply", "--home", str(self.home), str(path))
+        return self.run("policy", "apply", str(path))
 
     def target_file(self, row: dict[str, Any]) -> Path:
         """The served file of a published target (what an attacker on the hub would edit)."""
@@ -296,11 +280,14 @@ class Hub:
 
 class Appliance:
     def __init__(self, root: Path, hub: Hub, name: str = "appliance",
-                 link: "Link | None" = None) -> None:
-        """``link``: run inside that network namespace, its API on the namespace's address."""
+                 link: "Link | None" = None, base_env: dict[str, str] | None = None) -> None:
+        """``link``: run inside that network namespace, its API on the namespace's address.
+        ``base_env``: config every start gets (default ``FAST_DAEMON_ENV``: quick retries for
+        tests; the demo runs with the defaults)."""
         self.state_dir = root / name
         self.hub = hub
         self.link = link
+        self.base_env = FAST_DAEMON_ENV if base_env is None else base_env
         self.api_host = link.addr if link else "127.0.0.1"
         self.api_port = free_port()
         self.process: Process | None = None
@@ -333,7 +320,7 @@ class Appliance:
         self.process = Process(
             argv,
             self.state_dir.parent / f"{self.state_dir.name}.log",
-            env=FAST_DAEMON_ENV
+            env=self.base_env
             | {"SPOKE_API__LISTEN": f"{self.api_host}:{self.api_port}"}
             | (env or {}),
         )
@@ -378,10 +365,26 @@ class Appliance:
         except (OSError, ValueError):
             return 0, None
 
+    def run(self, *args: str) -> str:
+        """``spoke ARGS --state-dir STATE`` to completion: its standard output."""
+        return cli("spoke", *args, "--state-dir", str(self.state_dir)).stdout
+
+    def query(self, database: str, sql: str) -> list[sqlite3.Row]:
+        """Rows from one of the appliance's SQLite files (``uplink/results.db``, ``outbox.db``),
+        read-only, so it works while the daemon is down or busy; [] before the file exists."""
+        path = self.state_dir / database
+        if not path.exists():
+            return []
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+
     def status(self) -> dict[str, Any]:
-        return json.loads(
-            cli("spoke", "status", "--state-dir", str(self.state_dir), "--json").stdout
-        )
+        result: dict[str, Any] = json.loads(self.run("status", "--json"))
+        return result
 
     def wait_enrolled(self, timeout: float = 60) -> str:
         def check() -> str | None:
@@ -415,6 +418,5 @@ class Appliance:
 
     def models(self) -> dict[str, Any]:
         """``spoke models list --json``: the store, the active model, the last refusal."""
-        out = cli("spoke", "models", "list", "--state-dir", str(self.state_dir), "--json").stdout
-        result: dict[str, Any] = json.loads(out)
+        result: dict[str, Any] = json.loads(self.run("models", "list", "--json"))
         return result

@@ -11,10 +11,14 @@ Faults on a ``Link``:
   cut off from everything, its drones included;
 - ``cut_hub()``/``restore_hub()``: nftables inside the namespace drops every packet to or
   from the hub's address (the cellular uplink is gone; the drones' local link still works);
-- ``degrade(loss)``: nftables inside the namespace drops that share of packets in each
-  direction, at random. This kernel has no ``sch_netem`` (``tc qdisc add ... netem`` answers
-  "Specified qdisc kind is unknown"), so delay jitter is applied with netem only where the
-  kernel has it; ``degrade`` returns what it could apply.
+- ``degrade(loss, jitter_ms, hub)``: nftables inside the namespace drops that share of packets
+  in each direction, at random, and every packet is delayed by up to ``jitter_ms``: with netem
+  where the kernel has it; where it does not (this kernel: ``tc qdisc add ... netem`` answers
+  "Specified qdisc kind is unknown"), the box's TCP connections to the hub's ports are sent
+  (nftables DNAT inside the namespace) through a userspace relay on the host that holds each
+  chunk for a random 0..``jitter_ms`` (``tests.support.jitter``); connections open at that
+  moment are reset (``ss -K``) so that they come back through it. ``degrade`` returns what it
+  applied.
 
 Everything is removed by ``Fabric.close()``; names carry the subnet octet, so a crash leaves
 nothing that a later run can collide with (it picks another octet).
@@ -28,6 +32,8 @@ import random
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+
+from tests.support.jitter import JitterRelay
 
 
 class NetnsUnavailable(RuntimeError):
@@ -50,6 +56,7 @@ class Link:
     host_addr: str
     addr: str
     applied: list[str] = field(default_factory=list)
+    relay: JitterRelay | None = None
 
     def prefix(self) -> list[str]:
         """Run a command inside the namespace: ``[*link.prefix(), "python", ...]``."""
@@ -81,24 +88,48 @@ class Link:
         subprocess.run([*self.prefix(), "nft", "-f", "-"], input=rules, text=True, check=True,
                        capture_output=True, timeout=30)
 
-    def degrade(self, loss: float = 0.3, jitter_ms: int = 500) -> list[str]:
-        """Random loss both ways (and jitter where netem exists); returns what was applied."""
+    def degrade(self, loss: float = 0.3, jitter_ms: int = 500,
+                hub: tuple[str, list[int]] | None = None) -> list[str]:
+        """Random loss both ways and jitter; ``hub`` (address, TCP ports) is where the relay
+        leads when the kernel has no netem. Returns what was applied."""
         self.heal()
         percent = round(loss * 100)
         drop = f"numgen random mod 100 < {percent} drop"
         self._nft("spokefault", drop, drop)
         self.applied = [f"loss {percent}% each way (nftables)"]
+        if not jitter_ms:
+            return self.applied
         veth = f"{self.netns}-v"
         netem = sh(*self.prefix(), "tc", "qdisc", "add", "dev", veth, "root", "netem", "delay",
                    f"{jitter_ms // 2}ms", f"{jitter_ms // 2}ms", check=False)
         if netem.returncode == 0:
             self.applied.append(f"delay {jitter_ms // 2}±{jitter_ms // 2} ms (netem)")
+        elif hub is not None:
+            self._relay_through(hub[0], hub[1], jitter_ms)
+            self.applied.append(f"delay 0-{jitter_ms} ms per chunk to and from the hub "
+                                "(userspace TCP relay: no netem on this kernel)")
         return self.applied
 
+    def _relay_through(self, hub_addr: str, ports: list[int], jitter_ms: int) -> None:
+        self.relay = JitterRelay(self.host_addr, hub_addr, ports, jitter_ms / 1000)
+        rules = [f"    ip daddr {hub_addr} tcp dport {port} dnat to {self.host_addr}:{relay}"
+                 for port, relay in self.relay.ports.items()]
+        text = "\n".join(["table ip spokejitter {",
+                          "  chain output { type nat hook output priority -100; policy accept;",
+                          *rules, "  }", "}"])
+        subprocess.run([*self.prefix(), "nft", "-f", "-"], input=text, text=True, check=True,
+                       capture_output=True, timeout=30)
+        # Connections already open would keep their direct path (NAT applies to new ones).
+        sh(*self.prefix(), "ss", "-K", "dst", hub_addr, check=False)
+
     def heal(self) -> None:
-        """Undo ``degrade``."""
+        """Undo ``degrade`` (connections through the relay are reset and come back direct)."""
         sh(*self.prefix(), "nft", "delete", "table", "inet", "spokefault", check=False)
+        sh(*self.prefix(), "nft", "delete", "table", "ip", "spokejitter", check=False)
         sh(*self.prefix(), "tc", "qdisc", "del", "dev", f"{self.netns}-v", "root", check=False)
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
         self.applied = []
 
 

@@ -2,13 +2,15 @@
 
 Five appliances (``--appliances``), each in its own network namespace, take a steady drone
 uplink (one image every ``--period`` seconds each) and report health every 10 s. Midway a new
-model version rolls out. Faults are drawn at random from a printed seed (``--seed`` repeats a
-run): hub link cut, 30 % loss, hub killed -9 and restarted, broker killed, hub redeployed,
-appliance power cut. Every 10 s the soak samples resident memory and open file descriptors of
-each daemon (with its workers) and of the hub (with its broker), queue depths, and /healthz
-latency. At the end it reconciles every image and event (tests/faults/harness.py) and prints
-one JSON summary: the leak slope after warm-up (MiB/h and fds/h, least squares), p99 of
-/healthz and of image processing, each fault with its recovery time, and the books.
+model version rolls out; a little later one appliance fine-tunes that model on site samples
+and promotes the result, so the books end with a locally promoted model on that box. Faults
+are drawn at random from a printed seed (``--seed`` repeats a run): hub link cut, 30 % loss,
+hub killed -9 and restarted, broker killed, hub redeployed, appliance power cut. Every 10 s
+the soak samples resident memory and open file descriptors of each daemon (with its workers)
+and of the hub (with its broker), queue depths, and /healthz latency. At the end it
+reconciles every image and event (tests/faults/harness.py) and prints one JSON summary: the
+leak slope after warm-up (MiB/h and fds/h, least squares), p99 of /healthz and of image
+processing, each fault with its recovery time, the fine-tune's outcome, and the books.
 
 Needs root (network namespaces) and nft; not part of CI.
 """
@@ -34,9 +36,9 @@ from typing import Any
 
 import psutil
 
-from tests.delivery.conftest import make_artifact
-from tests.faults.harness import Box, FaultFleet, Uplink
+from tests.faults.harness import Box, FaultFleet, Uplink, fleet_artifacts
 from tests.support.netns import Fabric
+from tests.support.wait import wait_for
 
 FAULTS = ("link-cut", "loss", "hub-kill", "broker-kill", "hub-redeploy", "power-cut")
 SOAK_ENV = {"SPOKE_HEALTH__INTERVAL_S": "10"}
@@ -105,7 +107,9 @@ class Soak:
         self.samples = Samples()
         self.faults: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
+        self.finetune: dict[str, Any] = {}
         self.t0 = time.monotonic()
+        self.wall0 = time.time()
         self._stop = threading.Event()
 
     def sample_forever(self) -> None:
@@ -143,7 +147,7 @@ class Soak:
             time.sleep(hold)
             link.restore_hub()
         elif kind == "loss":
-            link.degrade(0.3, 500)
+            self.fleet.degrade(box, 0.3, 500)
             time.sleep(hold)
             link.heal()
         elif kind == "hub-kill":
@@ -177,6 +181,31 @@ class Soak:
                                   "error": str(exc)[:300]})
             print(f"soak: {what} did not complete: {str(exc)[:200]}", flush=True)
 
+    def start_finetune(self) -> None:
+        """Queue a fine-tune on one box (at random); ``finish_finetune`` collects its outcome."""
+        box = self.rng.choice(self.fleet.boxes)
+        job = self.fleet.start_finetune(box)
+        self.finetune = {"box": box.appliance.state_dir.name, "job": job,
+                         "at_s": round(time.monotonic() - self.t0)}
+
+    def finish_finetune(self, timeout: float = 900) -> None:
+        """Wait for the fine-tune's outcome at the hub; record it with how long it took."""
+        if not self.finetune:
+            return
+        box = next(b for b in self.fleet.boxes
+                   if b.appliance.state_dir.name == self.finetune["box"])
+        event = wait_for(lambda: self.fleet.finetune_outcome(box, self.finetune["job"]),
+                         timeout, "the fine-tune's outcome at the hub")
+        data = event["data"]
+        promotion = data.get("promotion") or {}
+        self.finetune |= {"outcome": event["kind"], "promotion": promotion.get("state"),
+                          "version": promotion.get("version"),
+                          "macro_f1": [data.get("macro_f1_current"),
+                                       data.get("macro_f1_candidate")],
+                          "finished_at_s": round(event["received_at"] - self.wall0)}
+        if promotion.get("state") == "activated":
+            self.fleet.hub.wait_model(box.device_id, promotion["version"], timeout=300)
+
     def run(self, seconds: float, rollout_version: str | None) -> None:
         sampler = threading.Thread(target=self.sample_forever, daemon=True)
         sampler.start()
@@ -185,6 +214,7 @@ class Soak:
             load.__enter__()
         deadline = self.t0 + seconds
         rolled = rollout_version is None
+        tuned = False
         try:
             while time.monotonic() < deadline - 60:
                 time.sleep(self.rng.uniform(20, 60))
@@ -192,6 +222,10 @@ class Soak:
                     assert rollout_version is not None
                     rolled = True
                     self.attempt("rollout", functools.partial(self.fleet.publish, rollout_version))
+                    continue
+                if rolled and not tuned and time.monotonic() > self.t0 + seconds * 0.6:
+                    tuned = True
+                    self.attempt("fine-tune started", self.start_finetune)
                     continue
                 if time.monotonic() < deadline - 120:
                     kind = self.rng.choice(FAULTS)
@@ -228,6 +262,7 @@ class Soak:
             "healthz_p99_s": p99(self.samples.healthz_s),
             "image_processing_p99_s": p99(processing),
             "faults": self.faults,
+            "finetune": self.finetune,
             "steps_not_completed": self.failures,
             "books": books.row(),
             "problems": books.problems(),
@@ -239,27 +274,17 @@ def _round(value: float | None) -> float | None:
 
 
 def _count(box: Box, rel: str, sql: str) -> int:
-    path = box.appliance.state_dir / rel
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        return int(db.execute(sql).fetchone()[0])
-    except sqlite3.Error:
+        rows = box.appliance.query(rel, sql)
+    except sqlite3.Error:  # a database being created or locked at that moment
         return 0
-    finally:
-        db.close()
+    return int(rows[0][0]) if rows else 0
 
 
 def _processing_seconds(box: Box) -> list[float]:
     """Received to finished, for every processed image of this box."""
-    path = box.appliance.state_dir / "uplink" / "results.db"
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in db.execute(
-            "SELECT finished_at - received_at FROM images WHERE status = 'done'")]
-    finally:
-        db.close()
+    return [r[0] for r in box.appliance.query(
+        "uplink/results.db", "SELECT finished_at - received_at FROM images WHERE status = 'done'")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: seed {seed} (repeat with --seed {seed}), {args.appliances} appliances, "
           f"{args.duration:.0f} s", flush=True)
     root = Path(tempfile.mkdtemp(prefix="spoke-soak-"))
-    artifacts = {v: make_artifact(root / "artifacts", v, seed=i)
-                 for i, v in enumerate(["1.0.0", "1.1.0"])}
+    artifacts = fleet_artifacts(root / "artifacts")
     fabric = Fabric()
     fleet = FaultFleet(root, fabric, artifacts, size=args.appliances, env=SOAK_ENV)
     try:
@@ -283,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak: fleet up in {root}", flush=True)
         soak = Soak(fleet, random.Random(seed), args.period)
         soak.run(args.duration, "1.1.0")
+        soak.attempt("fine-tune finished", soak.finish_finetune)
         books = fleet.reconcile("soak", max((f["recovery_s"] for f in soak.faults), default=0))
         result = {"seed": seed, **soak.summary(books)}
     finally:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.delivery.conftest import make_artifact
-from tests.faults.harness import FaultFleet
+from tests.faults.harness import FaultFleet, fleet_artifacts
 from tests.support.netns import Fabric, NetnsUnavailable
 from tests.uplink.conftest import tiny_artifact
 
@@ -19,8 +18,7 @@ __all__ = ["tiny_artifact"]  # the tiny model the uplink tests build, for the fu
 
 @pytest.fixture(scope="session")
 def fault_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("fault-artifacts")
-    return {v: make_artifact(root, v, seed=i) for i, v in enumerate(["1.0.0", "1.1.0"])}
+    return fleet_artifacts(tmp_path_factory.mktemp("fault-artifacts"))
 
 
 @pytest.fixture(scope="module")

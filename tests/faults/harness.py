@@ -10,7 +10,9 @@ The reconciliation is the books at the end of a bad day:
   nothing dropped;
 - the hub's stores hold no duplicate event ids, and each alert alternates raised/cleared
   (a restart must not raise again an alert that is still raised);
-- the active model is a store entry whose sha256 is the one the hub published;
+- the active model is verified: a store entry whose sha256 is one the hub published, or a
+  fine-tune this appliance promoted itself, signed by its own device key (checked against its
+  certificate), whose card is the signed one and whose parent is itself verified;
 - the identity is whole: key, certificate and CA on disk, the certificate's key is the device
   key, it was issued by the hub's CA for this device id;
 - ``/healthz`` answers and the hub sees the device online again after the fault ends. The
@@ -24,7 +26,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import json
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -36,6 +37,10 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from appliance.errors import IdentityError
+from daemon.finetune.promote import sha256_of, verify_signed
+from tests.delivery.conftest import make_artifact
+from tests.finetune.conftest import make_parent
 from tests.support.fleet import Appliance, Hub, cli, wait_for
 from tests.support.netns import Fabric
 from tests.uplink.conftest import image_bytes
@@ -55,7 +60,15 @@ APPLIANCE_ENV = {
     # Short enough that a cut hub link raises and clears the alert (events through the outbox).
     "SPOKE_HEALTH__HUB_UNREACHABLE_RAISE_S": "10",
     "SPOKE_HEALTH__HUB_UNREACHABLE_CLEAR_S": "5",
+    # A fine-tune that learns anything is promoted (the parent 1.1.0 predicts nothing).
+    "SPOKE_FINETUNE__MARGIN": "0",
+    "SPOKE_FINETUNE__MAX_LABEL_DROP": "1",
+    "SPOKE_FINETUNE__NICENESS": "5",
 }
+#: The generated site whose labeled tiles a fine-tune learns from.
+FINETUNE_SITE = 31
+#: The events that end a fine-tune job at the hub (daemon/finetune/service.py ``_finish``).
+FINETUNE_OUTCOMES = ("finetune_finished", "finetune_failed", "finetune_cancelled")
 
 POLICY = """
 [[rule]]
@@ -64,6 +77,25 @@ selector = "site=faults"
 model = "crack-vit"
 version = "=={version}"
 """
+
+
+def fleet_artifacts(root: Path) -> dict[str, Path]:
+    """The two published versions of ``crack-vit``: 1.0.0 a random tiny model, 1.1.0 one whose
+    head predicts nothing (macro-F1 0), so a fine-tune on site samples beats it and is
+    promoted: the books then meet a locally promoted model."""
+    return {"1.0.0": make_artifact(root, "1.0.0", seed=0),
+            "1.1.0": make_parent(root / "crack-vit-1.1.0", "1.1.0")}
+
+
+def site_samples(root: Path) -> Path:
+    """32 labeled 32-px tiles of ``FINETUNE_SITE`` (labels.csv + PNGs), for ``spoke samples
+    import``."""
+    from models.data.dataset import write_tiles
+
+    out = root / "site-samples"
+    if not (out / "labels.csv").exists():
+        write_tiles(out, FINETUNE_SITE, 32, size=32)
+    return out
 
 
 @dataclass
@@ -234,6 +266,30 @@ class FaultFleet:
         self.hub.apply_policy(POLICY.format(version=version))
         self.version = version
 
+    def start_finetune(self, box: Box) -> str:
+        """Import the site's labeled tiles and queue a fine-tune (linear probe) on ``box``, as
+        an engineer on site would (``spoke samples import``, ``spoke finetune start``); the
+        job's id."""
+        box.appliance.run("samples", "import", str(site_samples(self.root)), "--json")
+        job = json.loads(box.appliance.run("finetune", "start", "--method", "linear",
+                                           "--epochs", "40", "--json"))
+        return str(job["id"])
+
+    def finetune_outcome(self, box: Box, job: str) -> dict[str, Any] | None:
+        """The ``finetune_finished`` (or ``_failed``/``_cancelled``) event of ``job`` at the
+        hub, once it is there."""
+        for event in self.hub.events(box.device_id, limit=1000):
+            if event["kind"] in FINETUNE_OUTCOMES and event["data"].get("job") == job:
+                return dict(event)
+        return None
+
+    def degrade(self, box: Box, loss: float = 0.3, jitter_ms: int = 500) -> list[str]:
+        """Loss and jitter on the box's link (``Link.degrade``; the jitter relay, where netem
+        is missing, carries its MQTT and repository connections); what was applied."""
+        assert box.appliance.link is not None
+        return box.appliance.link.degrade(
+            loss, jitter_ms, (self.fabric.hub_addr, [self.hub.mqtt_port, self.hub.http_port]))
+
     def restart(self, box: Box, env: dict[str, str] | None = None) -> None:
         box.appliance.stop()
         box.appliance.start(env=self.env | (env or {}))
@@ -323,19 +379,18 @@ class FaultFleet:
 
     @staticmethod
     def _outbox_empty(box: Box) -> tuple[int, int] | None:
-        db = sqlite3.connect(box.appliance.state_dir / "outbox.db")
-        try:
-            left = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-            row = db.execute("SELECT value FROM outbox_stats WHERE name = 'dropped'").fetchone()
-        finally:
-            db.close()
-        return None if left else (left, row[0] if row else 0)
+        left = box.appliance.query("outbox.db", "SELECT COUNT(*) FROM outbox")[0][0]
+        dropped = box.appliance.query(
+            "outbox.db", "SELECT value FROM outbox_stats WHERE name = 'dropped'")
+        return None if left else (left, dropped[0][0] if dropped else 0)
 
     def _model_verified(self, box: Box) -> bool:
-        active = box.appliance.models().get("active") or {}
-        sha = active.get("sha256")
-        store = box.appliance.state_dir / "models" / "store" / str(sha)
-        return sha in self.published.values() and (store / "target.json").is_file()
+        models = box.appliance.models()
+        active = models.get("active") or {}
+        cert = box.appliance.state_dir / "identity" / "device.crt"
+        return verified_entry(box.appliance.state_dir / "models" / "store",
+                              str(active.get("sha256")), models["entries"], self.published,
+                              cert.read_bytes() if cert.exists() else b"")
 
     def _identity_whole(self, box: Box) -> bool:
         ident = box.appliance.state_dir / "identity"
@@ -352,6 +407,38 @@ class FaultFleet:
                 and cert.issuer == ca.subject)
 
 
+def verified_entry(store: Path, sha: str, entries: list[dict[str, Any]],
+                   published: dict[str, str], device_cert: bytes,
+                   seen: frozenset[str] = frozenset()) -> bool:
+    """Whether the model store entry ``sha`` is verified: one the hub published (``published``:
+    version -> sha256 of ``crack-vit``), or a fine-tune this appliance promoted itself: signed
+    by the key of ``device_cert`` (PEM), the signed sha256 and card are the entry's, and its
+    parent (``entries``: the store's entries) is verified in turn."""
+    try:
+        meta = json.loads((store / sha / "target.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if sha in published.values():
+        return True
+    if meta.get("origin") != "finetune" or sha in seen:
+        return False
+    try:
+        public = x509.load_pem_x509_certificate(device_cert).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        statement = verify_signed(meta["signed"], public)
+        card = sha256_of(store / sha / "card.json")
+    except (IdentityError, KeyError, ValueError, OSError):
+        return False
+    if (statement["sha256"], statement["card_sha256"]) != (sha, card):
+        return False
+    name, _, version = str(statement["parent"]).partition("@")
+    if name == "crack-vit" and version in published:
+        return True
+    return any(verified_entry(store, str(m["sha256"]), entries, published, device_cert,
+                              seen | {sha})
+               for m in entries if (m.get("name"), m.get("version")) == (name, version))
+
+
 def _alert_repeats(events: list[dict[str, Any]]) -> list[str]:
     """Alerts whose state did not alternate at the hub, in the order the hub received them."""
     last: dict[tuple[str, str], str] = {}
@@ -366,13 +453,5 @@ def _alert_repeats(events: list[dict[str, Any]]) -> list[str]:
 
 def _results(box: Box) -> dict[str, dict[str, Any]]:
     """The appliance's result rows, read from its database (works while the API is down)."""
-    path = box.appliance.state_dir / "uplink" / "results.db"
-    if not path.exists():
-        return {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    try:
-        return {r["id"]: dict(r) for r in db.execute(
-            "SELECT id, status, reason, model_name, model_version FROM images")}
-    finally:
-        db.close()
+    return {r["id"]: dict(r) for r in box.appliance.query(
+        "uplink/results.db", "SELECT id, status, reason, model_name, model_version FROM images")}

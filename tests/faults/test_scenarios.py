@@ -74,19 +74,23 @@ def test_hub_link_cut_while_drones_keep_sending(fleet: FaultFleet, box: Box) -> 
     print(f"the hub saw the box offline during the cut: {seen_offline}")
 
 
-def test_loss_on_the_link(fleet: FaultFleet, box: Box) -> None:
-    """30 % packet loss each way (and 500 ms jitter where the kernel has netem)."""
+def test_loss_and_jitter_on_the_link(fleet: FaultFleet, box: Box) -> None:
+    """30 % packet loss each way and up to 500 ms of jitter (netem where the kernel has it,
+    else the userspace relay: tests/support/jitter.py) while images arrive."""
     link = box.appliance.link
     assert link is not None
     with Uplink(box, period_s=1.0):
-        applied = link.degrade(loss=0.3, jitter_ms=500)
+        applied = fleet.degrade(box, loss=0.3, jitter_ms=500)
         try:
             time.sleep(20)
+            relayed = link.relay.chunks if link.relay else None
         finally:
             link.heal()
             end = time.monotonic()
-    books = settle(fleet, "30 % loss", end)
+    assert len(applied) == 2, applied  # both loss and jitter were applied
+    books = settle(fleet, "30 % loss, 0-500 ms jitter", end)
     assert books.images_accepted > 0, (applied, box.refused)
+    print(f"applied: {applied}; chunks through the jitter relay: {relayed}")
 
 
 def test_hub_killed_and_restarted(fleet: FaultFleet, box: Box) -> None:
@@ -130,13 +134,13 @@ def test_power_cut_mid_uplink_burst(fleet: FaultFleet, box: Box) -> None:
 
 
 def test_power_cut_mid_model_download(fleet: FaultFleet, box: Box) -> None:
-    """A new version is published while the link is lossy (so the download takes a while);
-    the power goes while its partial file is on disk. The box comes back on a verified
-    model, resumes the download and takes the new version."""
+    """A new version is published while the link is lossy and jittery (so the download takes
+    a while); the power goes while its partial file is on disk. The box comes back on a
+    verified model, resumes the download and takes the new version."""
     link = box.appliance.link
     assert link is not None
     downloads = box.appliance.state_dir / "models" / "downloads"
-    link.degrade(loss=0.3)
+    fleet.degrade(box, loss=0.3, jitter_ms=500)
     try:
         fleet.publish("1.1.0")
         wait_for(lambda: any(downloads.glob("*.part")), 120, "the download to start")
@@ -148,6 +152,30 @@ def test_power_cut_mid_model_download(fleet: FaultFleet, box: Box) -> None:
     fleet.hub.wait_model(box.device_id, "1.1.0", timeout=180)
     box.burst(5)
     settle(fleet, "power cut mid model download", end)
+
+
+def test_power_cut_mid_finetune(fleet: FaultFleet, box: Box) -> None:
+    """An engineer fine-tunes on 32 labeled site tiles while the drone keeps sending, and the
+    power goes once the job's worker is training. The job resumes from its checkpoint after
+    the restart, its candidate beats 1.1.0 and is promoted, signed by the box's own key; the
+    books accept that locally promoted model as the verified active one."""
+    with Uplink(box, period_s=1.0):
+        job = fleet.start_finetune(box)
+        wait_for(lambda: json.loads(box.appliance.run("finetune", "status", job, "--json"))
+                 ["status"] == "running", 120, "the fine-tune to be running")
+        box.appliance.power_cut()
+        fleet.restart(box)
+        end = time.monotonic()
+        outcome = wait_for(lambda: fleet.finetune_outcome(box, job), 600,
+                           "the fine-tune's outcome at the hub")
+    assert outcome["kind"] == "finetune_finished", outcome
+    promotion = outcome["data"]["promotion"]
+    assert promotion["state"] == "activated", outcome["data"]
+    fleet.hub.wait_model(box.device_id, promotion["version"], timeout=120)
+    books = settle(fleet, "power cut mid fine-tune", end)
+    assert books.model_ok
+    print(f"fine-tune {job}: {promotion['version']} promoted, macro-F1 "
+          f"{outcome['data']['macro_f1_current']} -> {outcome['data']['macro_f1_candidate']}")
 
 
 def test_data_partition_full_while_images_arrive(fleet: FaultFleet, box: Box) -> None:

@@ -1,0 +1,121 @@
+"""The books' rule for the active model (tests/faults/harness.py ``verified_entry``), on a real
+model store with entries signed by real device keys: a model the hub published, or a fine-tune
+the appliance promoted and signed itself from a verified parent, counts as verified; anything
+else does not."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from appliance.fsutil import write_secret
+from appliance.identity import generate_key, key_to_pem
+from daemon.delivery.store import ModelStore
+from daemon.finetune.promote import build_entry, validate_entry
+from tests.delivery.conftest import make_artifact
+from tests.faults.harness import verified_entry
+
+
+def self_signed(key_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(key_pem, None)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "dev-books")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)  # type: ignore[arg-type]
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class Box:
+    """A state directory with a device key and a real model store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.key = root / "identity" / "device.key"
+        write_secret(self.key, key_to_pem(generate_key()))
+        self.cert = self_signed(self.key.read_bytes())
+        self.store = ModelStore(root / "models")
+        self.published: dict[str, str] = {}
+
+    def install(self, artifact: Path, parent: str, key: Path | None = None) -> str:
+        """Sign ``artifact`` as a promoted fine-tune of ``parent`` and install it."""
+        key = key or self.key
+        work = self.root / f"work-{artifact.name}"
+        work.mkdir()
+        tar, meta = build_entry(artifact, work, key, "job-1", parent)
+        with self.store.locked():
+            self.store.install(tar, meta, lambda p: validate_entry(p, meta, key))
+        return str(meta["sha256"])
+
+    def entries(self) -> list[dict[str, Any]]:
+        return self.store.entries()
+
+    def verified(self, sha: str) -> bool:
+        return verified_entry(self.store.root / "store", sha, self.entries(), self.published,
+                              self.cert)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("books-models")
+    return {v: make_artifact(root, v, seed=i)
+            for i, v in enumerate(["1.1.0", "1.1.1-ft.1", "1.1.1-ft.2"])}
+
+
+@pytest.fixture
+def box(tmp_path: Path, models: dict[str, Path]) -> Box:
+    box = Box(tmp_path)
+    # 1.1.0 stands for the hub's release: the books know its sha256 as published.
+    box.published["1.1.0"] = box.install(models["1.1.0"], "none")
+    return box
+
+
+def test_a_model_the_hub_published_is_verified(box: Box) -> None:
+    assert box.verified(box.published["1.1.0"])
+
+
+def test_a_fine_tune_the_box_signed_from_a_published_parent_is_verified(
+        box: Box, models: dict[str, Path]) -> None:
+    assert box.verified(box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0"))
+
+
+def test_a_fine_tune_of_a_verified_fine_tune_is_verified(
+        box: Box, models: dict[str, Path]) -> None:
+    box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0")
+    assert box.verified(box.install(models["1.1.1-ft.2"], "crack-vit@1.1.1-ft.1"))
+
+
+def test_a_fine_tune_signed_by_another_devices_key_is_not(
+        box: Box, models: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other.key"
+    write_secret(other, key_to_pem(generate_key()))
+    assert not box.verified(box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0", key=other))
+
+
+def test_a_fine_tune_whose_card_changed_after_signing_is_not(
+        box: Box, models: dict[str, Path]) -> None:
+    sha = box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0")
+    card = box.store.root / "store" / sha / "card.json"
+    card.chmod(0o644)
+    card.write_text(json.dumps(json.loads(card.read_text()) | {"note": "edited"}))
+    assert not box.verified(sha)
+
+
+def test_a_fine_tune_of_an_unknown_parent_is_not(box: Box, models: dict[str, Path]) -> None:
+    assert not box.verified(box.install(models["1.1.1-ft.1"], "crack-vit@0.9.0"))
+
+
+def test_a_store_entry_neither_published_nor_promoted_here_is_not(
+        box: Box, models: dict[str, Path]) -> None:
+    sha = box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0")
+    target = box.store.root / "store" / sha / "target.json"
+    target.chmod(0o644)
+    target.write_text(json.dumps(json.loads(target.read_text()) | {"origin": "hub"}))
+    assert not box.verified(sha)

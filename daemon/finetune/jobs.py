@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from appliance.errors import DataError
+from appliance.finetune import JobResult
 from appliance.store import connect
 
 ACTIVE = ("queued", "running")
@@ -38,6 +41,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 JSON_COLUMNS = ("options", "progress", "result", "error")
+
+
+class JobOutcome(JobResult):
+    """A done job's ``result`` column: the worker's ``JobResult`` plus what became of the
+    candidate (``promotion``: its state and why) and of the review upload, if one was sent."""
+
+    promotion: dict[str, Any] = Field(default_factory=dict)
+    review_upload: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, result: JobResult, promotion: dict[str, Any]) -> JobOutcome:
+        return cls.model_validate(result.model_dump() | {"promotion": promotion})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"review_upload"} if
+                               self.review_upload is None else set())
 
 
 class JobConflict(DataError):

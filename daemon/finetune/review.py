@@ -15,26 +15,25 @@ from typing import Any
 import aiohttp
 
 from appliance.errors import LinkError
+from daemon.finetune.jobs import JobOutcome
 
 TIMEOUT_S = 60.0
 
 
-def review_files(job_dir: Path, result: dict[str, Any]) -> dict[str, bytes]:
-    summary = {k: result.get(k) for k in ("method", "samples", "train", "held_out", "labels",
-                                          "steps", "train_seconds", "comparison", "version",
-                                          "parent", "promotion")}
+def review_files(job_dir: Path, result: JobOutcome) -> dict[str, bytes]:
+    summary = result.model_dump(mode="json", include={
+        "method", "samples", "train", "held_out", "labels", "steps", "train_seconds",
+        "comparison", "version", "parent", "promotion"})
     summary["job"] = job_dir.name
     files = {"review.json": json.dumps(summary, indent=2, default=str).encode()}
-    weights = result.get("trained_weights")
-    if weights:
-        files["trained.safetensors"] = Path(weights).read_bytes()
-    candidate = result.get("candidate")
-    if candidate:
-        files["card.json"] = (Path(candidate) / "card.json").read_bytes()
+    if result.trained_weights:
+        files["trained.safetensors"] = Path(result.trained_weights).read_bytes()
+    if result.candidate:
+        files["card.json"] = (Path(result.candidate) / "card.json").read_bytes()
     return files
 
 
-async def review_upload(ident: Any, job_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+async def review_upload(ident: Any, job_dir: Path, result: JobOutcome) -> dict[str, Any]:
     from daemon.remote import tarball, tls_for
 
     files = review_files(job_dir, result)

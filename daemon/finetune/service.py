@@ -30,11 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from appliance.config import FinetuneSection
 from appliance.errors import DataError, SpokeError
+from appliance.finetune import JobResult
 from appliance.fsutil import atomic_write
 from appliance.service import TaskGroupService
-from daemon.finetune.jobs import JobConflict, JobStore
+from daemon.finetune.jobs import JobConflict, JobOutcome, JobStore
 from daemon.finetune.samples import SampleStore, label_targets
 
 log = logging.getLogger(__name__)
@@ -118,8 +121,8 @@ class FinetuneService(TaskGroupService):
         self.samples: SampleStore | None = None
         self.jobs: JobStore | None = None
         self.on_change: list[Callable[[], Awaitable[None]]] = []
-        #: Set by the daemon when the hub link is up: ``upload(job_dir, result) -> dict``.
-        self.upload: Callable[[Path, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        #: Set by the daemon when the hub link is up: ``upload(job_dir, outcome) -> dict``.
+        self.upload: Callable[[Path, JobOutcome], Awaitable[dict[str, Any]]] | None = None
         self._db_exec = ThreadPoolExecutor(1, thread_name_prefix="finetune-db")
         self._wake = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
@@ -397,14 +400,15 @@ class FinetuneService(TaskGroupService):
             await self._finish(job_id, "failed", error=error)
             return
         assert result is not None
-        result["promotion"] = await self._promote(job_id, job_dir, result)
-        if result["promotion"].get("state") in ("activated",) and \
+        finished = JobOutcome.of(result, await self._promote(job_id, job_dir, result))
+        if finished.promotion.get("state") in ("activated",) and \
                 self.config.upload == "weights" and self.upload is not None:
-            result["review_upload"] = await self._upload(job_dir, result)
-        await self._finish(job_id, "done", result=result)
+            finished = finished.model_copy(
+                update={"review_upload": await self._upload(job_dir, finished)})
+        await self._finish(job_id, "done", result=finished)
 
     async def _supervise(self, job_id: str, job_dir: Path
-                         ) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
+                         ) -> tuple[str, dict[str, Any] | None, JobResult | None]:
         """Run the worker to its end; (outcome, error, result)."""
         assert self.jobs is not None
         env = dict(os.environ)
@@ -426,7 +430,7 @@ class FinetuneService(TaskGroupService):
                                                     "niceness": self.config.niceness,
                                                     "threads": self.config.threads})
         watcher = asyncio.create_task(self._watch_cancel(job_id, proc))
-        result: dict[str, Any] | None = None
+        result: JobResult | None = None
         error: dict[str, Any] | None = None
         try:
             assert proc.stdout is not None
@@ -439,7 +443,11 @@ class FinetuneService(TaskGroupService):
                 if kind == "progress":
                     await self._progress(job_id, msg)
                 elif kind == "result":
-                    result = msg
+                    try:
+                        result = JobResult.model_validate(msg)
+                    except ValidationError as exc:
+                        error = {"code": "internal",
+                                 "reason": f"the worker's result is malformed: {exc}"}
                 elif kind == "error":
                     error = msg
                 elif kind == "log":
@@ -482,26 +490,25 @@ class FinetuneService(TaskGroupService):
             self.emit("finetune_progress", {"job": job_id, **data})
 
     async def _finish(self, job_id: str, status: str, *, error: dict[str, Any] | None = None,
-                      result: dict[str, Any] | None = None) -> None:
+                      result: JobOutcome | None = None) -> None:
         assert self.jobs is not None
         values: dict[str, Any] = {"status": status, "finished_at": time.time()}
         if error is not None:
             values["error"] = error
         if result is not None:
-            values["result"] = result
+            values["result"] = result.to_dict()
         await self.db(self.jobs.update, job_id, **values)
         job = await self.db(self.jobs.get, job_id)
         event: dict[str, Any] = {"job": job_id, "status": status}
         if status == "done" and result is not None:
-            comparison = result["comparison"]
+            comparison = result.comparison
             event.update(
-                method=result["method"], samples=result["samples"],
-                held_out=result["held_out"],
-                macro_f1_current=comparison["current"]["macro_f1"],
-                macro_f1_candidate=comparison["candidate"]["macro_f1"],
-                per_label_delta=comparison["per_label_delta"], gate=comparison["promote"],
-                reasons=comparison["reasons"], promotion=result["promotion"],
-                parent=result["parent"], skipped=len(result["skipped"]))
+                method=result.method, samples=result.samples, held_out=result.held_out,
+                macro_f1_current=comparison.current.macro_f1,
+                macro_f1_candidate=comparison.candidate.macro_f1,
+                per_label_delta=comparison.per_label_delta, gate=comparison.promote,
+                reasons=list(comparison.reasons), promotion=result.promotion,
+                parent=result.parent, skipped=len(result.skipped))
             kind = "finetune_finished"
         elif status == "failed":
             event["error"] = error
@@ -529,43 +536,44 @@ class FinetuneService(TaskGroupService):
         job = await self.db(self.jobs.get, job_id)
         if job is None:
             raise OverrideRefused(404, "not_found", f"no job {job_id}")
-        result = job["result"] or {}
-        comparison = result.get("comparison") or {}
-        state = (result.get("promotion") or {}).get("state")
-        if job["status"] != "done" or comparison.get("promote") or state != "not-promoted":
+        result = _stored_outcome(job)
+        state = result.promotion.get("state") if result is not None else None
+        if job["status"] != "done" or result is None or result.comparison.promote or \
+                state != "not-promoted":
             raise OverrideRefused(409, "not_overridable", f"job {job_id} is {job['status']}"
                                   f"{', promotion ' + state if state else ''}: only a finished "
                                   "job whose candidate the gate kept back can be promoted anyway")
-        if not result.get("candidate"):
+        if not result.candidate:
             raise OverrideRefused(409, "no_candidate", f"job {job_id} kept no candidate (it ran "
                                   "before the site allowed manual promotion); run it again")
+        comparison = result.comparison
         promotion = await self._promote(job_id, self.jobs.dir(job_id), result, override=True)
         promotion["override"] = {"by": by, "at": time.time(), "gate_promote": False,
-                                 "gate_reasons": comparison.get("reasons", [])}
-        result["promotion"] = promotion
-        await self.db(self.jobs.update, job_id, result=result)
+                                 "gate_reasons": list(comparison.reasons)}
+        result = result.model_copy(update={"promotion": promotion})
+        await self.db(self.jobs.update, job_id, result=result.to_dict())
         log.warning("fine-tune candidate promoted against the gate",
                     extra={"job": job_id, "by": by, "state": promotion.get("state")})
         self.emit("finetune_manual_override", {
-            "job": job_id, "by": by, "gate": False, "reasons": comparison.get("reasons", []),
-            "macro_f1_current": (comparison.get("current") or {}).get("macro_f1"),
-            "macro_f1_candidate": (comparison.get("candidate") or {}).get("macro_f1"),
+            "job": job_id, "by": by, "gate": False, "reasons": list(comparison.reasons),
+            "macro_f1_current": comparison.current.macro_f1,
+            "macro_f1_candidate": comparison.candidate.macro_f1,
             "promotion": {k: v for k, v in promotion.items() if k != "override"}})
         await self._changed()
         return await self.db(self.jobs.get, job_id) or job
 
-    async def _promote(self, job_id: str, job_dir: Path, result: dict[str, Any],
+    async def _promote(self, job_id: str, job_dir: Path, result: JobResult,
                        override: bool = False) -> dict[str, Any]:
-        if not result["comparison"]["promote"] and not override:
-            return {"state": "not-promoted", "reason": "; ".join(result["comparison"]["reasons"])}
+        if not result.comparison.promote and not override:
+            return {"state": "not-promoted", "reason": "; ".join(result.comparison.reasons)}
         if self.models is None:
-            return {"state": "not-promoted", "version": result["version"],
+            return {"state": "not-promoted", "version": result.version,
                     "reason": "this daemon serves a fixed --model: promotion needs the model "
                               "store (the candidate is kept in " + str(job_dir) + ")"}
         current = self.models.manager.current()
-        if current is None or f"{current.name}@{current.version}" != result["parent"]:
+        if current is None or f"{current.name}@{current.version}" != result.parent:
             return {"state": "not-promoted", "reason": "the active model changed during the "
-                    "job; the candidate was measured against " + result["parent"]}
+                    "job; the candidate was measured against " + result.parent}
         from daemon.delivery.errors import ModelRefused
         from daemon.finetune.promote import PromotionRefused, build_entry, validate_entry
 
@@ -573,9 +581,9 @@ class FinetuneService(TaskGroupService):
         key = self.device_key()
         store = self.models.store
         try:
+            assert result.candidate is not None  # exported when the gate passed or on override
             tar, meta = await asyncio.to_thread(
-                build_entry, Path(result["candidate"]), job_dir, key, job_id,
-                result["parent"])
+                build_entry, Path(result.candidate), job_dir, key, job_id, result.parent)
 
             def install() -> None:
                 with store.locked():
@@ -601,17 +609,18 @@ class FinetuneService(TaskGroupService):
             await asyncio.sleep(0.5)
         committed = self.models.store.journal().committed == sha
         job = await self.db(self.jobs.get, job_id)
-        if job is None or not job["result"]:
+        result = _stored_outcome(job) if job is not None else None
+        if result is None:
             return
-        result = job["result"]
-        result["promotion"]["state"] = "committed" if committed else "rolled-back"
-        await self.db(self.jobs.update, job_id, result=result)
+        promotion = result.promotion | {"state": "committed" if committed else "rolled-back"}
+        await self.db(self.jobs.update, job_id,
+                      result=result.model_copy(update={"promotion": promotion}).to_dict())
         self.emit("finetune_promotion", {"job": job_id, "sha256": sha,
-                                         "state": result["promotion"]["state"],
-                                         "version": result["promotion"].get("version")})
+                                         "state": promotion["state"],
+                                         "version": promotion.get("version")})
         await self._changed()
 
-    async def _upload(self, job_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    async def _upload(self, job_dir: Path, result: JobOutcome) -> dict[str, Any]:
         assert self.upload is not None
         try:
             return await self.upload(job_dir, result)
@@ -627,6 +636,11 @@ class OverrideRefused(DataError):
         super().__init__(reason)
         self.status = status
         self.code = code
+
+
+def _stored_outcome(job: dict[str, Any]) -> JobOutcome | None:
+    """A job row's result, typed; None when the job has none."""
+    return JobOutcome.model_validate(job["result"]) if job["result"] else None
 
 
 def _gpus() -> list[Any]:

@@ -1,14 +1,17 @@
 """One fine-tuning job, end to end: samples in, a comparison and maybe a candidate artifact out.
 
-1. load the parent artifact and the samples (a corrupt image is skipped and reported);
-2. stratified held-out split; score the parent on it;
-3. train with the chosen method under a step/epoch and time budget, checkpointed (the loop of
-   ``models.training.loop``: atomic checkpoints, resumes where a killed run stopped);
-4. score the candidate on the same split and apply the gate;
-5. if it passes, write the candidate artifact (parent recorded, metrics on the card) and the
-   trained weights (head or adapters) a reviewer at the hub may see. Never an image.
+1. ``prepare_job``: load the parent artifact and the samples (a corrupt image is skipped and
+   reported), the stratified held-out split, the method;
+2. ``baseline``: score the parent on the held-out split;
+3. ``train_candidate``: train with the chosen method under a step/epoch and time budget,
+   checkpointed (the loop of ``models.training.loop``: atomic checkpoints, resumes where a killed
+   run stopped);
+4. ``judge``: score the candidate on the same split and apply the gate;
+5. ``export``: if it passes, write the candidate artifact (parent recorded, metrics on the card)
+   and the trained weights (head or adapters) a reviewer at the hub may see. Never an image.
 
-``report`` receives progress dicts as the job goes: what the daemon streams.
+``run_job`` runs the five and returns an ``appliance.finetune.JobResult``. ``report``
+receives progress dicts as the job goes: what the daemon streams.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from appliance.errors import DataError
+from appliance.finetune import GateReport, JobResult, Skipped
 from models.artifact import Artifact, load_artifact, write_artifact
 from models.decide import decide_many
 from models.finetune.augment import drone_augment
@@ -123,7 +127,7 @@ class JobSpec:
 class Samples:
     images: np.ndarray  # (N, S, S, 3) uint8
     targets: np.ndarray  # (N, L) float32
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def load_samples(spec: JobSpec, size: int) -> Samples:
@@ -136,7 +140,7 @@ def load_samples(spec: JobSpec, size: int) -> Samples:
             data = Path(path).read_bytes()
             pixels = decode_image(data, SAMPLE_LIMITS).pixels
         except (OSError, DataError) as exc:
-            skipped.append({"path": path, "reason": str(exc)})
+            skipped.append(Skipped(path=path, reason=str(exc)))
             continue
         from PIL import Image
 
@@ -258,9 +262,37 @@ def _train_weights(model: VisionTransformer, method: str, images: np.ndarray,
     return Trained(result.steps, result.seconds, result.final_loss, result.resumed_from)
 
 
-def run_job(spec: JobSpec, report: Report = lambda _: None,
-            log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    started = time.monotonic()
+@dataclass
+class Prepared:
+    """What every step of a job shares: the parent, the decoded samples and their split, the
+    method, the thresholds (the probe calibrates them) and the model being tuned."""
+
+    spec: JobSpec
+    device: str
+    parent: Artifact
+    data: Samples
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    method: str
+    present: np.ndarray
+    thresholds: dict[str, float]
+    model: VisionTransformer
+
+    @property
+    def val(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.images[self.val_idx], self.data.targets[self.val_idx]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's scores on the held-out split and its (N, L) decisions there."""
+
+    scores: Scores
+    decisions: np.ndarray
+
+
+def prepare_job(spec: JobSpec, report: Report) -> Prepared:
+    """Load the parent and the samples, split them, and choose the method."""
     device = spec.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -271,92 +303,121 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
     card = parent.card
     if tuple(spec.labels[: len(card.labels)]) != card.labels:
         raise DataError("the job's labels must extend the parent model's labels")
-    pre = card.preprocessing
     report({"phase": "loading", "samples": len(spec.samples)})
-    data = load_samples(spec, pre.input_size)
+    data = load_samples(spec, card.preprocessing.input_size)
     train_idx, val_idx = stratified_split(data.targets, spec.labels, spec.val_fraction, spec.seed)
     method = spec.method if spec.method != "auto" else default_method(
         len(train_idx), device.startswith("cuda"))
     present = np.nonzero(data.targets[val_idx].sum(axis=0) > 0)[0]
     thresholds = dict(card.thresholds) | {n: 0.5 for n in spec.labels if n not in card.thresholds}
     model = parent.build_model().to(device)
-    val_images, val_targets = data.images[val_idx], data.targets[val_idx]
-    report({"phase": "baseline", "held_out": len(val_idx), "method": method})
-    base = predict(model, val_images, pre, device)
+    return Prepared(spec, device, parent, data, train_idx, val_idx, method, present, thresholds,
+                    model)
+
+
+def baseline(job: Prepared, report: Report) -> Evaluation:
+    """The parent on the held-out split (a label it does not know yet scores as absent)."""
+    spec = job.spec
+    val_images, val_targets = job.val
+    report({"phase": "baseline", "held_out": len(job.val_idx), "method": job.method})
+    base = predict(job.model, val_images, job.parent.card.preprocessing, job.device)
     base = np.concatenate(
         [base, np.zeros((len(base), len(spec.labels) - base.shape[1]), np.float32)], axis=1)
-    current, base_decisions = evaluate(base, val_targets, spec.labels, thresholds, present)
+    scores, decisions = evaluate(base, val_targets, spec.labels, job.thresholds, job.present)
+    return Evaluation(scores, decisions)
 
-    grow_head(model, len(spec.labels) - len(card.labels), spec.seed)
-    model.to(device)
-    train_images, train_targets = data.images[train_idx], data.targets[train_idx]
-    if method == "linear":
-        result = _probe(model, train_images, train_targets, pre, spec, device, started, report,
-                        thresholds)
+
+def train_candidate(job: Prepared, started: float, report: Report,
+                    log: Callable[[str], None]) -> tuple[Trained, dict[str, Tensor]]:
+    """Grow the head for new labels, train with the job's method, and merge adapters into the
+    weights; returns how it went and the trained tensors a reviewer may see."""
+    spec, model = job.spec, job.model
+    pre = job.parent.card.preprocessing
+    grow_head(model, len(spec.labels) - len(job.parent.card.labels), spec.seed)
+    model.to(job.device)
+    images, targets = job.data.images[job.train_idx], job.data.targets[job.train_idx]
+    if job.method == "linear":
+        result = _probe(model, images, targets, pre, spec, job.device, started, report,
+                        job.thresholds)
     else:
-        result = _train_weights(model, method, train_images, train_targets, pre, spec, device,
+        result = _train_weights(model, job.method, images, targets, pre, spec, job.device,
                                 started, report, log)
     trained = trained_state(model)
     merge(model)
     model.eval()
+    return result, trained
+
+
+def judge(job: Prepared, parent: Evaluation, report: Report) -> tuple[Evaluation, Comparison]:
+    """The candidate on the same split, and the gate's verdict against the parent."""
+    spec = job.spec
+    val_images, val_targets = job.val
     report({"phase": "evaluating"})
-    cand, decisions = evaluate(predict(model, val_images, pre, device), val_targets,
-                               spec.labels, thresholds, present)
-    comparison: Comparison = compare(current, cand, spec.margin, spec.max_label_drop,
-                                     collapse=collapse_reason(decisions, val_targets,
-                                                              spec.labels),
-                                     changes=label_changes(
-                                         base_decisions[:, present], decisions[:, present],
-                                         val_targets[:, present],
-                                         [spec.labels[j] for j in present]))
-    out: dict[str, Any] = {
-        "method": method,
-        "samples": len(data.images),
-        "train": len(train_idx),
-        "held_out": len(val_idx),
-        "skipped": data.skipped,
-        "labels": list(spec.labels),
-        "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "train_seconds": round(result.seconds, 2),
-        "final_loss": round(result.final_loss, 5),
-        "details": result.details,
-        "comparison": comparison.to_dict(),
-        "candidate": None,
-        "trained_weights": None,
-        "version": spec.version,
-        "parent": card.ref,
-        "device": device,
-        "threads": spec.threads,
-    }
+    cand = Evaluation(*evaluate(
+        predict(job.model, val_images, job.parent.card.preprocessing, job.device), val_targets,
+        spec.labels, job.thresholds, job.present))
+    present = job.present
+    comparison = compare(
+        parent.scores, cand.scores, spec.margin, spec.max_label_drop,
+        collapse=collapse_reason(cand.decisions, val_targets, spec.labels),
+        changes=label_changes(parent.decisions[:, present], cand.decisions[:, present],
+                              val_targets[:, present], [spec.labels[j] for j in present]))
+    return cand, comparison
+
+
+def export(job: Prepared, trained: Trained, weights: dict[str, Tensor], parent: Scores,
+           cand: Scores, report: Report) -> tuple[Path, Path]:
+    """Write the candidate artifact (parent recorded, metrics on its card) and, beside it,
+    the trained tensors; returns both paths."""
+    spec, card = job.spec, job.parent.card
+    report({"phase": "exporting"})
+    out_dir = Path(spec.out)
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    write_artifact(
+        job.model.cpu(), out_dir, name=spec.name, version=spec.version, labels=spec.labels,
+        thresholds=job.thresholds, preprocessing=card.preprocessing, parent=card.ref,
+        metrics={
+            "finetune.macro_f1": round(cand.macro_f1, 6),
+            "finetune.parent_macro_f1": round(parent.macro_f1, 6),
+            "finetune.exact_match": round(cand.exact_match, 6),
+            "finetune.samples": float(len(job.data.images)),
+            "finetune.held_out": float(len(job.val_idx)),
+            "finetune.steps": float(trained.steps),
+            "finetune.lora": float(job.method == "lora"),
+            "finetune.linear": float(job.method == "linear"),
+        })
+    from safetensors.torch import save_file
+
+    path = out_dir.parent / TRAINED_WEIGHTS
+    save_file({k: v.cpu() for k, v in weights.items()}, str(path),
+              metadata={"method": job.method, "parent": card.ref, "version": spec.version})
+    return out_dir, path
+
+
+def run_job(spec: JobSpec, report: Report = lambda _: None,
+            log: Callable[[str], None] = lambda _: None) -> JobResult:
+    """The whole job: prepare, score the parent (baseline), train, judge, and export the
+    candidate if the gate passes it (or ``spec.always_export`` says so)."""
+    started = time.monotonic()
+    job = prepare_job(spec, report)
+    parent = baseline(job, report)
+    trained, weights = train_candidate(job, started, report, log)
+    cand, comparison = judge(job, parent, report)
+    candidate = trained_weights = None
     if comparison.promote or spec.always_export:
-        report({"phase": "exporting"})
-        out_dir = Path(spec.out)
-        if out_dir.exists():
-            import shutil
-
-            shutil.rmtree(out_dir)
-        write_artifact(
-            model.cpu(), out_dir, name=spec.name, version=spec.version, labels=spec.labels,
-            thresholds=thresholds, preprocessing=pre, parent=card.ref,
-            metrics={
-                "finetune.macro_f1": round(cand.macro_f1, 6),
-                "finetune.parent_macro_f1": round(current.macro_f1, 6),
-                "finetune.exact_match": round(cand.exact_match, 6),
-                "finetune.samples": float(len(data.images)),
-                "finetune.held_out": float(len(val_idx)),
-                "finetune.steps": float(result.steps),
-                "finetune.lora": float(method == "lora"),
-                "finetune.linear": float(method == "linear"),
-            })
-        from safetensors.torch import save_file
-
-        weights = out_dir.parent / TRAINED_WEIGHTS
-        save_file({k: v.cpu() for k, v in trained.items()}, str(weights),
-                  metadata={"method": method, "parent": card.ref, "version": spec.version})
-        out["candidate"] = str(out_dir)
-        out["trained_weights"] = str(weights)
+        out_dir, weights_path = export(job, trained, weights, parent.scores, cand.scores, report)
+        candidate, trained_weights = str(out_dir), str(weights_path)
     if spec.checkpoint:
         Path(spec.checkpoint).unlink(missing_ok=True)
-    out["seconds"] = round(time.monotonic() - started, 2)
-    return out
+    return JobResult(
+        method=job.method, samples=len(job.data.images), train=len(job.train_idx),
+        held_out=len(job.val_idx), skipped=tuple(job.data.skipped), labels=spec.labels,
+        steps=trained.steps, resumed_from=trained.resumed_from,
+        train_seconds=round(trained.seconds, 2), final_loss=round(trained.final_loss, 5),
+        details=trained.details, comparison=GateReport.model_validate(comparison.to_dict()),
+        candidate=candidate, trained_weights=trained_weights, version=spec.version,
+        parent=job.parent.card.ref, device=job.device, threads=spec.threads,
+        seconds=round(time.monotonic() - started, 2))

@@ -58,13 +58,13 @@ def main(argv: list[str]) -> int:
         emit("error", code="internal", reason=f"{type(exc).__name__}: {exc}")
         return 1
     try:
-        atomic_write(job_dir / RESULT, json.dumps(result, indent=2))
+        atomic_write(job_dir / RESULT, json.dumps(result.to_dict(), indent=2))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             emit("error", code="disk_full", reason=f"disk full while writing the result: {exc}")
             return 3
         raise
-    emit("result", **result)
+    emit("result", **result.to_dict())
     return 0
 
 

@@ -63,12 +63,12 @@ def test_the_probe_learns_cracks_against_plain_background(tmp_path: Path, encode
     parent = make_parent(tmp_path / "parent", encoder=encoder)
     samples = crack_set(tmp_path / "set")
     result = run_job(spec_for(parent, samples, tmp_path / "cand", seed=1, epochs=60))
-    comparison = result["comparison"]
-    assert result["method"] == "linear" and result["details"]["views"] >= 2
-    gain = comparison["candidate"]["macro_f1"] - comparison["current"]["macro_f1"]
+    comparison = result.comparison
+    assert result.method == "linear" and result.details["views"] >= 2
+    gain = comparison.candidate.macro_f1 - comparison.current.macro_f1
     assert gain >= 0.1, comparison
-    assert comparison["promote"] is True and comparison["collapse"] is None
-    assert set(result["details"]["fitted"]) == {"background", "crack"}
+    assert comparison.promote is True and comparison.collapse is None
+    assert set(result.details["fitted"]) == {"background", "crack"}
 
 
 def test_a_collapsed_candidate_is_refused_with_the_reason(tmp_path: Path):
@@ -85,12 +85,12 @@ def test_a_collapsed_candidate_is_refused_with_the_reason(tmp_path: Path):
     write_artifact(model, tmp_path / "blind", name="crack-vit", version="1.0.0")
     samples = crack_set(tmp_path / "set", per_class=12)
     result = run_job(spec_for(tmp_path / "blind", samples, tmp_path / "cand", epochs=20))
-    comparison = result["comparison"]
-    assert comparison["promote"] is False
-    assert comparison["collapse"] and comparison["reasons"][0] == comparison["collapse"]
+    comparison = result.comparison
+    assert comparison.promote is False
+    assert comparison.collapse and comparison.reasons[0] == comparison.collapse
     assert "for all 6 held-out samples, which carry 2 different label sets" in \
-        comparison["collapse"]
-    assert result["candidate"] is None
+        comparison.collapse
+    assert result.candidate is None
 
 
 def test_collapse_is_one_answer_for_samples_that_differ():

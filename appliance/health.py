@@ -9,6 +9,7 @@ Counters from the kernel (disk and network I/O) are cumulative since boot; rates
 reader's business (Prometheus ``rate()``), so a missed report loses nothing.
 """
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -187,7 +188,11 @@ class HealthSnapshot(_Model):
     faults: list[str] = Field(default_factory=list)
 
 
-Severity = Literal["warning", "critical"]
+class Severity(StrEnum):
+    """How urgent an alert is: ``critical`` needs someone at the box soon."""
+
+    WARNING = "warning"
+    CRITICAL = "critical"
 
 
 class AlertEvent(_Model):

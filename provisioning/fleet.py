@@ -12,6 +12,7 @@ from typing import Any
 
 from appliance.delivery import DesiredState
 from appliance.errors import ConfigError
+from appliance.health import Severity
 from provisioning.placement import Term, parse_selector
 from provisioning.registry import Device, Registry
 
@@ -176,7 +177,7 @@ def certificate_alert(device: Device, now: float) -> dict[str, Any] | None:
     return {
         "alert": "certificate_expiring" if end > now else "certificate_expired",
         "state": "raised",
-        "severity": "warning" if end > now else "critical",
+        "severity": Severity.WARNING if end > now else Severity.CRITICAL,
         "subject": device.id,
         "device_id": device.id,
         "event_id": None,

@@ -20,6 +20,7 @@ from typing import Any
 from appliance.cli import print_json, print_table
 from appliance.errors import ConfigError, DataError
 from daemon.commands.run import add_state_dir
+from daemon.finetune.jobs import ACTIVE, FINAL, JobStatus
 from daemon.finetune.service import METHODS
 
 
@@ -148,7 +149,7 @@ def follow(args: argparse.Namespace, job_id: str, poll_s: float = 0.5) -> int:
                 if line and line != last:
                     print(line, flush=True)
                     last = line
-            if job["status"] in ("done", "failed", "cancelled"):
+            if job["status"] in FINAL:
                 break
             time.sleep(poll_s)
     finally:
@@ -157,7 +158,7 @@ def follow(args: argparse.Namespace, job_id: str, poll_s: float = 0.5) -> int:
         print_json(job)
     else:
         show(job)
-    return 0 if job["status"] == "done" else 1
+    return 0 if job["status"] == JobStatus.DONE else 1
 
 
 def show(job: dict[str, Any]) -> None:
@@ -210,7 +211,7 @@ def status(args: argparse.Namespace) -> int:
     else:
         show(job)
         line = _progress_line(job["progress"] or {})
-        if job["status"] in ("queued", "running") and line:
+        if job["status"] in ACTIVE and line:
             print(line)
     return 0
 
@@ -247,8 +248,8 @@ def cancel(args: argparse.Namespace) -> int:
     if args.json:
         print_json(job)
     else:
-        print(f"cancelling {job['id']}" + ("" if job["status"] == "queued" else
+        print(f"cancelling {job['id']}" + ("" if job["status"] == JobStatus.QUEUED else
                                            " (the worker is being stopped)"))
-    if job["status"] == "queued":
+    if job["status"] == JobStatus.QUEUED:
         sys.stdout.flush()
     return 0

@@ -12,6 +12,7 @@ import json
 import secrets
 import sqlite3
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,20 @@ from appliance.errors import DataError
 from appliance.finetune import JobResult
 from appliance.store import connect
 
-ACTIVE = ("queued", "running")
-FINAL = ("done", "failed", "cancelled")
+
+class JobStatus(StrEnum):
+    """Where a job is: waiting, running in its worker, or ended one of three ways."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINAL = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+_ACTIVE_SQL = "status IN (?, ?)"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -89,14 +102,14 @@ class JobStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             busy = self.db.execute(
-                "SELECT id, status FROM jobs WHERE status IN ('queued', 'running')").fetchone()
+                f"SELECT id, status FROM jobs WHERE {_ACTIVE_SQL}", ACTIVE).fetchone()
             if busy is not None:
                 raise JobConflict(f"job {busy['id']} is {busy['status']}; one job runs at a "
                                   "time (wait for it, or cancel it)")
             seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self.db.execute(
                 "INSERT INTO jobs (id, seq, status, options, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job_id, seq, "queued", json.dumps(options), time.time()))
+                (job_id, seq, JobStatus.QUEUED, json.dumps(options), time.time()))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -114,8 +127,8 @@ class JobStore:
         return [self._row(r) for r in rows]
 
     def active(self) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running') "
-                              "ORDER BY seq LIMIT 1").fetchone()
+        row = self.db.execute(f"SELECT * FROM jobs WHERE {_ACTIVE_SQL} ORDER BY seq LIMIT 1",
+                              ACTIVE).fetchone()
         return self._row(row) if row else None
 
     def update(self, job_id: str, **values: Any) -> None:
@@ -138,6 +151,7 @@ class JobStore:
 
     def requeue_interrupted(self) -> list[str]:
         with self.db:
-            self.db.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
+            self.db.execute("UPDATE jobs SET status = ? WHERE status = ?",
+                            (JobStatus.QUEUED, JobStatus.RUNNING))
         return [r["id"] for r in self.db.execute(
-            "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq")]
+            "SELECT id FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.QUEUED,))]

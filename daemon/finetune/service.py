@@ -37,7 +37,7 @@ from appliance.errors import DataError, SpokeError
 from appliance.finetune import JobResult
 from appliance.fsutil import atomic_write
 from appliance.service import TaskGroupService
-from daemon.finetune.jobs import JobConflict, JobOutcome, JobStore
+from daemon.finetune.jobs import JobConflict, JobOutcome, JobStatus, JobStore
 from daemon.finetune.samples import SampleStore, label_targets
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,7 @@ class FinetuneService(TaskGroupService):
                 raise
             except Exception as exc:
                 log.exception("fine-tune job failed", extra={"job": job["id"]})
-                await self._finish(job["id"], "failed",
+                await self._finish(job["id"], JobStatus.FAILED,
                                    error={"code": "internal", "reason": str(exc)})
 
     async def _run(self, job: dict[str, Any]) -> None:
@@ -355,7 +355,7 @@ class FinetuneService(TaskGroupService):
         job_id = job["id"]
         job_dir = self.jobs.dir(job_id)
         if job["cancel"]:
-            await self._finish(job_id, "cancelled")
+            await self._finish(job_id, JobStatus.CANCELLED)
             return
         if not (job_dir / "job.json").exists():
             # Queued from the command line: plan it now (errors fail the job, clearly).
@@ -367,11 +367,11 @@ class FinetuneService(TaskGroupService):
                 plan = await self.db(self.plan, options)
                 await self.db(self._write_spec, job_id, options, plan)
             except DataError as exc:
-                await self._finish(job_id, "failed", error={
+                await self._finish(job_id, JobStatus.FAILED, error={
                     "code": getattr(exc, "code", "bad_input"), "reason": str(exc)})
                 return
         attempts = job["attempts"] + 1
-        await self.db(self.jobs.update, job_id, status="running", attempts=attempts,
+        await self.db(self.jobs.update, job_id, status=JobStatus.RUNNING, attempts=attempts,
                       started_at=job["started_at"] or time.time())
         self._running = job_id
         if attempts == 1:
@@ -387,17 +387,17 @@ class FinetuneService(TaskGroupService):
             if attempts < MAX_ATTEMPTS:
                 log.warning("fine-tune worker died; resuming from its checkpoint",
                             extra={"job": job_id, "error": error})
-                await self.db(self.jobs.update, job_id, status="queued")
+                await self.db(self.jobs.update, job_id, status=JobStatus.QUEUED)
                 return
-            await self._finish(job_id, "failed", error={
+            await self._finish(job_id, JobStatus.FAILED, error={
                 "code": "worker_died", "reason": f"the worker died {attempts} times: {error}"})
             return
         if outcome == "cancelled":
             (job_dir / "checkpoint.pt").unlink(missing_ok=True)
-            await self._finish(job_id, "cancelled")
+            await self._finish(job_id, JobStatus.CANCELLED)
             return
         if outcome == "error":
-            await self._finish(job_id, "failed", error=error)
+            await self._finish(job_id, JobStatus.FAILED, error=error)
             return
         assert result is not None
         finished = JobOutcome.of(result, await self._promote(job_id, job_dir, result))
@@ -405,7 +405,7 @@ class FinetuneService(TaskGroupService):
                 self.config.upload == "weights" and self.upload is not None:
             finished = finished.model_copy(
                 update={"review_upload": await self._upload(job_dir, finished)})
-        await self._finish(job_id, "done", result=finished)
+        await self._finish(job_id, JobStatus.DONE, result=finished)
 
     async def _supervise(self, job_id: str, job_dir: Path
                          ) -> tuple[str, dict[str, Any] | None, JobResult | None]:
@@ -483,13 +483,13 @@ class FinetuneService(TaskGroupService):
         merged = (job["progress"] if job else None) or {}
         merged.update(data)
         await self.db(self.jobs.update, job_id, progress=merged)
-        self._publish(job_id, {"job": job_id, "status": "running", "progress": merged})
+        self._publish(job_id, {"job": job_id, "status": JobStatus.RUNNING, "progress": merged})
         now = time.monotonic()
         if data.get("phase") != "train" or now - self._last_event >= PROGRESS_EVENT_EVERY_S:
             self._last_event = now
             self.emit("finetune_progress", {"job": job_id, **data})
 
-    async def _finish(self, job_id: str, status: str, *, error: dict[str, Any] | None = None,
+    async def _finish(self, job_id: str, status: JobStatus, *, error: dict[str, Any] | None = None,
                       result: JobOutcome | None = None) -> None:
         assert self.jobs is not None
         values: dict[str, Any] = {"status": status, "finished_at": time.time()}
@@ -500,7 +500,7 @@ class FinetuneService(TaskGroupService):
         await self.db(self.jobs.update, job_id, **values)
         job = await self.db(self.jobs.get, job_id)
         event: dict[str, Any] = {"job": job_id, "status": status}
-        if status == "done" and result is not None:
+        if status == JobStatus.DONE and result is not None:
             comparison = result.comparison
             event.update(
                 method=result.method, samples=result.samples, held_out=result.held_out,
@@ -510,7 +510,7 @@ class FinetuneService(TaskGroupService):
                 reasons=list(comparison.reasons), promotion=result.promotion,
                 parent=result.parent, skipped=len(result.skipped))
             kind = "finetune_finished"
-        elif status == "failed":
+        elif status == JobStatus.FAILED:
             event["error"] = error
             kind = "finetune_failed"
         else:
@@ -538,7 +538,7 @@ class FinetuneService(TaskGroupService):
             raise OverrideRefused(404, "not_found", f"no job {job_id}")
         result = _stored_outcome(job)
         state = result.promotion.get("state") if result is not None else None
-        if job["status"] != "done" or result is None or result.comparison.promote or \
+        if job["status"] != JobStatus.DONE or result is None or result.comparison.promote or \
                 state != "not-promoted":
             raise OverrideRefused(409, "not_overridable", f"job {job_id} is {job['status']}"
                                   f"{', promotion ' + state if state else ''}: only a finished "

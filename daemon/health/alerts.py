@@ -260,17 +260,17 @@ def _hub_unreachable(snap: HealthSnapshot, cfg: HealthSection) -> tuple[list[Obs
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("disk_full", "critical", _disk_full),
-    Rule("memory_pressure", "warning", _memory_pressure),
-    Rule("gpu_temperature", "critical", _gpu_temperature),
+    Rule("disk_full", Severity.CRITICAL, _disk_full),
+    Rule("memory_pressure", Severity.WARNING, _memory_pressure),
+    Rule("gpu_temperature", Severity.CRITICAL, _gpu_temperature),
     Rule(
         "gpu_throttling",
-        "warning",
+        Severity.WARNING,
         _gpu_throttling,
         clear_after=lambda cfg: cfg.gpu_throttle_clear_after_samples,
     ),
-    Rule("gpu_ecc_errors", "critical", _gpu_ecc),
-    Rule("nvml_lost", "critical", _nvml_lost),
-    Rule("no_active_model", "warning", _no_active_model),
-    Rule("hub_unreachable", "warning", _hub_unreachable),
+    Rule("gpu_ecc_errors", Severity.CRITICAL, _gpu_ecc),
+    Rule("nvml_lost", Severity.CRITICAL, _nvml_lost),
+    Rule("no_active_model", Severity.WARNING, _no_active_model),
+    Rule("hub_unreachable", Severity.WARNING, _hub_unreachable),
 )

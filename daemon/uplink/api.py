@@ -207,7 +207,7 @@ class UplinkApi:
         row = await self._row(request)
         if isinstance(row, web.Response):
             return row
-        if row["status"] != "done":
+        if row["status"] != ImageStatus.DONE:
             return error(409, "not_done", f"the image is {row['status']}; no overlay yet")
         png = await self.service.overlay(row)
         if png is None:
@@ -334,7 +334,7 @@ def mission_view(mission: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     defects = []
     for row in rows:
         status[row["status"]] += 1
-        if row["status"] != "done":
+        if row["status"] != ImageStatus.DONE:
             continue
         for lab in row["labels"] or []:
             counts[lab] = counts.get(lab, 0) + 1
@@ -343,14 +343,14 @@ def mission_view(mission: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             defects.append({"image": row["id"], "labels": found,
                             "max_probs": {lab: row["probs"][lab] for lab in found},
                             "gps": _gps(row), "captured_at": row["captured_at"]})
-    return {"mission": mission, "images": len(rows), "processed": status["done"],
+    return {"mission": mission, "images": len(rows), "processed": status[ImageStatus.DONE],
             "status": status, "label_counts": counts, "defects": defects}
 
 
 def geojson(mission: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     features = []
     for row in rows:
-        found = _defects(row) if row["status"] == "done" else []
+        found = _defects(row) if row["status"] == ImageStatus.DONE else []
         gps = _gps(row)
         if not found or gps is None:
             continue

@@ -175,7 +175,8 @@ class ResultStore:
             atomic_write(self.images_dir / rel, image.data, mode=0o640)
         lat, lon, alt = image.gps if image.gps else (None, None, None)
         row = {
-            "id": image.id, "status": "queued", "source": image.source, "client": image.client,
+            "id": image.id, "status": ImageStatus.QUEUED, "source": image.source,
+            "client": image.client,
             "content_type": image.content_type, "format": image.format,
             "bytes": len(image.data), "path": rel, "stored": 1, "mission": image.mission,
             "drone": image.drone, "captured_at": image.captured_at, "received_at": time.time(),
@@ -197,29 +198,29 @@ class ResultStore:
     def mark_running(self, image_id: str, model_name: str, model_version: str,
                      backend: str) -> None:
         with _room(), self.db.conn:
-            self.table.update(image_id, {"status": "running", "started_at": time.time(),
+            self.table.update(image_id, {"status": ImageStatus.RUNNING, "started_at": time.time(),
                                          "model_name": model_name,
                                          "model_version": model_version, "backend": backend})
 
     def mark_done(self, image_id: str, result: dict[str, Any]) -> None:
         """``result``: labels, probs, tiles, timings (and optionally width/height/GPS)."""
         values = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in result.items()}
-        values.update(status="done", reason=None, finished_at=time.time())
+        values.update(status=ImageStatus.DONE, reason=None, finished_at=time.time())
         with _room(), self.db.conn:
             self.table.update(image_id, values)
 
     def mark_failed(self, image_id: str, reason: str) -> None:
         with _room(), self.db.conn:
-            self.table.update(image_id, {"status": "failed", "reason": reason[:1000],
+            self.table.update(image_id, {"status": ImageStatus.FAILED, "reason": reason[:1000],
                                          "finished_at": time.time()})
 
     def requeue_interrupted(self) -> list[str]:
         """After a crash: work that was running goes back to queued; all pending ids, in order."""
         with self.db.conn:
-            self.db.execute("UPDATE images SET status = 'queued', started_at = NULL "
-                            "WHERE status = 'running'")
+            self.db.execute("UPDATE images SET status = ?, started_at = NULL WHERE status = ?",
+                            (ImageStatus.QUEUED, ImageStatus.RUNNING))
         return [r["id"] for r in self.db.query(
-            "SELECT id FROM images WHERE status = 'queued' ORDER BY seq")]
+            "SELECT id FROM images WHERE status = ? ORDER BY seq", [ImageStatus.QUEUED])]
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -276,7 +277,7 @@ class ResultStore:
 
     def pending_count(self) -> int:
         return int(self.db.execute(
-            "SELECT COUNT(*) FROM images WHERE status IN ('queued', 'running')").fetchone()[0])
+            "SELECT COUNT(*) FROM images WHERE status IN (?, ?)", PENDING).fetchone()[0])
 
     # -- retention -----------------------------------------------------------------------
 
@@ -290,7 +291,8 @@ class ResultStore:
         removed: list[str] = []
         for row in self.db.query(
                 "SELECT id, path, bytes, received_at FROM images WHERE stored = 1 "
-                "AND status IN ('done', 'failed') ORDER BY received_at, seq"):
+                "AND status IN (?, ?) ORDER BY received_at, seq",
+                [ImageStatus.DONE, ImageStatus.FAILED]):
             if total <= max_bytes and now - row["received_at"] <= max_age_s:
                 break
             with contextlib.suppress(FileNotFoundError):

@@ -233,7 +233,7 @@ class Timings:
 
 def timings_of(rows: Sequence[dict[str, Any]]) -> Timings | None:
     """Per-stage times over the processed images, and the mission's throughput."""
-    done = [r for r in rows if r["status"] == "done" and r.get("timings")]
+    done = [r for r in rows if r["status"] == ImageStatus.DONE and r.get("timings")]
     if not done:
         return None
     series: list[tuple[str, list[float]]] = []
@@ -304,7 +304,7 @@ def build_report(mission: str, rows: Sequence[dict[str, Any]], read_image: Image
     status = {s.value: 0 for s in ImageStatus}
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1
-    done = [r for r in rows if r["status"] == "done"]
+    done = [r for r in rows if r["status"] == ImageStatus.DONE]
     findings = findings_of(rows)
     captured = sorted(r["captured_at"] for r in rows if r.get("captured_at"))
 
@@ -323,7 +323,7 @@ def build_report(mission: str, rows: Sequence[dict[str, Any]], read_image: Image
         device_id=device_id,
         received=len(rows),
         status=status,
-        pending=status["queued"] + status["running"],
+        pending=status[ImageStatus.QUEUED] + status[ImageStatus.RUNNING],
         findings=findings,
         by_severity={s: sum(1 for f in findings if f.severity == s) for s in (3, 2, 1)},
         models=sorted({f"{r['model_name']} {r['model_version']}" for r in done
@@ -335,7 +335,7 @@ def build_report(mission: str, rows: Sequence[dict[str, Any]], read_image: Image
         shown={f.n for f in worst},
         table=[(f, image(f, 160, 70) if f.n <= MAX_THUMBNAILS else None) for f in findings],
         timings=timings_of(rows),
-        failed=[r for r in rows if r["status"] == "failed"],
+        failed=[r for r in rows if r["status"] == ImageStatus.FAILED],
         generated_at=time.time() if generated_at is None else generated_at,
         version=__version__,
         severity_names=SEVERITY_NAMES,

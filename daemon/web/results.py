@@ -23,7 +23,7 @@ from daemon.uplink.store import JSON_COLUMNS, ImageStatus
 
 def defects(row: dict[str, Any]) -> list[str]:
     """The defect labels of a done image (``background`` is not a finding)."""
-    if row.get("status") != "done":
+    if row.get("status") != ImageStatus.DONE:
         return []
     return [lab for lab in (row.get("labels") or []) if lab != BACKGROUND]
 

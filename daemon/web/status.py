@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from appliance import __version__
+from appliance.health import Severity
 from daemon.web import pairing
 from daemon.web.results import Results, severity, thumbnail
 from daemon.web.signed import UrlSigner
@@ -151,7 +152,7 @@ def _alerts(health: HealthService | None) -> list[dict[str, Any]]:
     severities = {rule.alert: rule.severity for rule in RULES}
     return [{"alert": alert, "subject": subject,
              "title": ALERT_TITLES.get(alert, alert.replace("_", " ")),
-             "severity": severities.get(alert, "warning")}
+             "severity": severities.get(alert, Severity.WARNING)}
             for alert, subject in health.alerts.active]
 
 

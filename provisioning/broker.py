@@ -14,9 +14,11 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
+from cryptography import x509
 
 from appliance import topics
 from appliance.config import HubConfig
@@ -116,26 +118,64 @@ def render_config(home: HubHome, config: HubConfig) -> str:
     )
 
 
-def write_access(home: HubHome, registry: Registry) -> None:
-    """Rewrite ACL and CRL from the registry, then ask a running broker to re-read them."""
+Access = tuple[list[int], str]
+
+
+def wanted_access(registry: Registry) -> Access:
+    """The revoked serials and the ACL text the registry asks for."""
+    return sorted(registry.revoked_serials()), render_acl(registry)
+
+
+def access_on_disk(home: HubHome) -> Access | None:
+    """The revoked serials and ACL text the broker was last given, or None if unreadable."""
+    try:
+        crl = x509.load_pem_x509_crl(home.crl.read_bytes())
+        acl = (home.broker_dir / "acl").read_text()
+    except (OSError, ValueError):
+        return None
+    return sorted(r.serial_number for r in crl), acl
+
+
+def write_access(home: HubHome, registry: Registry) -> bool:
+    """Rewrite ACL and CRL from the registry and ask a running broker to re-read them, only
+    when they changed (True then). A reload is not free: mosquitto 2.0 re-applies its security
+    to every session, and a *disconnected* persistent session (a hub process that died or is
+    reconnecting) loses its ACL until it is resumed, so the broker silently drops that
+    session's share of the shared subscriptions meanwhile (found by bench_hubscale: reports
+    lost when a hub process was killed)."""
+    wanted = wanted_access(registry)
+    if wanted == access_on_disk(home):
+        return False
     ca_key, ca_cert = home.load_ca()
-    atomic_write(home.crl, ca.build_crl(ca_key, ca_cert, registry.revoked_serials()))
-    atomic_write(home.broker_dir / "acl", render_acl(registry))
+    atomic_write(home.crl, ca.build_crl(ca_key, ca_cert, wanted[0]))
+    atomic_write(home.broker_dir / "acl", wanted[1])
     reload_running_broker(home)
+    return True
 
 
 class AccessSync(TaskGroupService):
     """Keeps the broker's CRL and ACL in step with the registry. Singleton work: a revocation
     or a new bundle recorded by any hub process (or host, on PostgreSQL) reaches the broker
-    within ``interval_s``, and only the process that holds the singleton lock writes."""
+    within ``interval_s``, and only the process that holds the singleton lock writes.
+
+    ``before_reload`` runs first when they changed: it ends the sessions of stopped hub
+    processes (provisioning.sessions), which a reload would otherwise leave dropping their
+    share of the fleet's messages (see write_access)."""
 
     name = "access"
 
-    def __init__(self, home: HubHome, registry: Registry, interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        home: HubHome,
+        registry: Registry,
+        interval_s: float = 5.0,
+        before_reload: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__()
         self.home = home
         self.registry = registry
         self.interval_s = interval_s
+        self.before_reload = before_reload
 
     async def start(self) -> None:
         self.spawn(self._loop(), "sync")
@@ -144,12 +184,11 @@ class AccessSync(TaskGroupService):
         await self.cancel_tasks()
 
     async def _loop(self) -> None:
-        written: tuple[list[int], str] | None = None
         while True:
-            current = (sorted(self.registry.revoked_serials()), render_acl(self.registry))
-            if current != written:
+            if wanted_access(self.registry) != access_on_disk(self.home):
+                if self.before_reload is not None:
+                    await self.before_reload()
                 write_access(self.home, self.registry)
-                written = current
             await asyncio.sleep(self.interval_s)
 
 

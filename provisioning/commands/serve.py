@@ -59,14 +59,18 @@ async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
             await supervisor.add(hub)
 
             def singleton_work() -> list[Service]:
-                access = AccessSync(home, registry)
+                # Stopped processes' sessions are ended before any broker reload (see
+                # broker.write_access), so the sweeper starts first.
+                sweeper = SessionSweeper(hub) if config.hub.instance else None
+                access = AccessSync(
+                    home, registry, before_reload=sweeper.sweep_stopped if sweeper else None
+                )
                 rollout = RolloutService(home, config, registry, hub)
-                access.on_failure = rollout.on_failure = supervisor.report_failure
-                work: list[Service] = [access, rollout]
-                if config.hub.instance:
-                    sweeper = SessionSweeper(hub)
-                    sweeper.on_failure = supervisor.report_failure
-                    work.append(sweeper)
+                work: list[Service] = []
+                for service in (sweeper, access, rollout):
+                    if service is not None:
+                        service.on_failure = supervisor.report_failure
+                        work.append(service)
                 return work
 
             singleton = Singleton(lock_for(registry.engine), singleton_work)

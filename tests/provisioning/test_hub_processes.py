@@ -14,7 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from appliance import mqtt, topics
+from appliance.health import DaemonFacts
 from appliance.payloads import Event
+from daemon.health.sampler import Sampler
 from daemon.state import StateDir, load_identity
 from provisioning.home import HubHome
 from provisioning.leader import AdvisoryLock
@@ -116,5 +118,57 @@ def test_what_the_broker_kept_for_a_killed_process_is_stored_by_another(
         ended = "ended the session of a stopped hub process"
         wait_for(lambda: ended in leader.output(), 30, "hub-a to end hub-b's session")
         assert registry.hub_processes() == ["hub-a"]
+    finally:
+        registry.close()
+
+
+def stored_health(url: str) -> tuple[set[tuple[str, float]], int]:
+    """The (device, taken-at) pairs in the registry, and how many rows hold them."""
+    engine = sa.create_engine(engine_url(url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT device_id, ts FROM health")).all()
+    finally:
+        engine.dispose()
+    return {(r[0], r[1]) for r in rows}, len(rows)
+
+
+@pytest.mark.slow
+def test_a_process_killed_under_load_loses_no_report_and_stores_none_twice(
+    fleet: HubFleet,
+) -> None:
+    """Devices report while the process leading the singleton work is killed. Its share of
+    the shared subscriptions moves to the survivor, which also ends the dead session and
+    stores what the broker had queued there: every report the broker acknowledged is stored,
+    once. (Found by bench_hubscale: a broker reload at the takeover dropped reports.)"""
+    leader = fleet.start_hub("hub-a")
+    wait_for(lambda: LEADS in leader.output(), 30, "hub-a to take the singleton work")
+    survivor = fleet.start_hub("hub-b")
+    devices = fleet.enrolled_devices(10)
+    snapshot = Sampler().sample(DaemonFacts()).model_dump(mode="json")
+
+    async def load() -> None:
+        until = time.time() + 12
+        reporting = asyncio.gather(*(d.report(snapshot, 0.1, until) for d in devices))
+        await asyncio.sleep(3)
+        leader.proc.kill()
+        await reporting
+
+    asyncio.run(load())
+    sent = {(d.device_id, t) for d in devices for t in d.acked}
+    url = fleet.home.load_config().registry.url
+
+    deadline = time.monotonic() + 60
+    while not sent <= stored_health(url)[0] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stored, rows = stored_health(url)
+    lost = sent - stored
+    assert not lost, f"{len(lost)} of {len(sent)} acknowledged reports lost"
+    assert stored == sent
+    assert rows == len(stored)
+    wait_for(lambda: LEADS in survivor.output(), 30, "hub-b to take the singleton work")
+    registry = open_registry(fleet.home)
+    try:
+        wait_for(lambda: registry.hub_processes() == ["hub-b"], 30, "hub-a's session ended")
     finally:
         registry.close()

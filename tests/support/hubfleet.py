@@ -2,10 +2,16 @@
 a PostgreSQL database, a real mosquitto started from the hub's own config (the hubs use it as
 an external broker), and ``spoke-hub serve`` processes started at will."""
 
+import asyncio
+import datetime as dt
+import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from provisioning import broker
+from appliance import identity, mqtt, topics
+from provisioning import broker, ca
 from provisioning.home import HubHome
 from provisioning.registry import open_registry
 from tests.support.fleet import Hub, Process, free_port, wait_for
@@ -45,7 +51,53 @@ class HubFleet:
         wait_for(lambda: "hub connected to broker" in process.output(), 60, f"{name} to connect")
         return process
 
+    def enrolled_devices(self, count: int) -> list["FakeDevice"]:
+        """Devices in the registry with certificates from the hub's CA, without the enrollment
+        round trip (a test of ingest need not wait for ``count`` enrollments)."""
+        ca_key, ca_cert = self.home.load_ca()
+        folder = self.root / "devices"
+        folder.mkdir(exist_ok=True)
+        registry = open_registry(self.home)
+        devices = []
+        try:
+            registry.add_claim("load", ca.new_secret(), {}, time.time() + 3600, count, 1)
+            for i in range(count):
+                key = identity.generate_key()
+                device_id = identity.device_id_for(key.public_key())
+                not_after = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+                cert = ca.issue(ca_key, ca_cert, key, device_id, not_after)
+                registry.add_device(device_id, "load", {}, {}, cert.serial_number)
+                (folder / f"{i}.crt").write_bytes(ca.to_pem(cert))
+                (folder / f"{i}.key").write_bytes(identity.key_to_pem(key))
+                devices.append(FakeDevice(
+                    device_id, self.hub.mqtt_port, self.home.ca_cert,
+                    folder / f"{i}.crt", folder / f"{i}.key",
+                ))
+        finally:
+            registry.close()
+        return devices
+
     def close(self) -> None:
         for p in self.hubs:
             p.kill()
         self.broker.kill()
+
+
+class FakeDevice:
+    """Publishes health reports over mTLS with its own certificate, as a device does, and
+    remembers the taken-at time of each report the broker acknowledged."""
+
+    def __init__(self, device_id: str, port: int, ca_cert: Path, cert: Path, key: Path) -> None:
+        self.device_id = device_id
+        self.port = port
+        self.tls = mqtt.tls_context(ca_cert, cert, key)
+        self.acked: list[float] = []
+
+    async def report(self, snapshot: dict[str, Any], interval: float, until: float) -> None:
+        async with mqtt.client("localhost", self.port, self.device_id, self.tls) as client:
+            while time.time() < until:
+                taken = time.time()
+                body = json.dumps(snapshot | {"taken_at_s": taken})
+                await client.publish(topics.health(self.device_id), body, qos=1, timeout=60)
+                self.acked.append(taken)
+                await asyncio.sleep(interval)

@@ -43,13 +43,19 @@ class BundlePayload(BaseModel):
     expires_at: float
     max_uses: int = Field(gt=0)
     tuf_root: str | None = None
+    #: Where the appliance downloads models (TUF metadata and targets): None is the hub's own
+    #: ``https://HOST:HTTP_PORT/repository``; or the S3-compatible store itself, or a CDN in
+    #: front of it. TUF verifies whatever serves them.
+    repository_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at
 
 
 def sign_bundle(payload: BundlePayload, key: identity.ed25519.Ed25519PrivateKey) -> bytes:
-    raw = payload.model_dump_json().encode()
+    # Unset optional fields are left out, so an appliance older than one of them still reads
+    # a bundle that does not use it.
+    raw = payload.model_dump_json(exclude_none=True).encode()
     doc = {
         "format": FORMAT,
         "key_id": identity.key_fingerprint(key.public_key()),

@@ -228,6 +228,10 @@ class RepositorySection(Section):
     url: str = Field("", pattern=r"^$|^file:///.+|^s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?$")
     endpoint: str = Field("", pattern=r"^$|^https?://.+")
     region: str = "us-east-1"
+    #: Where appliances download the repository, written into new bundles: empty is this
+    #: hub's ``https://PUBLIC_HOST:HTTP_PORT/repository`` (devices and operators only); or the
+    #: bucket's URL, or a CDN's in front of it.
+    public_url: str = Field("", pattern=r"^$|^https?://[^\s]+$")
     root_keys: int = Field(1, ge=1, le=9)
     root_threshold: int = Field(1, ge=1)
     root_expiry_days: int = Field(365, gt=0)

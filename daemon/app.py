@@ -229,8 +229,9 @@ class Daemon:
         await self.supervisor.add(link)
 
     def _attach_models(self, models: ModelService, link: HubLink) -> None:
-        """Desired-state hints from the hub; the repository on the hub's HTTPS port."""
-        from daemon.delivery.fetch import HttpsFetcher
+        """Desired-state hints from the hub; models from the URL the bundle named (by default the
+        hub's HTTPS port)."""
+        from daemon.delivery.fetch import repository_source
         from daemon.delivery.service import pinned_root
 
         ident = link.ident
@@ -247,10 +248,11 @@ class Daemon:
         if root is None:
             models.no_trust_root()
             return
-        fetcher = HttpsFetcher(
-            ident.ca, (ident.cert, ident.key), read_timeout=self.config.models.read_timeout_s
+        url, fetcher = repository_source(
+            f"https://{ident.hub_host}:{ident.http_port}/repository", ident.ca,
+            (ident.cert, ident.key), ident.repository_url, self.config.models.read_timeout_s,
         )
-        models.attach(root, f"https://{ident.hub_host}:{ident.http_port}/repository", fetcher)
+        models.attach(root, url, fetcher)
         if self.osupdate is not None and models.tuf is not None:
             self.osupdate.on_change = [link.publish_state]
             self.osupdate.attach(models.tuf)  # one trust root and TUF cache: models and the OS

@@ -132,6 +132,7 @@ async def enroll(
             "hub_host": bundle.hub.host,
             "mqtt_port": bundle.hub.mqtt_port,
             "http_port": bundle.hub.http_port,
+            "repository_url": bundle.repository_url,
             "claim_id": bundle.claim.id,
             "enrolled_at": time.time(),
         },

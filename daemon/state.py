@@ -62,6 +62,8 @@ class Identity:
     cert: Path
     ca: Path
     keys: KeyStore = field(default_factory=KeyStore)
+    #: The model repository's URL from the bundle; None: the hub's own.
+    repository_url: str | None = None
 
     @property
     def key(self) -> Path:
@@ -110,6 +112,7 @@ def load_identity(state: StateDir, keys: KeyStore | None = None) -> Identity | N
         cert=d / "device.crt",
         ca=d / "ca.crt",
         keys=keys or KeyStore(),
+        repository_url=meta.get("repository_url"),
     )
 
 

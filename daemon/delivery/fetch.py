@@ -3,8 +3,10 @@
 ``HttpsFetcher`` talks to the hub's repository over HTTPS, trusting only the hub CA from the
 bundle and presenting the device certificate (the hub serves its repository only to its own
 devices and operators), with connect and read timeouts (a silent server cannot hold a read
-forever; the total deadline is the downloader's). Tests plug in a simulated repository that is
-itself a fetcher.
+forever; the total deadline is the downloader's). When the bundle names another repository URL
+(the S3-compatible store itself, or a CDN in front of it), ``repository_source`` gives that
+URL and a fetcher that also trusts the system's CAs and sends no device certificate. Tests
+plug in a simulated repository that is itself a fetcher.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ class HttpsFetcher(RangeFetcher):
         client_cert: tuple[Path, Path] | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
+        system_cas: bool = False,
     ):
         ctx = ssl.create_default_context(cafile=str(ca))
+        if system_cas:
+            ctx.load_default_certs()
         if client_cert is not None:
             ctx.load_cert_chain(client_cert[0], client_cert[1])
         self._pool = urllib3.PoolManager(
@@ -74,3 +79,15 @@ class HttpsFetcher(RangeFetcher):
             raise exceptions.DownloadError(f"{url}: connection lost: {exc}") from exc
         finally:
             resp.release_conn()
+
+
+def repository_source(
+    hub_url: str, ca: Path, client_cert: tuple[Path, Path], repository_url: str | None,
+    read_timeout: float,
+) -> tuple[str, HttpsFetcher]:
+    """Where models come from and the fetcher for it: the hub's own repository (``hub_url``)
+    with the device certificate, or the URL the bundle named. TUF, not the transport, vouches
+    for what comes back either way."""
+    if repository_url is None:
+        return hub_url, HttpsFetcher(ca, client_cert, read_timeout=read_timeout)
+    return repository_url, HttpsFetcher(ca, read_timeout=read_timeout, system_cas=True)

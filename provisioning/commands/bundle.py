@@ -97,6 +97,7 @@ def create_bundle(
         expires_at=expires_at,
         max_uses=max_uses,
         tuf_root=_tuf_root(home),
+        repository_url=config.repository.public_url or None,
     )
     signing = identity.load_signing_key(home.signing_key.read_bytes())
     return claim_id, sign_bundle(payload, signing)

@@ -3,21 +3,30 @@ clients (the appliance's own TufClient among them) download from it directly and
 hub, which serves it only to its own."""
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from tuf.ngclient import Updater
 
 from appliance import identity
+from appliance.bundle import BundlePayload, ClaimCredential, HubAddress, verify_bundle
 from appliance.config import RepositorySection
+from appliance.errors import BundleError
 from appliance.fsutil import file_lock
-from daemon.delivery.fetch import HttpsFetcher
+from daemon.delivery.download import download_target
+from daemon.delivery.errors import ModelRefused
+from daemon.delivery.fetch import HttpsFetcher, repository_source
 from daemon.delivery.tufclient import TufClient
 from provisioning import ca, repository
+from provisioning.commands.bundle import create_bundle
 from provisioning.home import HubHome, init_home
 from provisioning.registry import Registry
 from provisioning.web import HubWeb
@@ -177,3 +186,113 @@ def test_only_repository_paths_reach_the_bucket(rel: str) -> None:
 def test_a_repository_url_of_another_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="url"):
         RepositorySection(url="ftp://models.example.org/spoke")
+
+
+@pytest.fixture
+def hub_naming_the_store(
+    config: RepositorySection, store: seaweed.Store, tmp_path: Path
+) -> tuple[HubHome, str]:
+    """A hub whose repository is in the bucket and whose bundles send appliances there."""
+    home = HubHome(tmp_path / "hub")
+    init_home(home, "localhost", free_port(), free_port())
+    public = f"{store.endpoint}/{config.url.removeprefix('s3://')}"
+    with home.config.open("a") as f:
+        f.write(f'\n[repository]\nurl = "{config.url}"\nendpoint = "{config.endpoint}"\n'
+                f'public_url = "{public}"\n')
+    return home, public
+
+
+def store_source(
+    home: HubHome, tmp_path: Path
+) -> tuple[TufClient, HttpsFetcher, str]:
+    """What the daemon builds from a bundle that names the store (daemon/app.py): the URL,
+    a fetcher without the device certificate, the TUF root pinned from the bundle."""
+    data = create_bundle(home, {"site": "s3"}, 3600, 1)[1]
+    payload = verify_bundle(data, identity.load_signing_key(
+        home.signing_key.read_bytes()).public_key())
+    assert payload.tuf_root is not None and payload.repository_url is not None
+    cert, key = device_certificate(home, "dev-a", tmp_path)
+    url, fetcher = repository_source(
+        "https://localhost:1/repository", home.ca_cert, (cert, key), payload.repository_url, 30
+    )
+    return TufClient(tmp_path / "tuf", payload.tuf_root.encode(), url, fetcher), fetcher, url
+
+
+def test_an_appliance_whose_bundle_names_the_store_downloads_from_it(
+    hub_naming_the_store: tuple[HubHome, str], tmp_path: Path
+) -> None:
+    """No hub serves anything here: metadata and the model come from the bucket itself."""
+    home, public = hub_naming_the_store
+    client, fetcher, url = store_source(home, tmp_path)
+    assert url == public
+    config = home.load_config().repository
+    row = publish(home.repository, config, artifact(tmp_path, "1.0.0"), "1.0.0")
+    resolved = client.resolve(row["target"])
+    assert resolved.url.startswith(public)
+    path = download_target(fetcher, resolved.url, resolved.info, tmp_path / "part", deadline())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]
+
+
+def test_a_model_altered_in_the_store_is_refused(
+    hub_naming_the_store: tuple[HubHome, str], store: seaweed.Store, tmp_path: Path
+) -> None:
+    home, public = hub_naming_the_store
+    client, fetcher, _ = store_source(home, tmp_path)
+    config = home.load_config().repository
+    row = publish(home.repository, config, artifact(tmp_path, "1.0.0"), "1.0.0")
+    resolved = client.resolve(row["target"])
+    original = b"".join(fetcher.fetch(resolved.url))
+    rewrite(store, public, resolved.url, bytes(b ^ 0xFF for b in original))
+    with pytest.raises(ModelRefused) as refused:
+        download_target(fetcher, resolved.url, resolved.info, tmp_path / "part", deadline())
+    assert refused.value.code == "hash-mismatch"
+    assert not (tmp_path / "part").exists()
+
+
+def test_metadata_altered_in_the_store_is_refused(
+    hub_naming_the_store: tuple[HubHome, str], store: seaweed.Store, tmp_path: Path
+) -> None:
+    home, public = hub_naming_the_store
+    client, fetcher, url = store_source(home, tmp_path)
+    config = home.load_config().repository
+    row = publish(home.repository, config, artifact(tmp_path, "1.0.0"), "1.0.0")
+    targets = f"{url}/metadata/2.targets.json"
+    signed = json.loads(b"".join(fetcher.fetch(targets)))
+    for info in signed["signed"]["targets"].values():
+        info["hashes"]["sha256"] = "0" * 64
+    rewrite(store, public, targets, json.dumps(signed).encode())
+    with pytest.raises(ModelRefused) as refused:
+        client.resolve(row["target"])
+    assert refused.value.code == "bad-signature"
+
+
+def deadline() -> float:
+    return time.monotonic() + 60
+
+
+def rewrite(store: seaweed.Store, public: str, url: str, data: bytes) -> None:
+    """Overwrite the object behind ``url`` in the bucket, as someone with write access could."""
+    bucket, _, key = url.removeprefix(f"{store.endpoint}/").partition("/")
+    assert url.startswith(public)
+    store.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/spoke", "s3://bucket/models", "https://a b/"])
+def test_a_public_repository_url_that_is_not_http_is_refused(url: str) -> None:
+    with pytest.raises(ValidationError):
+        RepositorySection(public_url=url)
+
+
+def test_a_bundle_naming_a_repository_that_is_not_http_is_refused() -> None:
+    """Signed, but the appliance could fetch nothing from it: refused as malformed."""
+    key = identity.generate_signing_key()
+    payload = BundlePayload(
+        hub=HubAddress(host="h", mqtt_port=1, http_port=2), ca_certificate="ca",
+        claim=ClaimCredential(id="c", token="t" * 20, certificate="c", key="k"),
+        created_at=time.time(), expires_at=time.time() + 60, max_uses=1,
+    ).model_dump(mode="json")
+    raw = json.dumps(payload | {"repository_url": "file:///etc/spoke"}).encode()
+    doc = {"format": "spoke-bundle/1", "key_id": identity.key_fingerprint(key.public_key()),
+           "payload": base64.b64encode(raw).decode(), "signature": identity.sign(key, raw)}
+    with pytest.raises(BundleError, match="malformed"):
+        verify_bundle(json.dumps(doc).encode(), key.public_key())

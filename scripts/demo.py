@@ -168,11 +168,12 @@ def foundation_artifacts(artifacts: Path) -> None:
     trained head; built once from a seed and cached), packaged for this fleet as
     codebrim-vit-t 1.0.0 and 1.1.0."""
     from models.artifact import load_artifact, write_artifact
-    from models.training.foundation import DEMO_CONFIG, build_foundation_model
+    from models.training.foundation import DEFAULT_CONFIG, DEMO_CONFIG, build_foundation_model
 
     step("Building the foundation model at the hub (the default recipe, supervised on generated "
-         f"concrete of other sites, never site {SITE_DOMAIN}, at an eighth of its steps so the "
-         "demo fits in minutes; seed 0; cached under ~/.cache/spoke after the first run)")
+         f"concrete of other sites, never site {SITE_DOMAIN}, for {DEMO_CONFIG.steps} of its "
+         f"{DEFAULT_CONFIG.steps} steps so the demo fits in minutes; seed 0; cached under "
+         "~/.cache/spoke after the first run)")
     foundation = load_artifact(build_foundation_model(seed=0, config=DEMO_CONFIG))
     card = foundation.card
     model = foundation.build_model()

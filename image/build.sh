@@ -2,10 +2,17 @@
 # Builds the Spoke appliance disk image with mkosi: one command per flavour.
 #
 #   image/build.sh [--profile cpu|nvidia] (--hub-home DIR | --trust-key FILE) [--output-dir DIR]
-#                  [--without-extras]
+#                  [--version V] [--extra-tree DIR]... [--without-extras]
 #
-# --without-extras leaves the flavour's Python extra out (the OS part of the flavour is still
-# built): to check e.g. the nvidia driver layer on a host that cannot fetch TensorRT's wheels.
+# --version stamps the OS version (default 1): os-release's IMAGE_VERSION, the UKI's name and
+# the root slot's label. --extra-tree overlays a file tree on the image (mkosi ExtraTrees=), e.g.
+# a site's systemd drop-ins. --without-extras leaves the flavour's Python extra out (the OS part
+# of the flavour is still built): to check e.g. the nvidia driver layer on a host that cannot
+# fetch TensorRT's wheels.
+#
+# Besides the disk image, the build writes the version's OS update artefacts into
+# OUTPUT_DIR/spoke-PROFILE_V.os/ (manifest.json, SHA256SUMS, spoke_V.efi, spoke_V.root.raw):
+# what `spoke-hub os publish --home H DIR` takes.
 #
 # 1. installs the host tools (image/host-setup.sh; CI starts from a fresh clone),
 # 2. builds a wheelhouse of the project and its dependencies on the host (`pip wheel`), so the
@@ -23,6 +30,8 @@ trust_key=""
 out_dir="$here/build/out"
 venv="${VENV:-$repo/.venv}"
 without_extras=0
+version=1
+extra_trees=()
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,8 +39,10 @@ while [ $# -gt 0 ]; do
         --hub-home) hub_home="$2"; shift 2 ;;
         --trust-key) trust_key="$2"; shift 2 ;;
         --output-dir) out_dir="$2"; shift 2 ;;
+        --version) version="$2"; shift 2 ;;
+        --extra-tree) extra_trees+=(--extra-tree "$(cd "$2" && pwd)"); shift 2 ;;
         --without-extras) without_extras=1; shift ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -41,6 +52,10 @@ case "$profile" in
     *) echo "build.sh: unknown profile '$profile' (cpu or nvidia)" >&2; exit 2 ;;
 esac
 [ "$without_extras" -eq 0 ] || extras=""
+# The version names files, a partition label and a boot entry: what appliance/osupdate.py allows.
+[[ "$version" =~ ^[0-9][A-Za-z0-9.+-]{0,63}$ ]] || {
+    echo "build.sh: --version '$version' must start with a digit (letters, digits, . + - after)" >&2
+    exit 2; }
 if [ -z "$hub_home" ] && [ -z "$trust_key" ]; then
     echo "build.sh: say which provisioning key the image trusts: --hub-home DIR or --trust-key FILE" >&2
     exit 2
@@ -90,6 +105,26 @@ grep -q "BEGIN PUBLIC KEY" "$ctx/provisioning.pub.new" || {
 mv "$ctx/provisioning.pub.new" "$ctx/provisioning.pub"
 cp "$repo/docs/IMAGE.md" "$ctx/IMAGE.md" 2>/dev/null || echo "see docs/IMAGE.md" >"$ctx/IMAGE.md"
 
+# systemd 254 from bookworm-backports for the image (and its initrd): Debian 12's systemd 252
+# ships neither systemd-sysupdate nor its download helper, which the A/B OS updates need, and
+# its systemd-boot stub is older than the host's ukify. The host's apt fetches the debs from its
+# signed backports lists; mkosi offers them as a local package directory, where they are the
+# newest versions, so apt takes them over 252. (Backports as an image repository instead makes
+# mkosi's initrd package list fail on a name only backports' dracut mentions.)
+debs="$here/build/systemd-debs"
+mkdir -p "$debs"
+systemd_debs="systemd systemd-sysv systemd-dev systemd-boot systemd-boot-efi systemd-container
+    udev libsystemd0 libsystemd-shared libudev1 systemd-timesyncd libpam-systemd libnss-systemd"
+missing=()
+for deb in $systemd_debs; do
+    ls "$debs/${deb}_"*.deb >/dev/null 2>&1 || missing+=("$deb/bookworm-backports")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "build.sh: fetching systemd from bookworm-backports into $debs"
+    (cd "$debs" && apt-get download -q "${missing[@]}" \
+        2> >(grep -v "Download is performed unsandboxed" >&2))
+fi
+
 # mkosi's apt and dpkg output is long: it goes to a log, printed only when the build fails.
 mkosi_log="$out_dir/spoke-$profile.mkosi.log"
 echo "build.sh: mkosi build ($profile), log in $mkosi_log"
@@ -99,6 +134,9 @@ mkosi --directory "$here/mkosi" \
       --output-dir "$out_dir" \
       --build-sources "$ctx:" \
       --environment "SPOKE_EXTRAS=$extras" \
+      --image-version "$version" \
+      --package-directory "$debs" \
+      ${extra_trees[@]+"${extra_trees[@]}"} \
       --force \
       build >"$mkosi_log" 2>&1 || {
     echo "build.sh: mkosi failed; the last 200 lines of $mkosi_log:" >&2
@@ -108,10 +146,24 @@ mkosi --directory "$here/mkosi" \
 t1=$(date +%s)
 
 raw="$out_dir/spoke-$profile.raw"
+
+# The OS update artefacts of this version, in the layout `spoke-hub os publish` takes
+# (provisioning/osupdates.py): the UKI and root slot A's contents (mkosi's split files; the root
+# image is the whole 3 GiB slot, sparse here), hard-linked where the file system allows.
+update="$out_dir/spoke-${profile}_$version.os"
+rm -rf "$update" && mkdir -p "$update"
+ln -f "$out_dir/spoke-$profile.efi" "$update/spoke_$version.efi" 2>/dev/null ||
+    cp "$out_dir/spoke-$profile.efi" "$update/spoke_$version.efi"
+ln -f "$out_dir/spoke-$profile.root-x86-64.raw" "$update/spoke_$version.root.raw" 2>/dev/null ||
+    cp --sparse=always "$out_dir/spoke-$profile.root-x86-64.raw" "$update/spoke_$version.root.raw"
+printf '{"version": "%s", "architecture": "x86-64"}\n' "$version" >"$update/manifest.json"
+(cd "$update" && sha256sum "spoke_$version.efi" "spoke_$version.root.raw" >SHA256SUMS)
 apparent=$(stat -c %s "$raw")
 used=$(du -k "$raw" | cut -f1)
 {
     echo "profile=$profile"
+    echo "version=$version"
+    echo "update_dir=$update"
     echo "build_seconds=$((t1 - t0))"
     echo "wheelhouse_seconds=$((t_wheels - t0))"
     echo "image_bytes=$apparent"

@@ -33,12 +33,14 @@ mkosi_ok() {
 # Tools the build and the boot test call, by the command that proves each is there.
 #   kmod: depmod for the initrd; zstd, cpio: the initrd; dosfstools + mtools: the SPOKE FAT volume;
 #   e2fsprogs: mkfs.ext4 for the root and data partitions; qemu + ovmf: the boot test;
-#   systemd-container: systemd-nspawn/systemd-dissect for mkosi; debian-archive-keyring: apt signatures.
+#   systemd-container: systemd-nspawn/systemd-dissect for mkosi; debian-archive-keyring: apt signatures;
+#   reprepro: mkosi's local repository of the image's systemd 254 debs (build.sh); debugfs
+#   (e2fsprogs): the boot test reads the VM's data partition without mounting it.
 need=()
 for pair in depmod:kmod zstd:zstd cpio:cpio mkfs.vfat:dosfstools mcopy:mtools \
             mkfs.ext4:e2fsprogs qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils sfdisk:fdisk \
             systemd-nspawn:systemd-container bwrap:bubblewrap mosquitto:mosquitto \
-            openssl:openssl python3:python3 socat:socat; do
+            openssl:openssl python3:python3 socat:socat reprepro:reprepro debugfs:e2fsprogs; do
     cmd="${pair%%:*}"; pkg="${pair#*:}"
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || need+=("$pkg")
 done

@@ -44,6 +44,7 @@ def fetch_os(
     Raises ``ModelRefused`` (tampered, wrong architecture, a manifest that does not match its
     targets) or ``DeliveryInterrupted`` (link lost, deadline, disk full)."""
     arch = architecture or machine_architecture()
+    _drop_other_partials(work, desired.version)
     resolved = client.resolve(desired.target)
     path = download_target(fetcher, resolved.url, resolved.info, work / "manifest.json.partial",
                            deadline)
@@ -76,6 +77,16 @@ def fetch_os(
                                    f"is {arch}")
     _install_source(source, fetched, manifest)
     return manifest
+
+
+def _drop_other_partials(work: Path, version: str) -> None:
+    """Partial downloads of another version (the hub changed its mind mid-download) would only
+    take room on the data partition: resuming is for this version's files."""
+    if not work.is_dir():
+        return
+    for path in work.glob("spoke_*.partial"):
+        if not path.name.startswith(f"spoke_{version}."):
+            path.unlink(missing_ok=True)
 
 
 def _install_source(source: Path, fetched: dict[str, Path], manifest: OsManifest) -> None:

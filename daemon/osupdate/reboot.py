@@ -2,7 +2,7 @@
 
 Only inside ``[os] reboot_window`` (local time), never while a fine-tune job runs (its hours of
 work would be lost) and never while the uplink still holds unprocessed images (a drone crew is
-waiting for those results). The reboot itself is ``systemctl reboot``, done by the caller.
+waiting for those results). The caller asks root for the reboot (``service.request_reboot``).
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 allowed time out, and the outcome (committed, rolled back, refused) in the reported state.
 
 Its journal (``STATE/os/journal.json``, on the data partition, so it outlives a slot switch)
-remembers which version it rebooted into: after the boot, running that version means the boot
-passed its health gate (systemd-boot fell back otherwise), running the old one means a
-rollback, whose reason ``spoke health-gate`` left in ``STATE/os/health.json``. A version that
-was refused for good or rolled back is not tried again until the hub desires another.
+remembers which version it rebooted into. Running that version, the update is on probation
+until ``spoke health-gate`` passes in this boot (``STATE/os/health.json``), which is also what
+lets systemd-bless-boot mark the entry good: then it is committed. Running the old version
+means systemd-boot fell back (the new entry's tries ran out): a rollback, whose reason the
+failed gate left in ``health.json``. A version that was refused for good or rolled back is not
+tried again until the hub desires another.
 """
 
 from __future__ import annotations
@@ -76,8 +78,11 @@ def running_os(os_release: Path = Path("/etc/os-release")) -> tuple[str | None, 
     return version, slot
 
 
-def system_reboot() -> None:
-    subprocess.run(["systemctl", "reboot"], check=True, timeout=60)
+def request_reboot(state_dir: Path) -> None:
+    """Ask for the reboot into the staged slot. The daemon runs unprivileged (no polkit on the
+    image lets it reboot), so it leaves ``STATE/os/reboot-request``, which
+    ``spoke-os-reboot.path`` turns into ``systemctl reboot`` as root."""
+    atomic_write(state_dir / "os" / "reboot-request", "reboot\n")
 
 
 def health_failure(path: Path) -> str | None:
@@ -87,6 +92,19 @@ def health_failure(path: Path) -> str | None:
         if not data.get("ok"):
             return str(data.get("reason") or "spoke-health failed")
     return None
+
+
+def health_passed_since(path: Path, since: float) -> bool:
+    """Did ``spoke health-gate`` pass at or after ``since`` (this boot)?"""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        data = json.loads(path.read_text())
+        return bool(data.get("ok")) and float(data.get("checked_at")) >= since
+    return False
+
+
+def boot_time() -> float:
+    """When this boot began (wall clock), for telling this boot's gate from an earlier one's."""
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class OsUpdateService(TaskGroupService):
@@ -99,9 +117,10 @@ class OsUpdateService(TaskGroupService):
         emit: Callable[[str, dict[str, Any]], object],
         busy: Callable[[], tuple[bool, int]],
         running: Callable[[], tuple[str | None, str | None]] = running_os,
-        reboot: Callable[[], None] = system_reboot,
+        reboot: Callable[[], None] | None = None,
         stage_into: dict[str, Any] | None = None,
         now: Callable[[], dt.datetime] = dt.datetime.now,
+        booted_at: Callable[[], float] = boot_time,
     ) -> None:
         """``busy()`` -> (a fine-tune job runs, images queued in the uplink). ``stage_into``:
         extra ``fetch_and_stage`` arguments (an ``image`` to stage into, in tests)."""
@@ -113,9 +132,10 @@ class OsUpdateService(TaskGroupService):
         self.emit = emit
         self.busy = busy
         self.running = running
-        self.reboot = reboot
+        self.reboot = reboot or (lambda: request_reboot(state_dir))
         self.stage_into = stage_into or {}
         self.now = now
+        self.booted_at = booted_at
         self.tuf: TufClient | None = None
         self.on_change: list[Callable[[], Awaitable[None]]] = []
         self._wake = asyncio.Event()
@@ -160,18 +180,28 @@ class OsUpdateService(TaskGroupService):
     async def stop(self) -> None:
         await self.cancel_tasks()
 
+    @property
+    def on_probation(self) -> bool:
+        """Running the version we rebooted into, its health gate not passed yet in this boot."""
+        return self.version is not None and self.journal().booting == self.version
+
     def _after_boot(self) -> None:
-        """Settle the version we rebooted into: committed, or rolled back and why."""
+        """Settle the version we rebooted into: committed once this boot passed its health gate
+        (until then it is on probation), or rolled back and why."""
         journal = self.journal()
         target = journal.booting
         if target is None:
             return
+        health = self.root / "health.json"
+        if self.version == target and not health_passed_since(health, self.booted_at()):
+            return  # on probation: the gate may still pass, or fail and cost this entry a try
         journal.booting = None
         journal.staged = None
         if self.version == target:
-            self._record(journal, target, "committed", f"booted {target} in slot {self.slot}")
+            self._record(journal, target, "committed", f"booted {target} in slot {self.slot}, "
+                         "health gate passed")
             return
-        why = health_failure(self.root / "health.json") or "the new slot never completed a boot"
+        why = health_failure(health) or "the new slot never completed a boot"
         journal.refused.append(target)
         self._record(journal, target, "rolled-back", f"rolled back: spoke-health failed: {why}",
                      code="rolled-back")
@@ -203,7 +233,8 @@ class OsUpdateService(TaskGroupService):
                      "reason": last.reason}
         return {
             "name": OS_NAME, "version": self.version, "slot": self.slot,
-            "state": "committed" if self.version else "not-an-image",
+            "state": ("probation" if self.on_probation else "committed") if self.version
+            else "not-an-image",
             "desired": journal.desired.version if journal.desired else None,
             "staged": journal.staged, "waiting": self.waiting,
             "last_update": last.model_dump(mode="json") if last else None,
@@ -220,7 +251,7 @@ class OsUpdateService(TaskGroupService):
     async def _loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 60)
+                await asyncio.wait_for(self._wake.wait(), 5 if self.on_probation else 60)
             self._wake.clear()
             try:
                 await self.reconcile()
@@ -229,10 +260,15 @@ class OsUpdateService(TaskGroupService):
 
     async def reconcile(self) -> None:
         """One pass: stage the desired version if it is new, then reboot if policy allows."""
-        journal = self.journal()
-        desired = journal.desired
         if self.version is None:
             return  # not running a Spoke image (a development box): never stage anything
+        if self.on_probation:
+            self._after_boot()
+            if not self.on_probation:
+                await self._changed()
+            return
+        journal = self.journal()
+        desired = journal.desired
         if desired is not None and self.tuf is not None and desired.version not in (
                 self.version, journal.staged) and desired.version not in journal.refused:
             await self._stage(journal, desired)

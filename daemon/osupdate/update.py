@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,11 +32,16 @@ def fetch_and_stage(
     privileged: bool | None = None,
 ) -> OsManifest:
     """Bring ``desired`` into the inactive slot; any refusal happens before sysupdate runs.
-    Unprivileged (the daemon on the appliance), the root staging unit runs sysupdate."""
+    Unprivileged (the daemon on the appliance), the root staging unit runs sysupdate.
+    The source is removed once sysupdate ran (a root image is gigabytes on the data partition,
+    which must hold the next version's download too); a failed stage downloads it again."""
     manifest = fetch_os(client, fetcher, desired, state_dir / "os" / "partial",
                         source_dir(state_dir), deadline, architecture)
-    if privileged if privileged is not None else os.geteuid() == 0:
-        stage(manifest.version, image=image, root=root, env=env)
-    else:
-        request_stage(state_dir, manifest.version, max(60.0, deadline - time.monotonic()))
+    try:
+        if privileged if privileged is not None else os.geteuid() == 0:
+            stage(manifest.version, image=image, root=root, env=env)
+        else:
+            request_stage(state_dir, manifest.version, max(60.0, deadline - time.monotonic()))
+    finally:
+        shutil.rmtree(source_dir(state_dir), ignore_errors=True)
     return manifest

@@ -146,6 +146,18 @@ def test_the_inactive_slot_gets_the_new_version_and_the_running_one_is_untouched
     # What must not move is the running version's file system: every file, byte for byte.
     assert files_of(disk, a2, tmp_path / "after") == running
     assert "etc/os-release" in running
+    # The downloaded root image is gone from the data partition once it is in its slot.
+    assert not source_dir(state).exists()
+
+
+def test_a_partial_download_of_a_version_no_longer_desired_is_dropped(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    partial = state / "os" / "partial"
+    partial.mkdir(parents=True)
+    (partial / "spoke_1.5.root.raw.partial").write_bytes(b"half of a version given up")
+    update(sim, tmp_path, state, disk)
+    assert not (partial / "spoke_1.5.root.raw.partial").exists()
+    assert partitions(disk)[1]["name"] == "spoke_2"
 
 
 def test_a_tampered_target_is_refused_and_nothing_is_staged(
@@ -209,6 +221,7 @@ class Box:
     def __init__(self) -> None:
         self.finetune, self.queued = False, 0
         self.hour = 3
+        self.booted_at = 1000.0  # wall-clock start of the boot the service runs in
         self.reboots = 0
         self.events: list[tuple[str, dict[str, object]]] = []
 
@@ -221,6 +234,7 @@ class Box:
             reboot=self.reboot,
             stage_into={"image": disk, "architecture": "x86-64"},
             now=lambda: dt.datetime(2026, 12, 2, self.hour, 30),
+            booted_at=lambda: self.booted_at,
         )
 
     def reboot(self) -> None:  # stands in for `systemctl reboot`
@@ -259,12 +273,22 @@ async def test_booting_the_new_version_reports_it_committed(
     svc.attach(client(sim, tmp_path))
     await svc.on_desired(desire("2"))
     await svc.reconcile()
+    health = state / "os" / "health.json"
+    health.write_text(json.dumps({"ok": True, "reason": "healthy", "checked_at": 900.0}))
+    box.booted_at = 1000.0
     after = box.service(state, disk, ("2", "spoke_2"))
     after._after_boot()
+    # Running 2, but its health gate has not passed in THIS boot (the pass is from before it).
+    reported = after.reported()
+    assert (reported["version"], reported["state"]) == ("2", "probation")
+    assert reported["last_update"]["outcome"] == "rebooting"  # type: ignore[index]
+    health.write_text(json.dumps({"ok": True, "reason": "healthy", "checked_at": 1030.0}))
+    await after.reconcile()
     reported = after.reported()
     assert (reported["version"], reported["slot"], reported["state"]) == ("2", "spoke_2",
                                                                           "committed")
     assert reported["last_update"]["outcome"] == "committed"  # type: ignore[index]
+    assert [k for k, _ in box.events] == ["os_staged", "os_rebooting", "os_committed"]
 
 
 async def test_a_rollback_is_reported_with_its_reason_and_not_retried(

@@ -10,7 +10,24 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
+from appliance.errors import SpokeError
+
 log = logging.getLogger(__name__)
+
+#: A service's "what I report has changed" hook, given to it at construction (the daemon then
+#: publishes the reported state to the hub, when it has a link).
+Notify = Callable[[], Awaitable[None]]
+
+
+async def unheard() -> None:
+    """The ``Notify`` of a service nobody listens to (tests, ``--standalone``)."""
+
+
+async def tell(notify: Notify) -> None:
+    """Run a change hook: a link that fails (``SpokeError``) is the link's business, never a
+    reason for the service that changed to fail."""
+    with contextlib.suppress(SpokeError):
+        await notify()
 
 
 class Service(Protocol):

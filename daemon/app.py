@@ -3,15 +3,19 @@
 Order: watchdog, outbox, HTTP API, health, provisioning; the hub link joins once the
 appliance has an identity. Stopping runs the same list backwards. A ``restart`` command from
 the hub stops everything the same way and builds it all again, in the same process.
+
+``_build`` is where the parts are made (through ``daemon/compose.py``, as the tests make
+them): each gets what it needs in its constructor, and a change a service reports reaches the
+hub through ``_state_changed``; ``_on_enrolled`` builds the hub link with its topic handlers.
 """
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,25 +26,22 @@ from appliance.errors import LinkError
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.payloads import EventAck
 from appliance.service import Service, Supervisor, TaskGroupService
-from daemon import remote, sdnotify, versions
+from daemon import compose, remote, sdnotify, versions
 from daemon.api.server import ApiServer, parse_listen
 from daemon.api.tls import ApiTls
 from daemon.delivery.service import ModelService
-from daemon.finetune.api import FinetuneApi
 from daemon.finetune.jobs import ACTIVE as ACTIVE_JOBS
+from daemon.finetune.jobs import JobOutcome
 from daemon.finetune.review import review_upload
-from daemon.finetune.service import FinetuneService
 from daemon.health import DaemonMetrics, HealthService
-from daemon.hublink import HubLink
+from daemon.hublink import HubLink, MessageHandler
 from daemon.osupdate.service import OsUpdateService
 from daemon.outbox import Outbox
 from daemon.provisioner import Provisioner
+from daemon.renewal import Renewed
 from daemon.state import Identity, StateDir, StatusFile
-from daemon.uplink.api import UplinkApi
 from daemon.uplink.provider import ModelProvider, NoModel, StaticModel, StaticModelLoader
-from daemon.uplink.service import UplinkService
 from daemon.web.report import install_route as install_report_route
-from daemon.web.workbench import Workbench
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +71,12 @@ class Daemon:
         self.health_history: deque[dict[str, Any]] = deque(maxlen=HEALTH_HISTORY)
         self.restart_requested = asyncio.Event()
         self.hublink: HubLink | None = None
-        #: Where the uplink takes its model from (see daemon/uplink/provider.py): a fixed one
-        #: with ``--model``; the model manager replaces ``NoModel`` when it runs.
-        self.model_provider: ModelProvider = (
+        #: ``--model``: the one artifact the uplink serves (no hub model delivery).
+        self.static_model = (
             StaticModel(options.model, config.uplink.backend, config.uplink.max_batch_tiles)
             if options.model is not None
-            else NoModel()
+            else None
         )
-        #: Signed model delivery (daemon/delivery): its manager is the uplink's provider.
-        self.models: ModelService | None = None
-        self.osupdate: OsUpdateService | None = None
-        if options.model is None and not options.standalone:
-            self.models = ModelService(
-                options.state.root / "models",
-                config.models,
-                lambda kind, data: self.outbox.put(kind, data),
-            )
-            self.models.manager.on_activate.append(self._model_loaded)
-            self.model_provider = self.models.manager
 
     # --- what the services share ----------------------------------------------------------
 
@@ -102,9 +91,7 @@ class Daemon:
             fields["model"] = self.models.reported()
         if self.osupdate is not None:
             fields["os"] = self.osupdate.reported()  # shaped like "model" (placement reads it)
-        finetune = getattr(self, "finetune", None)
-        if finetune is not None:
-            fields["finetune"] = finetune.reported()
+        fields["finetune"] = self.finetune.reported()
         return fields
 
     def _facts(self) -> DaemonFacts:
@@ -134,10 +121,16 @@ class Daemon:
             self.status.hub(True)
             self.metrics.hub_last_contact_timestamp_seconds.set(time.time())
 
-    async def _publish_event(self, event: bytes) -> None:
-        link = self.hublink
-        if link is None:
+    def _link(self) -> HubLink:
+        if self.hublink is None:
             raise LinkError("not enrolled yet")
+        return self.hublink
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        await self._link().publish(topic, payload)
+
+    async def _publish_event(self, event: bytes) -> None:
+        link = self._link()
         await link.publish(topics.events(link.ident.device_id), event)
 
     async def _on_events_ack(self, message: Any) -> None:
@@ -151,12 +144,14 @@ class Daemon:
 
     # --- remote commands ------------------------------------------------------------------
 
-    def _commands(self, link: HubLink) -> remote.RemoteCommands:
-        commands = remote.RemoteCommands(link.publish, link.ident.device_id)
+    def _commands(self, ident: Identity) -> remote.RemoteCommands:
+        """The hub's commands (``cmd/{name}``), answered over the hub link."""
+        commands = remote.RemoteCommands(self._publish, ident.device_id)
 
         async def ping(args: dict[str, Any]) -> dict[str, Any]:
             remote.no_args(args)
-            return {"pong": True, "version": __version__, "uptime_s": time.time() - link.started}
+            uptime = time.time() - self._link().started
+            return {"pong": True, "version": __version__, "uptime_s": uptime}
 
         async def health(args: dict[str, Any]) -> dict[str, Any]:
             remote.no_args(args)
@@ -169,14 +164,13 @@ class Daemon:
 
         async def support_bundle(args: dict[str, Any]) -> dict[str, Any]:
             remote.no_args(args)
-            ident = link.ident
             meta = json.loads((self.options.state.identity / "identity.json").read_text())
             files = remote.support_files(
                 self.config.model_dump(mode="json"),
                 self.status.data,
                 meta,
                 list(self.health_history),
-                link.reported_state(),
+                self._link().reported_state(),
             )
             url = (
                 f"https://{ident.hub_host}:{ident.http_port}"
@@ -198,52 +192,64 @@ class Daemon:
         return commands
 
     async def _on_enrolled(self, ident: Identity) -> None:
-        link = HubLink(
-            ident, self.config.hub, self.status, self.state_fields, self.options.state
-        )
-        link.on_failure = self.supervisor.report_failure
+        device = ident.device_id
         # Renewals reach the hub as events; an expired certificate sends the daemon back
         # through provisioning (a restart), which re-enrolls only with a valid bundle.
-        link.on_renewed.append(
+        on_renewed: list[Callable[[Renewed], object]] = [
             lambda r: self.outbox.put(
                 "certificate_renewed",
                 {"serial": r.serial, "previous_serial": r.previous_serial,
                  "not_after": r.not_after},
                 event_id=f"renewed-{r.serial}",
             )
-        )
-        link.on_expired = self.restart_requested.set
+        ]
         tls = self.api.tls
         if tls is not None:  # the hub-issued server certificate, renewed alongside
-            link.server_names = tls.server_names
-            link.on_renewed.append(lambda r: tls.reload())
+            on_renewed.append(lambda r: tls.reload())
             tls.reload()
-        link.handlers[f"{topics.ROOT}/{ident.device_id}/cmd/+"] = self._commands(link).on_message
+        handlers: dict[str, MessageHandler] = {
+            f"{topics.ROOT}/{device}/cmd/+": self._commands(ident).on_message,
+            topics.events_ack(device): self._on_events_ack,
+        }
+        if self.models is not None:
+            handlers[topics.desired(device)] = self._on_desired
+        link = HubLink(
+            ident, self.config.hub, self.status, self.state_fields, self.options.state,
+            handlers=handlers, on_renewed=on_renewed, on_expired=self.restart_requested.set,
+            server_names=tls.server_names if tls is not None else list,
+        )
+        link.on_failure = self.supervisor.report_failure
         self.hublink = link
-        link.handlers[topics.events_ack(ident.device_id)] = self._on_events_ack
         self.outbox.attach(self._publish_event)
         if self.models is not None:
-            self._attach_models(self.models, link)
-        self.finetune.on_change = [link.publish_state]
-        self.finetune.upload = functools.partial(review_upload, ident)
+            self._attach_models(self.models, ident)
         await self.supervisor.add(link)
 
-    def _attach_models(self, models: ModelService, link: HubLink) -> None:
-        """Desired-state hints from the hub; models from the URL the bundle named (by default the
-        hub's HTTPS port)."""
+    async def _state_changed(self) -> None:
+        """A service's reported part changed: tell the hub, when there is a link."""
+        link = self.hublink
+        if link is not None:
+            await link.publish_state()
+
+    async def _review_upload(self, job_dir: Path, outcome: JobOutcome) -> dict[str, Any] | None:
+        """A promoted fine-tune's review files to the hub; None before enrollment."""
+        link = self.hublink
+        return None if link is None else await review_upload(link.ident, job_dir, outcome)
+
+    async def _on_desired(self, message: Any) -> None:
+        """The hub's desired state: a hint for the models and the OS update."""
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        if self.models is not None:
+            await self.models.on_desired(payload)
+        if self.osupdate is not None:
+            await self.osupdate.on_desired(payload)
+
+    def _attach_models(self, models: ModelService, ident: Identity) -> None:
+        """Models from the URL the bundle named (by default the hub's HTTPS port), trusted
+        from the bundle's pinned root."""
         from daemon.delivery.fetch import repository_source
         from daemon.delivery.service import pinned_root
 
-        ident = link.ident
-
-        async def on_desired(message: Any) -> None:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            await models.on_desired(payload)
-            if self.osupdate is not None:
-                await self.osupdate.on_desired(payload)
-
-        link.handlers[topics.desired(ident.device_id)] = on_desired
-        models.on_change = [link.publish_state]
         root = pinned_root(models.store, self.options.state.bundle, self.options.trust_key)
         if root is None:
             models.no_trust_root()
@@ -254,7 +260,6 @@ class Daemon:
         )
         models.attach(root, url, fetcher)
         if self.osupdate is not None and models.tuf is not None:
-            self.osupdate.on_change = [link.publish_state]
             self.osupdate.attach(models.tuf)  # one trust root and TUF cache: models and the OS
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -269,6 +274,16 @@ class Daemon:
                                                    self.versions)
         if update:
             self.outbox.put("software_updated", update)
+        root = self.options.state.root
+        #: Where the uplink takes its model from (see daemon/uplink/provider.py): the fixed
+        #: ``--model``, else the model manager of signed delivery (daemon/delivery).
+        self.models: ModelService | None = None
+        self.model_provider: ModelProvider = self.static_model or NoModel()
+        if self.static_model is None and not self.options.standalone:
+            self.models = ModelService(root / "models", self.config.models, self.outbox.put,
+                                       on_change=self._state_changed)
+            self.models.manager.on_activate.append(self._model_loaded)
+            self.model_provider = self.models.manager
         self.api = ApiServer(
             self.config.api,
             self.metrics.exposition,
@@ -282,47 +297,39 @@ class Daemon:
             alerts_path=self.options.state.root / "alerts.json",
         )
         self.hublink = None
-        self.uplink = UplinkService(
-            self.options.state.root / "uplink",
-            self.config.uplink,
-            self.model_provider,
-            self.config.api.max_upload_bytes,
-            self.metrics,
-            self.outbox,
-        )
-        uplink_api = UplinkApi(self.uplink, self.config.api.max_upload_bytes)
-        uplink_api.install(self.api.app)
-        install_report_route(self.api.app, uplink_api, lambda: self.status.data.get("device_id"))
+        app = self.api.app
+        uplink_api = compose.uplink(app, root / "uplink", self.config.uplink, self.model_provider,
+                                    self.config.api.max_upload_bytes, self.metrics, self.outbox)
+        self.uplink = uplink_api.service
+        install_report_route(app, uplink_api, lambda: self.status.data.get("device_id"))
         # Local fine-tuning (daemon/finetune): samples, jobs, promotion through self.models.
-        self.finetune = FinetuneService(
-            self.options.state.root / "finetune",
-            self.config.finetune,
-            self.model_provider,
-            lambda kind, data: self.outbox.put(kind, data),
-            models=self.models,
+        self.finetune = compose.finetune(
+            app, root / "finetune", self.config.finetune, self.model_provider, self.outbox.put,
+            self.uplink.tokens.verify, self._uplink_image, models=self.models,
             device_key=lambda: self.keys.tls_path(self.options.state.identity),
-        )
-        FinetuneApi(self.finetune, self.uplink.tokens.verify, self._uplink_image).install(
-            self.api.app
+            on_change=self._state_changed, upload=self._review_upload,
         )
         # The engineer's workbench on /workbench (daemon/web/workbench): signed-in only.
-        self.workbench = Workbench.of_daemon(self)
-        self.workbench.install(self.api.app)
+        self.workbench = compose.workbench_view(self.uplink, self.finetune)
+        self.workbench.install(app)
         if self.config.api.status_page:  # the read-only page on / (daemon/web/status.py)
-            from daemon.web.status import Sources, StatusPage
+            from daemon.web.status import StatusPage
 
-            StatusPage(Sources.of_daemon(self)).install(self.api.app)
+            tls = self.api.tls
+            StatusPage(compose.status_view(
+                lambda: self.status.data, self.uplink, self.health, self.model_provider,
+                self.models, tls.cert_file if tls else lambda: None)).install(app)
         # Over-the-air OS updates (daemon/osupdate), with the models' TUF client.
         self.osupdate = None if self.models is None else OsUpdateService(
-            self.options.state.root, self.config.os,
-            lambda kind, data: self.outbox.put(kind, data),
+            root, self.config.os, self.outbox.put,
             busy=lambda: ((self.finetune.reported() or {}).get("status") in ACTIVE_JOBS,
                           self.uplink.queue_depth()),
+            on_change=self._state_changed,
         )
         services: list[Service] = [sdnotify.Watchdog(), self.outbox]
-        if isinstance(self.model_provider, StaticModel):
+        if self.static_model is not None:
             # Before the uplink, so it stops after it: no image runs on a closed backend.
-            services.append(StaticModelLoader(self.model_provider, self._model_loaded))
+            services.append(StaticModelLoader(self.static_model, self._model_loaded))
         if self.models is not None:
             services.append(self.models)  # before the uplink, so it stops after it
         services += [self.uplink, self.finetune, self.api, self.health]
@@ -351,9 +358,7 @@ class Daemon:
 
         with contextlib.suppress(Exception):
             self.metrics.set_active_model(ActiveModel(name=model.name, version=model.version))
-        finetune = getattr(self, "finetune", None)
-        if finetune is not None:
-            finetune.model_changed(model)
+        self.finetune.model_changed(model)
 
     async def _uplink_image(self, image_id: str) -> bytes | None:
         """An uploaded drone image's bytes (a sample may be a tile of one), or None."""

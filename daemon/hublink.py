@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiomqtt
@@ -40,7 +40,17 @@ class HubLink(TaskGroupService):
         status: StatusFile,
         state_fields: Callable[[], dict[str, Any]],
         state: StateDir,
+        *,
+        handlers: dict[str, MessageHandler] | None = None,
+        on_renewed: Sequence[Callable[[renewal.Renewed], object]] = (),
+        on_expired: Callable[[], None] | None = None,
+        server_names: Callable[[], list[str]] = list,
     ) -> None:
+        """``handlers``: the device's topics (MQTT patterns) and who handles each;
+        ``on_renewed``: called with each proven renewal, after the swap and before the
+        reconnect; ``on_expired``: called once if the certificate has expired (only
+        re-enrollment can help then); ``server_names``: the names for the API's server
+        certificate, renewed with the device certificate."""
         super().__init__()
         self.ident = ident
         self.config = config
@@ -49,18 +59,14 @@ class HubLink(TaskGroupService):
         self.state = state
         self.started = time.time()
         self.connected = asyncio.Event()
-        self.handlers: dict[str, MessageHandler] = {}
-        self.on_connect: list[Callable[[], None]] = []
-        #: Called with each proven renewal, after the swap and before the reconnect.
-        self.on_renewed: list[Callable[[renewal.Renewed], object]] = []
-        #: Called once if the certificate has expired: only re-enrollment can help now.
-        self.on_expired: Callable[[], None] | None = None
-        #: Names for the API's server certificate, renewed with the device certificate.
-        self.server_names: Callable[[], list[str]] = list
+        self.on_renewed = tuple(on_renewed)
+        self.on_expired = on_expired
+        self.server_names = server_names
         self._client: aiomqtt.Client | None = None
         self._reconnect = asyncio.Event()
         self._exchange = renewal.Exchange()
-        self.handlers[topics.renew_response(ident.device_id)] = self._exchange.on_message
+        self.handlers: dict[str, MessageHandler] = {
+            topics.renew_response(ident.device_id): self._exchange.on_message, **(handlers or {})}
         self._seq = 0
 
     async def start(self) -> None:
@@ -150,8 +156,6 @@ class HubLink(TaskGroupService):
         await self.publish_state()
         self.status.hub(True, address)
         log.info("hub link up", extra={"hub": address, "device": device})
-        for callback in self.on_connect:
-            callback()
         self._reconnect.clear()
         reader = asyncio.create_task(self._read(client))
         renewed = asyncio.create_task(self._reconnect.wait())

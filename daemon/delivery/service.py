@@ -24,7 +24,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from appliance.config import ModelsSection
 from appliance.delivery import FINAL_REFUSALS, DesiredModel, DesiredState
 from appliance.errors import SpokeError
-from appliance.service import TaskGroupService
+from appliance.service import Notify, TaskGroupService, tell, unheard
 from daemon.delivery.download import download_target
 from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
 from daemon.delivery.fetch import RangeFetcher
@@ -114,8 +114,10 @@ class ModelService(TaskGroupService):
         emit: Emit,
         prepare: Prepare = prepare_model,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Notify = unheard,
     ) -> None:
-        """``clock`` times the health gate (tests pass a clock they move by hand)."""
+        """``clock`` times the health gate (tests pass a clock they move by hand);
+        ``on_change`` runs whenever ``reported()`` may say something new."""
         super().__init__()
         self.clock = clock
         self.config = config
@@ -125,7 +127,7 @@ class ModelService(TaskGroupService):
         self.prepare = prepare
         self.tuf: TufClient | None = None
         self.gate: HealthGate | None = None
-        self.on_change: list[Callable[[], Awaitable[None]]] = []
+        self.on_change = on_change
         self._wake = asyncio.Event()
         self._reload = False
         self._fallback: LoadedModel | None = None
@@ -226,9 +228,7 @@ class ModelService(TaskGroupService):
         }
 
     async def _changed(self) -> None:
-        for callback in list(self.on_change):
-            with contextlib.suppress(SpokeError):
-                await callback()
+        await tell(self.on_change)
 
     # --- the loop -------------------------------------------------------------------------
 

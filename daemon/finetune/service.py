@@ -36,7 +36,7 @@ from appliance.config import FinetuneSection
 from appliance.errors import DataError, SpokeError
 from appliance.finetune import JobResult
 from appliance.fsutil import atomic_write
-from appliance.service import TaskGroupService
+from appliance.service import Notify, TaskGroupService, tell, unheard
 from daemon.finetune.jobs import JobConflict, JobOutcome, JobStatus, JobStore
 from daemon.finetune.samples import SampleStore, label_targets
 
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Emit = Callable[[str, dict[str, Any]], object]
+#: Sends a promoted job's review files to the hub: its answer, or None when there is no hub
+#: to send to (not enrolled yet, or ``--standalone``).
+ReviewUpload = Callable[[Path, JobOutcome], Awaitable[dict[str, Any] | None]]
 METHODS = ("auto", "linear", "lora", "partial", "full")
 MAX_ATTEMPTS = 3
 PROGRESS_EVENT_EVERY_S = 5.0
@@ -109,8 +112,11 @@ class FinetuneService(TaskGroupService):
     name = "finetune"
 
     def __init__(self, root: Path, config: FinetuneSection, provider: Any, emit: Emit,
-                 models: Any = None, device_key: Callable[[], Path] | None = None) -> None:
-        """``device_key``: where the device key is read from now (it moves with renewals)."""
+                 models: Any = None, device_key: Callable[[], Path] | None = None,
+                 on_change: Notify = unheard, upload: ReviewUpload | None = None) -> None:
+        """``device_key``: where the device key is read from now (it moves with renewals);
+        ``on_change`` runs when ``reported()`` changes; ``upload`` sends review files
+        (``[finetune] upload = "weights"``)."""
         super().__init__()
         self.root = root
         self.config = config
@@ -120,9 +126,8 @@ class FinetuneService(TaskGroupService):
         self.device_key = device_key
         self.samples: SampleStore | None = None
         self.jobs: JobStore | None = None
-        self.on_change: list[Callable[[], Awaitable[None]]] = []
-        #: Set by the daemon when the hub link is up: ``upload(job_dir, outcome) -> dict``.
-        self.upload: Callable[[Path, JobOutcome], Awaitable[dict[str, Any]]] | None = None
+        self.on_change = on_change
+        self.upload = upload
         self._db_exec = ThreadPoolExecutor(1, thread_name_prefix="finetune-db")
         self._wake = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
@@ -222,9 +227,7 @@ class FinetuneService(TaskGroupService):
 
     async def _changed(self) -> None:
         self._reported = await self.db(self._summary)
-        for callback in list(self.on_change):
-            with contextlib.suppress(SpokeError):
-                await callback()
+        await tell(self.on_change)
 
     def subscribe(self, job_id: str) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
@@ -401,10 +404,10 @@ class FinetuneService(TaskGroupService):
             return
         assert result is not None
         finished = JobOutcome.of(result, await self._promote(job_id, job_dir, result))
-        if finished.promotion.get("state") in ("activated",) and \
-                self.config.upload == "weights" and self.upload is not None:
-            finished = finished.model_copy(
-                update={"review_upload": await self._upload(job_dir, finished)})
+        if finished.promotion.get("state") == "activated" and self.config.upload == "weights":
+            answer = await self._upload(job_dir, finished)
+            if answer is not None:
+                finished = finished.model_copy(update={"review_upload": answer})
         await self._finish(job_id, JobStatus.DONE, result=finished)
 
     async def _supervise(self, job_id: str, job_dir: Path
@@ -620,8 +623,9 @@ class FinetuneService(TaskGroupService):
                                          "version": promotion.get("version")})
         await self._changed()
 
-    async def _upload(self, job_dir: Path, result: JobOutcome) -> dict[str, Any]:
-        assert self.upload is not None
+    async def _upload(self, job_dir: Path, result: JobOutcome) -> dict[str, Any] | None:
+        if self.upload is None:
+            return None
         try:
             return await self.upload(job_dir, result)
         except SpokeError as exc:

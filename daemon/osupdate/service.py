@@ -19,7 +19,7 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,10 +27,9 @@ from pydantic import BaseModel, ValidationError
 
 from appliance.config import OsSection
 from appliance.delivery import FINAL_REFUSALS, DesiredState
-from appliance.errors import SpokeError
 from appliance.fsutil import atomic_write
 from appliance.osupdate import OS_NAME, DesiredOs
-from appliance.service import TaskGroupService
+from appliance.service import Notify, TaskGroupService, tell, unheard
 from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
 from daemon.delivery.tufclient import TufClient
 from daemon.osupdate.reboot import may_reboot, parse_window
@@ -121,6 +120,7 @@ class OsUpdateService(TaskGroupService):
         stage_into: dict[str, Any] | None = None,
         now: Callable[[], dt.datetime] = dt.datetime.now,
         booted_at: Callable[[], float] = boot_time,
+        on_change: Notify = unheard,
     ) -> None:
         """``busy()`` -> (a fine-tune job runs, images queued in the uplink). ``stage_into``:
         extra ``fetch_and_stage`` arguments (an ``image`` to stage into, in tests)."""
@@ -137,7 +137,7 @@ class OsUpdateService(TaskGroupService):
         self.now = now
         self.booted_at = booted_at
         self.tuf: TufClient | None = None
-        self.on_change: list[Callable[[], Awaitable[None]]] = []
+        self.on_change = on_change
         self._wake = asyncio.Event()
         self.version, self.slot = running()
         self.waiting: str | None = None  # why a staged version is not booted yet
@@ -242,9 +242,7 @@ class OsUpdateService(TaskGroupService):
         }
 
     async def _changed(self) -> None:
-        for callback in list(self.on_change):
-            with contextlib.suppress(SpokeError):
-                await callback()
+        await tell(self.on_change)
 
     # --- the loop ---------------------------------------------------------------------------------
 

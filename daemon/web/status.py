@@ -6,8 +6,9 @@ a pairing window someone opened on purpose (``daemon/web/pairing.py``). Every as
 by the daemon itself (no CDN), the page refreshes ``/status.json`` every few seconds, and a
 strict Content-Security-Policy keeps it to its own script and style.
 
-``StatusPage`` reads the daemon's parts through ``Sources``: each is optional, so the page
-also works for ``spoke run --standalone`` and in tests that build only some of them.
+``StatusPage`` reads the daemon's parts through ``Sources`` (built by
+``daemon.compose.status_view``): each is optional, so the page also works for ``spoke run
+--standalone`` and in tests that build only some of them.
 """
 
 from __future__ import annotations
@@ -81,32 +82,6 @@ class Sources:
     #: The API's token check (name or None): thumbnails need a token or a signed link.
     verify_token: Callable[[str], str | None] = lambda token: None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of_daemon(cls, daemon: Any) -> Sources:
-        """The parts of a ``daemon.app.Daemon`` (after ``_build``)."""
-
-        def model() -> dict[str, Any] | None:
-            current = daemon.model_provider.current()
-            info: dict[str, Any] = {}
-            if getattr(daemon, "models", None) is not None:
-                info.update(daemon.models.reported())
-            if current is not None:
-                info.update(name=current.name, version=current.version)
-                backend = getattr(current, "backend", None)
-                if backend is not None:
-                    info["backend"] = getattr(backend, "name", None)
-            return info or None
-
-        return cls(
-            status=lambda: daemon.status.data,
-            uplink_root=daemon.options.state.root / "uplink",
-            health=daemon.health,
-            uplink=daemon.uplink,
-            model=model,
-            tls_cert=daemon.api.tls.cert_file if daemon.api.tls else lambda: None,
-            verify_token=daemon.uplink.tokens.verify,
-        )
 
 
 def _health_view(health: HealthService | None) -> dict[str, Any] | None:

@@ -18,9 +18,9 @@ from PIL import Image
 from appliance.config import ApiSection, FinetuneSection, ModelsSection
 from appliance.fsutil import write_secret
 from appliance.identity import generate_key, key_to_pem
+from daemon import compose
 from daemon.api.server import ApiServer
 from daemon.delivery.service import ModelService
-from daemon.finetune.api import FinetuneApi
 from daemon.finetune.promote import build_entry, validate_entry
 from daemon.finetune.service import FinetuneService
 from tests.support.wait import eventually
@@ -165,11 +165,11 @@ async def open_site(state: Path, aiohttp_client: Any, config: FinetuneSection = 
 
     models = ModelService(state / "models", FAST_MODELS, emit)
     await models.start()
-    service = FinetuneService(state / "finetune", config, models.manager, emit, models=models,
-                              device_key=lambda: state / "identity" / "device.key")
-    await service.start()
     server = ApiServer(ApiSection())
-    FinetuneApi(service, lambda t: "test" if t == TOKEN else None).install(server.app)
+    service = compose.finetune(server.app, state / "finetune", config, models.manager, emit,
+                               lambda t: "test" if t == TOKEN else None, models=models,
+                               device_key=lambda: state / "identity" / "device.key")
+    await service.start()
     client = await aiohttp_client(server.app)
     return Site(state, client, service, models, events)
 

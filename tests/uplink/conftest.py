@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from appliance.config import ApiSection, UplinkSection
+from daemon import compose
 from daemon.api.server import ApiServer
 from daemon.health import DaemonMetrics
 from daemon.outbox import Outbox
-from daemon.uplink.api import UplinkApi
 from daemon.uplink.provider import NoModel, StaticModel
 from daemon.uplink.service import UplinkService
 from models.artifact import Artifact, write_artifact
@@ -126,17 +126,12 @@ async def make_uplink(
         root = root or tmp_path / "uplink"
         metrics = DaemonMetrics()
         outbox = Outbox(root.parent / "outbox.db")
-        service = UplinkService(
-            root,
-            UplinkSection(**config),
-            tiny_provider if provider is None else provider,
-            MAX_UPLOAD,
-            metrics,
-            outbox,
-        )
-        _, token = service.tokens.create(f"test-{len(started)}")
         server = ApiServer(ApiSection(max_upload_bytes=MAX_UPLOAD), metrics.exposition)
-        UplinkApi(service, MAX_UPLOAD).install(server.app)
+        service = compose.uplink(
+            server.app, root, UplinkSection(**config),
+            tiny_provider if provider is None else provider, MAX_UPLOAD, metrics, outbox,
+        ).service
+        _, token = service.tokens.create(f"test-{len(started)}")
         await service.start()
         started.append((service, outbox))
         client = await aiohttp_client(server.app)

@@ -18,11 +18,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from appliance.config import ApiSection, UplinkSection
+from daemon import compose
 from daemon.api.server import ApiServer
-from daemon.uplink.api import UplinkApi
 from daemon.uplink.openapi import openapi_document
 from daemon.uplink.provider import StaticModel
-from daemon.uplink.service import UplinkService
 from models.artifact import Artifact
 from models.backends import create_backend
 from tests.support.fleet import free_port
@@ -53,12 +52,12 @@ class LiveUplink:
 
     async def _start(self) -> None:
         provider = StaticModel.of(self.artifact, create_backend(self.artifact, "torch"))
-        self.service = UplinkService(self.root, UplinkSection(), provider, MAX_UPLOAD)
-        _, self.token = self.service.tokens.create("schemathesis")
         self.server = ApiServer(
             ApiSection(listen=f"127.0.0.1:{self.port}", max_upload_bytes=MAX_UPLOAD)
         )
-        UplinkApi(self.service, MAX_UPLOAD).install(self.server.app)
+        self.service = compose.uplink(self.server.app, self.root, UplinkSection(), provider,
+                                      MAX_UPLOAD).service
+        _, self.token = self.service.tokens.create("schemathesis")
         await self.service.start()
         await self.server.start()
 

@@ -51,11 +51,6 @@ class Workbench:
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
         self._previews: OrderedDict[str, bytes] = OrderedDict()
 
-    @classmethod
-    def of_daemon(cls, daemon: Any) -> Workbench:
-        return cls(WorkbenchSources(daemon.uplink.tokens.verify,
-                                    daemon.options.state.root / "uplink", daemon.finetune))
-
     def install(self, app: web.Application) -> None:
         app.middlewares.append(self.sessions.middleware())
         r = app.router

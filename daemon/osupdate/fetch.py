@@ -46,8 +46,10 @@ def fetch_os(
     arch = architecture or machine_architecture()
     _drop_other_partials(work, desired.version)
     resolved = client.resolve(desired.target)
-    path = download_target(fetcher, resolved.url, resolved.info, work / "manifest.json.partial",
-                           deadline)
+    # Named for its version: the last version's finished manifest stays behind as a partial
+    # file, and "resuming" it for the next version would splice two manifests.
+    path = download_target(fetcher, resolved.url, resolved.info,
+                           work / f"spoke_{desired.version}.manifest.json.partial", deadline)
     try:
         manifest = OsManifest.model_validate_json(path.read_bytes())
     except ValidationError as exc:

@@ -150,6 +150,20 @@ def test_the_inactive_slot_gets_the_new_version_and_the_running_one_is_untouched
     assert not source_dir(state).exists()
 
 
+def test_the_next_version_is_fetched_after_one_was_staged(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    """Found by the QEMU test: version 3's manifest was "resumed" from version 2's."""
+    update(sim, tmp_path, state, disk)
+    osupdates.publish(sim.repo, make_release(tmp_path / "v3", "3", root=ROOT_V2[::-1]))
+    v3 = DesiredOs(version="3", target="os/3/manifest.json")
+    manifest = fetch_os(client(sim, tmp_path), sim, v3, state / "os" / "partial",
+                        source_dir(state), time.monotonic() + 120, "x86-64")
+    assert manifest.version == "3"
+    assert (source_dir(state) / "spoke_3.root.raw").read_bytes() == ROOT_V2[::-1]
+    assert sorted(p.name for p in (state / "os" / "partial").iterdir()) == [
+        "spoke_3.manifest.json.partial"]
+
+
 def test_a_partial_download_of_a_version_no_longer_desired_is_dropped(
         sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
     partial = state / "os" / "partial"

@@ -10,7 +10,12 @@
    device key sealed by the VM's TPM (a software TPM, swtpm, where the host has one);
 5. powers it off and on, and asserts it comes back online without enrolling again (the same
    TPM unseals the same key);
-6. boots it once with spoke.factory_reset=1 and asserts that it provisions itself again.
+6. OS update: publishes version 2 (the same build, another version stamp) with `spoke-hub os
+   publish`; the appliance stages it into its empty root slot with systemd-sysupdate, reboots,
+   passes its health gate (a tiny model serves) and reports 2 committed; with --rollback, then
+   version 3, whose planted fault fails every boot's health gate until systemd-boot falls back
+   to 2; identity, model and bundle on the data partition are compared byte for byte;
+7. boots it once with spoke.factory_reset=1 and asserts that it provisions itself again.
 
 Each boot's serial console goes to a log file; on failure the logs are printed. Timings go to
 the results file (and docs/BENCHMARKS.md by hand). The last line is "N passed, N failed".
@@ -19,6 +24,7 @@ the results file (and docs/BENCHMARKS.md by hand). The last line is "N passed, N
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -28,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +145,18 @@ class Hub:
             time.sleep(2)
         raise TestFailure("spoke-hub devices --json keeps failing")
 
+    def cli(self, *args: str) -> str:
+        return subprocess.run([str(self.bin), *args, "--home", str(self.home)], check=True,
+                              capture_output=True, text=True).stdout
+
+    def apply_policy(self, text: str) -> None:
+        path = self.home / "policy-input.toml"
+        path.write_text(text)
+        self.cli("policy", "apply", str(path))
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return next((d for d in self.devices() if d["id"] == device_id), {})
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -211,7 +229,8 @@ class Machine:
         )
         return f"user,id=n0,restrict=on,{fwd}"
 
-    def start(self, name: str, extra_cmdline: str | None = None) -> None:
+    def start(self, name: str, extra_cmdline: str | None = None,
+              direct: Path | None = None) -> None:
         """Boot through OVMF, systemd-boot and the UKI; or, given extra kernel command-line
         arguments, boot the same kernel and initrd directly with them added (what a technician
         does by editing the boot entry once)."""
@@ -240,7 +259,7 @@ class Machine:
                 "-drive", f"if=pflash,format=raw,file={self.vars}",
             ]
         else:
-            base = self.image.with_suffix("")
+            base = (direct or self.image).with_suffix("")
             cmdline = uki_cmdline(base.with_suffix(".efi"))
             cmd += [
                 "-kernel", str(base.with_suffix(".vmlinuz")),
@@ -362,6 +381,105 @@ def probe_kvm(image: Path, work: Path) -> str:
     return verdict
 
 
+def site_tree(work: Path) -> Path:
+    """What a site adds to every version it builds: a reboot window of the whole day, so the test
+    need not wait for 02:00 (the appliance's default window) to boot a staged version; ONNX
+    Runtime named (no backend measurement under TCG) and a model on probation for 10 s, not 120."""
+    tree = work / "site-tree"
+    dropin = tree / "etc/systemd/system/spoke.service.d/50-site.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text("[Service]\nEnvironment=SPOKE_OS__REBOOT_WINDOW=00:00-23:59 "
+                      "SPOKE_MODELS__BACKEND=onnxruntime SPOKE_MODELS__GATE_QUIET_S=10\n")
+    return tree
+
+
+def fault_tree(work: Path) -> Path:
+    """Version 3's planted fault: a wired network configuration that matches no port (the hub is
+    unreachable), and a health check that allows no hub grace and waits only 30 s. Every boot
+    of it fails the gate."""
+    tree = work / "fault-tree"
+    dropin = tree / "etc/systemd/system/spoke-health.service.d/50-fault.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(
+        "[Service]\nEnvironment=SPOKE_OS__HUB_GRACE_S=1\nExecStart=\n"
+        "ExecStart=/opt/spoke/bin/spoke health-gate --state-dir /var/lib/spoke --wait 30\n")
+    network = tree / "etc/systemd/network/80-spoke-wired.network"
+    network.parent.mkdir(parents=True, exist_ok=True)
+    network.write_text("[Match]\nName=no-such-port\n\n[Network]\nDHCP=yes\n")
+    return tree
+
+
+def build(venv: Path, hub: Hub, out_dir: Path, version: str, *trees: Path) -> Path:
+    """image/build.sh for one OS version; returns its update artefacts' directory."""
+    cmd = ["bash", str(HERE / "build.sh"), "--profile", "cpu", "--hub-home", str(hub.home),
+           "--output-dir", str(out_dir), "--version", version]
+    for tree in trees:
+        cmd += ["--extra-tree", str(tree)]
+    subprocess.run(cmd, check=True, env={**os.environ, "VENV": str(venv)})
+    return out_dir / f"spoke-cpu_{version}.os"
+
+
+MODEL_POLICY = """
+[[rule]]
+name = "boot-test"
+selector = "site=qemu-boot-test"
+model = "crack-vit"
+version = "==1.0.0"
+"""
+#: What the data partition must keep byte for byte through updates and rollbacks.
+KEPT = ("identity", "models/store", "bundle.spoke")
+
+
+def tiny_model(venv: Path, out: Path) -> Path:
+    """A tiny model artifact (the tests' config): the health gate wants a model serving."""
+    code = ("import sys\n"
+            "from models.artifact import write_artifact\n"
+            "from models.config import tiny_config\n"
+            "from models.vit import build_model\n"
+            "write_artifact(build_model(tiny_config(), seed=0), sys.argv[1], name='crack-vit',"
+            " version='1.0.0')\n")
+    subprocess.run([str(venv / "bin" / "python"), "-c", code, str(out)], check=True, cwd=REPO)
+    return out
+
+
+def data_partition(image: Path) -> tuple[int, int]:
+    """(offset, size) in bytes of the spoke-data partition, from the image's GPT."""
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], check=True,
+                                      capture_output=True, text=True).stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    part = next(p for p in table["partitions"] if p.get("name") == "spoke-data")
+    return int(part["start"]) * sector, int(part["size"]) * sector
+
+
+def data_digests(machine: Machine, work: Path) -> dict[str, str]:
+    """sha256 of every file under KEPT on the (powered off) VM's data partition, read from its
+    disk with qemu-img and debugfs: nothing is mounted, nothing in the guest is asked."""
+    offset, size = data_partition(machine.image)
+    raw, tree = work / "data.raw", work / "data-tree"
+    raw.unlink(missing_ok=True)
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir()
+    # The partition as a raw image: QEMU's raw driver with an offset and size, over the qcow2.
+    disk = {"driver": "qcow2", "file": {"driver": "file", "filename": str(machine.disk)}}
+    window = {"driver": "raw", "offset": offset, "size": size, "file": disk}
+    subprocess.run(["qemu-img", "convert", "-O", "raw", f"json:{json.dumps(window)}", str(raw)],
+                   check=True)
+    for name in KEPT:
+        dest = tree / Path(name).parent
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["debugfs", "-R", f"rdump /{name} {dest}", str(raw)], check=True,
+                       capture_output=True)
+    raw.unlink()
+    digests = {str(f.relative_to(tree)): hashlib.sha256(f.read_bytes()).hexdigest()
+               for f in sorted(tree.rglob("*")) if f.is_file()}
+    shutil.rmtree(tree)
+    return digests
+
+
+def os_state(hub: Hub, device_id: str) -> dict[str, Any]:
+    return dict((hub.device(device_id).get("state") or {}).get("os") or {})
+
+
 def make_stick(bundle: Path, stick: Path) -> None:
     """A 16 MiB FAT volume labelled SPOKE holding the bundle, written without mounting."""
     stick.unlink(missing_ok=True)
@@ -384,7 +502,7 @@ class Run:
             raise TestFailure(f"{name}: {detail}")
 
 
-def online_device(hub: Hub, exclude: set[str] = frozenset()) -> Callable[[], dict[str, Any] | None]:
+def online_device(hub: Hub, exclude: Collection[str] = ()) -> Callable[[], dict[str, Any] | None]:
     def check() -> dict[str, Any] | None:
         for d in hub.devices():
             if d["id"] not in exclude and d["availability"] == "online" and d.get("state"):
@@ -400,6 +518,10 @@ def main() -> int:
     ap.add_argument("--reuse-image", action="store_true",
                     help="do not rebuild: reuse the image and hub home of the last run")
     ap.add_argument("--online-timeout", type=float, default=600)
+    ap.add_argument("--update-timeout", type=float, default=1500)
+    ap.add_argument("--rollback", action="store_true",
+                    help="also build version 3 with a planted fault in its health check and "
+                         "assert the fallback to version 2 (about 30 min more under TCG)")
     args = ap.parse_args()
     if not args.venv.is_absolute():
         args.venv = REPO / args.venv
@@ -412,24 +534,41 @@ def main() -> int:
     machine: Machine | None = None
     t_all = time.monotonic()
     try:
-        if args.reuse_image and image.exists() and (work / "hub" / "hub.toml").exists():
-            log(f"reusing {image} and its hub home")
+        pristine = work / "hub-pristine"  # the hub home as the image was built against it
+        if args.reuse_image and image.exists() and pristine.exists():
+            log(f"reusing {image} and its hub home, as it was before the last run")
+            shutil.rmtree(hub.home, ignore_errors=True)
+            shutil.copytree(pristine, hub.home, symlinks=True)
             hub.load_ports()
         else:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             hub.init()
+            shutil.copytree(hub.home, pristine, symlinks=True)
             log(f"hub home {hub.home}: MQTT 127.0.0.1:{hub.mqtt_port}, HTTP {hub.http_port}")
             t0 = time.monotonic()
-            subprocess.run(
-                ["bash", str(HERE / "build.sh"), "--profile", "cpu", "--hub-home", str(hub.home),
-                 "--output-dir", str(out_dir)], check=True,
-                env={**os.environ, "VENV": str(args.venv)},
-            )
+            build(args.venv, hub, out_dir, "1", site_tree(work))
             run.timings["build_s"] = round(time.monotonic() - t0, 1)
         run.check("image built", image.exists(), str(image))
         run.timings["image_bytes"] = image.stat().st_size
         run.timings["image_used_bytes"] = image.stat().st_blocks * 512
+        # Versions 2 and 3: the same build with another version stamp (mkosi's package cache is
+        # warm), 3 with a planted fault in its health check.
+        v2, v3 = (work / f"out-{v}" / f"spoke-cpu_{v}.os" for v in ("2", "3"))
+        for version, out, trees in (("2", v2, [site_tree(work)]),
+                                    ("3", v3, [site_tree(work), fault_tree(work)])):
+            if version == "3" and not args.rollback:
+                continue
+            if not (args.reuse_image and out.exists()):
+                t0 = time.monotonic()
+                build(args.venv, hub, out.parent, version, *trees)
+                (out.parent / "spoke-cpu.raw").unlink()  # only the update artefacts are needed
+                run.timings[f"build_v{version}_s"] = round(time.monotonic() - t0, 1)
+        run.timings["root_image_bytes"] = (v2 / "spoke_2.root.raw").stat().st_size
+
+        # The health gate of an OS update wants a model serving: one for the whole test.
+        hub.cli("models", "publish", str(tiny_model(args.venv, work / "crack-vit-1.0.0")))
+        hub.apply_policy(MODEL_POLICY)
 
         bundle, stick = work / "bundle.spoke", work / "spoke-stick.img"
         hub.bundle(bundle)
@@ -456,14 +595,26 @@ def main() -> int:
         key = (first["state"].get("certificate") or {}).get("key")
         want = "tpm" if machine.has_tpm else "file"  # no swtpm on the host: no TPM in the VM
         run.check(f"device key kept as {want}", key == want, f"key: {key}")
+        running = first["state"].get("os") or {}
+        run.check("runs OS version 1 from root slot spoke_1",
+                  (running.get("version"), running.get("slot")) == ("1", "spoke_1"),
+                  json.dumps(running)[:300])
         banner = wait_for(
             "the console banner", lambda: re.search(
                 rf"spoke: device={re.escape(first['id'])} provisioning=enrolled hub=connected",
                 machine.console()), 180, alive=machine.dead)
         run.check("console banner shows the device and the hub link", bool(banner))
+        t0 = time.monotonic()
+        model = wait_for("the model committed", lambda: (
+            (m := (hub.device(first["id"]).get("state") or {}).get("model") or {})
+            .get("state") == "committed" and m), args.online_timeout, alive=machine.dead)
+        run.timings["model_committed_s"] = round(time.monotonic() - t0, 1)
+        run.check("the model serves", model.get("version") == "1.0.0", json.dumps(model)[:200])
 
         # Boot 2: power off and on; it must come back as the same device, without enrolling.
         run.timings["shutdown_s"] = round(machine.power_off(), 1)
+        kept = data_digests(machine, work)
+        log(f"data partition: {len(kept)} files kept under {', '.join(KEPT)}")
         after_off = {d["id"]: d for d in hub.devices()}
         run.check("hub saw it go away", after_off[first["id"]]["availability"] != "online",
                   after_off[first["id"]]["availability"])
@@ -481,10 +632,41 @@ def main() -> int:
         )
         run.check("the stick is ignored once enrolled", "already enrolled" in machine.console())
 
-        # Boot 3: factory reset from the kernel command line; it must provision itself again.
-        machine.power_off()
+        # OS update to version 2: published on the hub, staged by systemd-sysupdate into the
+        # empty root slot, booted with tries left, committed once its health gate passed.
         t0 = time.monotonic()
-        machine.start("factory-reset", extra_cmdline="spoke.factory_reset=1")
+        hub.cli("os", "publish", str(v2))
+        run.timings["publish_v2_s"] = round(time.monotonic() - t0, 1)
+        hub.apply_policy(MODEL_POLICY + 'os_version = ">=2"\n')
+        t0 = time.monotonic()
+        wait_for("version 2 staged", lambda: (os_state(hub, first["id"]).get("staged") == "2"
+                                              or os_state(hub, first["id"]).get("version") == "2"),
+                 args.update_timeout, every=10, alive=machine.dead)
+        run.timings["v2_download_and_stage_s"] = round(time.monotonic() - t0, 1)
+        state = wait_for("version 2 committed", lambda: (
+            (s := os_state(hub, first["id"])).get("version") == "2"
+            and s.get("state") == "committed" and s), args.update_timeout, every=10,
+            alive=machine.dead)
+        run.timings["v2_staged_to_committed_s"] = round(
+            time.monotonic() - t0 - run.timings["v2_download_and_stage_s"], 1)
+        last = state.get("last_update") or {}
+        run.check("updated to OS version 2 in the other root slot, health gate passed",
+                  state.get("slot") == "spoke_2" and last.get("outcome") == "committed",
+                  json.dumps(state)[:400])
+
+        if args.rollback:
+            roll_back_from_v3(run, hub, machine, first["id"], v3, args.update_timeout)
+        machine.power_off()
+        after = data_digests(machine, work)
+        changed = sorted(k for k in kept.keys() | after.keys() if kept.get(k) != after.get(k))
+        run.check("identity, model and bundle on the data partition unchanged byte for byte",
+                  not changed and bool(kept), f"{len(kept)} files; changed: {changed[:5]}")
+
+        # Boot 3: factory reset from the kernel command line; it must provision itself again.
+        t0 = time.monotonic()
+        # (Version 2's kernel: version 3 may hold the slot version 1 had.)
+        machine.start("factory-reset", extra_cmdline="spoke.factory_reset=1",
+                      direct=v2.parent / "spoke-cpu.raw")
         fresh = wait_for("the reset appliance enrolled and online",
                          online_device(hub, {first["id"]}), args.online_timeout,
                          alive=machine.dead)
@@ -511,6 +693,29 @@ def main() -> int:
     log("timings: " + json.dumps(run.timings))
     print(f"image-test: {len(run.passed)} passed, {len(run.failed)} failed", flush=True)
     return 1 if run.failed else 0
+
+
+def roll_back_from_v3(run: Run, hub: Hub, machine: Machine, device: str, v3: Path,
+                      timeout: float) -> None:
+    """Version 3, its health check broken: each boot of it fails the gate and reboots, its
+    tries run out, and systemd-boot falls back to version 2 by itself."""
+    t0 = time.monotonic()
+    hub.cli("os", "publish", str(v3))
+    hub.apply_policy(MODEL_POLICY + 'os_version = ">=3"\n')
+    state = wait_for("the rollback from version 3", lambda: (
+        (s := os_state(hub, device)).get("version") == "2"
+        and (s.get("last_update") or {}).get("outcome") == "rolled-back" and s),
+        timeout, every=10, alive=machine.dead)
+    run.timings["v3_publish_to_rolled_back_s"] = round(time.monotonic() - t0, 1)
+    last = state.get("last_update") or {}
+    run.check("version 3 failed its health gate and systemd-boot fell back to version 2",
+              last.get("version") == "3" and state.get("slot") == "spoke_2"
+              and str(last.get("reason", "")).startswith("rolled back: spoke-health failed: "),
+              json.dumps(state)[:400])
+    shown = hub.device(device).get("os_image") or ""
+    run.check("spoke-hub devices shows version 2 with the rollback and its reason",
+              shown.startswith("2 ") and "3 rolled-back" in shown
+              and "hub unreachable" in shown, shown)
 
 
 def dump_logs(work: Path, machine: Machine | None) -> None:

@@ -84,11 +84,12 @@ def request_reboot(state_dir: Path) -> None:
     atomic_write(state_dir / "os" / "reboot-request", "reboot\n")
 
 
-def health_failure(path: Path) -> str | None:
-    """What the last failed ``spoke health-gate`` said, if it failed last."""
-    with contextlib.suppress(OSError, ValueError):
+def health_failure(path: Path, since: float) -> str | None:
+    """What the last failed ``spoke health-gate`` said, if it failed last and at or after
+    ``since`` (the reboot into the new version: an older failure is not that version's)."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
         data = json.loads(path.read_text())
-        if not data.get("ok"):
+        if not data.get("ok") and float(data.get("checked_at") or 0) >= since:
             return str(data.get("reason") or "spoke-health failed")
     return None
 
@@ -201,7 +202,8 @@ class OsUpdateService(TaskGroupService):
             self._record(journal, target, "committed", f"booted {target} in slot {self.slot}, "
                          "health gate passed")
             return
-        why = health_failure(health) or "the new slot never completed a boot"
+        rebooted_at = journal.last.ts if journal.last is not None else 0.0
+        why = health_failure(health, rebooted_at) or "the new slot never completed a boot"
         journal.refused.append(target)
         self._record(journal, target, "rolled-back", f"rolled back: spoke-health failed: {why}",
                      code="rolled-back")

@@ -313,7 +313,8 @@ async def test_a_rollback_is_reported_with_its_reason_and_not_retried(
     await svc.on_desired(desire("2"))
     await svc.reconcile()
     (state / "os" / "health.json").write_text(
-        json.dumps({"ok": False, "reason": "hub unreachable for 300 s"}))
+        json.dumps({"ok": False, "reason": "hub unreachable for 300 s",
+                    "checked_at": time.time()}))
     back = box.service(state, disk, ("1", "spoke_1"))  # systemd-boot fell back to slot A
     back._after_boot()
     back.attach(client(sim, tmp_path))
@@ -326,6 +327,26 @@ async def test_a_rollback_is_reported_with_its_reason_and_not_retried(
     await back.reconcile()
     assert box.reboots == 1  # the first boot attempt only: 2 is not staged or booted again
     assert back.reported()["staged"] is None
+
+
+async def test_power_lost_while_rebooting_until_the_tries_ran_out_is_a_rollback_of_its_own(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    """Power cut during every boot of the new version (its gate never ran): systemd-boot falls
+    back, and a failed verdict from before the reboot is not blamed on the new version."""
+    health = state / "os" / "health.json"
+    health.parent.mkdir(parents=True)
+    health.write_text(json.dumps({"ok": False, "reason": "hub unreachable for 999 s",
+                                  "checked_at": time.time() - 3600}))  # an old bad hour
+    box = Box()
+    svc = box.service(state, disk, ("1", "spoke_1"))
+    svc.attach(client(sim, tmp_path))
+    await svc.on_desired(desire("2"))
+    await svc.reconcile()
+    assert box.reboots == 1
+    back = box.service(state, disk, ("1", "spoke_1"))
+    back._after_boot()
+    assert back.reported()["last_update"]["reason"] == (  # type: ignore[index]
+        "rolled back: spoke-health failed: the new slot never completed a boot")
 
 
 # --- the unprivileged daemon asks the root staging unit (spoke-os-stage.service) ---

@@ -33,6 +33,12 @@ def self_signed(key_pem: bytes) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def edit(path: Path, **changes: Any) -> None:
+    """Change keys of a JSON file in the store (whose files are read-only)."""
+    path.chmod(0o644)
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
 class Box:
     """A state directory with a device key and a real model store."""
 
@@ -102,9 +108,7 @@ def test_a_fine_tune_signed_by_another_devices_key_is_not(
 def test_a_fine_tune_whose_card_changed_after_signing_is_not(
         box: Box, models: dict[str, Path]) -> None:
     sha = box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0")
-    card = box.store.root / "store" / sha / "card.json"
-    card.chmod(0o644)
-    card.write_text(json.dumps(json.loads(card.read_text()) | {"note": "edited"}))
+    edit(box.store.root / "store" / sha / "card.json", note="edited")
     assert not box.verified(sha)
 
 
@@ -115,7 +119,5 @@ def test_a_fine_tune_of_an_unknown_parent_is_not(box: Box, models: dict[str, Pat
 def test_a_store_entry_neither_published_nor_promoted_here_is_not(
         box: Box, models: dict[str, Path]) -> None:
     sha = box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0")
-    target = box.store.root / "store" / sha / "target.json"
-    target.chmod(0o644)
-    target.write_text(json.dumps(json.loads(target.read_text()) | {"origin": "hub"}))
+    edit(box.store.root / "store" / sha / "target.json", origin="hub")
     assert not box.verified(sha)

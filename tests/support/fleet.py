@@ -149,7 +149,26 @@ class Process:
         return len(procs)
 
 
-class Hub:
+class Managed:
+    """What a hub and an appliance share: one long-running ``Process`` (or none), stopped or
+    killed at will and started again by the subclass's ``start``."""
+
+    process: Process | None = None
+
+    def stop(self) -> int:
+        """SIGTERM (SIGKILL after 20 s); the exit code."""
+        code = self.process.terminate() if self.process else 0
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL to the main process alone: a hub's managed broker is left as an orphan."""
+        if self.process:
+            self.process.kill()
+        self.process = None
+
+
+class Hub(Managed):
     def __init__(self, root: Path, public_host: str = "localhost",
                  bind_host: str | None = None) -> None:
         """``bind_host``: listen only there (the fault suite's private address), not 0.0.0.0.
@@ -157,7 +176,7 @@ class Hub:
         self.home = root / "hub"
         self.mqtt_port = free_port()
         self.http_port = free_port()
-        self.process: Process | None = None
+        self.process = None
         self.starts = 0
         self._operator_token: str | None = None
         self.env = {"SPOKE_HUB_HUB__BIND_HOST": bind_host} if bind_host else {}
@@ -180,17 +199,6 @@ class Hub:
         self.starts += 1
         wait_for(lambda: "hub connected to broker" in self.process.output(), 180, "hub to connect")  # type: ignore[union-attr]
         return self
-
-    def stop(self) -> int:
-        code = self.process.terminate() if self.process else 0
-        self.process = None
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL to the hub process alone: its managed broker is left as an orphan."""
-        if self.process:
-            self.process.kill()
-        self.process = None
 
     def bundle(self, out: Path, *extra: str, labels: str = "site=bridge-17,region=north") -> Path:
         """A signed provisioning bundle at ``out`` (``extra``: e.g. ``--max-uses 5``)."""
@@ -278,7 +286,7 @@ class Hub:
             registry.close()
 
 
-class Appliance:
+class Appliance(Managed):
     def __init__(self, root: Path, hub: Hub, name: str = "appliance",
                  link: "Link | None" = None, base_env: dict[str, str] | None = None) -> None:
         """``link``: run inside that network namespace, its API on the namespace's address.
@@ -290,7 +298,7 @@ class Appliance:
         self.base_env = FAST_DAEMON_ENV if base_env is None else base_env
         self.api_host = link.addr if link else "127.0.0.1"
         self.api_port = free_port()
-        self.process: Process | None = None
+        self.process = None
         self._scheme: str | None = None
 
     def start(
@@ -399,16 +407,6 @@ class Appliance:
             return p if p["state"] == state else None
 
         return wait_for(check, timeout, f"provisioning state {state}")
-
-    def stop(self) -> int:
-        code = self.process.terminate() if self.process else 0
-        self.process = None
-        return code
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
-        self.process = None
 
     def power_cut(self) -> int:
         """kill -9 of the daemon and all its workers at once; returns how many died."""

@@ -60,7 +60,7 @@ APPLIANCE_ENV = {
     # Short enough that a cut hub link raises and clears the alert (events through the outbox).
     "SPOKE_HEALTH__HUB_UNREACHABLE_RAISE_S": "10",
     "SPOKE_HEALTH__HUB_UNREACHABLE_CLEAR_S": "5",
-    # A fine-tune that learns anything is promoted (the parent 1.1.0 predicts nothing).
+    # A fine-tune that learns anything is promoted (the parent 1.1.0 predicts no label).
     "SPOKE_FINETUNE__MARGIN": "0",
     "SPOKE_FINETUNE__MAX_LABEL_DROP": "1",
     "SPOKE_FINETUNE__NICENESS": "5",
@@ -81,8 +81,8 @@ version = "=={version}"
 
 def fleet_artifacts(root: Path) -> dict[str, Path]:
     """The two published versions of ``crack-vit``: 1.0.0 a random tiny model, 1.1.0 one whose
-    head predicts nothing (macro-F1 0), so a fine-tune on site samples beats it and is
-    promoted: the books then meet a locally promoted model."""
+    head predicts no label (held-out macro-F1 near 0), so a fine-tune on site samples beats it
+    and is promoted: the books then meet a locally promoted model."""
     return {"1.0.0": make_artifact(root, "1.0.0", seed=0),
             "1.1.0": make_parent(root / "crack-vit-1.1.0", "1.1.0")}
 

@@ -251,7 +251,7 @@ class FinetuneService(TaskGroupService):
     def plan(self, options: dict[str, Any]) -> dict[str, Any]:
         """Everything a job needs, checked now: the parent model, the samples, the label set
         and a split that works. Raises a ``DataError`` naming what is wrong."""
-        from models.finetune.methods import default_method
+        from models.finetune.spec import default_method
         from models.finetune.split import stratified_split
 
         assert self.samples is not None
@@ -298,7 +298,7 @@ class FinetuneService(TaskGroupService):
         return await self.db(self.jobs.get, job["id"]) or job
 
     def _write_spec(self, job_id: str, options: dict[str, Any], plan: dict[str, Any]) -> None:
-        from models.finetune.job import JobSpec
+        from models.finetune.spec import JobSpec
 
         assert self.jobs is not None
         job_dir = self.jobs.dir(job_id)

@@ -16,7 +16,6 @@ receives progress dicts as the job goes: what the daemon streams.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from models.finetune.probe import (
     install_head,
     pool_features,
 )
+from models.finetune.spec import JobSpec
 from models.finetune.split import TooFewSamples, stratified_split
 from models.images import ImageLimits, decode_image
 from models.preprocess import Preprocessing
@@ -67,60 +67,6 @@ SAMPLE_LIMITS = ImageLimits(32 * 1024 * 1024, 40_000_000)
 MAX_VIEWS = 16
 PROBE_SHARE = 0.5
 TRAINED_WEIGHTS = "trained.safetensors"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    parent: str
-    samples: tuple[tuple[str, tuple[str, ...]], ...]
-    labels: tuple[str, ...]
-    out: str
-    name: str
-    version: str
-    method: str = "auto"
-    epochs: int | None = None
-    budget_s: float | None = None
-    seed: int = 0
-    batch_size: int = 16
-    lr: float | None = None
-    val_fraction: float = 0.25
-    margin: float = 0.01
-    max_label_drop: float = 0.05
-    threads: int = 1
-    device: str = "cpu"
-    gpu_memory_fraction: float = 0.5
-    checkpoint: str | None = None
-    checkpoint_every_s: float = 15.0
-    checkpoint_every_steps: int | None = None
-    lora_rank: int = 4
-    partial_blocks: int = 2
-    #: Write the candidate even when the gate refuses it (benchmarks, notebooks).
-    always_export: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["samples"] = [[p, list(labs)] for p, labs in self.samples]
-        data["labels"] = list(self.labels)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise DataError(f"unknown job fields: {', '.join(sorted(unknown))}")
-        data = dict(data)
-        data["samples"] = tuple((str(p), tuple(labs)) for p, labs in data["samples"])
-        data["labels"] = tuple(data["labels"])
-        return cls(**data)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint must match to be resumed (not the speed settings)."""
-        data = self.to_dict()
-        for k in ("threads", "checkpoint", "checkpoint_every_s", "checkpoint_every_steps",
-                  "budget_s", "gpu_memory_fraction"):
-            data.pop(k)
-        return data
 
 
 @dataclass

@@ -22,21 +22,19 @@ import torch
 from torch import Tensor, nn
 
 from appliance.errors import DataError
+
+# The default method lives with the job spec (torch-free, for the daemon); kept importable here.
+from models.finetune.spec import FULL_FROM as FULL_FROM
+from models.finetune.spec import default_method as default_method
 from models.vit import VisionTransformer
 
 METHODS = ("linear", "lora", "partial", "full")
-#: From this many labeled samples on a GPU, the whole encoder is trained.
-FULL_FROM = 2000
 #: Peak learning rates per method (AdamW, warm-up then cosine; see models.training.loop).
 #: (The linear probe chooses its own, see ``models.finetune.probe``.)
 LEARNING_RATES = {"lora": 2e-3, "partial": 3e-4, "full": 1e-4}
 #: Epochs when neither ``--epochs`` nor only a time budget is given (the probe stops early by
 #: cross-validation instead).
 DEFAULT_EPOCHS = {"lora": 12, "partial": 12, "full": 8}
-
-
-def default_method(samples: int, gpu: bool) -> str:
-    return "full" if gpu and samples >= FULL_FROM else "linear"
 
 
 class LoRALinear(nn.Module):

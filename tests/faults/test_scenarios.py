@@ -158,7 +158,8 @@ def test_power_cut_mid_finetune(fleet: FaultFleet, box: Box) -> None:
     """An engineer fine-tunes on 32 labeled site tiles while the drone keeps sending, and the
     power goes once the job's worker is training. The job resumes from its checkpoint after
     the restart, its candidate beats 1.1.0 and is promoted, signed by the box's own key; the
-    books accept that locally promoted model as the verified active one."""
+    books accept that locally promoted model as the verified active one, and the daemon
+    itself never loaded torch."""
     with Uplink(box, period_s=1.0):
         job = fleet.start_finetune(box)
         wait_for(lambda: json.loads(box.appliance.run("finetune", "status", job, "--json"))
@@ -172,6 +173,10 @@ def test_power_cut_mid_finetune(fleet: FaultFleet, box: Box) -> None:
     promotion = outcome["data"]["promotion"]
     assert promotion["state"] == "activated", outcome["data"]
     fleet.hub.wait_model(box.device_id, promotion["version"], timeout=120)
+    # The job trains in its own worker: planning, queueing and promoting it must not leave
+    # torch (227 MiB resident) in the daemon for good, as the soak of 2 December found.
+    assert box.appliance.process is not None
+    assert "libtorch" not in Path(f"/proc/{box.appliance.process.pid}/maps").read_text()
     books = settle(fleet, "power cut mid fine-tune", end)
     assert books.model_ok
     print(f"fine-tune {job}: {promotion['version']} promoted, macro-F1 "

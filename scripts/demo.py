@@ -24,8 +24,10 @@ def step(text: str) -> None:
 
 
 def tool(module: str, *args: str) -> str:
-    """A ``spoke-hub`` (module ``provisioning``) or ``spoke`` (``daemon``) command's output."""
-    return cli({"provisioning": "spoke-hub", "daemon": "spoke"}[module], *args).stdout
+    """A ``spoke-hub`` (module ``provisioning``) or ``spoke`` (``daemon``) command's output,
+    however long it takes (a fine-tune on a loaded machine)."""
+    return cli({"provisioning": "spoke-hub", "daemon": "spoke"}[module], *args,
+               timeout=None).stdout
 
 
 class Demo:

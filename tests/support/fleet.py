@@ -73,15 +73,18 @@ class CommandFailed(AssertionError):
     """A ``spoke`` or ``spoke-hub`` command exited non-zero (its stderr is in the message)."""
 
 
-def cli(tool: str, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``spoke`` or ``spoke-hub`` to completion and return its output."""
+def cli(tool: str, *args: str, check: bool = True, timeout: float | None = 120,
+        **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``spoke`` or ``spoke-hub`` to completion and return its output. ``timeout``: None
+    for a command that takes as long as it takes (the demo's ``spoke finetune start --wait``
+    on a loaded machine)."""
     module = {"spoke": "daemon", "spoke-hub": "provisioning"}[tool]
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=_env(kw.pop("env", None)),
-        timeout=120,
+        timeout=timeout,
         **kw,
     )
     if check and proc.returncode != 0:

@@ -11,6 +11,7 @@ import signal
 import ssl
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -298,12 +299,20 @@ def uplink_steps(demo: Demo) -> None:
     step(f"Starting the uplink appliance: spoke run --model codebrim-vit-t 1.1.0 (API on port "
          f"{box.api_port})")
     box.start(args=["--model", str(model)])
-    wait_for(lambda: box.api("/readyz")[0] == 200, 90, "the uplink API to be ready",
-             interval=0.3)
     # HTTPS: once enrolled, the box serves a certificate from the hub's CA (for 127.0.0.1);
-    # the drone's client checks it.
+    # before that its own self-signed one. The drone's client checks it, so wait for that.
     base = f"https://127.0.0.1:{box.api_port}"
     hub_ca = ssl.create_default_context(cafile=str(demo.home / "ca" / "ca.crt"))
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2, context=hub_ca) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    wait_for(ready, 90, "the uplink API to be ready with the hub CA's certificate",
+             interval=0.3)
 
     async def post_all() -> list[dict[str, Any]]:
         auth = {"Authorization": f"Bearer {token}"}

@@ -4,13 +4,14 @@ Five appliances (``--appliances``), each in its own network namespace, take a st
 uplink (one image every ``--period`` seconds each) and report health every 10 s. Midway a new
 model version rolls out; a little later one appliance fine-tunes that model on site samples
 and promotes the result, so the books end with a locally promoted model on that box. Faults
-are drawn at random from a printed seed (``--seed`` repeats a run): hub link cut, 30 % loss,
-hub killed -9 and restarted, broker killed, hub redeployed, appliance power cut. Every 10 s
-the soak samples resident memory and open file descriptors of each daemon (with its workers)
-and of the hub (with its broker), queue depths, and /healthz latency. At the end it
-reconciles every image and event (tests/faults/harness.py) and prints one JSON summary: the
-leak slope after warm-up (MiB/h and fds/h, least squares), p99 of /healthz and of image
-processing, each fault with its recovery time, the fine-tune's outcome, and the books.
+are drawn at random from a printed seed (``--seed`` repeats a run): hub link cut, 30 % loss
+with jitter, hub killed -9 and restarted, broker killed, hub redeployed, appliance power cut.
+Every 10 s the soak samples resident memory and open file descriptors of each daemon (with
+its workers) and of the hub (with its broker), queue depths, and /healthz latency; memory and
+fds are kept for the mean daemon and for each box. At the end it reconciles every image and
+event (tests/faults/harness.py) and prints one JSON summary: the leak slope after warm-up
+(MiB/h and fds/h, least squares), p99 of /healthz and of image processing, each fault with its
+recovery time, the fine-tune's outcome, and the books.
 
 Needs root (network namespaces) and nft; not part of CI.
 """
@@ -121,6 +122,9 @@ class Soak:
                 if proc is not None:
                     r, f = usage(proc.pid)
                     rss, fds = rss + r, fds + f
+                    # Each box on its own as well: a one-off step on one box (a restart, a
+                    # library loaded once) then does not read as every daemon's trend.
+                    self.samples.add(box.appliance.state_dir.name, t, r, f)
                 started = time.monotonic()
                 if box.healthy():
                     self.samples.healthz_s.append(time.monotonic() - started)

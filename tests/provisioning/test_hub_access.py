@@ -19,6 +19,8 @@ from provisioning.web import HubWeb
 from tests.support.fleet import free_port
 
 TARGET = "/repository/1.root.json"
+#: What only operators reach: the API, the metrics, the dashboard.
+OPERATOR_PATHS = ["/api/v1/devices", "/metrics", "/"]
 
 
 @dataclass
@@ -92,7 +94,7 @@ async def status(
 # --- operators: API, metrics, dashboard ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/v1/devices", "/metrics", "/"])
+@pytest.mark.parametrize("path", OPERATOR_PATHS)
 async def test_no_credential_is_refused(
     site: Site, http: aiohttp.ClientSession, path: str
 ) -> None:
@@ -101,7 +103,7 @@ async def test_no_credential_is_refused(
         assert "spoke-hub tokens create" in (await resp.json())["error"]
 
 
-@pytest.mark.parametrize("path", ["/api/v1/devices", "/metrics", "/"])
+@pytest.mark.parametrize("path", OPERATOR_PATHS)
 async def test_operator_token_is_let_in(
     site: Site, http: aiohttp.ClientSession, path: str
 ) -> None:
@@ -122,17 +124,40 @@ async def test_unknown_token_is_refused(site: Site, http: aiohttp.ClientSession)
     assert await status(http, site, "/api/v1/devices", token="spk_" + "A" * 43) == 401
 
 
-async def test_revoked_token_is_refused(site: Site, http: aiohttp.ClientSession) -> None:
+@pytest.mark.parametrize("path", OPERATOR_PATHS)
+async def test_revoked_token_is_refused(
+    site: Site, http: aiohttp.ClientSession, path: str
+) -> None:
     operators.revoke_token(site.registry, "alice")
-    assert await status(http, site, "/api/v1/devices", token=site.token) == 401
-    assert await status(http, site, "/metrics", token=site.token) == 401
+    assert await status(http, site, path, token=site.token) == 401
 
 
+@pytest.mark.parametrize("path", OPERATOR_PATHS)
 async def test_a_device_certificate_is_not_an_operator(
-    site: Site, http: aiohttp.ClientSession
+    site: Site, http: aiohttp.ClientSession, path: str
 ) -> None:
     site.enroll("dev-a")
-    assert await status(http, site, "/api/v1/devices", tls=site.device_tls("dev-a")) == 401
+    assert await status(http, site, path, tls=site.device_tls("dev-a")) == 401
+
+
+@pytest.mark.parametrize("path", OPERATOR_PATHS)
+async def test_a_revoked_device_is_refused(
+    site: Site, http: aiohttp.ClientSession, path: str
+) -> None:
+    site.enroll("dev-a")
+    tls = site.device_tls("dev-a")
+    site.registry.revoke_device("dev-a")
+    assert await status(http, site, path, tls=tls) == 401
+
+
+@pytest.mark.parametrize("path", OPERATOR_PATHS)
+async def test_a_certificate_from_another_ca_is_refused(
+    site: Site, http: aiohttp.ClientSession, path: str
+) -> None:
+    """TLS itself refuses it, even beside a valid token: the handshake fails first."""
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await status(http, site, path, tls=site.device_tls("dev-a", other_ca=True),
+                      token=site.token)
 
 
 # --- sign-in and the session cookie ------------------------------------------------------------

@@ -1,93 +1,137 @@
-"""Several hub processes on PostgreSQL behind one mosquitto: enrollments per minute, health
-ingest rate, and a hub process killed under load. Each measured with 1 process and with
-``--processes`` (2 by default) in the same run: the single process is the baseline.
+"""The hub at fleet scale, on PostgreSQL behind one mosquitto: enrollments per minute, health
+ingest lag, a hub process killed under load, and the cost of one enrollment in a large fleet.
+Each measured against a baseline from the same run: one hub process for the rates and lags
+(then ``--processes`` more join the same fleet), a 10-device registry for the enrollment cost.
 
-Simulated devices enroll for real (claim credential, CSR, certificate) and publish real
-health snapshots with their own certificates, over mTLS on loopback.
+Simulated devices publish real health snapshots (about 3 KB) with their own certificates over
+mTLS on loopback, each on its own connection, from this one Python process. The enrollment
+rate uses devices that enroll for real (claim credential, CSR, certificate); the ingest
+devices get their certificates from the hub's CA directly, so setting up 10,000 of them does
+not take 10,000 enrollments.
 
-    python -m scripts.bench_hubscale [--processes 2] [--devices 100] [--burst 20]
-        [--interval 5] [--duration 30] [--json] [--keep DIR]
+    python -m scripts.bench_hubscale [--processes 3] [--devices 2000] [--interval 30]
+        [--duration 90] [--enroll 300] [--enrolled 10000] [--json] [--keep DIR]
 
-- enrollments per minute: every device enrolls, 32 at a time;
-- ingest rate: every device publishes ``--burst`` reports back to back; reports stored per
-  second from the first send until the last one is in the registry;
-- killed under load: every device reports every ``--interval`` s for ``--duration`` s and the
-  process that leads the singleton work is killed (SIGKILL) halfway. Reported: reports sent
-  (acknowledged by the broker) and stored (lost: those not stored, with when each was sent
-  relative to the kill), simulated clients' reconnections, how long after the kill the
-  singleton work moved and the dead process's session was ended, and the ingest lag of the
-  reports sent after the kill (how long the dead process's share took to be stored).
-  A report is stored once per (device, taken-at time): a replay cannot add a row.
+- enrollments per minute: ``--enroll`` devices enroll, 32 at a time;
+- ingest: ``--devices`` devices each report every ``--interval`` s (spread evenly) for
+  ``--duration`` s; lag = the hub's receive time minus the device's send time, per report;
+  lost = reports the broker acknowledged that are not in the registry once it has stored
+  none for 30 s (late ones are not lost: the lag says how late);
+- killed under load: the same load with ``--processes`` processes, and the one that leads
+  the singleton work killed (SIGKILL) halfway. Reported: lost and duplicate reports, when the
+  singleton work moved and the dead process's session was ended, and the lag of the reports
+  sent after the kill (the dead process's share waits in its session until then);
+- the 1-minute load average at the end of each part (the machine may be shared), and the CPU
+  seconds each part of the bench used during an ingest run (hubs, broker, PostgreSQL, the
+  simulated devices): what the machine spent where;
+- enrollment cost: the hub's enrollment path timed in a registry of 10 devices and one of
+  ``--enrolled`` (scripts.bench_fleet.enrollment_cost), on PostgreSQL.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import sqlalchemy as sa
 
+from appliance.health import DaemonFacts
+from daemon.health.sampler import Sampler
 from provisioning.registry import engine_url
 from scripts.bench_fleet import (
     SimulatedDevice,
     claim_creds,
     enroll_all,
+    enrollment_cost,
     ingest_lag,
     percentile,
-    report_all,
 )
 from tests.support import postgres
 from tests.support.fleet import Process, wait_for
-from tests.support.hubfleet import LEADS, HubFleet
+from tests.support.hubfleet import LEADS, FakeDevice, HubFleet
+
+#: A report not stored after the registry saw no new one for this long is counted lost.
+QUIET_S = 30.0
 
 
-def missing_reports(url: str, devices: list[SimulatedDevice], since: float) -> list[float]:
-    """Taken-at times of the acknowledged reports that are not in the registry."""
+def query(url: str, sql: str, **params: float) -> list[Any]:
     engine = sa.create_engine(engine_url(url))
     try:
         with engine.connect() as conn:
-            query = sa.text("SELECT device_id, ts FROM health WHERE ts >= :since")
-            stored = {(r[0], r[1]) for r in conn.execute(query, {"since": since})}
+            return list(conn.execute(sa.text(sql), params))
     finally:
         engine.dispose()
+
+
+def missing_reports(url: str, devices: list[FakeDevice], since: float) -> list[float]:
+    """Taken-at times of the acknowledged reports that are not in the registry."""
+    rows = query(url, "SELECT device_id, ts FROM health WHERE ts >= :since", since=since)
+    stored = {(r[0], r[1]) for r in rows}
     return sorted(t for d in devices for t in d.acked if (d.device_id, t) not in stored)
 
 
-def stored_reports(url: str, since: float) -> int:
-    engine = sa.create_engine(engine_url(url))
-    try:
-        with engine.connect() as conn:
-            query = sa.text("SELECT count(*) FROM health WHERE ts >= :since")
-            return int(conn.execute(query, {"since": since}).scalar() or 0)
-    finally:
-        engine.dispose()
+def duplicate_rows(url: str, since: float) -> int:
+    """Rows beyond one per (device, taken-at time); the schema's unique index keeps it 0."""
+    sql = "SELECT count(*) - count(DISTINCT (device_id, ts)) FROM health WHERE ts >= :since"
+    return int(query(url, sql, since=since)[0][0])
 
 
 def listed_processes(url: str) -> set[str]:
-    engine = sa.create_engine(engine_url(url))
-    try:
-        with engine.connect() as conn:
-            return set(conn.execute(sa.text("SELECT instance FROM hub_processes")).scalars())
-    finally:
-        engine.dispose()
+    return {r[0] for r in query(url, "SELECT instance FROM hub_processes")}
 
 
-async def burst(devices: list[SimulatedDevice], url: str, count: int) -> dict[str, Any]:
-    """Every device sends ``count`` reports back to back; rate = stored / time to store all."""
-    start = time.time()
-    await report_all(devices, 0.0, 3600.0, count=count)
-    sent = sum(d.sent for d in devices)
-    deadline = time.time() + 120
-    stored = stored_reports(url, start)
-    while stored < sent and time.time() < deadline:
-        await asyncio.sleep(0.2)
-        stored = stored_reports(url, start)
-    took = time.time() - start
-    return {"reports": sent, "stored": stored, "seconds": took, "stored_per_s": stored / took}
+async def enrollment_rate(fleet: HubFleet, root: Path, count: int) -> dict[str, float]:
+    """Enrollments per minute, and the machine's load when they ended (others share it)."""
+    bundle = fleet.hub.bundle(root / f"sim-{time.time_ns()}.spoke", "--max-uses", str(count))
+    payload = claim_creds(bundle, root / "creds")
+    devices = [SimulatedDevice(payload, root / "creds") for _ in range(count)]
+    return {"per_minute": await enroll_all(devices, 32), "load_average_1m": os.getloadavg()[0]}
+
+
+def cpu_seconds(fleet: HubFleet, pg_datadir: Path) -> dict[str, float]:
+    """CPU time used so far by each part of the bench: hub processes, broker, PostgreSQL (the
+    postmaster and its backends), and this process (the simulated devices)."""
+    postmaster = int((pg_datadir / "postmaster.pid").read_text().split()[0])
+    groups = {
+        "hubs": [p.proc.pid for p in fleet.hubs],
+        "broker": [fleet.broker.proc.pid],
+        "postgres": [postmaster, *(c.pid for c in psutil.Process(postmaster).children())],
+        "simulated_devices": [os.getpid()],
+    }
+    used: dict[str, float] = {}
+    for name, pids in groups.items():
+        used[name] = 0.0
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(pid).cpu_times()
+                used[name] += t.user + t.system
+    with contextlib.suppress(psutil.Error):
+        # Backends that ended (a killed hub's connections) count in their parent's total.
+        t = psutil.Process(postmaster).cpu_times()
+        used["postgres"] += t.children_user + t.children_system
+    return used
+
+
+async def settle(url: str, devices: list[FakeDevice], since: float) -> list[float]:
+    """Wait until every acknowledged report is stored, or none has been for ``QUIET_S``
+    (what is still missing then is lost, not late); return the missing ones."""
+    missing = missing_reports(url, devices, since)
+    progress = time.time()
+    while missing and time.time() < progress + QUIET_S:
+        await asyncio.sleep(2)
+        still = missing_reports(url, devices, since)
+        if len(still) < len(missing):
+            progress = time.time()
+        missing = still
+    return missing
 
 
 async def watch_failover(
@@ -105,89 +149,124 @@ async def watch_failover(
     return {"singleton_moved_after_s": leads, "dead_session_ended_after_s": ended}
 
 
-async def run_fleet(
-    root: Path, url: str, processes: int, args: argparse.Namespace, kill: bool
+async def ingest(
+    fleet: HubFleet, url: str, pg_datadir: Path, devices: list[FakeDevice],
+    args: argparse.Namespace, kill: Process | None = None,
 ) -> dict[str, Any]:
-    fleet = HubFleet(root, url)
-    try:
-        hubs = [fleet.start_hub(f"hub-{i}") for i in range(processes)]
-        wait_for(lambda: LEADS in hubs[0].output(), 30, "hub-0 to lead")
-        bundle = fleet.hub.bundle(root / "sim.spoke", "--max-uses", str(args.devices + 10))
-        payload = claim_creds(bundle, root / "creds")
-        devices = [SimulatedDevice(payload, root / "creds") for _ in range(args.devices)]
-        result: dict[str, Any] = {"processes": processes, "devices": args.devices}
-        result["enrollments_per_minute"] = await enroll_all(devices, 32)
-        result["ingest"] = await burst(devices, url, args.burst)
-        for d in devices:
-            d.acked.clear()
-            d.reconnects = 0
-        if not kill:
-            return result
-
-        async def kill_halfway() -> dict[str, Any]:
-            await asyncio.sleep(args.duration / 2)
-            hubs[0].proc.kill()
-            killed_at = time.time()
-            moved = await watch_failover(url, hubs[1:], "hub-0", killed_at)
-            return {"killed_at": killed_at, **moved}
-
-        killer = asyncio.create_task(kill_halfway())
-        start = await report_all(devices, args.interval, args.duration)
-        failover = await killer
-        await asyncio.sleep(max(5.0, args.interval))  # what is in flight lands
-        sent = sum(d.sent for d in devices)
-        lags = ingest_lag(url, start)
-        killed_at = failover.pop("killed_at")
+    """Every device reports every ``--interval`` s for ``--duration`` s; ``kill`` is killed
+    halfway. Waits (at most 120 s) for every acknowledged report to be stored."""
+    snapshot = Sampler().sample(DaemonFacts()).model_dump(mode="json")
+    for d in devices:
+        d.acked.clear()
+        d.reconnects = 0
+    cpu_before = cpu_seconds(fleet, pg_datadir)
+    start = time.time()
+    until = start + args.duration
+    reporting = asyncio.gather(*(
+        d.report(snapshot, args.interval, until, args.interval * i / len(devices))
+        for i, d in enumerate(devices)
+    ))
+    failover: dict[str, Any] = {}
+    if kill is not None:
+        await asyncio.sleep(args.duration / 2)
+        kill.proc.kill()
+        killed_at = time.time()
+        survivors = [p for p in fleet.hubs if p is not kill]
+        failover = await watch_failover(url, survivors, "hub-0", killed_at)
+    await reporting
+    missing = await settle(url, devices, start)
+    wall = time.time() - start
+    cpu_after = cpu_seconds(fleet, pg_datadir)
+    cpu = {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after}
+    lags = ingest_lag(url, start)
+    result: dict[str, Any] = {
+        "devices": len(devices),
+        "interval_s": args.interval,
+        "duration_s": args.duration,
+        "reports_sent": sum(len(d.acked) for d in devices),
+        "reports_stored": len(lags),
+        "reports_lost": len(missing),
+        "duplicate_rows": duplicate_rows(url, start),
+        "device_reconnects": sum(d.reconnects for d in devices),
+        "lag_p50_s": percentile(lags, 50) if lags else None,
+        "lag_p99_s": percentile(lags, 99) if lags else None,
+        "lag_max_s": max(lags) if lags else None,
+        "load_average_1m": os.getloadavg()[0],
+        "wall_s": round(wall, 1),
+        "cpu_s": cpu,
+        "cores_busy": round(sum(cpu.values()) / wall, 2),
+    }
+    if kill is not None:
         after = ingest_lag(url, killed_at)
-        missing = missing_reports(url, devices, start)
-        result["killed_under_load"] = {
-            "interval_s": args.interval,
-            "duration_s": args.duration,
-            "reports_sent": sent,
-            "reports_stored": len(lags),
-            "reports_lost": len(missing),
-            "device_reconnects": sum(d.reconnects for d in devices),
+        result |= failover | {
             "lost_sent_after_kill_s": [round(t - killed_at, 3) for t in missing],
-            **failover,
-            "ingest_lag_p50_s": percentile(lags, 50),
-            "ingest_lag_p99_s": percentile(lags, 99),
             "after_kill_lag_p99_s": percentile(after, 99) if after else None,
             "after_kill_lag_max_s": max(after) if after else None,
         }
-        return result
+    return result
+
+
+async def run_fleet(
+    root: Path, url: str, pg_datadir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    fleet = HubFleet(root, url)
+    try:
+        first = fleet.start_hub("hub-0")
+        wait_for(lambda: LEADS in first.output(), 60, "hub-0 to lead")
+        print(f"setting up {args.devices} devices", file=sys.stderr, flush=True)
+        devices = fleet.enrolled_devices(args.devices)
+        one: dict[str, Any] = {"processes": 1}
+        one["enrollments"] = await enrollment_rate(fleet, root, args.enroll)
+        print("ingest, 1 process", file=sys.stderr, flush=True)
+        one["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
+        for i in range(1, args.processes):
+            fleet.start_hub(f"hub-{i}")
+        await asyncio.sleep(10)  # past the new processes' start-up work
+        several: dict[str, Any] = {"processes": len(fleet.hubs)}
+        several["enrollments"] = await enrollment_rate(fleet, root, args.enroll)
+        print(f"ingest, {len(fleet.hubs)} processes", file=sys.stderr, flush=True)
+        several["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
+        print("ingest, the leading process killed halfway", file=sys.stderr, flush=True)
+        several["killed_under_load"] = await ingest(
+            fleet, url, pg_datadir, devices, args, kill=first
+        )
+        return {"one": one, "several": several}
     finally:
         fleet.close()
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
     with postgres.cluster() as cluster:
-        for name, processes, kill in (("one", 1, False), ("several", args.processes, True)):
-            url = cluster.create_database(f"bench_{name}")
-            print(f"{name}: {processes} hub process(es)", file=sys.stderr, flush=True)
-            if args.keep:
-                root = args.keep / name
-                root.mkdir(parents=True)
-                results[name] = asyncio.run(run_fleet(root, url, processes, args, kill))
-                continue
-            with tempfile.TemporaryDirectory(prefix=f"spoke-bench-{name}-") as tmp:
-                results[name] = asyncio.run(run_fleet(Path(tmp), url, processes, args, kill))
+        url = cluster.create_database("bench_fleet")
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            results = asyncio.run(run_fleet(args.keep, url, cluster.datadir, args))
+        else:
+            with tempfile.TemporaryDirectory(prefix="spoke-bench-hubscale-") as tmp:
+                results = asyncio.run(run_fleet(Path(tmp), url, cluster.datadir, args))
+        print(f"enrollment cost at 10 and {args.enrolled}", file=sys.stderr, flush=True)
+        urls = (cluster.create_database("cost_small"), cluster.create_database("cost_large"))
+        results["enrollment_cost"] = enrollment_cost(urls, (10, args.enrolled), args.samples)
     one, several = results["one"], results["several"]
-    results["enrollment_ratio"] = several["enrollments_per_minute"] / one["enrollments_per_minute"]
-    results["ingest_ratio"] = several["ingest"]["stored_per_s"] / one["ingest"]["stored_per_s"]
+    rates = one["enrollments"]["per_minute"], several["enrollments"]["per_minute"]
+    results["enrollment_ratio"] = rates[1] / rates[0]
+    p99 = one["ingest"]["lag_p99_s"], several["ingest"]["lag_p99_s"]
+    results["ingest_p99_ratio"] = p99[1] / p99[0] if p99[0] and p99[1] else None
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--devices", type=int, default=100)
-    parser.add_argument("--burst", type=int, default=20)
-    parser.add_argument("--interval", type=float, default=5.0)
-    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--processes", type=int, default=3, help="hub processes, 2 or more")
+    parser.add_argument("--devices", type=int, default=2000, help="devices reporting health")
+    parser.add_argument("--interval", type=float, default=30.0)
+    parser.add_argument("--duration", type=float, default=90.0)
+    parser.add_argument("--enroll", type=int, default=200, help="devices enrolling, per part")
+    parser.add_argument("--enrolled", type=int, default=10_000)
+    parser.add_argument("--samples", type=int, default=200, help="enrollments timed per fleet")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--keep", type=Path, help="keep each fleet's logs under this new folder")
+    parser.add_argument("--keep", type=Path, help="keep the fleet's logs under this new folder")
     args = parser.parse_args()
     if args.processes < 2:
         parser.error("--processes: at least 2 (one is the baseline, and one is killed)")
@@ -195,6 +274,9 @@ def main() -> None:
         print("bench_hubscale: PostgreSQL is not installed (scripts/setup.sh installs it)",
               file=sys.stderr)
         raise SystemExit(2)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < args.devices + 100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * args.devices + 1000), hard))
     results = bench(args)
     print(json.dumps(results, indent=2) if args.json else "\n".join(
         f"{k}: {v}" for k, v in results.items()

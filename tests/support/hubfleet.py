@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 from appliance import identity, mqtt, topics
 from provisioning import broker, ca
 from provisioning.home import HubHome
@@ -57,16 +59,18 @@ class HubFleet:
         ca_key, ca_cert = self.home.load_ca()
         folder = self.root / "devices"
         folder.mkdir(exist_ok=True)
+        first = len(list(folder.glob("*.crt")))
         registry = open_registry(self.home)
         devices = []
         try:
-            registry.add_claim("load", ca.new_secret(), {}, time.time() + 3600, count, 1)
-            for i in range(count):
+            claim = f"load-{time.time_ns()}"
+            registry.add_claim(claim, ca.new_secret(), {}, time.time() + 3600, count, 1)
+            for i in range(first, first + count):
                 key = identity.generate_key()
                 device_id = identity.device_id_for(key.public_key())
                 not_after = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
                 cert = ca.issue(ca_key, ca_cert, key, device_id, not_after)
-                registry.add_device(device_id, "load", {}, {}, cert.serial_number)
+                registry.add_device(device_id, claim, {}, {}, cert.serial_number)
                 (folder / f"{i}.crt").write_bytes(ca.to_pem(cert))
                 (folder / f"{i}.key").write_bytes(identity.key_to_pem(key))
                 devices.append(FakeDevice(
@@ -92,12 +96,27 @@ class FakeDevice:
         self.port = port
         self.tls = mqtt.tls_context(ca_cert, cert, key)
         self.acked: list[float] = []
+        self.reconnects = 0
 
-    async def report(self, snapshot: dict[str, Any], interval: float, until: float) -> None:
-        async with mqtt.client("localhost", self.port, self.device_id, self.tls) as client:
-            while time.time() < until:
-                taken = time.time()
-                body = json.dumps(snapshot | {"taken_at_s": taken})
-                await client.publish(topics.health(self.device_id), body, qos=1, timeout=60)
-                self.acked.append(taken)
-                await asyncio.sleep(interval)
+    async def report(
+        self, snapshot: dict[str, Any], interval: float, until: float, offset: float = 0.0
+    ) -> None:
+        """Every ``interval`` s from ``offset`` s on until ``until``. A lost connection is
+        counted and made again; a report it took unacknowledged is not counted sent."""
+        await asyncio.sleep(offset)
+        while time.time() < until:
+            try:
+                async with mqtt.client(
+                    "localhost", self.port, self.device_id, self.tls, timeout=60
+                ) as client:
+                    while time.time() < until:
+                        taken = time.time()
+                        body = json.dumps(snapshot | {"taken_at_s": taken})
+                        await client.publish(
+                            topics.health(self.device_id), body, qos=1, timeout=60
+                        )
+                        self.acked.append(taken)
+                        await asyncio.sleep(interval)
+            except aiomqtt.MqttError:
+                self.reconnects += 1
+                await asyncio.sleep(1)

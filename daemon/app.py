@@ -26,7 +26,7 @@ from appliance.errors import LinkError
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.payloads import EventAck
 from appliance.service import Service, Supervisor, TaskGroupService
-from daemon import compose, remote, sdnotify, versions
+from daemon import compose, sdnotify, versions
 from daemon.api.server import ApiServer, parse_listen
 from daemon.api.tls import ApiTls
 from daemon.delivery.service import ModelService
@@ -34,11 +34,12 @@ from daemon.finetune.jobs import ACTIVE as ACTIVE_JOBS
 from daemon.finetune.jobs import JobOutcome
 from daemon.finetune.review import review_upload
 from daemon.health import DaemonMetrics, HealthService
-from daemon.hublink import HubLink, MessageHandler
+from daemon.hub import remote
+from daemon.hub.link import HubLink, MessageHandler
+from daemon.hub.outbox import Outbox
+from daemon.hub.provisioner import Provisioner
+from daemon.hub.renewal import Renewed
 from daemon.osupdate.service import OsUpdateService
-from daemon.outbox import Outbox
-from daemon.provisioner import Provisioner
-from daemon.renewal import Renewed
 from daemon.state import Identity, StateDir, StatusFile
 from daemon.uplink.provider import ModelProvider, NoModel, StaticModel, StaticModelLoader
 from daemon.web.report import install_route as install_report_route

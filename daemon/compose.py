@@ -21,7 +21,7 @@ from daemon.delivery.service import ModelService
 from daemon.finetune.api import FinetuneApi
 from daemon.finetune.service import Emit, FinetuneService, ReviewUpload
 from daemon.health import DaemonMetrics, HealthService
-from daemon.outbox import Outbox
+from daemon.hub.outbox import Outbox
 from daemon.uplink.api import UplinkApi
 from daemon.uplink.provider import ModelProvider
 from daemon.uplink.service import UplinkService

@@ -10,7 +10,7 @@ from appliance.errors import ConfigError
 from appliance.logs import setup_logging
 from appliance.service import run_until_signal
 from daemon.app import Daemon, RunOptions
-from daemon.provisioner import read_verified_bundle
+from daemon.hub.provisioner import read_verified_bundle
 from daemon.state import StateDir, load_identity
 
 DEFAULT_TRUST_KEY = Path("/etc/spoke/provisioning.pub")

@@ -500,7 +500,7 @@ def pinned_root(store: ModelStore, bundle: Path, trust_key: Path) -> bytes | Non
     if pin.exists():
         return pin.read_bytes()
     from appliance.fsutil import atomic_write
-    from daemon.provisioner import read_verified_bundle
+    from daemon.hub.provisioner import read_verified_bundle
 
     try:
         payload = read_verified_bundle(bundle, trust_key)

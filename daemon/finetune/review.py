@@ -34,7 +34,7 @@ def review_files(job_dir: Path, result: JobOutcome) -> dict[str, bytes]:
 
 
 async def review_upload(ident: Any, job_dir: Path, result: JobOutcome) -> dict[str, Any]:
-    from daemon.remote import tarball, tls_for
+    from daemon.hub.remote import tarball, tls_for
 
     files = review_files(job_dir, result)
     url = (f"https://{ident.hub_host}:{ident.http_port}/v1/devices/{ident.device_id}"

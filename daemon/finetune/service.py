@@ -649,7 +649,7 @@ def _stored_outcome(job: dict[str, Any]) -> JobOutcome | None:
 
 def _gpus() -> list[Any]:
     with contextlib.suppress(Exception):
-        from daemon.hardware import nvidia_gpus
+        from daemon.hub.hardware import nvidia_gpus
 
         return nvidia_gpus()
     return []

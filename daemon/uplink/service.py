@@ -40,7 +40,7 @@ from daemon.uplink.tokens import TokenStore
 
 if TYPE_CHECKING:
     from daemon.health.metrics import DaemonMetrics
-    from daemon.outbox import Outbox
+    from daemon.hub.outbox import Outbox
     from daemon.uplink.store import ResultStore
     from models.images import DecodedImage
 

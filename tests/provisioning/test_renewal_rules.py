@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from appliance import identity
 from appliance.keystore import KeyStore
 from appliance.payloads import EnrollRequest, RenewRequest
-from daemon import renewal
+from daemon.hub import renewal
 from daemon.state import StateDir, clean_leftovers, load_identity, save_identity
 from provisioning import ca
 from provisioning.enrollment import (

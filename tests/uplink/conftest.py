@@ -19,7 +19,7 @@ from appliance.config import ApiSection, UplinkSection
 from daemon import compose
 from daemon.api.server import ApiServer
 from daemon.health import DaemonMetrics
-from daemon.outbox import Outbox
+from daemon.hub.outbox import Outbox
 from daemon.uplink.provider import NoModel, StaticModel
 from daemon.uplink.service import UplinkService
 from models.artifact import Artifact, write_artifact

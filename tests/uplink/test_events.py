@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.outbox import Outbox
+from daemon.hub.outbox import Outbox
 from daemon.uplink.provider import LoadedArtifact
 from daemon.uplink.service import event_id
 from models.artifact import Artifact

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from appliance.errors import LinkError
-from daemon.outbox import Outbox
+from daemon.hub.outbox import Outbox
 
 
 class Link:

@@ -20,8 +20,8 @@ from appliance.fsutil import atomic_write
 from appliance.keystore import KeyStore
 from appliance.mqtt import Backoff
 from appliance.service import TaskGroupService
-from daemon import bundle_finder, hardware
-from daemon.enroll import enroll
+from daemon.hub import bundle_finder, hardware
+from daemon.hub.enroll import enroll
 from daemon.state import Identity, StateDir, StatusFile, clean_leftovers, load_identity
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 It connects with the device certificate, sets a retained last will ``offline``, then publishes
 ``online`` and its state (both retained). When the broker or hub goes away it reconnects with
 exponential backoff and full jitter, capped by config. It renews its certificate over the
-session (daemon/renewal.py) and reconnects with the new one; a certificate that expired
+session (daemon/hub/renewal.py) and reconnects with the new one; a certificate that expired
 anyway hands the device back to provisioning (``on_expired``).
 """
 
@@ -22,7 +22,7 @@ from appliance.config import HubLinkSection
 from appliance.errors import EnrollmentRefused, IdentityError, LinkError
 from appliance.payloads import AVAILABLE_OFFLINE, AVAILABLE_ONLINE, AVAILABLE_STOPPED
 from appliance.service import TaskGroupService
-from daemon import renewal
+from daemon.hub import renewal
 from daemon.state import Identity, StateDir, StatusFile
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from daemon.osupdate.update import fetch_and_stage, source_dir
 from provisioning import osupdates
 from tests.delivery.simulator import SimulatedRepository
 from tests.support.osrelease import make_release
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not SYSUPDATE.exists() or not shutil.which("systemd-repart")
@@ -375,9 +376,8 @@ def test_an_unprivileged_daemon_stages_through_the_root_unit(
     worker = threading.Thread(target=daemon_side)
     worker.start()
     request = state / "os" / "stage-request"
-    deadline = time.monotonic() + 60
-    while not request.exists() and worker.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: request.exists() or not worker.is_alive(), 60,
+             "the daemon side's stage request")
     assert request.read_text() == "2\n"
     assert run_os_stage(state, disk).returncode == 0
     worker.join(60)

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.fleet import free_port
+from tests.support.wait import wait_for
 
 # SeaweedFS accepts any key pair while no identities are configured; boto3 must sign with some.
 ACCESS = {"AWS_ACCESS_KEY_ID": "spoke-test", "AWS_SECRET_ACCESS_KEY": "spoke-test-secret"}
@@ -57,17 +57,19 @@ def seaweedfs(timeout: float = 90.0) -> Iterator[Store]:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     store = Store(f"http://127.0.0.1:{ports['s3.port']}")
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def answers() -> bool:
             try:
                 store.client().list_buckets()
-                break
+                return True
             except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        "SeaweedFS did not start:\n" + (root / "weed.log").read_text()[-2000:]
-                    ) from None
-                time.sleep(0.5)
+                assert proc.poll() is None, "SeaweedFS exited:\n" + log_tail()
+                return False
+
+        def log_tail() -> str:
+            return (root / "weed.log").read_text()[-2000:]
+
+        wait_for(answers, timeout, lambda: "SeaweedFS to start:\n" + log_tail(), 0.5)
         yield store
     finally:
         proc.terminate()

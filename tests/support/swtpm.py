@@ -3,13 +3,13 @@
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import tpm
+from tests.support.wait import wait_for
 
 NEEDED = ("swtpm", *tpm.TOOLS)
 
@@ -57,16 +57,18 @@ def running(state: Path) -> Iterator[SoftTpm]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def listens() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", ctrl), timeout=1).close()
-                break
+                return True
             except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is not None:
                     err = proc.stderr.read().decode() if proc.stderr else ""
                     raise RuntimeError(f"swtpm did not start: {err}") from None
-                time.sleep(0.05)
+                return False
+
+        wait_for(listens, 20, "swtpm's control port", 0.05)
         yield SoftTpm(port, state)
     finally:
         proc.terminate()

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from models.artifact import WEIGHTS_FILE, load_artifact
+from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -95,9 +95,8 @@ def kill_after_first_checkpoint(cmd: list[str], ckpt: Path) -> dict[str, object]
         cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 300
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: ckpt.exists() or proc.poll() is not None, 300,
+                 "the first checkpoint (or the run's end)", 0.02)
     finally:
         tree = psutil.Process(proc.pid)
         for p in [tree, *tree.children(recursive=True)]:

@@ -19,6 +19,7 @@ from models.training.loop import Budget, choose_settings, train
 from models.training.mae import MaskedAutoencoder
 from models.training.pretrain import PretrainConfig, fresh_head, pretrain
 from models.vit import build_model
+from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -175,9 +176,8 @@ def test_resumes_after_kill_9_exactly_where_it_stopped(tmp_path: Path) -> None:
         _pretrain_cmd(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 60
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: ckpt.exists() or proc.poll() is not None, 60,
+                 "the first checkpoint (or the run's end)", 0.02)
         assert ckpt.exists(), "no checkpoint appeared"
     finally:
         proc.send_signal(signal.SIGKILL)

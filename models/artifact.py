@@ -320,7 +320,8 @@ def _extract(tar_path: Path, dest: Path) -> None:
 
 
 def _load_dir(root: Path) -> Artifact:
-    card = read_card(root)
+    raw = _card_bytes(root)
+    card = _parse_card(root, raw)
     for fname in (ONNX_FILE, WEIGHTS_FILE):
         if fname not in card.files:
             raise ArtifactError(f"{root / CARD_FILE}: no sha256 for {fname}")
@@ -331,10 +332,11 @@ def _load_dir(root: Path) -> Artifact:
         actual = sha256_file(fpath)
         if actual != digest:
             raise ArtifactError(f"{fpath}: sha256 {actual} does not match the card's {digest}")
-    return Artifact(root, card, _check_graph_and_weights(root, card))
+    signature = _check_graph_and_weights(root, card, hashlib.sha256(raw).hexdigest())
+    return Artifact(root, card, signature)
 
 
-def _check_graph_and_weights(root: Path, card: ModelCard) -> GraphSignature:
+def _check_graph_and_weights(root: Path, card: ModelCard, card_sha256: str) -> GraphSignature:
     """Run the ONNX checker and build the model from its weights, or reuse the verdict of an
     earlier load of the same bytes.
 
@@ -342,8 +344,9 @@ def _check_graph_and_weights(root: Path, card: ModelCard) -> GraphSignature:
     files, whose hashes the card holds and ``_load_dir`` has just verified, so it is kept in
     the engine cache under the card's sha256: a second ``spoke infer`` on the same model
     starts without either library. The cache is trusted like the int8 graphs beside it; an
-    unwritable cache only means checking every time."""
-    record = default_cache_dir() / "verified" / f"{sha256_file(root / CARD_FILE)}.json"
+    unwritable cache only means checking every time. ``card_sha256``: the hash of the card
+    bytes that were parsed (not read again: they are what the verdict is about)."""
+    record = default_cache_dir() / "verified" / f"{card_sha256}.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return GraphSignature.from_dict(json.loads(record.read_text()))
     from models.export import check_onnx
@@ -366,12 +369,24 @@ def _check_graph_and_weights(root: Path, card: ModelCard) -> GraphSignature:
 
 def read_card(root: Path) -> ModelCard:
     """Parse and validate ``card.json`` alone (no file hashes checked)."""
+    return _parse_card(root, _card_bytes(root))
+
+
+def _card_bytes(root: Path) -> bytes:
     card_path = root / CARD_FILE
     if not card_path.is_file():
         raise ArtifactError(f"{root}: missing file {CARD_FILE}")
     try:
-        data = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return card_path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{card_path}: not valid JSON: {exc}") from exc
+
+
+def _parse_card(root: Path, raw: bytes) -> ModelCard:
+    card_path = root / CARD_FILE
+    try:
+        data = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{card_path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ArtifactError(f"{card_path}: must be a JSON object")

@@ -1,79 +1,46 @@
 """``spoke-hub tokens create|list|revoke``: operator tokens for the hub's API and dashboard.
 
-The token is printed once, alone on its line (``--json``: ``{"token": ...}``); only its hash is
-kept. Revocation holds from the next request on and ends the token's browser sessions.
+The commands are ``appliance.tokencli``'s (the appliance's uplink tokens share them); the
+tokens live in the registry. Revocation holds from the next request on and ends the token's
+browser sessions.
 """
 
 import argparse
+from typing import Any
 
-from appliance.cli import print_json, print_table
+from appliance.tokencli import TokenCommands
 from provisioning import operators
 from provisioning.commands.common import add_home, home_of
-from provisioning.registry import Registry, open_registry
+from provisioning.registry import OperatorToken, open_registry
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokens", help="operator tokens for the hub's API, dashboard and metrics")
-    tsub = p.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
-    c = tsub.add_parser("create", help="create a token and print it once")
-    add_home(c)
-    c.add_argument("--name", required=True, help="who uses it, e.g. alice or prometheus")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(handler=create)
-    ls = tsub.add_parser("list", help="list tokens (never the tokens themselves)")
-    add_home(ls)
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=list_tokens)
-    r = tsub.add_parser("revoke", help="revoke a token by name or id")
-    add_home(r)
-    r.add_argument("token", metavar="NAME_OR_ID")
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(handler=revoke)
+class _OperatorTokens:
+    """The registry's operator tokens, as ``appliance.tokencli.TokenBook``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        home = home_of(args)
+        home.require()
+        self.registry = open_registry(home)
+
+    def create(self, name: str, expires_in_s: float | None) -> tuple[OperatorToken, str]:
+        return operators.create_token(self.registry, name)
+
+    def all(self) -> list[OperatorToken]:
+        return self.registry.operator_tokens()
+
+    def revoke(self, name_or_id: str) -> OperatorToken:
+        return operators.revoke_token(self.registry, name_or_id)
+
+    def close(self) -> None:
+        self.registry.close()
 
 
-def _registry(args: argparse.Namespace) -> Registry:
-    home = home_of(args)
-    home.require()
-    return open_registry(home)
+def _row(token: dict[str, Any]) -> dict[str, Any]:
+    return {**token, "state": "active" if token["active"] else "revoked"}
 
 
-def create(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    try:
-        info, token = operators.create_token(registry, args.name)
-    finally:
-        registry.close()
-    if args.json:
-        print_json({"token": token, **info.as_dict()})
-    else:
-        print(token)
-    return 0
-
-
-def list_tokens(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    try:
-        tokens = [t.as_dict() for t in registry.operator_tokens()]
-    finally:
-        registry.close()
-    if args.json:
-        print_json(tokens)
-        return 0
-    print_table(
-        [{**t, "state": "active" if t["active"] else "revoked"} for t in tokens],
-        ["id", "name", "state"],
-    )
-    return 0
-
-
-def revoke(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    try:
-        info = operators.revoke_token(registry, args.token)
-    finally:
-        registry.close()
-    if args.json:
-        print_json(info.as_dict())
-    else:
-        print(f"token {info.name} ({info.id}) revoked")
-    return 0
+COMMANDS = TokenCommands(
+    help="operator tokens for the hub's API, dashboard and metrics",
+    example_names="alice or prometheus", add_location=add_home, open_book=_OperatorTokens,
+    columns=("id", "name", "state"), row=_row)
+register = COMMANDS.register

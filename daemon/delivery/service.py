@@ -140,15 +140,21 @@ class ModelService(TaskGroupService):
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.resume()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.spawn(self._loop(), "reconcile")
+
+    async def resume(self) -> None:
+        """What ``start`` does before its background loop: recover the store, serve the
+        current model, give a model on probation a fresh gate. (Tests that drive each
+        reconcile pass themselves call this alone.)"""
         self._loop_ref = asyncio.get_running_loop()
         with self.store.locked():
             for line in self.store.recover():
                 log.warning("model store recovery: %s", line)
         await self._load_current()
         self._resume_gate()
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
-        self.spawn(self._loop(), "reconcile")
 
     def _resume_gate(self) -> None:
         """After a clean stop during probation, the model being served gets a fresh gate."""

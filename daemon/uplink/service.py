@@ -120,11 +120,11 @@ class UplinkService(TaskGroupService):
     async def start(self) -> None:
         from daemon.uplink.store import ResultStore
 
-        self.store = await self._db(ResultStore, self.root)
+        self.store = await self.db(ResultStore, self.root)
         if self.store.orphans_removed:
             log.warning("removed image files a crash left without a row",
                         extra={"count": self.store.orphans_removed})
-        for image_id in await self._db(self.store.requeue_interrupted):
+        for image_id in await self.db(self.store.requeue_interrupted):
             self._enqueue(image_id)
         if self._pending:
             log.info("resuming queued images", extra={"count": len(self._pending)})
@@ -145,13 +145,13 @@ class UplinkService(TaskGroupService):
         await self.batcher.stop()
         self._cpu.shutdown(wait=True, cancel_futures=True)
         if self.store is not None:
-            await self._db(self.store.close)
+            await self.db(self.store.close)
         self._db_exec.shutdown(wait=True)
         self.tokens.close()
 
     # -- helpers -------------------------------------------------------------------------
 
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Every store call runs on the one writer thread, in order."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db_exec, functools.partial(fn, *args, **kwargs))
@@ -162,7 +162,7 @@ class UplinkService(TaskGroupService):
     async def query(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
         """Read from the store (on the writer thread, so reads see every write before them)."""
         assert self.store is not None
-        return await self._db(getattr(self.store, fn_name), *args, **kwargs)
+        return await self.db(getattr(self.store, fn_name), *args, **kwargs)
 
     def _on_batch(self, backend: str, tiles: int, seconds: float) -> None:
         if self.metrics is not None:
@@ -238,7 +238,7 @@ class UplinkService(TaskGroupService):
         assert self.store is not None
         self.admit_type(content_type)
         image_id = hashlib.sha256(data).hexdigest()
-        known = await self._db(self.store.get, image_id)
+        known = await self.db(self.store.get, image_id)
         if known is not None:
             return Accepted(image_id, known["status"], False)
         if len(data) > self.max_upload_bytes:
@@ -261,7 +261,7 @@ class UplinkService(TaskGroupService):
             captured_at=meta.captured_at or m.captured_at, format=m.format, width=m.width,
             height=m.height, gps=gps, warnings=m.warnings)
         try:
-            row, created = await self._db(self.store.add, new)
+            row, created = await self.db(self.store.add, new)
         except StorageFull as exc:
             raise Refused(507, "storage_full", f"the appliance's data partition is full ({exc})",
                           retry_after=STORAGE_RETRY_S) from exc
@@ -314,7 +314,7 @@ class UplinkService(TaskGroupService):
                 raise
             except Exception as exc:
                 log.exception("image processing failed", extra={"image": image_id})
-                await self._db(self.store.mark_failed, image_id, f"inference failed: {exc}")
+                await self.db(self.store.mark_failed, image_id, f"inference failed: {exc}")
                 return
 
     async def _try_process(self, image_id: str, model: ServedModel) -> StorageFull | None:
@@ -331,10 +331,10 @@ class UplinkService(TaskGroupService):
         from models.pipeline import Pipeline, TileOptions
 
         assert self.store is not None
-        row = await self._db(self.store.get, image_id)
+        row = await self.db(self.store.get, image_id)
         if row is None or row["status"] not in PENDING:
             return
-        await self._db(self.store.mark_running, image_id, model.name, model.version,
+        await self.db(self.store.mark_running, image_id, model.name, model.version,
                        model.backend.name)
         pipeline = Pipeline(model.artifact, model.backend,
                             TileOptions(self.config.tile_overlap, self.config.downscale))
@@ -342,7 +342,7 @@ class UplinkService(TaskGroupService):
         try:
             image = self._hot.pop(image_id, None)
             if image is None:
-                data = await self._db(self.store.read_image, row)
+                data = await self.db(self.store.read_image, row)
                 if data is None:
                     raise ImageError("the stored image is missing")
                 image = await self._cpu_run(self._decode, data)
@@ -354,7 +354,7 @@ class UplinkService(TaskGroupService):
             result = await self._cpu_run(pipeline.aggregate, image, tiled, probs)
             t4 = time.perf_counter()
         except ImageError as exc:  # the image's fault; a model error reaches the lease (and gate)
-            await self._db(self.store.mark_failed, image_id, str(exc))
+            await self.db(self.store.mark_failed, image_id, str(exc))
             return
         result.timings = {"decode_s": round(t1 - t0, 4), "tile_s": round(t2 - t1, 4),
                           "infer_s": round(t3 - t2, 4), "aggregate_s": round(t4 - t3, 4),
@@ -368,7 +368,7 @@ class UplinkService(TaskGroupService):
                 thumb = await self._cpu_run(_thumbnail, image)
             self.outbox.put(EVENT_KIND, summary(row, result.labels, result.probs, model, thumb),
                             event_id=event_id(image_id, model))
-        await self._db(self.store.mark_done, image_id, {
+        await self.db(self.store.mark_done, image_id, {
             "labels": result.labels, "probs": result.probs, "tiles": tiles,
             "timings": result.timings})
 
@@ -378,7 +378,7 @@ class UplinkService(TaskGroupService):
         from models.pipeline import ImageResult, TileFinding, render_overlay
 
         assert self.store is not None
-        data = await self._db(self.store.read_image, row)
+        data = await self.db(self.store.read_image, row)
         if data is None:
             return None
         image = await self._cpu_run(self._decode, data)
@@ -391,7 +391,7 @@ class UplinkService(TaskGroupService):
 
     async def sweep(self) -> list[str]:
         assert self.store is not None
-        removed = await self._db(self.store.sweep, self.config.retention_max_bytes,
+        removed = await self.db(self.store.sweep, self.config.retention_max_bytes,
                                  self.config.retention_max_age_s)
         if removed:
             log.info("retention removed stored images", extra={"count": len(removed)})

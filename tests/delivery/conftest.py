@@ -61,11 +61,7 @@ class Harness:
     async def start(self) -> Harness:
         # Start without the background loop: tests drive each pass themselves.
         svc = self.service
-        svc._loop_ref = asyncio.get_running_loop()
-        with svc.store.locked():
-            svc.store.recover()
-        await svc._load_current()
-        svc._resume_gate()
+        await svc.resume()
         svc.attach(self.sim.root, self.sim.base, self.sim)
         return self
 

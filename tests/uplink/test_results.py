@@ -152,7 +152,7 @@ async def test_retention_deletes_processed_images_oldest_first(make_uplink: Any)
     assert await uplink.service.sweep() == []  # unprocessed: never deleted
     store = uplink.service.store
     assert store is not None
-    await uplink.service._db(
+    await uplink.service.db(
         store.mark_done, queued["id"], {"labels": [], "probs": {}, "tiles": [], "timings": {}}
     )
     assert await uplink.service.sweep() == [queued["id"]]
@@ -167,12 +167,12 @@ async def test_retention_deletes_by_age_keeping_the_young(make_uplink: Any) -> N
     ids = []
     for seed in (1, 2):
         body = await (await uplink.post(image_bytes(seed=seed))).json()
-        await uplink.service._db(store.mark_done, body["id"], {"labels": []})
+        await uplink.service.db(store.mark_done, body["id"], {"labels": []})
         ids.append(body["id"])
-    await uplink.service._db(
+    await uplink.service.db(
         store.db.execute, "UPDATE images SET received_at = 0 WHERE id = ?", [ids[0]]
     )
-    removed = await uplink.service._db(store.sweep, 10**9, 3600.0)
+    removed = await uplink.service.db(store.sweep, 10**9, 3600.0)
     assert removed == [ids[0]]
 
 

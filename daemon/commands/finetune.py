@@ -21,7 +21,7 @@ from appliance.cli import print_json, print_table
 from appliance.errors import ConfigError, DataError
 from daemon.commands.run import add_state_dir
 from daemon.finetune.jobs import ACTIVE, FINAL, JobStatus
-from daemon.finetune.service import METHODS
+from daemon.finetune.options import METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,8 +81,8 @@ def daemon_running(state_dir: Path) -> bool:
 def precheck(state_dir: Path, seed: int) -> None:
     """The checks the daemon makes too, made here for an immediate answer: an active model,
     known labels, enough samples to hold some out."""
-    from daemon.finetune.samples import SampleStore, active_labels, label_targets
-    from models.finetune.split import stratified_split
+    from daemon.finetune.samples import SampleStore, active_labels, job_split
+    from daemon.finetune.service import load_section
 
     known, model = active_labels(state_dir)
     if model is None:
@@ -92,14 +92,11 @@ def precheck(state_dir: Path, seed: int) -> None:
         rows, accepted = store.rows(), store.accepted_labels()
     finally:
         store.close()
-    labels, targets = label_targets(rows, known, accepted, model)
-    from daemon.finetune.service import load_section
-
-    stratified_split(targets, labels, load_section(state_dir).held_out_fraction, seed)
+    job_split(rows, known, accepted, model, load_section(state_dir).held_out_fraction, seed)
 
 
 def start(args: argparse.Namespace) -> int:
-    from daemon.finetune.service import check_options
+    from daemon.finetune.options import check_options
 
     state_dir = args.state_dir.resolve()
     options = check_options({"method": args.method, "budget": args.budget,

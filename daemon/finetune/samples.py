@@ -257,6 +257,18 @@ def label_targets(rows: Sequence[dict[str, Any]], known: Sequence[str], accepted
     return labels, targets
 
 
+def job_split(rows: Sequence[dict[str, Any]], known: Sequence[str], accepted: Sequence[str],
+              model_ref: str, held_out_fraction: float, seed: int) -> tuple[list[str], Any, Any]:
+    """What a job's plan checks before it is queued (the daemon's ``FinetuneService.plan`` and
+    ``spoke finetune start`` alike): every label known or accepted, and a stratified split
+    that holds some samples out. The label set, then the train and held-out indices."""
+    from models.finetune.split import stratified_split
+
+    labels, targets = label_targets(rows, known, accepted, model_ref)
+    train, held = stratified_split(targets, labels, held_out_fraction, seed)
+    return labels, train, held
+
+
 def active_labels(state_root: Path) -> tuple[list[str], str | None]:
     """The active model's labels and ``name@version`` as the files say (for the CLI, which may
     run without the daemon): the model store's ``current`` card, else what the daemon last

@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -38,7 +37,8 @@ from appliance.finetune import JobResult
 from appliance.fsutil import atomic_write
 from appliance.service import Notify, TaskGroupService, tell, unheard
 from daemon.finetune.jobs import JobConflict, JobOutcome, JobStatus, JobStore
-from daemon.finetune.samples import SampleStore, label_targets
+from daemon.finetune.options import OPTION_KEYS, check_options
+from daemon.finetune.samples import SampleStore, job_split
 
 log = logging.getLogger(__name__)
 
@@ -47,55 +47,10 @@ Emit = Callable[[str, dict[str, Any]], object]
 #: Sends a promoted job's review files to the hub: its answer, or None when there is no hub
 #: to send to (not enrolled yet, or ``--standalone``).
 ReviewUpload = Callable[[Path, JobOutcome], Awaitable[dict[str, Any] | None]]
-METHODS = ("auto", "linear", "lora", "partial", "full")
 MAX_ATTEMPTS = 3
 PROGRESS_EVENT_EVERY_S = 5.0
 REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
-OPTION_KEYS = {"method", "budget", "epochs", "seed"}
-
-
-def parse_budget(value: Any) -> float:
-    """``600``, ``"90s"``, ``"10m"``, ``"1h"`` -> seconds."""
-    if isinstance(value, bool):
-        raise DataError(f"budget {value!r}: give seconds or 90s / 10m / 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
-        if m is None:
-            raise DataError(f"budget {value!r}: give seconds or 90s / 10m / 1h")
-        seconds = float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
-    if not 0 < seconds <= 24 * 3600:
-        raise DataError("the budget must be between 1 second and 24 hours")
-    return seconds
-
-
-def check_options(raw: dict[str, Any]) -> dict[str, Any]:
-    """Validated job options (what the API, the CLI and the hub's command may set)."""
-    unknown = set(raw) - OPTION_KEYS
-    if unknown:
-        raise DataError(f"unknown fine-tune option(s) {', '.join(sorted(unknown))}; known: "
-                        f"{', '.join(sorted(OPTION_KEYS))}")
-    out: dict[str, Any] = {"method": str(raw.get("method") or "auto")}
-    if out["method"] not in METHODS:
-        raise DataError(f"method {out['method']!r}: choose one of {', '.join(METHODS)}")
-    if raw.get("budget") is not None:
-        out["budget_s"] = parse_budget(raw["budget"])
-    if raw.get("epochs") is not None:
-        try:
-            epochs = int(raw["epochs"])
-        except (TypeError, ValueError) as exc:
-            raise DataError("epochs must be a whole number") from exc
-        if not 1 <= epochs <= 10_000 or isinstance(raw["epochs"], bool):
-            raise DataError("epochs must be between 1 and 10000")
-        out["epochs"] = epochs
-    if raw.get("seed") is not None:
-        try:
-            out["seed"] = int(raw["seed"])
-        except (TypeError, ValueError) as exc:
-            raise DataError("seed must be a whole number") from exc
-    return out
 
 
 def _child_limits(niceness: int) -> Callable[[], None]:
@@ -252,7 +207,6 @@ class FinetuneService(TaskGroupService):
         """Everything a job needs, checked now: the parent model, the samples, the label set
         and a split that works. Raises a ``DataError`` naming what is wrong."""
         from models.finetune.spec import default_method
-        from models.finetune.split import stratified_split
 
         assert self.samples is not None
         model = self.provider.current()
@@ -260,10 +214,9 @@ class FinetuneService(TaskGroupService):
             raise DataError("no active model to fine-tune yet")
         card = model.artifact.card
         rows = self.samples.rows()
-        labels, targets = label_targets(rows, card.labels, self.samples.accepted_labels(),
-                                        card.ref)
-        train, held = stratified_split(targets, labels, self.config.held_out_fraction,
-                                       int(options.get("seed", 0)))
+        labels, train, held = job_split(rows, card.labels, self.samples.accepted_labels(),
+                                        card.ref, self.config.held_out_fraction,
+                                        int(options.get("seed", 0)))
         taken: list[str] = []
         if self.models is not None:
             taken = [str(m.get("version")) for m in self.models.store.entries()]

@@ -8,8 +8,8 @@ import torch
 
 from appliance.errors import IdentityError
 from appliance.identity import generate_key, key_to_pem
+from daemon.finetune.options import check_options, parse_budget
 from daemon.finetune.promote import next_version, sign_statement, verify_signed
-from daemon.finetune.service import check_options, parse_budget
 from models.finetune.gate import Changes, LabelChanges, compare, label_changes
 from models.finetune.methods import merge, prepare
 from models.finetune.split import TooFewSamples, stratified_split

@@ -127,7 +127,7 @@ class Workbench:
         return {"name": card.name, "version": card.version}, dict(card.thresholds)
 
     async def context(self, request: web.Request) -> web.Response:
-        from daemon.finetune.service import METHODS
+        from daemon.finetune.options import METHODS
         from models.finetune.split import MIN_SAMPLES
 
         svc = self.sources.finetune

@@ -126,7 +126,9 @@ class ModelService(TaskGroupService):
         self.emit = emit
         self.prepare = prepare
         self.tuf: TufClient | None = None
-        self.gate: HealthGate | None = None
+        self._gate: HealthGate | None = None
+        self._no_gate = asyncio.Event()
+        self._no_gate.set()
         self.on_change = on_change
         self._wake = asyncio.Event()
         self._reload = False
@@ -144,6 +146,24 @@ class ModelService(TaskGroupService):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
         self.spawn(self._loop(), "reconcile")
+
+    @property
+    def gate(self) -> HealthGate | None:
+        """The health gate of the model on probation, or None."""
+        return self._gate
+
+    @gate.setter
+    def gate(self, gate: HealthGate | None) -> None:
+        self._gate = gate
+        if gate is None:
+            self._no_gate.set()
+        else:
+            self._no_gate.clear()
+
+    async def gate_closed(self) -> None:
+        """Return once no model is on probation: its gate committed it, rolled it back, or
+        the service stopped."""
+        await self._no_gate.wait()
 
     async def resume(self) -> None:
         """What ``start`` does before its background loop: recover the store, serve the

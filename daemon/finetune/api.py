@@ -272,7 +272,7 @@ class FinetuneApi:
         if isinstance(job, web.Response):
             return job
         svc = self.service
-        queue = svc.subscribe(job["id"])
+        queue = svc.feed.subscribe(job["id"])
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -296,7 +296,7 @@ class FinetuneApi:
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         finally:
-            svc.unsubscribe(job["id"], queue)
+            svc.feed.unsubscribe(job["id"], queue)
 
 
     # -- the model store -------------------------------------------------------------------

@@ -1,43 +1,40 @@
-"""The fine-tune job runner inside ``spoke run``.
+"""The fine-tune job runner inside ``spoke run``: it plans, queues and runs one job at a time.
 
-One job at a time, each in its own process (``python -m models.finetune.worker``) at a raised
-niceness with capped threads (and a GPU memory fraction when on a GPU), so the daemon and the
-uplink keep their CPU. The worker dies with the daemon (``PR_SET_PDEATHSIG``); a job that was
-running when the daemon died is queued again on start and resumes from its checkpoint. A worker
-killed from outside (the OOM killer, kill -9) is restarted from its checkpoint a few times.
+Its pieces each have a module: options (``options.py``), the job rows (``jobs.py``), the
+worker process and its supervision (``runner.py``: niceness, thread caps, dies with the
+daemon), live updates for server-sent-event subscribers (``feed.py``), signing and installing
+a candidate (``promote.py``) and the review upload (``review.py``). A job that was running when
+the daemon died is queued again on start and resumes from its checkpoint; a worker killed from
+outside (the OOM killer, kill -9) is restarted from its checkpoint a few times.
 
-Progress goes to the job row, to server-sent-event subscribers and, throttled, to the hub as
-``finetune_progress`` events; the outcome goes to the hub as ``finetune_finished`` (or
-``finetune_failed`` / ``finetune_cancelled``) and into the reported state. A candidate that
-passes the evaluation gate is promoted through ``daemon/finetune/promote.py``.
+Progress goes to the job row, to the feed and, throttled, to the hub as ``finetune_progress``
+events; the outcome goes to the hub as ``finetune_finished`` (or ``finetune_failed`` /
+``finetune_cancelled``) and into the reported state. A candidate that passes the evaluation
+gate is promoted, and its fate under the model health gate is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import logging
-import os
-import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
 from appliance.config import FinetuneSection
 from appliance.errors import DataError, SpokeError
 from appliance.finetune import JobResult
 from appliance.fsutil import atomic_write
 from appliance.service import Notify, TaskGroupService, tell, unheard
+from daemon.finetune.feed import JobFeed
 from daemon.finetune.jobs import JobConflict, JobOutcome, JobStatus, JobStore
 from daemon.finetune.options import OPTION_KEYS, check_options
+from daemon.finetune.runner import Worker
 from daemon.finetune.samples import SampleStore, job_split
 
 log = logging.getLogger(__name__)
@@ -51,16 +48,6 @@ MAX_ATTEMPTS = 3
 PROGRESS_EVENT_EVERY_S = 5.0
 REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
-
-
-def _child_limits(niceness: int) -> Callable[[], None]:
-    def apply() -> None:
-        with contextlib.suppress(OSError):
-            os.nice(niceness)
-        with contextlib.suppress(Exception):  # Linux only: die with the daemon
-            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-    return apply
 
 
 class FinetuneService(TaskGroupService):
@@ -85,9 +72,8 @@ class FinetuneService(TaskGroupService):
         self.upload = upload
         self._db_exec = ThreadPoolExecutor(1, thread_name_prefix="finetune-db")
         self._wake = asyncio.Event()
-        self._proc: asyncio.subprocess.Process | None = None
-        self._running: str | None = None
-        self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
+        self.feed = JobFeed()
+        self._worker: Worker | None = None
         self._last_event = 0.0
         self._stopping = False
         self._reported: dict[str, Any] | None = None
@@ -108,21 +94,17 @@ class FinetuneService(TaskGroupService):
     @property
     def worker_pid(self) -> int | None:
         """The process id of the running job's worker, if one runs."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        return self._worker.pid if self._worker is not None else None
 
     async def stop(self) -> None:
         self._stopping = True
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+        worker = self._worker
+        if worker is not None:
+            worker.terminate()
         await self.cancel_tasks()
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), 5)
+        if worker is not None:
+            worker.kill()
+            await worker.wait(5)
         for store in (self.samples, self.jobs):
             if store is not None:
                 await self.db(store.close)
@@ -183,23 +165,6 @@ class FinetuneService(TaskGroupService):
     async def _changed(self) -> None:
         self._reported = await self.db(self._summary)
         await tell(self.on_change)
-
-    def subscribe(self, job_id: str) -> asyncio.Queue[dict[str, Any] | None]:
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
-        self._subscribers.setdefault(job_id, set()).add(queue)
-        return queue
-
-    def unsubscribe(self, job_id: str, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        subs = self._subscribers.get(job_id)
-        if subs is not None:
-            subs.discard(queue)
-            if not subs:
-                del self._subscribers[job_id]
-
-    def _publish(self, job_id: str, item: dict[str, Any] | None) -> None:
-        for queue in list(self._subscribers.get(job_id, ())):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(item)
 
     # -- starting and cancelling -------------------------------------------------------------
 
@@ -280,9 +245,9 @@ class FinetuneService(TaskGroupService):
     async def cancel(self, job_id: str) -> dict[str, Any]:
         assert self.jobs is not None
         job = await self.db(self.jobs.request_cancel, job_id)
-        if self._running == job_id and self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.terminate()
+        worker = self._worker
+        if worker is not None and worker.job_id == job_id:
+            worker.terminate()
         self.wake()
         return job
 
@@ -329,14 +294,18 @@ class FinetuneService(TaskGroupService):
         attempts = job["attempts"] + 1
         await self.db(self.jobs.update, job_id, status=JobStatus.RUNNING, attempts=attempts,
                       started_at=job["started_at"] or time.time())
-        self._running = job_id
         if attempts == 1:
             self.emit("finetune_started", {"job": job_id})
         else:
             log.info("resuming fine-tune job", extra={"job": job_id, "attempt": attempts})
         await self._changed()
-        outcome, error, result = await self._supervise(job_id, job_dir)
-        self._running = None
+        self._worker = Worker(job_id, job_dir, self.config)
+        try:
+            end = await self._worker.run(functools.partial(self._progress, job_id),
+                                         functools.partial(self._cancel_requested, job_id))
+        finally:
+            self._worker = None
+        outcome, error, result = end.outcome, end.error, end.result
         if self._stopping:
             return  # left "running": the next start resumes it from its checkpoint
         if outcome == "killed":
@@ -363,74 +332,10 @@ class FinetuneService(TaskGroupService):
                 finished = finished.model_copy(update={"review_upload": answer})
         await self._finish(job_id, JobStatus.DONE, result=finished)
 
-    async def _supervise(self, job_id: str, job_dir: Path
-                         ) -> tuple[str, dict[str, Any] | None, JobResult | None]:
-        """Run the worker to its end; (outcome, error, result)."""
+    async def _cancel_requested(self, job_id: str) -> bool:
         assert self.jobs is not None
-        env = dict(os.environ)
-        threads = str(self.config.threads)
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-                   OPENBLAS_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-        stderr = (job_dir / "worker.log").open("ab")
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "models.finetune.worker", str(job_dir),
-                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
-                preexec_fn=_child_limits(self.config.niceness), limit=1 << 22)
-        finally:
-            stderr.close()
-        self._proc = proc
-        log.info("fine-tune worker started", extra={"job": job_id, "pid": proc.pid,
-                                                    "niceness": self.config.niceness,
-                                                    "threads": self.config.threads})
-        watcher = asyncio.create_task(self._watch_cancel(job_id, proc))
-        result: JobResult | None = None
-        error: dict[str, Any] | None = None
-        try:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    continue
-                kind = msg.pop("event", None)
-                if kind == "progress":
-                    await self._progress(job_id, msg)
-                elif kind == "result":
-                    try:
-                        result = JobResult.model_validate(msg)
-                    except ValidationError as exc:
-                        error = {"code": "internal",
-                                 "reason": f"the worker's result is malformed: {exc}"}
-                elif kind == "error":
-                    error = msg
-                elif kind == "log":
-                    log.info("fine-tune: %s", str(msg.get("line", "")).rstrip())
-            code = await proc.wait()
-        finally:
-            watcher.cancel()
-            self._proc = None
         job = await self.db(self.jobs.get, job_id)
-        if job is not None and job["cancel"]:
-            return "cancelled", None, None
-        if result is not None and code == 0:
-            return "done", None, result
-        if error is not None:
-            return "error", error, None
-        return "killed", {"code": "worker_died",
-                          "reason": f"exit status {code} with no result"}, None
-
-    async def _watch_cancel(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
-        assert self.jobs is not None
-        while proc.returncode is None:
-            await asyncio.sleep(0.5)
-            job = await self.db(self.jobs.get, job_id)
-            if job is not None and job["cancel"] and proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                return
+        return job is not None and bool(job["cancel"])
 
     async def _progress(self, job_id: str, data: dict[str, Any]) -> None:
         assert self.jobs is not None
@@ -439,7 +344,8 @@ class FinetuneService(TaskGroupService):
         merged = (job["progress"] if job else None) or {}
         merged.update(data)
         await self.db(self.jobs.update, job_id, progress=merged)
-        self._publish(job_id, {"job": job_id, "status": JobStatus.RUNNING, "progress": merged})
+        self.feed.publish(job_id, {"job": job_id, "status": JobStatus.RUNNING,
+                                   "progress": merged})
         now = time.monotonic()
         if data.get("phase") != "train" or now - self._last_event >= PROGRESS_EVENT_EVERY_S:
             self._last_event = now
@@ -473,8 +379,8 @@ class FinetuneService(TaskGroupService):
             kind = "finetune_cancelled"
         self.emit(kind, event)
         log.info("fine-tune job ended", extra={"job": job_id, "status": status})
-        self._publish(job_id, job)
-        self._publish(job_id, None)
+        self.feed.publish(job_id, job)
+        self.feed.publish(job_id, None)
         await self._changed()
 
     # -- promotion -------------------------------------------------------------------------
@@ -561,8 +467,7 @@ class FinetuneService(TaskGroupService):
     async def _follow_gate(self, job_id: str, sha: str) -> None:
         """Record whether the health gate kept the promoted model."""
         assert self.jobs is not None and self.models is not None
-        while self.models.gate is not None:
-            await asyncio.sleep(0.5)
+        await self.models.gate_closed()
         committed = self.models.store.journal().committed == sha
         job = await self.db(self.jobs.get, job_id)
         result = _stored_outcome(job) if job is not None else None

@@ -1,4 +1,5 @@
-"""MQTT plumbing both sides share: TLS contexts, MQTT 5 clients, and reconnect backoff."""
+"""MQTT plumbing both sides share: TLS contexts, MQTT 5 clients, subscribing with the broker's
+answer checked, publishing with its errors converted (``LinkError``), and reconnect backoff."""
 
 import random
 import ssl
@@ -7,6 +8,8 @@ from pathlib import Path
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from appliance.errors import LinkError
 
 # MQTT 5 reason codes at or above this are failures (e.g. 0x87 "not authorized").
 FAILURE_REASON = 0x80
@@ -68,6 +71,26 @@ def granted(result: object) -> bool:
     """True if every reason code a SUBACK carried is a success."""
     codes = result if isinstance(result, list | tuple) else [result]
     return all(int(getattr(c, "value", c)) < FAILURE_REASON for c in codes)  # type: ignore[call-overload]
+
+
+async def subscribe(client: aiomqtt.Client, topic: str, refused: str,
+                    error: type[Exception] = LinkError) -> None:
+    """Subscribe at QoS 1; raise ``error(refused)`` when the broker's SUBACK refuses it (a
+    revoked certificate, an ACL that does not allow it)."""
+    if not granted(await client.subscribe(topic, qos=1)):
+        raise error(refused)
+
+
+async def publish(client: aiomqtt.Client | None, topic: str, payload: bytes | str, *,
+                  retain: bool = False, down: str, timeout: float = 10.0) -> None:
+    """Publish at QoS 1 on a live session, or raise ``LinkError``: ``down`` when there is no
+    session (``client`` None), the broker's error converted otherwise."""
+    if client is None:
+        raise LinkError(down)
+    try:
+        await client.publish(topic, payload, qos=1, retain=retain, timeout=timeout)
+    except aiomqtt.MqttError as exc:
+        raise LinkError(f"publish to {topic} failed: {exc}") from exc
 
 
 class Backoff:

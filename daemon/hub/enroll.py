@@ -92,8 +92,8 @@ async def enroll(
         async with mqtt.client(
             *address, device_id, _claim_tls(state, bundle), timeout=timeout
         ) as client:
-            if not mqtt.granted(await client.subscribe(response_topic, qos=1)):
-                raise LinkError("the broker refused the claim credential's subscription")
+            await mqtt.subscribe(client, response_topic,
+                                 "the broker refused the claim credential's subscription")
             await client.publish(
                 topics.ENROLL_REQUEST,
                 request.model_dump_json(),

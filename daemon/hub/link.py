@@ -93,13 +93,8 @@ class HubLink(TaskGroupService):
 
     async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
         """Publish now, or raise LinkError while the hub is unreachable (callers queue)."""
-        client = self._client
-        if client is None or not self.connected.is_set():
-            raise LinkError("not connected to the hub")
-        try:
-            await client.publish(topic, payload, qos=1, retain=retain, timeout=10)
-        except aiomqtt.MqttError as exc:
-            raise LinkError(f"publish to {topic} failed: {exc}") from exc
+        client = self._client if self.connected.is_set() else None
+        await mqtt.publish(client, topic, payload, retain=retain, down="not connected to the hub")
 
     async def publish_state(self) -> None:
         """Publish the state with a sequence number that only grows (wall-clock nanoseconds,
@@ -149,8 +144,8 @@ class HubLink(TaskGroupService):
         device = self.ident.device_id
         for topic in (topics.desired(device), f"{topics.ROOT}/{device}/cmd/+",
                       topics.events_ack(device)):
-            if not mqtt.granted(await client.subscribe(topic, qos=1)):
-                raise LinkError(f"the broker refused subscription to {topic} (revoked?)")
+            await mqtt.subscribe(client, topic,
+                                 f"the broker refused subscription to {topic} (revoked?)")
         self.connected.set()
         await self._publish_available(AVAILABLE_ONLINE)
         await self.publish_state()

@@ -97,8 +97,9 @@ async def prove(ident: Identity, state: StateDir, timeout: float) -> None:
         async with mqtt.client(
             ident.hub_host, ident.mqtt_port, f"{ident.device_id}-renewal", tls, timeout=timeout
         ) as probe:
-            if not mqtt.granted(await probe.subscribe(topics.desired(ident.device_id), qos=1)):
-                raise IdentityError("the broker refused the renewed certificate's subscription")
+            await mqtt.subscribe(probe, topics.desired(ident.device_id),
+                                 "the broker refused the renewed certificate's subscription",
+                                 IdentityError)
     except aiomqtt.MqttError as exc:
         raise LinkError(f"the renewed certificate does not connect: {exc}") from exc
 
@@ -140,8 +141,8 @@ class Exchange:
         self, client: aiomqtt.Client, device_id: str, request: RenewRequest, timeout: float
     ) -> bytes:
         response_topic = topics.renew_response(device_id)
-        if not mqtt.granted(await client.subscribe(response_topic, qos=1)):
-            raise LinkError("the broker refused the renew response topic (hub too old?)")
+        await mqtt.subscribe(client, response_topic,
+                             "the broker refused the renew response topic (hub too old?)")
         correlation = secrets.token_bytes(16)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = future

@@ -197,3 +197,31 @@ class StatusFile:
     def write(self) -> None:
         self.data["updated_at"] = time.time()
         atomic_write(self.path, json.dumps(self.data, indent=2))
+
+
+def read_status(state: StateDir) -> dict[str, Any]:
+    """What the daemon last wrote to ``status.json`` ({} if nothing readable)."""
+    try:
+        data = json.loads(state.status.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def daemon_running(status: dict[str, Any]) -> bool:
+    """Whether the daemon that wrote ``status`` runs still: its process is alive and it has
+    not said it stopped."""
+    try:
+        pid = int(status.get("pid") or 0)
+    except (TypeError, ValueError):
+        return False
+    if not pid or status.get("stopped"):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

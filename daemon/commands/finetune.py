@@ -10,8 +10,6 @@ is 0 when the job finished (promoted or not), 1 when it failed or was cancelled.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from appliance.errors import ConfigError, DataError
 from daemon.commands.run import add_state_dir
 from daemon.finetune.jobs import ACTIVE, FINAL, JobStatus
 from daemon.finetune.options import METHODS
+from daemon.state import StateDir, daemon_running, read_status
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,23 +60,6 @@ def _jobs(args: argparse.Namespace) -> Any:
     return JobStore(args.state_dir.resolve() / "finetune")
 
 
-def daemon_running(state_dir: Path) -> bool:
-    try:
-        status = json.loads((state_dir / "status.json").read_text())
-        pid = int(status["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    if status.get("stopped"):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def precheck(state_dir: Path, seed: int) -> None:
     """The checks the daemon makes too, made here for an immediate answer: an active model,
     known labels, enough samples to hold some out."""
@@ -101,7 +83,7 @@ def start(args: argparse.Namespace) -> int:
     state_dir = args.state_dir.resolve()
     options = check_options({"method": args.method, "budget": args.budget,
                              "epochs": args.epochs, "seed": args.seed})
-    if not daemon_running(state_dir):
+    if not daemon_running(read_status(StateDir(state_dir))):
         raise ConfigError(f"no daemon is running for {state_dir}: jobs run inside `spoke run` "
                           "(start it, then try again)")
     precheck(state_dir, int(options.get("seed", 0)))

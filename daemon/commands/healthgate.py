@@ -24,8 +24,7 @@ from appliance.cli import print_json
 from appliance.config import DaemonConfig, load_config
 from appliance.fsutil import atomic_write
 from daemon.commands.run import ENV_PREFIX, add_state_dir
-from daemon.commands.status import _alive
-from daemon.state import StateDir, load_identity
+from daemon.state import StateDir, daemon_running, load_identity, read_status
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,12 +64,9 @@ def _readyz(port: int) -> dict[str, Any] | None:
 def check(state: StateDir, grace_s: float, now: float | None = None) -> Verdict:
     """The first failing condition, or a pass."""
     now = time.time() if now is None else now
-    try:
-        status = json.loads(state.status.read_text())
-    except (OSError, ValueError):
-        status = {}
+    status = read_status(state)
     port = (status.get("api") or {}).get("port")
-    if not _alive(status.get("pid")) or status.get("stopped") or not port:
+    if not daemon_running(status) or not port:
         return Verdict(False, "the daemon is not READY", now)
     if load_identity(state) is None:
         return Verdict(False, "the device identity does not load", now)

@@ -1,14 +1,12 @@
 """``spoke status``: the appliance's side of provisioning and the hub link."""
 
 import argparse
-import json
-import os
 import time
 from typing import Any
 
 from appliance.cli import print_json
 from daemon.commands.run import add_state_dir
-from daemon.state import StateDir, load_identity
+from daemon.state import StateDir, daemon_running, load_identity, read_status
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,25 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def collect(state: StateDir) -> dict[str, Any]:
     ident = load_identity(state)
-    try:
-        status = json.loads(state.status.read_text())
-    except (OSError, ValueError):
-        status = {}
-    running = _alive(status.get("pid")) and not status.get("stopped")
+    status = read_status(state)
+    running = daemon_running(status)
     provisioning = status.get("provisioning") or {}
     certificate = ident.cert_summary() if ident is not None else None
     if certificate is not None and certificate["expired"]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from appliance.fsutil import atomic_write, fsync_dir
+from appliance.fsutil import atomic_write, fsync_dir, sha256_file
 from models.cache import default_cache_dir
 from models.config import CODEBRIM_LABELS, ViTConfig
 from models.errors import ArtifactError, ModelError
@@ -181,14 +181,6 @@ class Artifact:
                 f"golden output differs by {diff:.4f} (tolerance {self.card.golden.atol})"
             )
         return diff
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_artifact(

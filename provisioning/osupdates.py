@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from appliance.fsutil import sha256_file
 from appliance.osupdate import (
     PE_MACHINES,
     OsFile,
@@ -32,7 +32,6 @@ from appliance.osupdate import (
 from provisioning.repository import ModelRepository, RepositoryError
 
 OS_TARGET_FORMAT = "spoke-os/1"
-_CHUNK = 1 << 20
 
 
 class BuildManifest(BaseModel):
@@ -41,14 +40,6 @@ class BuildManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     version: str = Field(pattern=r"^[0-9][A-Za-z0-9.+-]{0,63}$")
     architecture: str
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checksums(path: Path) -> dict[str, str]:
@@ -94,7 +85,7 @@ def check_release(directory: Path) -> OsManifest:
         path = directory / name
         if not path.is_file():
             raise RepositoryError(f"{path} is listed in SHA256SUMS but missing")
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != sums[name]:
             raise RepositoryError(f"{name}: sha256 {digest[:16]}... does not match SHA256SUMS "
                                   f"({sums[name][:16]}...); rebuild or recopy the artefacts")

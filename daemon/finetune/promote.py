@@ -18,7 +18,6 @@ hub's next real release, so a hub release supersedes it by the usual rules.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 import time
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.errors import DataError, IdentityError
+from appliance.fsutil import sha256_file as sha256_of
 from appliance.identity import device_id_for, load_private_key
 
 ALGORITHM = "ecdsa-p256-sha256"
@@ -90,14 +90,6 @@ def verify_signed(signed: dict[str, Any], public_pem: bytes | None = None) -> di
         raise IdentityError(f"the local model's signature does not verify: {exc!r}") from exc
     statement: dict[str, Any] = signed["statement"]
     return statement
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_entry(candidate: Path, work: Path, key_path: Path, job_id: str,

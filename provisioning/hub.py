@@ -179,18 +179,14 @@ class HubService(TaskGroupService):
 
     async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
         """Publish on the hub's session, or raise LinkError while the broker is unreachable."""
-        client = self._client
-        if client is None or not self.connected.is_set():
-            raise LinkError("the hub is not connected to the broker")
-        try:
-            await client.publish(topic, payload, qos=1, retain=retain, timeout=10)
-        except aiomqtt.MqttError as exc:
-            raise LinkError(f"publish to {topic} failed: {exc}") from exc
+        client = self._client if self.connected.is_set() else None
+        await mqtt.publish(client, topic, payload, retain=retain,
+                           down="the hub is not connected to the broker")
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for topic in SUBSCRIPTIONS:
-            if not mqtt.granted(await client.subscribe(topic, qos=1)):
-                raise LinkError(f"the broker refused the hub's subscription to {topic}")
+            await mqtt.subscribe(client, topic,
+                                 f"the broker refused the hub's subscription to {topic}")
 
     async def dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         """Take one device message; ``client`` answers enrollments and renewals."""

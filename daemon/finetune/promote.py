@@ -17,21 +17,26 @@ hub's next real release, so a hub release supersedes it by the usual rules.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.errors import DataError, IdentityError
+from appliance.finetune import JobResult
 from appliance.fsutil import sha256_file as sha256_of
 from appliance.identity import device_id_for, load_private_key
+
+if TYPE_CHECKING:
+    from daemon.delivery.service import ModelService
 
 ALGORITHM = "ecdsa-p256-sha256"
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
@@ -137,3 +142,63 @@ def validate_entry(path: Path, meta: dict[str, Any], key_path: Path) -> None:
     if (statement["sha256"], statement["card_sha256"]) != (meta["sha256"], meta["card_sha256"]):
         raise IdentityError("the store entry is not the one the device signed")
     validate_artifact(path, meta)
+
+
+class Promoter:
+    """Puts a fine-tuned candidate into service: signed by the device key, installed in the
+    model store and activated through ``ModelService`` like a delivered model, whose health
+    gate then decides whether it stays. ``models`` is None for a daemon serving a fixed
+    ``--model`` (nothing can be promoted there)."""
+
+    def __init__(self, models: ModelService | None,
+                 device_key: Callable[[], Path] | None) -> None:
+        self.models = models
+        self.device_key = device_key
+
+    async def promote(self, job_id: str, job_dir: Path, result: JobResult,
+                      override: bool = False) -> dict[str, Any]:
+        """The promotion's outcome: ``activated`` (with version, sha256, signer), ``refused``
+        (code, reason) or ``not-promoted`` (reason). ``override``: a person chose to promote a
+        candidate the gate kept back."""
+        if not result.comparison.promote and not override:
+            return {"state": "not-promoted", "reason": "; ".join(result.comparison.reasons)}
+        if self.models is None:
+            return {"state": "not-promoted", "version": result.version,
+                    "reason": "this daemon serves a fixed --model: promotion needs the model "
+                              "store (the candidate is kept in " + str(job_dir) + ")"}
+        current = self.models.manager.current()
+        if current is None or f"{current.name}@{current.version}" != result.parent:
+            return {"state": "not-promoted", "reason": "the active model changed during the "
+                    "job; the candidate was measured against " + result.parent}
+        from daemon.delivery.errors import ModelRefused
+
+        assert self.device_key is not None
+        key = self.device_key()
+        store = self.models.store
+        try:
+            assert result.candidate is not None  # exported when the gate passed or on override
+            tar, meta = await asyncio.to_thread(
+                build_entry, Path(result.candidate), job_dir, key, job_id, result.parent)
+
+            def install() -> None:
+                with store.locked():
+                    store.install(tar, meta, lambda p: validate_entry(p, meta, key))
+
+            await asyncio.to_thread(install)
+            await self.models.activate_local(meta["sha256"], f"fine-tune {job_id}")
+        except PromotionRefused as exc:
+            return {"state": "refused", "code": exc.code, "reason": exc.reason}
+        except ModelRefused as exc:
+            return {"state": "refused", "code": exc.code, "reason": exc.reason}
+        except (DataError, OSError) as exc:
+            return {"state": "refused", "code": "install", "reason": str(exc)}
+        return {"state": "activated", "version": meta["version"], "sha256": meta["sha256"],
+                "signer": meta["signed"]["signer"],
+                "reason": "activated; the health gate decides whether it stays"}
+
+    async def kept(self, sha: str) -> bool:
+        """Wait for the health gate's verdict on the promoted model ``sha``: committed or not."""
+        assert self.models is not None
+        await self.models.gate_closed()
+        return self.models.store.journal().committed == sha
+

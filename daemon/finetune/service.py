@@ -34,6 +34,7 @@ from appliance.service import Notify, TaskGroupService, tell, unheard
 from daemon.finetune.feed import JobFeed
 from daemon.finetune.jobs import JobConflict, JobOutcome, JobStatus, JobStore
 from daemon.finetune.options import OPTION_KEYS, check_options
+from daemon.finetune.promote import Promoter
 from daemon.finetune.runner import Worker
 from daemon.finetune.samples import SampleStore, job_split
 
@@ -65,7 +66,7 @@ class FinetuneService(TaskGroupService):
         self.provider = provider
         self.emit = emit
         self.models = models  # daemon.delivery.service.ModelService, or None (--model)
-        self.device_key = device_key
+        self.promoter = Promoter(models, device_key)
         self.samples: SampleStore | None = None
         self.jobs: JobStore | None = None
         self.on_change = on_change
@@ -426,49 +427,15 @@ class FinetuneService(TaskGroupService):
 
     async def _promote(self, job_id: str, job_dir: Path, result: JobResult,
                        override: bool = False) -> dict[str, Any]:
-        if not result.comparison.promote and not override:
-            return {"state": "not-promoted", "reason": "; ".join(result.comparison.reasons)}
-        if self.models is None:
-            return {"state": "not-promoted", "version": result.version,
-                    "reason": "this daemon serves a fixed --model: promotion needs the model "
-                              "store (the candidate is kept in " + str(job_dir) + ")"}
-        current = self.models.manager.current()
-        if current is None or f"{current.name}@{current.version}" != result.parent:
-            return {"state": "not-promoted", "reason": "the active model changed during the "
-                    "job; the candidate was measured against " + result.parent}
-        from daemon.delivery.errors import ModelRefused
-        from daemon.finetune.promote import PromotionRefused, build_entry, validate_entry
-
-        assert self.device_key is not None
-        key = self.device_key()
-        store = self.models.store
-        try:
-            assert result.candidate is not None  # exported when the gate passed or on override
-            tar, meta = await asyncio.to_thread(
-                build_entry, Path(result.candidate), job_dir, key, job_id, result.parent)
-
-            def install() -> None:
-                with store.locked():
-                    store.install(tar, meta, lambda p: validate_entry(p, meta, key))
-
-            await asyncio.to_thread(install)
-            await self.models.activate_local(meta["sha256"], f"fine-tune {job_id}")
-        except PromotionRefused as exc:
-            return {"state": "refused", "code": exc.code, "reason": exc.reason}
-        except ModelRefused as exc:
-            return {"state": "refused", "code": exc.code, "reason": exc.reason}
-        except (DataError, OSError) as exc:
-            return {"state": "refused", "code": "install", "reason": str(exc)}
-        self.spawn(self._follow_gate(job_id, meta["sha256"]), f"gate-{job_id}")
-        return {"state": "activated", "version": meta["version"], "sha256": meta["sha256"],
-                "signer": meta["signed"]["signer"],
-                "reason": "activated; the health gate decides whether it stays"}
+        promotion = await self.promoter.promote(job_id, job_dir, result, override)
+        if promotion["state"] == "activated":
+            self.spawn(self._follow_gate(job_id, promotion["sha256"]), f"gate-{job_id}")
+        return promotion
 
     async def _follow_gate(self, job_id: str, sha: str) -> None:
         """Record whether the health gate kept the promoted model."""
-        assert self.jobs is not None and self.models is not None
-        await self.models.gate_closed()
-        committed = self.models.store.journal().committed == sha
+        assert self.jobs is not None
+        committed = await self.promoter.kept(sha)
         job = await self.db(self.jobs.get, job_id)
         result = _stored_outcome(job) if job is not None else None
         if result is None:

@@ -47,8 +47,6 @@ Emit = Callable[[str, dict[str, Any]], object]
 ReviewUpload = Callable[[Path, JobOutcome], Awaitable[dict[str, Any] | None]]
 MAX_ATTEMPTS = 3
 PROGRESS_EVENT_EVERY_S = 5.0
-REPO = Path(__file__).resolve().parents[2]
-PR_SET_PDEATHSIG = 1
 
 
 class FinetuneService(TaskGroupService):

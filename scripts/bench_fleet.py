@@ -23,14 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 from tqdm import tqdm
 
 from appliance import identity, mqtt, topics
 from appliance.bundle import BundlePayload
+from appliance.health import DaemonFacts
 from appliance.payloads import EnrollRequest
 from daemon.health.sampler import Sampler
 from tests.support.fleet import REPO, Appliance, Hub, wait_for
+from tests.support.hubfleet import FakeDevice
 
 
 def rss_bytes(pid: int) -> int:
@@ -96,25 +97,25 @@ def time_to_online(hub: Hub, root: Path, runs: int) -> dict[str, Any]:
     }
 
 
-class SimulatedDevice:
+class SimulatedDevice(FakeDevice):
     """A device that enrolls for real with a claim credential and then reports health."""
 
     def __init__(self, bundle: BundlePayload, creds: Path) -> None:
         self.bundle = bundle
         self.creds = creds
-        self.key = identity.generate_key()
-        self.device_id = identity.device_id_for(self.key.public_key())
-        self.cert: Path | None = None
-        #: Taken-at times of the reports the broker acknowledged.
-        self.acked: list[float] = []
-        self.reconnects = 0
+        self.private_key = identity.generate_key()
+        device_id = identity.device_id_for(self.private_key.public_key())
+        super().__init__(
+            device_id, bundle.hub.host, bundle.hub.mqtt_port, creds / "ca.crt",
+            creds / f"{device_id}.crt", creds / f"{device_id}.key",
+        )
 
     async def enroll(self) -> None:
         b = self.bundle
         request = EnrollRequest(
             claim_id=b.claim.id,
             claim_token=b.claim.token,
-            csr=identity.build_csr(self.key, {"simulated": True}).decode(),
+            csr=identity.build_csr(self.private_key, {"simulated": True}).decode(),
             software_version="bench",
         )
         response_topic = topics.enroll_response(self.device_id)
@@ -133,46 +134,9 @@ class SimulatedDevice:
                 answer = json.loads(message.payload)  # type: ignore[arg-type]
                 if answer["status"] != "accepted":
                     raise RuntimeError(answer)
-                self.cert = self.creds / f"{self.device_id}.crt"
                 self.cert.write_text(answer["certificate"])
-                (self.creds / f"{self.device_id}.key").write_bytes(identity.key_to_pem(self.key))
+                self.key.write_bytes(identity.key_to_pem(self.private_key))
                 return
-
-    @property
-    def sent(self) -> int:
-        return len(self.acked)
-
-    async def report(
-        self, snapshot: dict[str, Any], interval: float, until: float, offset: float,
-        count: int | None = None,
-    ) -> None:
-        """Every ``interval`` s until ``until`` (or ``count`` reports, if sooner). A lost
-        connection is counted and made again; its unacknowledged report is not counted sent."""
-        tls = mqtt.tls_context(
-            self.creds / "ca.crt",
-            self.creds / f"{self.device_id}.crt",
-            self.creds / f"{self.device_id}.key",
-        )
-        await asyncio.sleep(offset)
-        sent = 0
-        while time.time() < until and (count is None or sent < count):
-            try:
-                async with mqtt.client(
-                    self.bundle.hub.host, self.bundle.hub.mqtt_port, self.device_id, tls,
-                    timeout=60,
-                ) as client:
-                    while time.time() < until and (count is None or sent < count):
-                        sent += 1
-                        taken = time.time()
-                        body = json.dumps(snapshot | {"taken_at_s": taken})
-                        await client.publish(
-                            topics.health(self.device_id), body, qos=1, timeout=60
-                        )
-                        self.acked.append(taken)
-                        await asyncio.sleep(interval)
-            except aiomqtt.MqttError:
-                self.reconnects += 1
-                await asyncio.sleep(1)
 
 
 def claim_creds(bundle_file: Path, creds: Path) -> BundlePayload:
@@ -325,11 +289,7 @@ async def report_all(
 ) -> float:
     """Every device reports every ``interval`` (spread evenly) for ``duration`` (or ``count``
     times); returns the start time."""
-    snapshot = (
-        Sampler()
-        .sample(__import__("appliance.health", fromlist=["DaemonFacts"]).DaemonFacts())
-        .model_dump(mode="json")
-    )
+    snapshot = Sampler().sample(DaemonFacts()).model_dump(mode="json")
     start = time.time()
     await asyncio.gather(
         *(

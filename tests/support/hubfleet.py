@@ -74,7 +74,7 @@ class HubFleet:
                 (folder / f"{i}.crt").write_bytes(ca.to_pem(cert))
                 (folder / f"{i}.key").write_bytes(identity.key_to_pem(key))
                 devices.append(FakeDevice(
-                    device_id, self.hub.mqtt_port, self.home.ca_cert,
+                    device_id, "localhost", self.hub.mqtt_port, self.home.ca_cert,
                     folder / f"{i}.crt", folder / f"{i}.key",
                 ))
         finally:
@@ -91,25 +91,35 @@ class FakeDevice:
     """Publishes health reports over mTLS with its own certificate, as a device does, and
     remembers the taken-at time of each report the broker acknowledged."""
 
-    def __init__(self, device_id: str, port: int, ca_cert: Path, cert: Path, key: Path) -> None:
+    def __init__(
+        self, device_id: str, host: str, port: int, ca_cert: Path, cert: Path, key: Path
+    ) -> None:
         self.device_id = device_id
+        self.host = host
         self.port = port
-        self.tls = mqtt.tls_context(ca_cert, cert, key)
+        self.ca_cert = ca_cert
+        self.cert = cert
+        self.key = key
         self.acked: list[float] = []
         self.reconnects = 0
 
     async def report(
-        self, snapshot: dict[str, Any], interval: float, until: float, offset: float = 0.0
+        self, snapshot: dict[str, Any], interval: float, until: float, offset: float = 0.0,
+        count: int | None = None,
     ) -> None:
-        """Every ``interval`` s from ``offset`` s on until ``until``. A lost connection is
-        counted and made again; a report it took unacknowledged is not counted sent."""
+        """Every ``interval`` s from ``offset`` s on until ``until`` (or ``count`` reports, if
+        sooner). A lost connection is counted and made again; a report it took unacknowledged
+        is not counted sent."""
+        tls = mqtt.tls_context(self.ca_cert, self.cert, self.key)
         await asyncio.sleep(offset)
-        while time.time() < until:
+        sent = 0
+        while time.time() < until and (count is None or sent < count):
             try:
                 async with mqtt.client(
-                    "localhost", self.port, self.device_id, self.tls, timeout=60
+                    self.host, self.port, self.device_id, tls, timeout=60
                 ) as client:
-                    while time.time() < until:
+                    while time.time() < until and (count is None or sent < count):
+                        sent += 1
                         taken = time.time()
                         body = json.dumps(snapshot | {"taken_at_s": taken})
                         await client.publish(

@@ -65,19 +65,26 @@ class HttpsFetcher(RangeFetcher):
         except urllib3.exceptions.HTTPError as exc:
             raise exceptions.DownloadError(f"cannot fetch {url}: {exc}") from exc
         if resp.status not in (200, 206):
+            # Read the error body to its end first: left unread, the connection went back to
+            # the pool and the next request read its last chunk ("0\r\n") as a status line.
+            resp.drain_conn()
             resp.release_conn()
             raise exceptions.DownloadHTTPError(f"{url}: HTTP {resp.status}", resp.status)
         start = offset if resp.status == 206 else 0
         return start, self._chunks(resp, url)
 
     def _chunks(self, resp: urllib3.BaseHTTPResponse, url: str) -> Iterator[bytes]:
+        finished = False
         try:
             for chunk in resp.stream(CHUNK):
                 self.bytes_received += len(chunk)
                 yield chunk
+            finished = True
         except urllib3.exceptions.HTTPError as exc:
             raise exceptions.DownloadError(f"{url}: connection lost: {exc}") from exc
         finally:
+            if not finished:
+                resp.close()  # a body left half read must not be read by the next request
             resp.release_conn()
 
 

@@ -66,7 +66,7 @@ def time_to_online(hub: Hub, root: Path, runs: int) -> dict[str, Any]:
     bundle = hub.bundle(root / "ttl.spoke", "--max-uses", str(runs + 1))
     times, rss = [], []
     baseline = []
-    for i in tqdm(range(runs), desc="time to online", file=sys.stderr):
+    for i in tqdm(range(runs), desc="time to online", file=sys.stderr, disable=None):
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "daemon", "--help"], capture_output=True, cwd=REPO)
         baseline.append(time.monotonic() - started)
@@ -154,7 +154,7 @@ def claim_creds(bundle_file: Path, creds: Path) -> BundlePayload:
 
 async def enroll_all(devices: list[SimulatedDevice], concurrency: int) -> float:
     gate = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(devices), desc=f"enrolling x{concurrency}", file=sys.stderr)
+    bar = tqdm(total=len(devices), desc=f"enrolling x{concurrency}", file=sys.stderr, disable=None)
 
     async def one(d: SimulatedDevice) -> None:
         async with gate:
@@ -262,7 +262,7 @@ def enrollment_cost(urls: tuple[str, str], sizes: tuple[int, int], samples: int)
             hubs.append(HubService(home, HubConfig(), registry))
         try:
             times: list[list[float]] = [[], []]
-            for i in tqdm(range(samples), desc="enrolling", file=sys.stderr):
+            for i in tqdm(range(samples), desc="enrolling", file=sys.stderr, disable=None):
                 for which in (0, 1) if i % 2 == 0 else (1, 0):
                     raw = EnrollRequest(
                         claim_id="bench",

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from appliance.errors import DataError
 from appliance.fsutil import atomic_write
@@ -31,6 +30,7 @@ from models.data.domain import Domain
 from models.data.exif import capture_info, make_exif
 from models.data.labels import BACKGROUND, LABELS, multi_hot
 from models.data.render import render_frame, render_tile
+from models.progress import progress_bar
 
 LABELS_CSV = "labels.csv"
 BOXES_JSON = "boxes.json"
@@ -80,7 +80,9 @@ def write_tiles(
     _prepare(out)
     dom = Domain.from_seed(domain)
     rows = []
-    for i in tqdm(range(count), desc=f"tiles (domain {domain})", unit="tile", disable=not progress):
+    for i in progress_bar(
+        iterable=range(count), desc=f"tiles (domain {domain})", unit="tile", enabled=progress
+    ):
         sample = render_tile(dom, i, size)
         name = f"tile_{i:06d}.png"
         Image.fromarray(sample.image).save(out / name)
@@ -102,8 +104,8 @@ def write_frames(
     _prepare(out)
     dom = Domain.from_seed(domain)
     rows, boxes = [], {}
-    for i in tqdm(
-        range(count), desc=f"frames (domain {domain})", unit="frame", disable=not progress
+    for i in progress_bar(
+        iterable=range(count), desc=f"frames (domain {domain})", unit="frame", enabled=progress
     ):
         sample = render_frame(dom, i, width, height)
         info = capture_info(dom, i)
@@ -178,7 +180,7 @@ def tile_arrays(
     n = len(domains) * per_domain
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     targets = np.empty((n, len(LABELS)), dtype=np.float32)
-    bar = tqdm(total=n, desc=f"generating {size}px tiles", unit="tile", disable=not progress)
+    bar = progress_bar(total=n, desc=f"generating {size}px tiles", unit="tile", enabled=progress)
     k = 0
     for d in domains:
         for image, target in iter_tiles(d, start, per_domain, size):

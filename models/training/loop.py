@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from appliance.errors import DataError
 from appliance.fsutil import atomic_write
+from models.progress import progress_bar
 from models.training import distributed
 
 LossFn = Callable[[int], Tensor]
@@ -221,12 +221,12 @@ def train(
 
     total = budget.steps if budget.steps is not None else math.ceil(budget.seconds or 0)
     unit = "step" if budget.steps is not None else "s"
-    bar = tqdm(
+    bar = progress_bar(
         total=total,
         initial=step if unit == "step" else int(elapsed),
         desc=desc,
         unit=unit,
-        disable=not (progress and main),
+        enabled=progress and main,
         dynamic_ncols=True,
     )
     last_save = time.monotonic()

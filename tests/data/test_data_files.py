@@ -1,6 +1,13 @@
 """Labeled sets on disk: labels.csv, boxes.json, EXIF, and the ``spoke-hub data`` command."""
 
+import fcntl
 import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +109,34 @@ def test_cli_refuses_bad_sizes_in_one_line(
     assert main([*argv, "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("spoke-hub: error: --frame-size") and "\n" not in err
+
+
+def _generate_tiles(out: Path, *, terminal: bool) -> bytes:
+    """Run ``spoke-hub data generate`` as a real process, its stderr a pipe or a terminal."""
+    argv = [sys.executable, "-m", "provisioning", "data", "generate", "--domain", "2"]
+    argv += ["--tiles", "5", "--size", "32", "--out", str(out)]
+    if not terminal:
+        return subprocess.run(argv, capture_output=True, check=True, timeout=120).stderr
+    primary, secondary = pty.openpty()
+    # a terminal of 0 columns (what a bare pty reports) draws an empty bar: give it a width
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal's other end closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(timeout=120) == 0
+    return b"".join(chunks)
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    """CI logs and redirected output get no carriage-return bar spam; a terminal does."""
+    assert b"\r" not in _generate_tiles(tmp_path / "piped", terminal=False)
+    assert b"tiles (domain 2)" in _generate_tiles(tmp_path / "tty", terminal=True)

@@ -223,7 +223,7 @@ class Daemon:
         self.hublink = link
         self.outbox.attach(self._publish_event)
         if self.models is not None:
-            self._attach_models(self.models, ident)
+            await self._attach_models(self.models, ident)
         await self.supervisor.add(link)
 
     async def _state_changed(self) -> None:
@@ -245,7 +245,7 @@ class Daemon:
         if self.osupdate is not None:
             await self.osupdate.on_desired(payload)
 
-    def _attach_models(self, models: ModelService, ident: Identity) -> None:
+    async def _attach_models(self, models: ModelService, ident: Identity) -> None:
         """Models from the URL the bundle named (by default the hub's HTTPS port), trusted
         from the bundle's pinned root."""
         from daemon.delivery.fetch import repository_source
@@ -253,7 +253,7 @@ class Daemon:
 
         root = pinned_root(models.store, self.options.state.bundle, self.options.trust_key)
         if root is None:
-            models.no_trust_root()
+            await models.no_trust_root()
             return
         url, fetcher = repository_source(
             f"https://{ident.hub_host}:{ident.http_port}/repository", ident.ca,

@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Prepare = Callable[..., LoadedModel]  # (path, backend, artifact=None) -> LoadedModel
 Emit = Callable[[str, dict[str, Any]], object]
+T = TypeVar("T")
 
 
 def validate_artifact(path: Path, expect: dict[str, Any]) -> Any:
@@ -170,9 +171,8 @@ class ModelService(TaskGroupService):
         current model, give a model on probation a fresh gate. (Tests that drive each
         reconcile pass themselves call this alone.)"""
         self._loop_ref = asyncio.get_running_loop()
-        with self.store.locked():
-            for line in self.store.recover():
-                log.warning("model store recovery: %s", line)
+        for line in await self._locked(self.store.recover):
+            log.warning("model store recovery: %s", line)
         await self._load_current()
         self._resume_gate()
 
@@ -192,8 +192,7 @@ class ModelService(TaskGroupService):
         if self.gate is not None:
             # Stopped on purpose mid-gate: say so, or the next start would take it for a
             # crash caused by the new model and roll it back.
-            with self.store.editing() as journal:
-                journal.pause_probation()
+            await self._edit(lambda journal: journal.pause_probation())
             self.gate = None
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
@@ -210,13 +209,13 @@ class ModelService(TaskGroupService):
     def wake(self) -> None:
         self._wake.set()
 
-    def no_trust_root(self) -> None:
+    async def no_trust_root(self) -> None:
         """The bundle carried no TUF root: no model can be verified, so none is installed."""
         last = self.store.journal().last_error
         if last is None or last.code != "no-trust-root":
-            self._refused(None, "no-trust-root", "the provisioning bundle carries no TUF root; "
-                          "re-provision with a bundle from a hub that has a model repository",
-                          final=False)
+            await self._refused(None, "no-trust-root", "the provisioning bundle carries no TUF "
+                                "root; re-provision with a bundle from a hub that has a model "
+                                "repository", final=False)
 
     def request_reload(self) -> None:
         """``spoke models activate|rollback`` changed the store: serve what it says now."""
@@ -230,8 +229,7 @@ class ModelService(TaskGroupService):
         except ValidationError as exc:
             log.warning("ignored malformed desired state", extra={"error": str(exc)})
             return
-        with self.store.editing() as journal:
-            journal.desire(desired)
+        await self._edit(lambda journal: journal.desire(desired))
         log.info("desired state", extra={"desired": desired.model_dump(mode="json")})
         self.wake()
 
@@ -255,6 +253,33 @@ class ModelService(TaskGroupService):
 
     async def _changed(self) -> None:
         await tell(self.on_change)
+
+    # --- the store's lock: never on the event loop ----------------------------------------------
+
+    async def _locked(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(*args)`` holding the store's lock, in a worker thread.
+
+        The lock is a ``flock`` (shared with ``spoke models``), and each taker opens its own
+        file, so a second taker in this process waits like any other. Taken on the event loop,
+        it stops the loop while someone else holds it; held across an ``await``, a second taker
+        on the loop waits for a holder that can never resume, and the loop stops for good (the
+        fault scenario "power cut mid model download": a desired state arrived from the hub
+        while activation held the lock, after "model prepared", and the daemon hung)."""
+
+        def run() -> T:
+            with self.store.locked():
+                return work(*args)
+
+        return await asyncio.to_thread(run)
+
+    async def _edit(self, change: Callable[[Journal], T]) -> T:
+        """Change the journal on disk (read, ``change``, save) under the lock, off the loop."""
+
+        def run() -> T:
+            with self.store.editing() as journal:
+                return change(journal)
+
+        return await asyncio.to_thread(run)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -298,12 +323,13 @@ class ModelService(TaskGroupService):
             await self._deliver(desired, journal)
             self._retry_s = self.config.retry_initial_s
         except ModelRefused as exc:
-            self._refused(desired, exc.code, exc.reason, final=exc.code in FINAL_REFUSALS,
-                          sha=getattr(exc, "sha256", None))
+            await self._refused(desired, exc.code, exc.reason,
+                                final=exc.code in FINAL_REFUSALS, sha=getattr(exc, "sha256", None))
             self._backoff()
             await self._changed()
         except DeliveryInterrupted as exc:
-            self._refused(desired, exc.code, exc.reason, final=False, kind="model_interrupted")
+            await self._refused(desired, exc.code, exc.reason, final=False,
+                                kind="model_interrupted")
             self._backoff()
             await self._changed()
 
@@ -395,13 +421,11 @@ class ModelService(TaskGroupService):
         async with self._busy:
             model = await asyncio.to_thread(self.prepare, self.store.path(sha),
                                             self.config.backend)
-            with self.store.editing() as journal:
-                journal.hold_at(sha, "finetune", time.time())
+            await self._edit(lambda journal: journal.hold_at(sha, "finetune", time.time()))
             await self._activate(model, reason)
 
     async def _activate(self, model: LoadedModel, reason: str) -> None:
-        with self.store.locked():
-            old_sha = await asyncio.to_thread(self.store.activate, model.sha256, reason)
+        old_sha = await self._locked(self.store.activate, model.sha256, reason)
         old = self.manager.current()
         self._fallback = old if old is not None and old.sha256 == old_sha else None
         self.manager.swap(model, retire_old=False)
@@ -439,30 +463,27 @@ class ModelService(TaskGroupService):
         self.gate = None
         fallback, self._fallback = self._fallback, None
         if verdict == "pass":
-            with self.store.locked():
-                self.store.commit(active.sha256)
+            await self._locked(self.store.commit, active.sha256)
             if fallback is not None:
                 self.manager.retire(fallback)
             self.emit("model_committed", {"name": active.name, "version": active.version,
                                           "sha256": active.sha256, "gate": gate.reason()})
             log.info("model committed", extra={"model": f"{active.name}@{active.version}",
                                                "gate": gate.reason()})
-            with self.store.locked():
-                removed = self.store.gc(self.config.keep_versions)
+            removed = await self._locked(self.store.gc, self.config.keep_versions)
             if removed:
                 log.info("model store gc", extra={"removed": removed})
         else:
-            with self.store.locked():
-                back = self.store.rollback(f"health gate failed: {gate.reason()}")
+            back = await self._locked(self.store.rollback, f"health gate failed: {gate.reason()}")
             if fallback is not None and fallback.sha256 == back:
                 self.manager.swap(fallback)
             else:
                 if fallback is not None:
                     self.manager.retire(fallback)
                 await self._load_current()
-            self._refused(self.store.journal().desired_model, "health-gate", gate.reason(),
-                          final=True, sha=active.sha256, kind="model_rolled_back",
-                          model=(active.name, active.version))
+            await self._refused(self.store.journal().desired_model, "health-gate", gate.reason(),
+                                final=True, sha=active.sha256, kind="model_rolled_back",
+                                model=(active.name, active.version))
         await self._changed()
         self.wake()  # the desired state may have moved on while the gate ran
 
@@ -484,15 +505,14 @@ class ModelService(TaskGroupService):
             except ModelRefused as exc:
                 log.error("the current model does not verify; rolling back",
                           extra={"sha256": sha, "error": str(exc)})
-                with self.store.locked():
-                    self.store.rollback(f"current model failed to load: {exc}")
+                await self._locked(self.store.rollback, f"current model failed to load: {exc}")
                 continue
             self.manager.swap(model)
             log.info("serving model", extra={"model": f"{model.name}@{model.version}"})
             await self._changed()
             return
 
-    def _refused(
+    async def _refused(
         self,
         desired: DesiredModel | None,
         code: str,
@@ -512,8 +532,7 @@ class ModelService(TaskGroupService):
             active=f"{active.name}@{active.version}" if active else None,
             ts=time.time(), final=bool(sha and final), desired=desired,
         )
-        with self.store.editing() as journal:
-            news = journal.refuse(refusal, kind, time.time())
+        news = await self._edit(lambda journal: journal.refuse(refusal, kind, time.time()))
         log.warning("model not activated", extra={"code": code, "reason": reason})
         if news:
             self.emit(kind, refusal.model_dump(mode="json", exclude={"final", "desired"}))

@@ -23,6 +23,8 @@ class DaemonSection(Section):
     log_json: bool = False
     log_level: str = "info"
     stop_timeout_s: float = Field(10.0, gt=0)
+    # The event loop not running for this long is logged with its stack (daemon/loopwatch.py).
+    loop_stall_s: float = Field(10.0, gt=0)
 
 
 class HubLinkSection(Section):

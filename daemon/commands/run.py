@@ -11,6 +11,7 @@ from appliance.logs import setup_logging
 from appliance.service import run_until_signal
 from daemon.app import Daemon, RunOptions
 from daemon.hub.provisioner import read_verified_bundle
+from daemon.loopwatch import LoopWatchdog
 from daemon.state import StateDir, load_identity
 
 DEFAULT_TRUST_KEY = Path("/etc/spoke/provisioning.pub")
@@ -81,4 +82,10 @@ def run(args: argparse.Namespace) -> int:
         model=args.model.resolve() if args.model else None,
         standalone=args.standalone,
     )
-    return asyncio.run(run_until_signal(Daemon(options, config).run))
+    daemon = Daemon(options, config)
+
+    async def watched(stop: asyncio.Event) -> int:
+        async with LoopWatchdog(config.daemon.loop_stall_s):
+            return await daemon.run(stop)
+
+    return asyncio.run(run_until_signal(watched))

@@ -35,6 +35,13 @@ def test_config_refuses_invalid_values(tmp_path: Path) -> None:
         load_config(DaemonConfig, path, "SPOKE_")
 
 
+def test_config_refuses_a_loop_stall_threshold_of_zero(tmp_path: Path) -> None:
+    path = tmp_path / "spoke.toml"
+    path.write_text("[daemon]\nloop_stall_s = 0\n")
+    with pytest.raises(ConfigError, match="loop_stall_s"):
+        load_config(DaemonConfig, path, "SPOKE_")
+
+
 def test_config_refuses_broken_toml(tmp_path: Path) -> None:
     path = tmp_path / "spoke.toml"
     path.write_text("[hub\n")

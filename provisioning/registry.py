@@ -386,19 +386,21 @@ class Registry:
             )
 
     def device_cert(self, serial: int) -> DeviceCert | None:
-        query = device_certs.select().where(device_certs.c.serial == str(serial))
+        found = self._certs(device_certs.c.serial == str(serial))
+        return found[0] if found else None
+
+    def certs_of(self, device_id: str) -> list[DeviceCert]:
+        """Every certificate issued to ``device_id``, oldest first (renewals add one each)."""
+        return self._certs(device_certs.c.device_id == device_id)
+
+    def _certs(self, where: Any) -> list[DeviceCert]:
+        query = device_certs.select().where(where).order_by(device_certs.c.issued_at)
         with self._tx() as conn:
-            row = conn.execute(query).mappings().first()
-        if row is None:
-            return None
-        return DeviceCert(
-            serial=int(row["serial"]),
-            device_id=row["device_id"],
-            key_sha256=row["key_sha256"],
-            not_after=row["not_after"],
-            issued_at=row["issued_at"],
-            retired_at=row["retired_at"],
-        )
+            rows = conn.execute(query).mappings().all()
+        return [DeviceCert(serial=int(row["serial"]), device_id=row["device_id"],
+                           key_sha256=row["key_sha256"], not_after=row["not_after"],
+                           issued_at=row["issued_at"], retired_at=row["retired_at"])
+                for row in rows]
 
     def retire_other_certs(self, device_id: str, serial: int) -> int:
         """Once a device has proven ``serial`` in use, its older certificates go on the CRL."""

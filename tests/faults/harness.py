@@ -11,8 +11,9 @@ The reconciliation is the books at the end of a bad day:
 - the hub's stores hold no duplicate event ids, and each alert alternates raised/cleared
   (a restart must not raise again an alert that is still raised);
 - the active model is verified: a store entry whose sha256 is one the hub published, or a
-  fine-tune this appliance promoted itself, signed by its own device key (checked against its
-  certificate), whose card is the signed one and whose parent is itself verified;
+  fine-tune this appliance promoted itself, signed by a key the hub's registry says it
+  certified for this device (before or after a renewal), whose card is the signed one and
+  whose parent is itself verified;
 - the identity is whole: key, certificate and CA on disk, the certificate's key is the device
   key, it was issued by the hub's CA for this device id;
 - ``/healthz`` answers and the hub sees the device online again after the fault ends. The
@@ -36,8 +37,10 @@ from typing import Any
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.errors import IdentityError
+from appliance.identity import public_key_sha256
 from daemon.finetune.promote import sha256_of, verify_signed
 from tests.delivery.conftest import make_artifact
 from tests.finetune.conftest import make_parent
@@ -387,10 +390,9 @@ class FaultFleet:
     def _model_verified(self, box: Box) -> bool:
         models = box.appliance.models()
         active = models.get("active") or {}
-        cert = box.appliance.state_dir / "identity" / "device.crt"
         return verified_entry(box.appliance.state_dir / "models" / "store",
                               str(active.get("sha256")), models["entries"], self.published,
-                              cert.read_bytes() if cert.exists() else b"")
+                              certified_keys(self.hub.home / "registry.db", box.device_id))
 
     def _identity_whole(self, box: Box) -> bool:
         ident = box.appliance.state_dir / "identity"
@@ -407,13 +409,27 @@ class FaultFleet:
                 and cert.issuer == ca.subject)
 
 
+def certified_keys(registry_path: Path, device_id: str) -> dict[str, float | None]:
+    """Every key the hub's CA certified for ``device_id`` (sha256 of the public key) and when
+    the hub retired that certificate (None while it is current), from the hub's registry."""
+    from provisioning.registry import Registry
+
+    registry = Registry(registry_path)
+    try:
+        return {c.key_sha256: c.retired_at for c in registry.certs_of(device_id)}
+    finally:
+        registry.close()
+
+
 def verified_entry(store: Path, sha: str, entries: list[dict[str, Any]],
-                   published: dict[str, str], device_cert: bytes,
+                   published: dict[str, str], device_keys: dict[str, float | None],
                    seen: frozenset[str] = frozenset()) -> bool:
     """Whether the model store entry ``sha`` is verified: one the hub published (``published``:
     version -> sha256 of ``crack-vit``), or a fine-tune this appliance promoted itself: signed
-    by the key of ``device_cert`` (PEM), the signed sha256 and card are the entry's, and its
-    parent (``entries``: the store's entries) is verified in turn."""
+    by a key the hub certified for this device (``device_keys``, see ``certified_keys``) while
+    that key's certificate was not yet retired, so a fine-tune signed before a renewal with a
+    new key still counts; the signed sha256 and card are the entry's, and its parent
+    (``entries``: the store's entries) is verified in turn."""
     try:
         meta = json.loads((store / sha / "target.json").read_text())
     except (OSError, ValueError):
@@ -423,18 +439,25 @@ def verified_entry(store: Path, sha: str, entries: list[dict[str, Any]],
     if meta.get("origin") != "finetune" or sha in seen:
         return False
     try:
-        public = x509.load_pem_x509_certificate(device_cert).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        statement = verify_signed(meta["signed"], public)
+        statement = verify_signed(meta["signed"])  # by the key it names, which is its signer's
+        key = serialization.load_pem_public_key(str(meta["signed"]["public_key"]).encode())
         card = sha256_of(store / sha / "card.json")
-    except (IdentityError, KeyError, ValueError, OSError):
+    except (IdentityError, KeyError, TypeError, ValueError, OSError):
         return False
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return False
+    key_sha = public_key_sha256(key)
+    if key_sha not in device_keys:
+        return False
+    retired = device_keys[key_sha]
+    if retired is not None and float(statement.get("made_at", retired)) >= retired:
+        return False  # signed after the hub had retired that key's certificate
     if (statement["sha256"], statement["card_sha256"]) != (sha, card):
         return False
     name, _, version = str(statement["parent"]).partition("@")
     if name == "crack-vit" and version in published:
         return True
-    return any(verified_entry(store, str(m["sha256"]), entries, published, device_cert,
+    return any(verified_entry(store, str(m["sha256"]), entries, published, device_keys,
                               seen | {sha})
                for m in entries if (m.get("name"), m.get("version")) == (name, version))
 

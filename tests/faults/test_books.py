@@ -1,36 +1,30 @@
 """The books' rule for the active model (tests/faults/harness.py ``verified_entry``), on a real
-model store with entries signed by real device keys: a model the hub published, or a fine-tune
-the appliance promoted and signed itself from a verified parent, counts as verified; anything
-else does not."""
+model store with entries signed by real device keys, and a real hub registry that records the
+keys its CA certified for the device: a model the hub published, or a fine-tune the appliance
+promoted and signed itself from a verified parent, with a key certified for it (also one that a
+certificate renewal has since replaced), counts as verified; anything else does not."""
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import json
+import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 
 from appliance.fsutil import write_secret
-from appliance.identity import generate_key, key_to_pem
+from appliance.identity import generate_key, key_to_pem, load_private_key, public_key_sha256
 from daemon.delivery.store import ModelStore
 from daemon.finetune.promote import build_entry, validate_entry
+from provisioning.registry import Registry
 from tests.delivery.conftest import make_artifact
-from tests.faults.harness import verified_entry
+from tests.faults.harness import certified_keys, verified_entry
 
-
-def self_signed(key_pem: bytes) -> bytes:
-    key = serialization.load_pem_private_key(key_pem, None)
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "dev-books")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)  # type: ignore[arg-type]
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
-    return cert.public_bytes(serialization.Encoding.PEM)
+DEVICE = "dev-books"
 
 
 def edit(path: Path, **changes: Any) -> None:
@@ -40,20 +34,51 @@ def edit(path: Path, **changes: Any) -> None:
 
 
 class Box:
-    """A state directory with a device key and a real model store."""
+    """A state directory with a device key and a real model store, and the hub's registry
+    with the certificates its CA issued for that key."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.key = root / "identity" / "device.key"
-        write_secret(self.key, key_to_pem(generate_key()))
-        self.cert = self_signed(self.key.read_bytes())
+        self.registry = root / "registry.db"
+        self.serial = 1
+        with self._hub() as registry:
+            registry.add_claim("claim-1", "token", {}, time.time() + 3600, 1, self.serial)
+            registry.add_device(DEVICE, "claim-1", {}, {}, self.serial)
+        self._certify()
         self.store = ModelStore(root / "models")
         self.published: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def _hub(self) -> Iterator[Registry]:
+        registry = Registry(self.registry)
+        try:
+            yield registry
+        finally:
+            registry.close()
+
+    def _certify(self) -> None:
+        """A new device key, and the hub's record of the certificate it issued for it."""
+        write_secret(self.key, key_to_pem(generate_key()))
+        public = load_private_key(self.key.read_bytes()).public_key()
+        with self._hub() as registry:
+            registry.add_cert(DEVICE, self.serial, public_key_sha256(public), time.time() + 86400)
+
+    def renew(self) -> Path:
+        """A certificate renewal with a new key, as the hub does it: the new certificate is
+        recorded, then the older ones retired. Returns a copy of the old key."""
+        old = self.root / f"old-{self.serial}.key"
+        shutil.copy(self.key, old)
+        self.serial += 1
+        self._certify()
+        with self._hub() as registry:
+            registry.retire_other_certs(DEVICE, self.serial)
+        return old
 
     def install(self, artifact: Path, parent: str, key: Path | None = None) -> str:
         """Sign ``artifact`` as a promoted fine-tune of ``parent`` and install it."""
         key = key or self.key
-        work = self.root / f"work-{artifact.name}"
+        work = self.root / f"work-{artifact.name}-{self.serial}"
         work.mkdir()
         tar, meta = build_entry(artifact, work, key, "job-1", parent)
         with self.store.locked():
@@ -65,7 +90,7 @@ class Box:
 
     def verified(self, sha: str) -> bool:
         return verified_entry(self.store.root / "store", sha, self.entries(), self.published,
-                              self.cert)
+                              certified_keys(self.registry, DEVICE))
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +146,22 @@ def test_a_store_entry_neither_published_nor_promoted_here_is_not(
     sha = box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0")
     edit(box.store.root / "store" / sha / "target.json", origin="hub")
     assert not box.verified(sha)
+
+
+def test_a_fine_tune_signed_before_a_certificate_renewal_is_verified(
+        box: Box, models: dict[str, Path]) -> None:
+    sha = box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0")
+    box.renew()
+    assert box.verified(sha)
+
+
+def test_a_fine_tune_signed_with_the_renewed_key_is_verified(
+        box: Box, models: dict[str, Path]) -> None:
+    box.renew()
+    assert box.verified(box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0"))
+
+
+def test_a_fine_tune_signed_with_a_retired_key_after_its_retirement_is_not(
+        box: Box, models: dict[str, Path]) -> None:
+    old = box.renew()
+    assert not box.verified(box.install(models["1.1.1-ft.1"], "crack-vit@1.1.0", key=old))

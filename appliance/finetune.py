@@ -13,6 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+#: How a job may train: the head only on frozen features, LoRA adapters, the last blocks, or
+#: the whole encoder (``models.finetune.methods`` implements each; the daemon's options add
+#: ``auto``). Here, not in ``models``, so the daemon checks options without the ML stack.
+METHODS = ("linear", "lora", "partial", "full")
+
 
 class _Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

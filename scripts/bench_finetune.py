@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.finetune.spec import METHODS
+
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"tiny": "vit-tiny-p16-224", "small": "vit-small-p16-224"}
-METHODS = ("linear", "lora", "partial", "full")
 SITE = 17
 HUB_DOMAINS = (1, 2, 3, 4)
 

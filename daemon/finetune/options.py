@@ -7,9 +7,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from appliance import finetune
 from appliance.errors import DataError
 
-METHODS = ("auto", "linear", "lora", "partial", "full")
+#: ``auto`` lets the job pick (``models.finetune.spec.default_method``), or one of its methods.
+METHODS = ("auto", *finetune.METHODS)
 OPTION_KEYS = {"method", "budget", "epochs", "seed"}
 
 

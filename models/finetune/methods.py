@@ -23,12 +23,13 @@ from torch import Tensor, nn
 
 from appliance.errors import DataError
 
-# The default method lives with the job spec (torch-free, for the daemon); kept importable here.
+# The methods and the default one live with the job spec (torch-free, for the daemon); kept
+# importable here.
 from models.finetune.spec import FULL_FROM as FULL_FROM
+from models.finetune.spec import METHODS as METHODS
 from models.finetune.spec import default_method as default_method
 from models.vit import VisionTransformer
 
-METHODS = ("linear", "lora", "partial", "full")
 #: Peak learning rates per method (AdamW, warm-up then cosine; see models.training.loop).
 #: (The linear probe chooses its own, see ``models.finetune.probe``.)
 LEARNING_RATES = {"lora": 2e-3, "partial": 3e-4, "full": 1e-4}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import DataError
+from appliance.finetune import METHODS as METHODS
 
 #: From this many labeled samples on a GPU, the whole encoder is trained.
 FULL_FROM = 2000

@@ -97,10 +97,22 @@ class ReportedState(BaseModel):
     seq: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
 
 
+EventId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class EventRef(BaseModel):
+    """Just an event's id: what the hub needs to acknowledge an event it refuses (sending it
+    again will not make it valid, so the device may forget it)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: EventId
+
+
 class Event(Payload):
     """One event from a device's durable outbox; ``id`` lets the hub drop redeliveries."""
 
-    id: str = Field(min_length=1, max_length=64)
+    id: EventId
     kind: str = Field(min_length=1, max_length=64)
     ts: float
     data: dict[str, Any]

@@ -21,6 +21,7 @@ from appliance.payloads import (
     AVAILABLE_STOPPED,
     Event,
     EventAck,
+    EventRef,
     RenewAccepted,
     ReportedState,
 )
@@ -222,16 +223,21 @@ class HubService(TaskGroupService):
                     device.id, snapshot.taken_at_s, snapshot.model_dump(mode="json")
                 )
             elif message.topic.matches(topics.ALL_EVENTS):
-                event = Event.model_validate_json(payload)
-                self.registry.add_event(device.id, event.model_dump(mode="json"))
-                self._ack(device.id, event.id)
+                self._take_event(device.id, json.loads(payload))
         except (ValueError, TypeError, RecursionError) as exc:
             self._refuse(topic, "malformed", str(exc))
-            if device_id and message.topic.matches(topics.ALL_EVENTS):
-                # Sending it again will not make it valid: let the device forget it.
-                event_id = _event_id(payload)
-                if event_id:
-                    self._ack(device_id, event_id)
+
+    def _take_event(self, device_id: str, data: object) -> None:
+        """Store one event and acknowledge it. A refused event that names a plain id is
+        acknowledged as well: sending it again will not make it valid."""
+        try:
+            event = Event.model_validate(data)
+            self.registry.add_event(device_id, event.model_dump(mode="json"))
+        except (ValueError, TypeError, RecursionError):
+            with contextlib.suppress(ValueError):
+                self._ack(device_id, EventRef.model_validate(data).id)
+            raise
+        self._ack(device_id, event.id)
 
     def _ack(self, device_id: str, event_id: str) -> None:
         self._to_ack.setdefault(device_id, []).append(event_id)
@@ -416,12 +422,3 @@ class HubService(TaskGroupService):
         if self.registry.retire_other_certs(device_id, device.cert_serial):
             broker.write_access(self.home, self.registry)
             log.info("replaced certificates retired", extra={"device": device_id})
-
-
-def _event_id(payload: bytes) -> str | None:
-    """The id of an event the hub refused, when the payload says one plainly."""
-    try:
-        value = json.loads(payload).get("id")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return value if isinstance(value, str) and 0 < len(value) <= 64 else None

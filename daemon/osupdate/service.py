@@ -175,7 +175,7 @@ class OsUpdateService(TaskGroupService):
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._after_boot()
+        self.settle_boot()
         self.spawn(self._loop(), "reconcile")
 
     async def stop(self) -> None:
@@ -186,9 +186,10 @@ class OsUpdateService(TaskGroupService):
         """Running the version we rebooted into, its health gate not passed yet in this boot."""
         return self.version is not None and self.journal().booting == self.version
 
-    def _after_boot(self) -> None:
+    def settle_boot(self) -> None:
         """Settle the version we rebooted into: committed once this boot passed its health gate
-        (until then it is on probation), or rolled back and why."""
+        (until then it is on probation), or rolled back and why. ``start`` does it first; public
+        so a test can boot a service into a slot without its reconcile loop."""
         journal = self.journal()
         target = journal.booting
         if target is None:
@@ -263,7 +264,7 @@ class OsUpdateService(TaskGroupService):
         if self.version is None:
             return  # not running a Spoke image (a development box): never stage anything
         if self.on_probation:
-            self._after_boot()
+            self.settle_boot()
             if not self.on_probation:
                 await self._changed()
             return

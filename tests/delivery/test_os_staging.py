@@ -292,7 +292,7 @@ async def test_booting_the_new_version_reports_it_committed(
     health.write_text(json.dumps({"ok": True, "reason": "healthy", "checked_at": 900.0}))
     box.booted_at = 1000.0
     after = box.service(state, disk, ("2", "spoke_2"))
-    after._after_boot()
+    after.settle_boot()
     # Running 2, but its health gate has not passed in THIS boot (the pass is from before it).
     reported = after.reported()
     assert (reported["version"], reported["state"]) == ("2", "probation")
@@ -317,7 +317,7 @@ async def test_a_rollback_is_reported_with_its_reason_and_not_retried(
         json.dumps({"ok": False, "reason": "hub unreachable for 300 s",
                     "checked_at": time.time()}))
     back = box.service(state, disk, ("1", "spoke_1"))  # systemd-boot fell back to slot A
-    back._after_boot()
+    back.settle_boot()
     back.attach(client(sim, tmp_path))
     reported = back.reported()
     assert reported["version"] == "1"
@@ -345,7 +345,7 @@ async def test_power_lost_while_rebooting_until_the_tries_ran_out_is_a_rollback_
     await svc.reconcile()
     assert box.reboots == 1
     back = box.service(state, disk, ("1", "spoke_1"))
-    back._after_boot()
+    back.settle_boot()
     assert back.reported()["last_update"]["reason"] == (  # type: ignore[index]
         "rolled back: spoke-health failed: the new slot never completed a boot")
 

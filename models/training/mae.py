@@ -54,7 +54,7 @@ class MaskedAutoencoder(nn.Module):
         x = imgs.reshape(b, c, h // p, p, w // p, p)
         return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
 
-    def _smooth(self, imgs: Tensor) -> Tensor:
+    def smooth(self, imgs: Tensor) -> Tensor:
         """Targets without sensor noise and sand grain when ``target_blur`` > 1: those pixels
         are unpredictable, and fitting them teaches the encoder nothing about defects."""
         k = self.target_blur
@@ -90,7 +90,7 @@ class MaskedAutoencoder(nn.Module):
         y = torch.cat([y[:, :1], seq], dim=1) + self.decoder_pos_embed
         pred = self.decoder_pred(self.decoder_norm(self.decoder_blocks(y)))[:, 1:].float()
 
-        target = self.patchify(self._smooth(imgs)).float()
+        target = self.patchify(self.smooth(imgs)).float()
         mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + 1e-6).sqrt()
         masked = torch.ones(b, n, device=x.device)

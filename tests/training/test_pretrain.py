@@ -208,6 +208,6 @@ def test_resumes_after_kill_9_exactly_where_it_stopped(tmp_path: Path) -> None:
 def test_blurred_targets_drop_pixel_noise_but_keep_the_shape() -> None:
     mae = MaskedAutoencoder(build_model(tiny_config(), seed=0), target_blur=3)
     noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    smooth = mae._smooth(noise)
+    smooth = mae.smooth(noise)
     assert smooth.shape == noise.shape
     assert smooth.var() < noise.var() / 4

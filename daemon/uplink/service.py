@@ -190,6 +190,10 @@ class UplinkService(TaskGroupService):
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    def uploads_in_flight(self) -> int:
+        """Bodies being read now: each holds a queue slot (``slot``) until it is queued."""
+        return self._reserved
+
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: about one image's processing time."""
         return max(1, min(60, math.ceil(self._image_seconds)))

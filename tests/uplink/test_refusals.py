@@ -7,6 +7,7 @@ import zlib
 from typing import Any
 
 from daemon.uplink.provider import NoModel
+from tests.support.wait import eventually
 from tests.uplink.conftest import MAX_UPLOAD, Uplink, image_bytes
 
 
@@ -191,10 +192,10 @@ async def test_uploads_in_flight_count_against_the_queue(make_uplink: Any) -> No
             "/v1/images", data=slow_body(), headers={**uplink.auth, "Content-Type": "image/png"}
         )
     )
-    for _ in range(100):
-        if uplink.service._reserved:
-            break
-        await asyncio.sleep(0.02)
+    async def slot_held() -> bool:
+        return uplink.service.uploads_in_flight() == 1
+
+    await eventually(slot_held, 10, "the slow upload to hold its queue slot", 0.02)
     second = await uplink.post(image_bytes(seed=9))
     assert second.status == 429
     release.set()

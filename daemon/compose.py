@@ -25,7 +25,7 @@ from daemon.hub.outbox import Outbox
 from daemon.uplink.api import UplinkApi
 from daemon.uplink.provider import ModelProvider
 from daemon.uplink.service import UplinkService
-from daemon.web.status import Sources
+from daemon.web.status import QueueView, Sources
 from daemon.web.workbench import Workbench
 from daemon.web.workbench.handlers import WorkbenchSources
 
@@ -59,7 +59,7 @@ def finetune(app: web.Application, root: Path, config: FinetuneSection,
 def status_view(status: Callable[[], dict[str, Any]], uplink: UplinkService,
                 health: HealthService, provider: ModelProvider, models: ModelService | None,
                 tls_cert: Callable[[], str | None]) -> Sources:
-    """What the status page on ``/`` reads: callables and read-only services."""
+    """What the status page on ``/`` reads: callables that return values, not the services."""
 
     def model() -> dict[str, Any] | None:
         current = provider.current()
@@ -73,8 +73,12 @@ def status_view(status: Callable[[], dict[str, Any]], uplink: UplinkService,
                 info["backend"] = getattr(backend, "name", None)
         return info or None
 
-    return Sources(status=status, uplink_root=uplink.root, health=health, uplink=uplink,
-                   model=model, tls_cert=tls_cert, verify_token=uplink.tokens.verify)
+    def queue() -> QueueView:
+        return QueueView(uplink.queue_depth(), uplink.config.queue_depth, uplink.ready())
+
+    return Sources(status=status, uplink_root=uplink.root, health=lambda: health.latest,
+                   alerts=lambda: health.alerts.active, queue=queue, model=model,
+                   tls_cert=tls_cert, verify_token=uplink.tokens.verify)
 
 
 def workbench_view(uplink: UplinkService, finetune: FinetuneService | None) -> Workbench:

@@ -7,8 +7,9 @@ by the daemon itself (no CDN), the page refreshes ``/status.json`` every few sec
 strict Content-Security-Policy keeps it to its own script and style.
 
 ``StatusPage`` reads the daemon's parts through ``Sources`` (built by
-``daemon.compose.status_view``): each is optional, so the page also works for ``spoke run
---standalone`` and in tests that build only some of them.
+``daemon.compose.status_view``): callables that return values (a snapshot, a ``QueueView``),
+never a service, so the page cannot change what it shows. Each is optional, so the page also
+works for ``spoke run --standalone`` and in tests that build only some of them.
 """
 
 from __future__ import annotations
@@ -22,19 +23,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from appliance import __version__
-from appliance.health import Severity
+from appliance.health import HealthSnapshot, Severity
 from daemon.web import pairing
 from daemon.web.results import Results, severity, thumbnail
 from daemon.web.signed import UrlSigner
-
-if TYPE_CHECKING:
-    from daemon.health.service import HealthService
-    from daemon.uplink.service import UplinkService
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +65,27 @@ ALERT_TITLES = {
 }
 
 
+@dataclass(frozen=True)
+class QueueView:
+    """The uplink's queue as the page shows it."""
+
+    depth: int
+    limit: int
+    ready: bool
+
+
 @dataclass
 class Sources:
     """Where the page reads from; any of them may be missing."""
 
     status: Callable[[], dict[str, Any]] = dict
     uplink_root: Path | None = None
-    health: HealthService | None = None
-    uplink: UplinkService | None = None
+    #: The health service's latest snapshot (None before the first).
+    health: Callable[[], HealthSnapshot | None] = lambda: None
+    #: The alerts raised now, as (alert, subject) pairs.
+    alerts: Callable[[], list[tuple[str, str]]] = list
+    #: The uplink's queue; None without an uplink.
+    queue: Callable[[], QueueView | None] = lambda: None
     model: Callable[[], dict[str, Any] | None] = lambda: None
     #: The certificate the API serves now (it changes at enrollment and renewal); None: HTTP.
     tls_cert: Callable[[], str | None] = lambda: None
@@ -84,10 +94,9 @@ class Sources:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _health_view(health: HealthService | None) -> dict[str, Any] | None:
-    if health is None or health.latest is None:
+def _health_view(snap: HealthSnapshot | None) -> dict[str, Any] | None:
+    if snap is None:
         return None
-    snap = health.latest
     host = snap.host
     cores = host.cpu.usage_ratio_per_core
     root = next((f for f in host.filesystems if f.mountpoint == "/"), None)
@@ -119,16 +128,14 @@ def _health_view(health: HealthService | None) -> dict[str, Any] | None:
     }
 
 
-def _alerts(health: HealthService | None) -> list[dict[str, Any]]:
-    if health is None:
-        return []
+def _alerts(active: list[tuple[str, str]]) -> list[dict[str, Any]]:
     from daemon.health.alerts import RULES
 
     severities = {rule.alert: rule.severity for rule in RULES}
     return [{"alert": alert, "subject": subject,
              "title": ALERT_TITLES.get(alert, alert.replace("_", " ")),
              "severity": severities.get(alert, Severity.WARNING)}
-            for alert, subject in health.alerts.active]
+            for alert, subject in active]
 
 
 def thumb_path(image_id: str) -> str:
@@ -245,10 +252,10 @@ class StatusPage:
             recent = [_finding(r, link) for r in activity.pop("recent")]
             self._recent_ids = {f["id"] for f in recent}
             uplink = activity
-        if src.uplink is not None:
-            uplink = {**(uplink or {}), "queue_depth": src.uplink.queue_depth(),
-                      "queue_limit": src.uplink.config.queue_depth,
-                      "ready": src.uplink.ready()}
+        queue = src.queue()
+        if queue is not None:
+            uplink = {**(uplink or {}), "queue_depth": queue.depth, "queue_limit": queue.limit,
+                      "ready": queue.ready}
         return {
             "generated_at": time.time(),
             "refresh_s": self.refresh_s,
@@ -258,8 +265,8 @@ class StatusPage:
             "hub": status.get("hub"),
             "api": {"url": base_url, "tls": bool(src.tls_cert())},
             "model": src.model(),
-            "health": _health_view(src.health),
-            "alerts": _alerts(src.health),
+            "health": _health_view(src.health()),
+            "alerts": _alerts(src.alerts()),
             "uplink": uplink,
             "recent": recent,
             "pairing": await asyncio.to_thread(self._pairing, base_url),

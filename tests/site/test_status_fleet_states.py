@@ -8,7 +8,6 @@ import asyncio
 import json
 import shutil
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -38,7 +37,6 @@ def fleet_sources() -> Sources:
     )
     alerts = AlertEvaluator(HealthSection())
     alerts.evaluate(snap)
-    health: Any = SimpleNamespace(latest=snap, alerts=alerts)
     now = time.time()
     status = {
         "device_id": "dev-3f9a0c51e2b7d4a68c10",
@@ -49,7 +47,8 @@ def fleet_sources() -> Sources:
     model = {"name": "codebrim-vit-s16", "version": "2.4.0", "backend": "tensorrt",
              "state": "probation", "desired": "codebrim-vit-s16@2.4.0", "hold": False,
              "last_error": None}
-    return Sources(status=lambda: status, health=health, model=lambda: model)
+    return Sources(status=lambda: status, health=lambda: snap, alerts=lambda: alerts.active,
+                   model=lambda: model)
 
 
 @pytest.fixture

@@ -1,8 +1,11 @@
 """MQTT plumbing both sides share: TLS contexts, MQTT 5 clients, subscribing with the broker's
-answer checked, publishing with its errors converted (``LinkError``), and reconnect backoff."""
+answer checked, publishing with its errors converted (``LinkError``), reconnect backoff, and
+``Session``: the one reconnect loop of the device's hub link and of the hub."""
 
+import asyncio
 import random
 import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiomqtt
@@ -109,3 +112,63 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class Session:
+    """One MQTT session kept up: connect, subscribe (every SUBACK checked), serve, and when the
+    link fails, wait with backoff and connect again, as aiomqtt's docs advise. The device's
+    ``HubLink`` and the hub's ``HubService`` both run on it.
+
+    ``retry_on``: the errors that mean "the link is down, try again"; any other error ends
+    ``run`` (the hub treats a refused subscription, ``refusal``, as fatal; the device retries
+    it, since a revoked device may be reinstated). ``refused`` names the topic in that error.
+    """
+
+    def __init__(self, connect: Callable[[], aiomqtt.Client], subscriptions: Sequence[str],
+                 backoff: Backoff, *, retry_on: tuple[type[Exception], ...],
+                 refused: str = "the broker refused the subscription to {topic}",
+                 refusal: type[Exception] = LinkError) -> None:
+        self._connect = connect
+        self.subscriptions = tuple(subscriptions)
+        self.backoff = backoff
+        self.retry_on = retry_on
+        self.refused = refused
+        self.refusal = refusal
+        #: The live client while connected (renewal and acks need it), else None.
+        self.client: aiomqtt.Client | None = None
+        #: Set once the subscriptions are granted, cleared as soon as the session ends.
+        self.connected = asyncio.Event()
+
+    async def publish(self, topic: str, payload: bytes | str, *, retain: bool = False,
+                      down: str) -> None:
+        """``publish`` on this session: ``LinkError(down)`` while it is not connected."""
+        client = self.client if self.connected.is_set() else None
+        await publish(client, topic, payload, retain=retain, down=down)
+
+    async def run(self, serve: Callable[[aiomqtt.Client], Awaitable[None]],
+                  on_down: Callable[[Exception, float], None],
+                  may_connect: Callable[[], bool] = lambda: True) -> None:
+        """Connect and ``serve(client)`` until cancelled; a serve that returns reconnects at
+        once, a ``retry_on`` error calls ``on_down(error, delay)`` and sleeps ``delay`` first.
+        Returns when ``may_connect()`` says no (checked before each connection)."""
+        while may_connect():
+            try:
+                await self._once(serve)
+            except self.retry_on as exc:
+                delay = self.backoff.next_delay()
+                on_down(exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _once(self, serve: Callable[[aiomqtt.Client], Awaitable[None]]) -> None:
+        try:
+            async with self._connect() as client:
+                self.client = client
+                for topic in self.subscriptions:
+                    await subscribe(client, topic, self.refused.format(topic=topic),
+                                    self.refusal)
+                self.backoff.reset()
+                self.connected.set()
+                await serve(client)
+        finally:
+            self.connected.clear()
+            self.client = None

@@ -110,15 +110,21 @@ class HubService(TaskGroupService):
         self.home = home
         self.config = config
         self.registry = registry
-        self.connected = asyncio.Event()
+        self.session = mqtt.Session(
+            self._connect, SUBSCRIPTIONS, mqtt.Backoff(0.5, 10.0), retry_on=(aiomqtt.MqttError,),
+            refused="the broker refused the hub's subscription to {topic}")
         self.enrollments = 0
         #: Counts broker sessions, so a publisher of retained state knows to send it again.
         self.sessions = 0
-        self._client: aiomqtt.Client | None = None
         #: Event ids stored (or refused for good) per device, acknowledged in batches.
         self._to_ack: dict[str, list[str]] = {}
         self._ack_due = asyncio.Event()
         self._instance_lock: leader.Lock | None = None
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while the hub's session is up (its subscriptions granted)."""
+        return self.session.connected
 
     async def start(self) -> None:
         self.spawn(self._run(), "mqtt")
@@ -146,48 +152,38 @@ class HubService(TaskGroupService):
             await asyncio.sleep(leader.RETRY_S)
         await asyncio.to_thread(self.registry.add_hub_process, instance)
 
-    async def _run(self) -> None:
-        await self._claim_instance()
+    def _connect(self) -> aiomqtt.Client:
+        # A persistent session under a fixed id: what devices publish while the hub is down or
+        # being redeployed waits in the broker (found by the fault scenarios "hub killed -9 and
+        # restarted" and "hub redeployed": events were lost). Each of several hub processes has
+        # its own ([hub] instance), or they would take over each other's session.
         host, port = broker_address(self.config)
-        backoff = mqtt.Backoff(0.5, 10.0)
-        while True:
-            try:
-                # A persistent session under a fixed id: what devices publish while the hub is
-                # down or being redeployed waits in the broker (found by the fault scenarios
-                # "hub killed -9 and restarted" and "hub redeployed": events were lost). Each of
-                # several hub processes has its own ([hub] instance), or they would take over
-                # each other's session.
-                client = ack_when_handled(mqtt.client(
-                    host, port, client_id(self.config.hub.instance),
-                    hub_tls(self.home, self.config),
-                    session_expiry_s=HUB_SESSION_EXPIRY_S,
-                ))
-                async with client:
-                    await self._subscribe(client)
-                    backoff.reset()
-                    self._client = client
-                    self.sessions += 1
-                    self.connected.set()
-                    log.info("hub connected to broker", extra={"host": host, "port": port})
-                    async for message in client.messages:
-                        await self.dispatch(client, message)
-                        ack(client, message)
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                delay = backoff.next_delay()
-                log.warning("broker connection lost", extra={"error": str(exc), "retry_s": delay})
-                await asyncio.sleep(delay)
+        return ack_when_handled(mqtt.client(
+            host, port, client_id(self.config.hub.instance), hub_tls(self.home, self.config),
+            session_expiry_s=HUB_SESSION_EXPIRY_S,
+        ))
+
+    async def _run(self) -> None:
+        """The broker session; a refused subscription (``LinkError``) ends the hub."""
+        await self._claim_instance()
+        await self.session.run(self._serve, self._down)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self.sessions += 1
+        host, port = broker_address(self.config)
+        log.info("hub connected to broker", extra={"host": host, "port": port})
+        async for message in client.messages:
+            await self.dispatch(client, message)
+            ack(client, message)
+
+    @staticmethod
+    def _down(exc: Exception, delay: float) -> None:
+        log.warning("broker connection lost", extra={"error": str(exc), "retry_s": delay})
 
     async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
         """Publish on the hub's session, or raise LinkError while the broker is unreachable."""
-        client = self._client if self.connected.is_set() else None
-        await mqtt.publish(client, topic, payload, retain=retain,
-                           down="the hub is not connected to the broker")
-
-    async def _subscribe(self, client: aiomqtt.Client) -> None:
-        for topic in SUBSCRIPTIONS:
-            await mqtt.subscribe(client, topic,
-                                 f"the broker refused the hub's subscription to {topic}")
+        await self.session.publish(topic, payload, retain=retain,
+                                   down="the hub is not connected to the broker")
 
     async def dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         """Take one device message; ``client`` answers enrollments and renewals."""

@@ -58,16 +58,28 @@ class HubLink(TaskGroupService):
         self.state_fields = state_fields
         self.state = state
         self.started = time.time()
-        self.connected = asyncio.Event()
+        device = ident.device_id
+        self.address = f"{ident.hub_host}:{ident.mqtt_port}"
+        self.session = mqtt.Session(
+            self._connect,
+            (topics.desired(device), f"{topics.ROOT}/{device}/cmd/+", topics.events_ack(device)),
+            mqtt.Backoff(config.backoff_initial_s, config.backoff_cap_s),
+            retry_on=(aiomqtt.MqttError, LinkError),
+            refused="the broker refused subscription to {topic} (revoked?)",
+        )
         self.on_renewed = tuple(on_renewed)
         self.on_expired = on_expired
         self.server_names = server_names
-        self._client: aiomqtt.Client | None = None
         self._reconnect = asyncio.Event()
         self._exchange = renewal.Exchange()
         self.handlers: dict[str, MessageHandler] = {
             topics.renew_response(ident.device_id): self._exchange.on_message, **(handlers or {})}
         self._seq = 0
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while the session is up (its subscriptions granted)."""
+        return self.session.connected
 
     async def start(self) -> None:
         self.status.set("certificate", self.ident.cert_summary())
@@ -76,7 +88,7 @@ class HubLink(TaskGroupService):
 
     async def stop(self) -> None:
         """Say ``stopped`` (so the hub knows this was on purpose), then disconnect."""
-        if self._client is not None and self.connected.is_set():
+        if self.connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await asyncio.wait_for(self._publish_available(AVAILABLE_STOPPED), 3)
         await self.cancel_tasks()
@@ -93,8 +105,7 @@ class HubLink(TaskGroupService):
 
     async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
         """Publish now, or raise LinkError while the hub is unreachable (callers queue)."""
-        client = self._client if self.connected.is_set() else None
-        await mqtt.publish(client, topic, payload, retain=retain, down="not connected to the hub")
+        await self.session.publish(topic, payload, retain=retain, down="not connected to the hub")
 
     async def publish_state(self) -> None:
         """Publish the state with a sequence number that only grows (wall-clock nanoseconds,
@@ -106,51 +117,31 @@ class HubLink(TaskGroupService):
     async def _publish_available(self, value: bytes) -> None:
         await self.publish(topics.available(self.ident.device_id), value, retain=True)
 
-    async def _run(self) -> None:
+    def _connect(self) -> aiomqtt.Client:
         ident = self.ident
-        address = f"{ident.hub_host}:{ident.mqtt_port}"
         will = aiomqtt.Will(
             topics.available(ident.device_id), AVAILABLE_OFFLINE, qos=1, retain=True
         )
-        backoff = mqtt.Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
-        while True:
-            if ident.expired():
-                self._expired()
-                return
-            # Built each time: a renewal swaps the files underneath between two sessions.
-            tls = mqtt.tls_context(ident.ca, ident.cert, ident.key)
-            try:
-                async with mqtt.client(
-                    ident.hub_host,
-                    ident.mqtt_port,
-                    ident.device_id,
-                    tls,
-                    will=will,
-                    timeout=self.config.connect_timeout_s,
-                ) as client:
-                    self._client = client
-                    await self._session(client, address)
-                    backoff.reset()
-            except (aiomqtt.MqttError, LinkError) as exc:
-                self.connected.clear()
-                delay = backoff.next_delay()
-                self.status.hub(False, address, error=str(exc))
-                log.warning("hub link down", extra={"error": str(exc), "retry_s": round(delay, 2)})
-                await asyncio.sleep(delay)
-            finally:
-                self._client = None
+        # Built each time: a renewal swaps the files underneath between two sessions.
+        tls = mqtt.tls_context(ident.ca, ident.cert, ident.key)
+        return mqtt.client(ident.hub_host, ident.mqtt_port, ident.device_id, tls, will=will,
+                           timeout=self.config.connect_timeout_s)
 
-    async def _session(self, client: aiomqtt.Client, address: str) -> None:
+    async def _run(self) -> None:
+        await self.session.run(self._session, self._down,
+                               may_connect=lambda: not self.ident.expired())
+        self._expired()  # the session gives up only on an expired certificate
+
+    def _down(self, exc: Exception, delay: float) -> None:
+        self.status.hub(False, self.address, error=str(exc))
+        log.warning("hub link down", extra={"error": str(exc), "retry_s": round(delay, 2)})
+
+    async def _session(self, client: aiomqtt.Client) -> None:
         device = self.ident.device_id
-        for topic in (topics.desired(device), f"{topics.ROOT}/{device}/cmd/+",
-                      topics.events_ack(device)):
-            await mqtt.subscribe(client, topic,
-                                 f"the broker refused subscription to {topic} (revoked?)")
-        self.connected.set()
         await self._publish_available(AVAILABLE_ONLINE)
         await self.publish_state()
-        self.status.hub(True, address)
-        log.info("hub link up", extra={"hub": address, "device": device})
+        self.status.hub(True, self.address)
+        log.info("hub link up", extra={"hub": self.address, "device": device})
         self._reconnect.clear()
         reader = asyncio.create_task(self._read(client))
         renewed = asyncio.create_task(self._reconnect.wait())
@@ -184,7 +175,7 @@ class HubLink(TaskGroupService):
             due = identity.renewal_due_at(self.ident.certificate(), self.config.renew_at_share)
             await asyncio.sleep(max(0.0, due - time.time()))
             await self.connected.wait()
-            client = self._client
+            client = self.session.client
             if client is None:
                 continue
             try:

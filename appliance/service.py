@@ -39,12 +39,16 @@ class Service(Protocol):
 
 
 class Supervisor:
-    """Starts services in order, watches their background tasks, stops them in reverse."""
+    """Starts services in order, watches their background tasks, stops them in reverse.
+
+    It watches a ``TaskGroupService`` by waiting on its ``crashed`` event: a service never
+    needs to be told where to report a crash, so none is given a callback after it is built."""
 
     def __init__(self, stop_timeout: float = 10.0) -> None:
         self.stop_timeout = stop_timeout
         self._stack = contextlib.AsyncExitStack()
         self._started: list[str] = []
+        self._watchers: dict[int, asyncio.Task[None]] = {}
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
 
@@ -52,9 +56,20 @@ class Supervisor:
         await service.start()
         self._started.append(service.name)
         self._stack.push_async_callback(self._stop_one, service)
+        if isinstance(service, TaskGroupService):
+            self._watchers[id(service)] = asyncio.create_task(
+                self._watch(service), name=f"supervisor:{service.name}")
         log.info("service started", extra={"service": service.name})
 
+    async def _watch(self, service: "TaskGroupService") -> None:
+        await service.crashed.wait()
+        if service.crash is not None:
+            self.report_failure(service.crash)
+
     async def _stop_one(self, service: Service) -> None:
+        watcher = self._watchers.pop(id(service), None)
+        if watcher is not None:
+            watcher.cancel()
         try:
             await asyncio.wait_for(service.stop(), self.stop_timeout)
             log.info("service stopped", extra={"service": service.name})
@@ -90,13 +105,16 @@ def still_running() -> list[str]:
 
 
 class TaskGroupService:
-    """Base for a service made of background coroutines; a crash in one is reported upstream."""
+    """Base for a service made of background coroutines. The first crash of one is kept in
+    ``crash`` and sets ``crashed``, which whoever runs the service (the ``Supervisor``, a
+    ``Singleton``) waits on."""
 
     name = "service"
 
     def __init__(self) -> None:
         self._tasks: list[asyncio.Task[None]] = []
-        self.on_failure: Callable[[BaseException], None] | None = None
+        self.crash: BaseException | None = None
+        self.crashed = asyncio.Event()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"{self.name}:{name}")
@@ -110,8 +128,9 @@ class TaskGroupService:
         exc = task.exception()
         if exc is not None:
             log.error("background task crashed", exc_info=exc, extra={"task": task.get_name()})
-            if self.on_failure is not None:
-                self.on_failure(exc)
+            if self.crash is None:
+                self.crash = exc
+                self.crashed.set()
 
     async def cancel_tasks(self) -> None:
         for task in self._tasks:

@@ -25,7 +25,7 @@ from appliance.config import DaemonConfig
 from appliance.errors import LinkError
 from appliance.health import AlertEvent, DaemonFacts, HealthSnapshot
 from appliance.payloads import EventAck
-from appliance.service import Service, Supervisor, TaskGroupService
+from appliance.service import Service, Supervisor
 from daemon import compose, sdnotify, versions
 from daemon.api.server import ApiServer, parse_listen
 from daemon.api.tls import ApiTls
@@ -219,7 +219,6 @@ class Daemon:
             handlers=handlers, on_renewed=on_renewed, on_expired=self.restart_requested.set,
             server_names=tls.server_names if tls is not None else list,
         )
-        link.on_failure = self.supervisor.report_failure
         self.hublink = link
         self.outbox.attach(self._publish_event)
         if self.models is not None:
@@ -372,8 +371,6 @@ class Daemon:
         self.restart_requested.clear()
         async with self.supervisor as sup:
             for service in services:
-                if isinstance(service, TaskGroupService):
-                    service.on_failure = sup.report_failure
                 await sup.add(service)
             self.status.set("api", {"port": self.api.port})
             sdnotify.notify("READY=1")

@@ -119,7 +119,8 @@ def instance_lock(engine: Engine, instance: str) -> Lock:
 
 
 class Singleton(TaskGroupService):
-    """Runs the services ``make`` builds only while this process holds ``lock``."""
+    """Runs the services ``make`` builds only while this process holds ``lock``; a crash of
+    one of them is this service's crash (its supervisor stops the process)."""
 
     name = "singleton"
 
@@ -132,6 +133,7 @@ class Singleton(TaskGroupService):
         self.retry_s = retry_s
         self.leading = asyncio.Event()
         self._running: list[Service] = []
+        self._relays: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self.spawn(self._run(), "lead")
@@ -148,12 +150,23 @@ class Singleton(TaskGroupService):
                 for service in self.make():
                     await service.start()
                     self._running.append(service)
+                    if isinstance(service, TaskGroupService):
+                        self._relays.append(self.spawn(self._relay(service), service.name))
             elif self.leading.is_set() and not await asyncio.to_thread(self.lock.held):
                 log.error("lost the singleton lock; stopping the singleton work")
                 await self._step_down()
             await asyncio.sleep(self.retry_s)
 
+    @staticmethod
+    async def _relay(service: TaskGroupService) -> None:
+        await service.crashed.wait()
+        if service.crash is not None:
+            raise service.crash
+
     async def _step_down(self) -> None:
+        for relay in self._relays:
+            relay.cancel()
+        self._relays.clear()
         for service in reversed(self._running):
             await service.stop()
         self._running.clear()

@@ -55,7 +55,6 @@ async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
             if config.broker.mode == "managed":
                 await supervisor.add(ManagedBroker(home, config, registry))
             hub = HubService(home, config, registry)
-            hub.on_failure = supervisor.report_failure
             await supervisor.add(hub)
 
             def singleton_work() -> list[Service]:
@@ -66,16 +65,9 @@ async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
                     home, registry, before_reload=sweeper.sweep_stopped if sweeper else None
                 )
                 rollout = RolloutService(home, config, registry, hub)
-                work: list[Service] = []
-                for service in (sweeper, access, rollout):
-                    if service is not None:
-                        service.on_failure = supervisor.report_failure
-                        work.append(service)
-                return work
+                return [s for s in (sweeper, access, rollout) if s is not None]
 
-            singleton = Singleton(lock_for(registry.engine), singleton_work)
-            singleton.on_failure = supervisor.report_failure
-            await supervisor.add(singleton)
+            await supervisor.add(Singleton(lock_for(registry.engine), singleton_work))
             await supervisor.add(HubWeb(home, config, registry))
             log.info("hub running", extra={"home": str(home.root)})
             stopper = asyncio.create_task(stop.wait())

@@ -1,11 +1,14 @@
-"""The supervisor's staged shutdown: reverse order, and a stuck stop names what still runs."""
+"""The supervisor's staged shutdown: reverse order, and a stuck stop names what still runs;
+a crashed background task stops the process, also from under a ``Singleton``."""
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
-from appliance.service import Supervisor, TaskGroupService
+from appliance.service import Service, Supervisor, TaskGroupService
+from provisioning.leader import FileLock, Singleton
 
 
 class Stuck(TaskGroupService):
@@ -51,3 +54,42 @@ async def test_a_stop_that_times_out_logs_the_tasks_still_running(
     record = next(r for r in caplog.records if r.getMessage() == "service did not stop in time")
     assert "stuck:worker" in record.still_running  # type: ignore[attr-defined]
     await stuck.cancel_tasks()
+
+
+class Crashing(TaskGroupService):
+    """A service whose one background task fails at once."""
+
+    name = "crashing"
+
+    async def start(self) -> None:
+        self.spawn(self._fail(), "worker")
+
+    async def _fail(self) -> None:
+        raise RuntimeError("the worker broke")
+
+    async def stop(self) -> None:
+        await self.cancel_tasks()
+
+
+async def test_a_crashed_background_task_fails_the_supervisor() -> None:
+    async with Supervisor() as sup:
+        await sup.add(Crashing())
+        await asyncio.wait_for(sup.failed.wait(), 10)
+    assert isinstance(sup.failure, RuntimeError) and str(sup.failure) == "the worker broke"
+
+
+async def test_a_crash_under_a_singleton_fails_the_supervisor(tmp_path: Path) -> None:
+    def work() -> list[Service]:
+        return [Crashing()]
+
+    async with Supervisor() as sup:
+        await sup.add(Singleton(FileLock(tmp_path / "singleton.lock"), work, retry_s=0.05))
+        await asyncio.wait_for(sup.failed.wait(), 10)
+    assert str(sup.failure) == "the worker broke"
+
+
+async def test_a_service_stopped_cleanly_reports_no_failure() -> None:
+    stopped: list[str] = []
+    async with Supervisor() as sup:
+        await sup.add(Recorder("quiet", stopped))
+    assert stopped == ["quiet"] and sup.failure is None and not sup.failed.is_set()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from appliance import topics
 from appliance.config import HubConfig
@@ -46,9 +47,10 @@ class HubWeb:
         repo_http.install(self.app, home.repository, config.repository)
         FleetApi(home, config, registry).install(self.app)  # the dashboard and /api/v1
         r.add_get("/metrics", self._metrics)
-        r.add_post("/v1/devices/{device}/support-bundles", self._support_bundle)
-        # A site's promoted fine-tune for review (weights and metrics only; daemon/finetune).
-        r.add_post("/v1/devices/{device}/finetune-reviews", self._finetune_review)
+        r.add_post("/v1/devices/{device}/support-bundles",
+                   self._device_upload("support", "support bundle"))
+        r.add_post("/v1/devices/{device}/finetune-reviews",
+                   self._device_upload("finetune-reviews", "fine-tune review"))
         self._runner: web.AppRunner | None = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -59,38 +61,30 @@ class HubWeb:
         response.headers["Content-Type"] = metrics.CONTENT_TYPE
         return response
 
-    async def _support_bundle(self, request: web.Request) -> web.Response:
-        device_id = request.match_info["device"]
-        if not topics.valid_id(device_id) or peer_common_name(request) != device_id:
-            raise web.HTTPForbidden(text="a device may upload only with its own certificate")
-        device = self.registry.device(device_id)
-        if device is None or device.revoked_at is not None:
-            raise web.HTTPForbidden(text="unknown or revoked device")
-        data = await request.read()
-        if not data:
-            raise web.HTTPBadRequest(text="empty support bundle")
-        path = self.home.root / "support" / device_id / f"{time.strftime('%Y%m%dT%H%M%S')}.tar.gz"
-        atomic_write(path, data, mode=0o600)
-        log.info("support bundle stored", extra={"device": device_id, "bytes": len(data)})
-        return web.json_response({"stored": str(path), "bytes": len(data)}, status=201)
+    def _device_upload(self, folder: str, what: str) -> Handler:
+        """A device's upload over mutual TLS: support bundles (``restart``'s sibling command
+        ``support-bundle``) and a promoted fine-tune's review files (head or adapter weights,
+        card, held-out comparison; daemon/finetune), when the site's policy uploads them. Kept
+        as ``H/<folder>/DEVICE/<time>.tar.gz``, only from the device its certificate names."""
 
-    async def _finetune_review(self, request: web.Request) -> web.Response:
-        """Head or adapter weights, card and held-out comparison of a promoted fine-tune, when
-        the site's policy uploads them; filed under the device its certificate names."""
-        device_id = request.match_info["device"]
-        if not topics.valid_id(device_id) or peer_common_name(request) != device_id:
-            raise web.HTTPForbidden(text="a device may upload only with its own certificate")
-        device = self.registry.device(device_id)
-        if device is None or device.revoked_at is not None:
-            raise web.HTTPForbidden(text="unknown or revoked device")
-        data = await request.read()
-        if not data:
-            raise web.HTTPBadRequest(text="empty review upload")
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        path = self.home.root / "finetune-reviews" / device_id / f"{stamp}.tar.gz"
-        atomic_write(path, data, mode=0o600)
-        log.info("fine-tune review stored", extra={"device": device_id, "bytes": len(data)})
-        return web.json_response({"stored": str(path), "bytes": len(data)}, status=201)
+        async def handle(request: web.Request) -> web.Response:
+            device_id = request.match_info["device"]
+            if not topics.valid_id(device_id) or peer_common_name(request) != device_id:
+                raise web.HTTPForbidden(text="a device may upload only with its own certificate")
+            device = self.registry.device(device_id)
+            if device is None or device.revoked_at is not None:
+                raise web.HTTPForbidden(text="unknown or revoked device")
+            data = await request.read()
+            if not data:
+                raise web.HTTPBadRequest(text=f"empty {what}")
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            path = self.home.root / folder / device_id / f"{stamp}.tar.gz"
+            atomic_write(path, data, mode=0o600)
+            log.info("device upload stored",
+                     extra={"device": device_id, "upload": what, "bytes": len(data)})
+            return web.json_response({"stored": str(path), "bytes": len(data)}, status=201)
+
+        return handle
 
     def _tls(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

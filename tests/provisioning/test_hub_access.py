@@ -276,3 +276,64 @@ async def test_health_check_and_sign_in_page_stay_public(
         assert await status(http, site, path) == 200
 
 
+
+
+# --- devices: their own uploads (support bundles, fine-tune reviews) -------------------------
+
+#: Each upload route and the folder under the hub's home where it is kept.
+UPLOADS = [("support-bundles", "support"), ("finetune-reviews", "finetune-reviews")]
+
+
+async def upload(http: aiohttp.ClientSession, site: Site, route: str, device_id: str,
+                 tls: ssl.SSLContext, body: bytes = b"tarball") -> int:
+    async with http.post(f"{site.base}/v1/devices/{device_id}/{route}", data=body,
+                         ssl=tls) as resp:
+        return resp.status
+
+
+@pytest.mark.parametrize(("route", "folder"), UPLOADS)
+async def test_a_device_upload_is_kept_under_its_own_id(
+    site: Site, http: aiohttp.ClientSession, route: str, folder: str
+) -> None:
+    site.enroll("dev-a")
+    assert await upload(http, site, route, "dev-a", site.device_tls("dev-a")) == 201
+    [kept] = (site.home.root / folder / "dev-a").glob("*.tar.gz")
+    assert kept.read_bytes() == b"tarball"
+
+
+@pytest.mark.parametrize(("route", "folder"), UPLOADS)
+async def test_a_device_may_not_upload_for_another(
+    site: Site, http: aiohttp.ClientSession, route: str, folder: str
+) -> None:
+    site.enroll("dev-a")
+    site.enroll("dev-b")
+    assert await upload(http, site, route, "dev-b", site.device_tls("dev-a")) == 403
+    assert not (site.home.root / folder / "dev-b").exists()
+
+
+@pytest.mark.parametrize(("route", "folder"), UPLOADS)
+async def test_a_revoked_device_may_not_upload(
+    site: Site, http: aiohttp.ClientSession, route: str, folder: str
+) -> None:
+    site.enroll("dev-a")
+    tls = site.device_tls("dev-a")
+    site.registry.revoke_device("dev-a")
+    assert await upload(http, site, route, "dev-a", tls) == 403
+    assert not (site.home.root / folder / "dev-a").exists()
+
+
+@pytest.mark.parametrize(("route", "folder"), UPLOADS)
+async def test_an_empty_upload_is_refused(
+    site: Site, http: aiohttp.ClientSession, route: str, folder: str
+) -> None:
+    site.enroll("dev-a")
+    assert await upload(http, site, route, "dev-a", site.device_tls("dev-a"), b"") == 400
+    assert not (site.home.root / folder / "dev-a").exists()
+
+
+@pytest.mark.parametrize(("route", "folder"), UPLOADS)
+async def test_a_device_the_registry_does_not_know_may_not_upload(
+    site: Site, http: aiohttp.ClientSession, route: str, folder: str
+) -> None:
+    assert await upload(http, site, route, "dev-a", site.device_tls("dev-a")) == 403
+    assert not (site.home.root / folder / "dev-a").exists()

@@ -280,9 +280,9 @@ class Daemon:
         self.models: ModelService | None = None
         self.model_provider: ModelProvider = self.static_model or NoModel()
         if self.static_model is None and not self.options.standalone:
-            self.models = ModelService(root / "models", self.config.models, self.outbox.put,
-                                       on_change=self._state_changed)
-            self.models.manager.on_activate.append(self._model_loaded)
+            self.models = compose.models(root / "models", self.config.models, self.outbox.put,
+                                         on_change=self._state_changed,
+                                         on_activate=self._model_loaded)
             self.model_provider = self.models.manager
         self.api = ApiServer(
             self.config.api,

@@ -2,9 +2,9 @@
 constructor, and its routes are installed on the API next to it.
 
 ``daemon.app.Daemon`` builds ``spoke run`` from these, and the test fixtures build the same
-parts from them (tests/uplink/conftest.py, tests/finetune/conftest.py), so a test serves what
-the daemon serves. The pages get read-only views (``status_view``, ``workbench_view``), never
-the daemon.
+parts from them (tests/delivery/conftest.py, tests/uplink/conftest.py,
+tests/finetune/conftest.py), so a test serves what the daemon serves. The pages get read-only
+views (``status_view``, ``workbench_view``), never the daemon.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.config import FinetuneSection, UplinkSection
+from appliance.config import FinetuneSection, ModelsSection, UplinkSection
 from appliance.service import Notify, unheard
-from daemon.delivery.service import ModelService
+from daemon.delivery.manager import OnActivate
+from daemon.delivery.service import Emit as ModelEmit
+from daemon.delivery.service import ModelService, Prepare, prepare_model
 from daemon.finetune.api import FinetuneApi
 from daemon.finetune.service import Emit, FinetuneService, ReviewUpload
 from daemon.health import DaemonMetrics, HealthService
@@ -30,6 +32,16 @@ from daemon.web.workbench import Workbench
 from daemon.web.workbench.handlers import WorkbenchSources
 
 Verify = Callable[[str], str | None]
+
+
+def models(root: Path, config: ModelsSection, emit: ModelEmit, *, on_change: Notify = unheard,
+           on_activate: OnActivate | None = None, prepare: Prepare = prepare_model
+           ) -> ModelService:
+    """Signed model delivery (``daemon/delivery``) into ``root``: events go to ``emit`` (the
+    outbox), ``on_change`` hears each reported change, ``on_activate`` each model swapped in.
+    ``prepare`` loads a verified artifact (tests pass one that fails on purpose)."""
+    return ModelService(root, config, emit, prepare=prepare, on_change=on_change,
+                        on_activate=on_activate)
 
 
 def uplink(app: web.Application, root: Path, config: UplinkSection, provider: ModelProvider,

@@ -8,8 +8,8 @@ To run inference, take a lease::
 
 A swap replaces the reference at once: requests that already hold a lease finish on the old
 model, new ones get the new model, and the old backend is closed only when its last lease ends.
-So a swap neither drops nor fails a request in flight. ``on_activate`` callbacks run (in the
-thread that swapped) with the new ``LoadedModel`` or None.
+So a swap neither drops nor fails a request in flight. The ``on_activate`` callback given at
+construction runs (in the thread that swapped) with the new ``LoadedModel`` or None.
 
 Backends are "one caller at a time" (see ``models.backends.base``): a server should still feed
 ``active.backend`` from one inference worker; the lease makes no promise about concurrency.
@@ -51,11 +51,14 @@ class LoadedModel:
 Observer = Callable[[LoadedModel, bool, str | None], None]
 
 
+OnActivate = Callable[[LoadedModel | None], None]
+
+
 class ModelManager:
-    def __init__(self) -> None:
+    def __init__(self, on_activate: OnActivate | None = None) -> None:
         self._lock = threading.Lock()
         self._active: LoadedModel | None = None
-        self.on_activate: list[Callable[[LoadedModel | None], None]] = []
+        self.on_activate = on_activate
         #: Called after every lease with (model, ok, error): the health gate listens here.
         self.observers: list[Observer] = []
 
@@ -107,9 +110,9 @@ class ModelManager:
             old, self._active = self._active, new
         if retire_old and old is not None and old is not new:
             self.retire(old)
-        for callback in list(self.on_activate):
+        if self.on_activate is not None:
             try:
-                callback(new)
+                self.on_activate(new)
             except Exception:
                 log.exception("on_activate callback failed")
         return old

@@ -39,7 +39,7 @@ from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
 from daemon.delivery.fetch import RangeFetcher
 from daemon.delivery.gate import HealthGate, downgrade_refusal
 from daemon.delivery.journal import Journal, Refusal
-from daemon.delivery.manager import LoadedModel, ModelManager
+from daemon.delivery.manager import LoadedModel, ModelManager, OnActivate
 from daemon.delivery.store import META_FILE, ModelStore
 from daemon.delivery.tufclient import Resolved, TufClient
 
@@ -116,14 +116,17 @@ class ModelService(TaskGroupService):
         prepare: Prepare = prepare_model,
         clock: Callable[[], float] = time.monotonic,
         on_change: Notify = unheard,
+        on_activate: OnActivate | None = None,
     ) -> None:
-        """``clock`` times the health gate (tests pass a clock they move by hand);
-        ``on_change`` runs whenever ``reported()`` may say something new."""
+        """``clock`` times the health gate (its pure core, ``daemon.delivery.gate``, is tested
+        on a clock moved by hand);
+        ``on_change`` runs whenever ``reported()`` may say something new; ``on_activate`` with
+        each model the manager swaps in (or None)."""
         super().__init__()
         self.clock = clock
         self.config = config
         self.store = ModelStore(root)
-        self.manager = ModelManager()
+        self.manager = ModelManager(on_activate)
         self.emit = emit
         self.prepare = prepare
         self.tuf: TufClient | None = None

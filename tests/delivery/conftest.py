@@ -1,5 +1,6 @@
 """Fixtures for signed model delivery: tiny artifacts made once, a simulated repository, and a
-reconciler wired to it with a fast health gate."""
+reconciler wired to it with a fast health gate, built as the daemon builds it
+(``daemon.compose.models``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from appliance.config import ModelsSection
-from daemon.delivery.service import ModelService, prepare_model
+from daemon import compose
+from daemon.delivery.service import Prepare, prepare_model
 from tests.delivery.simulator import SimulatedRepository
 
 FAST = ModelsSection(
@@ -48,11 +50,11 @@ class Harness:
         tmp: Path,
         sim: SimulatedRepository,
         config: ModelsSection = FAST,
-        prepare: Any = prepare_model,
+        prepare: Prepare = prepare_model,
     ) -> None:
         self.sim = sim
         self.events: list[tuple[str, dict[str, Any]]] = []
-        self.service = ModelService(tmp / "models", config, self._emit, prepare=prepare)
+        self.service = compose.models(tmp / "models", config, self._emit, prepare=prepare)
         self.tmp = tmp
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:

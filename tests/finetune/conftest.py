@@ -163,7 +163,7 @@ async def open_site(state: Path, aiohttp_client: Any, config: FinetuneSection = 
     def emit(kind: str, data: dict[str, Any]) -> None:
         events.append((kind, data))
 
-    models = ModelService(state / "models", FAST_MODELS, emit)
+    models = compose.models(state / "models", FAST_MODELS, emit)
     await models.start()
     server = ApiServer(ApiSection())
     service = compose.finetune(server.app, state / "finetune", config, models.manager, emit,

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,3 +226,16 @@ def daemon_running(status: dict[str, Any]) -> bool:
         return True
     return True
 
+
+def signal_daemon(state: StateDir, sig: signal.Signals) -> bool:
+    """Tell the daemon of ``state`` that another process changed something it owns on disk
+    (``spoke models``: SIGHUP; ``spoke finetune start|cancel``: ``jobs.JOBS_CHANGED``). False
+    when no daemon runs there or it may not be signalled."""
+    status = read_status(state)
+    if not daemon_running(status):
+        return False
+    try:
+        os.kill(int(status["pid"]), sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

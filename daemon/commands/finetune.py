@@ -18,9 +18,9 @@ from typing import Any
 from appliance.cli import print_json, print_table
 from appliance.errors import ConfigError, DataError
 from daemon.commands.run import add_state_dir
-from daemon.finetune.jobs import ACTIVE, FINAL, JobStatus
+from daemon.finetune.jobs import ACTIVE, FINAL, JOBS_CHANGED, JobStatus
 from daemon.finetune.options import METHODS
-from daemon.state import StateDir, daemon_running, read_status
+from daemon.state import StateDir, daemon_running, read_status, signal_daemon
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,6 +92,7 @@ def start(args: argparse.Namespace) -> int:
         job = jobs.create(options | {"source": "cli"})
     finally:
         jobs.close()
+    _tell_daemon(state_dir)
     if not args.wait:
         if args.json:
             print_json(job)
@@ -218,12 +219,21 @@ def list_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tell_daemon(state_dir: Path) -> None:
+    """The daemon looks at the job rows when told (``JOBS_CHANGED``), not on a timer."""
+    if not signal_daemon(StateDir(state_dir), JOBS_CHANGED) and daemon_running(
+            read_status(StateDir(state_dir))):
+        print("warning: could not signal the daemon (run this as its user or root); it sees "
+              "the job when it next starts", file=sys.stderr)
+
+
 def cancel(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     try:
         job = jobs.request_cancel(args.job)
     finally:
         jobs.close()
+    _tell_daemon(args.state_dir.resolve())
     if args.json:
         print_json(job)
     else:

@@ -8,9 +8,6 @@ Heavy modules (torch, onnxruntime) are imported inside ``activate`` only.
 """
 
 import argparse
-import contextlib
-import json
-import os
 import signal
 import time
 from typing import Any
@@ -23,7 +20,7 @@ from appliance.errors import ConfigError
 from daemon.commands import artifacts
 from daemon.commands.run import ENV_PREFIX, add_state_dir
 from daemon.delivery.store import ModelStore
-from daemon.state import StateDir
+from daemon.state import StateDir, signal_daemon
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -108,20 +105,6 @@ def list_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signal_daemon(state: StateDir) -> bool:
-    try:
-        status = json.loads(state.status.read_text())
-        pid = int(status["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    if status.get("stopped"):
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGHUP)
-        return True
-    return False
-
-
 def _hold(store: ModelStore, sha: str, action: str) -> None:
     journal = store.journal()
     journal.hold_at(sha, action, time.time())
@@ -144,7 +127,7 @@ def activate(args: argparse.Namespace) -> int:
     with store.locked():
         store.activate(meta["sha256"], "operator: spoke models activate", probation=False)
         _hold(store, meta["sha256"], "activate")
-    told = _signal_daemon(state)
+    told = signal_daemon(state, signal.SIGHUP)
     return _report(args, f"activated {meta['name']}@{meta['version']}", told)
 
 
@@ -158,7 +141,7 @@ def rollback(args: argparse.Namespace) -> int:
         assert back is not None
         _hold(store, back, "rollback")
     meta = store.meta(back) or {}
-    told = _signal_daemon(state)
+    told = signal_daemon(state, signal.SIGHUP)
     return _report(args, f"rolled back to {meta.get('name')}@{meta.get('version')}", told)
 
 

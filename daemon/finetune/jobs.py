@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import sqlite3
 import time
 from enum import StrEnum
@@ -35,6 +36,9 @@ class JobStatus(StrEnum):
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 FINAL = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+#: What ``spoke finetune start|cancel`` (another process) sends the daemon once it has written
+#: a job row: the runner looks at the rows again then, instead of polling them.
+JOBS_CHANGED = signal.SIGUSR1
 _ACTIVE_SQL = "status IN (?, ?)"
 
 SCHEMA = """

@@ -3,8 +3,9 @@
 It runs at a raised niceness with capped threads, so the daemon and the uplink keep their
 CPU, and dies with the daemon (``PR_SET_PDEATHSIG``). Its stdout is one JSON object a line:
 progress goes to ``on_progress``, the result is validated as an ``appliance.finetune.JobResult``
-on arrival. A cancel written by ``spoke finetune cancel`` (another process) is seen by asking
-``cancelled`` every ``CANCEL_POLL_S``; the daemon's own cancel terminates the worker at once.
+on arrival. A cancel written by ``spoke finetune cancel`` (another process) is seen when that
+command wakes the daemon (``jobs.JOBS_CHANGED``): the runner then asks ``cancelled``; the
+daemon's own cancel terminates the worker at once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
-CANCEL_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ class Worker:
                 await asyncio.wait_for(proc.wait(), timeout)
 
     async def run(self, on_progress: Callable[[dict[str, Any]], Awaitable[None]],
-                  cancelled: Callable[[], Awaitable[bool]]) -> WorkerEnd:
-        """Run the worker to its end."""
+                  cancelled: Callable[[], Awaitable[bool]], woken: asyncio.Event) -> WorkerEnd:
+        """Run the worker to its end; each time ``woken`` is set, ask ``cancelled``."""
         env = dict(os.environ)
         threads = str(self.config.threads)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
@@ -106,7 +106,7 @@ class Worker:
         log.info("fine-tune worker started", extra={"job": self.job_id, "pid": proc.pid,
                                                     "niceness": self.config.niceness,
                                                     "threads": self.config.threads})
-        watcher = asyncio.create_task(self._watch_cancel(cancelled))
+        watcher = asyncio.create_task(self._watch_cancel(cancelled, woken))
         result: JobResult | None = None
         error: dict[str, Any] | None = None
         try:
@@ -141,9 +141,11 @@ class Worker:
         return WorkerEnd("killed", {"code": "worker_died",
                                     "reason": f"exit status {code} with no result"})
 
-    async def _watch_cancel(self, cancelled: Callable[[], Awaitable[bool]]) -> None:
+    async def _watch_cancel(self, cancelled: Callable[[], Awaitable[bool]],
+                            woken: asyncio.Event) -> None:
         while self.pid is not None:
-            await asyncio.sleep(CANCEL_POLL_S)
+            await woken.wait()
+            woken.clear()
             if await cancelled():
                 self.terminate()
                 return

@@ -32,7 +32,7 @@ from appliance.finetune import JobResult
 from appliance.fsutil import atomic_write
 from appliance.service import Notify, TaskGroupService, tell, unheard
 from daemon.finetune.feed import JobFeed
-from daemon.finetune.jobs import JobConflict, JobOutcome, JobStatus, JobStore
+from daemon.finetune.jobs import JOBS_CHANGED, JobConflict, JobOutcome, JobStatus, JobStore
 from daemon.finetune.options import OPTION_KEYS, check_options
 from daemon.finetune.promote import Promoter
 from daemon.finetune.runner import Worker
@@ -88,6 +88,8 @@ class FinetuneService(TaskGroupService):
             log.info("fine-tune jobs to resume", extra={"jobs": resumed})
         self._stopping = False
         self._reported = await self.db(self._summary)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(JOBS_CHANGED, self.wake)
         self.spawn(self._loop(), "runner")
 
     @property
@@ -97,6 +99,8 @@ class FinetuneService(TaskGroupService):
 
     async def stop(self) -> None:
         self._stopping = True
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(JOBS_CHANGED)
         worker = self._worker
         if worker is not None:
             worker.terminate()
@@ -257,8 +261,7 @@ class FinetuneService(TaskGroupService):
         while True:
             job = await self.db(self.jobs.active)
             if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                await self._wake.wait()  # a job from the API, or JOBS_CHANGED from the CLI
                 self._wake.clear()
                 continue
             try:
@@ -301,7 +304,8 @@ class FinetuneService(TaskGroupService):
         self._worker = Worker(job_id, job_dir, self.config)
         try:
             end = await self._worker.run(functools.partial(self._progress, job_id),
-                                         functools.partial(self._cancel_requested, job_id))
+                                         functools.partial(self._cancel_requested, job_id),
+                                         self._wake)
         finally:
             self._worker = None
         outcome, error, result = end.outcome, end.error, end.result

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from daemon.state import StateDir, daemon_running, read_status
+from daemon.state import StateDir, daemon_running, read_status, signal_daemon
 
 
 def test_a_live_daemon_that_has_not_stopped_runs():
@@ -40,3 +41,22 @@ def test_an_unreadable_status_file_reads_as_empty(tmp_path: Path):
     assert read_status(state) == {}
     state.status.write_text(json.dumps({"pid": 7}))
     assert read_status(state) == {"pid": 7}
+
+
+def test_signal_daemon_reaches_a_running_daemon(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.status.write_text(json.dumps({"pid": os.getpid()}))
+    got: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda sig, frame: got.append(sig))
+    try:
+        assert signal_daemon(state, signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert got == [signal.SIGUSR1]
+
+
+def test_signal_daemon_says_so_when_no_daemon_runs(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    assert not signal_daemon(state, signal.SIGUSR1)
+    state.status.write_text(json.dumps({"pid": os.getpid(), "stopped": True}))
+    assert not signal_daemon(state, signal.SIGUSR1)

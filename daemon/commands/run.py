@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import re
+import signal
 from pathlib import Path
 
 from appliance.config import DaemonConfig, load_config
@@ -10,6 +11,7 @@ from appliance.errors import ConfigError
 from appliance.logs import setup_logging
 from appliance.service import run_until_signal
 from daemon.app import Daemon, RunOptions
+from daemon.finetune.jobs import JOBS_CHANGED
 from daemon.hub.provisioner import read_verified_bundle
 from daemon.loopwatch import LoopWatchdog
 from daemon.state import StateDir, load_identity
@@ -82,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         model=args.model.resolve() if args.model else None,
         standalone=args.standalone,
     )
+    # Until the fine-tune service listens for it (and while a restart builds a new one), a
+    # job change told by `spoke finetune` must not end the daemon, as SIGUSR1 would.
+    signal.signal(JOBS_CHANGED, signal.SIG_IGN)
     daemon = Daemon(options, config)
 
     async def watched(stop: asyncio.Event) -> int:

@@ -88,6 +88,8 @@ class FinetuneService(TaskGroupService):
             log.info("fine-tune jobs to resume", extra={"jobs": resumed})
         self._stopping = False
         self._reported = await self.db(self._summary)
+        # Left in place on stop: removing it would restore SIGUSR1's default, which ends the
+        # process (a restart builds a new service, whose start takes the signal over).
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(JOBS_CHANGED, self.wake)
         self.spawn(self._loop(), "runner")
@@ -99,8 +101,6 @@ class FinetuneService(TaskGroupService):
 
     async def stop(self) -> None:
         self._stopping = True
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().remove_signal_handler(JOBS_CHANGED)
         worker = self._worker
         if worker is not None:
             worker.terminate()

@@ -17,6 +17,7 @@ import pytest
 from appliance.config import ApiSection, DaemonConfig, HealthSection, UplinkSection
 from daemon.app import Daemon, RunOptions
 from daemon.state import StateDir
+from tests.support.drone import post_frames
 
 MISSION = "bridge-7-pier-2"
 FRAMES = 5
@@ -77,24 +78,8 @@ class Running:
             return r.status, await r.read(), r.headers
 
     async def post_frames(self, frames: list[Path], mission: str = MISSION) -> list[str]:
-        ids = []
         async with aiohttp.ClientSession(headers=self.auth, connector=self.tls) as s:
-            for path in frames:
-                form = aiohttp.FormData()
-                form.add_field("mission", mission)
-                form.add_field("drone", "m300-1")
-                form.add_field("image", path.read_bytes(), filename=path.name,
-                               content_type="image/jpeg")
-                async with s.post(self.base + "/v1/images", data=form) as r:
-                    assert r.status == 202, await r.text()
-                    ids.append((await r.json())["id"])
-            for image_id in ids:
-                for _ in range(600):
-                    async with s.get(f"{self.base}/v1/images/{image_id}") as r:
-                        if (await r.json())["status"] in ("done", "failed"):
-                            break
-                    await asyncio.sleep(0.05)
-        return ids
+            return await post_frames(s, self.base, frames, {"mission": mission, "drone": "m300-1"})
 
 
 async def start_daemon(state: Path, model: Path | None, standalone: bool = True, **api: Any

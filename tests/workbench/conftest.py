@@ -27,6 +27,7 @@ from appliance.fsutil import write_secret
 from appliance.identity import generate_key, key_to_pem
 from daemon.app import Daemon, RunOptions
 from daemon.state import StateDir
+from tests.support.drone import post_frames
 
 MISSION = "bridge-7-pier-2"
 FRAMES = 3
@@ -102,23 +103,8 @@ class Appliance:
                     assert r.status in (200, 201), await r.text()
 
     async def post_frames(self, frames: list[Path]) -> list[str]:
-        ids = []
         async with aiohttp.ClientSession(headers=self.auth) as s:
-            for path in frames:
-                form = aiohttp.FormData()
-                form.add_field("mission", MISSION)
-                form.add_field("image", path.read_bytes(), filename=path.name,
-                               content_type="image/jpeg")
-                async with s.post(self.base + "/v1/images", data=form) as r:
-                    assert r.status == 202, await r.text()
-                    ids.append((await r.json())["id"])
-            for image_id in ids:
-                for _ in range(600):
-                    async with s.get(f"{self.base}/v1/images/{image_id}") as r:
-                        if (await r.json())["status"] in ("done", "failed"):
-                            break
-                    await asyncio.sleep(0.05)
-        return ids
+            return await post_frames(s, self.base, frames, {"mission": MISSION})
 
 
 def seed_models(state: Path, parents: tuple[Path, Path]) -> None:

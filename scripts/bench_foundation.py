@@ -202,6 +202,8 @@ def main() -> None:
         default=SALTSPOT if SALTSPOT.is_dir() else None,
         help=f"two class folders of real photographs (default {SALTSPOT} when present)",
     )
+    parser.add_argument("--no-real", dest="real", action="store_const", const=None,
+                        help="generated data only")
     parser.add_argument("--real-train", type=int, default=50)
     parser.add_argument("--site", type=int, default=1000)
     parser.add_argument("--shots", type=int, default=100)

@@ -1,8 +1,9 @@
 """Detections against ground truth on generated drone frames: is it the thresholds or the model?
 
 For a model artifact (default: the demo's foundation model), generated frames of ``--site`` go
-through the serving pipeline (ONNX Runtime, tiles, per-frame maximum) and are scored against
-the generator's boxes over frame-label pairs, as ``spoke report --ground-truth`` does, with:
+through the serving pipeline (ONNX Runtime, tiles, per-frame maximum; each ``--downscale``
+in turn, as ``[uplink] downscale`` sets it) and are scored against the generator's boxes over
+frame-label pairs, as ``spoke report --ground-truth`` does, with:
 
 - the thresholds the model was published with;
 - per-label thresholds with the best frame-level F1 on frames of ``--calibrate`` sites (never
@@ -11,6 +12,7 @@ the generator's boxes over frame-label pairs, as ``spoke report --ground-truth``
   bound on what any choice of thresholds could do (not a method).
 
     .venv/bin/python -m scripts.bench_frames [--model DIR] [--site 41] [--calibrate 999,998]
+        [--downscale 1,2]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from models.artifact import load_artifact
 from models.backends.select import create_backend
 from models.data.dataset import write_frames
 from models.groundtruth import compare_frames, truth_of
-from models.pipeline import Pipeline
+from models.pipeline import Pipeline, TileOptions
 from models.training.metrics import calibrate_thresholds
 
 
@@ -34,7 +36,8 @@ def frame_probs(pipeline: Pipeline, site: int, count: int, width: int, height: i
                 work: Path) -> tuple[np.ndarray, list[frozenset[str]]]:
     """(frames, labels) per-frame probabilities and each frame's true defect labels."""
     out = work / f"site-{site}"
-    write_frames(out, site, count, width, height)
+    if not out.is_dir():
+        write_frames(out, site, count, width, height)
     truth = truth_of(json.loads((out / "boxes.json").read_text()))
     names = sorted(truth)
     labels = pipeline.card.labels
@@ -62,6 +65,8 @@ def main() -> None:
     parser.add_argument("--calibrate", default="999,998", help="calibration sites, comma-separated")
     parser.add_argument("--frames", type=int, default=8, help="frames per site")
     parser.add_argument("--frame-size", default="1600x1200")
+    parser.add_argument("--downscale", default="1",
+                        help="downscales before tiling, comma-separated (one block of rows each)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     width, height = (int(v) for v in args.frame_size.split("x"))
@@ -73,29 +78,36 @@ def main() -> None:
 
         args.model = build_foundation_model(seed=0, config=DEMO_CONFIG)
     artifact = load_artifact(args.model)
-    pipeline = Pipeline(artifact, create_backend(artifact, "onnxruntime"))
+    backend = create_backend(artifact, "onnxruntime")
     labels = artifact.card.labels
-    with tempfile.TemporaryDirectory(prefix="spoke-bench-frames-") as tmp:
-        probs, truth = frame_probs(pipeline, args.site, args.frames, width, height, Path(tmp))
-        cal = [frame_probs(pipeline, s, args.frames, width, height, Path(tmp)) for s in sites]
-    cal_probs = np.concatenate([p for p, _ in cal])
-    cal_truth = [t for _, ts in cal for t in ts]
-    rows = {
-        "published": dict(artifact.card.thresholds),
-        f"frames of sites {args.calibrate}": calibrate_thresholds(
-            cal_probs, targets_of(cal_truth, labels), labels),
-        "oracle (scored frames)": calibrate_thresholds(probs, targets_of(truth, labels), labels),
-    }
-    truth_map = {str(i): t for i, t in enumerate(truth)}
+    truth_rows: list[frozenset[str]] = []
     report = {}
     print(f"site {args.site}: {args.frames} frames of {args.frame_size}, model {args.model}")
-    for name, thresholds in rows.items():
-        said = detections(probs, labels, thresholds)
-        gt = compare_frames({str(i): s for i, s in enumerate(said)}, truth_map)
-        report[name] = {"precision": gt.precision, "recall": gt.recall, "tp": gt.tp,
-                        "fp": gt.fp, "fn": gt.fn, "thresholds": thresholds}
-        print(f"{name:<34} precision {gt.precision:.3f} recall {gt.recall:.3f} "
-              f"(tp {gt.tp}, fp {gt.fp}, fn {gt.fn})")
+    with tempfile.TemporaryDirectory(prefix="spoke-bench-frames-") as tmp:
+        for down in (int(d) for d in args.downscale.split(",")):
+            pipeline = Pipeline(artifact, backend, TileOptions(downscale=down))
+            probs, truth_rows = frame_probs(pipeline, args.site, args.frames, width, height,
+                                            Path(tmp))
+            cal = [frame_probs(pipeline, s, args.frames, width, height, Path(tmp))
+                   for s in sites]
+            cal_probs = np.concatenate([p for p, _ in cal])
+            cal_truth = [t for _, ts in cal for t in ts]
+            rows = {
+                "published": dict(artifact.card.thresholds),
+                f"frames of sites {args.calibrate}": calibrate_thresholds(
+                    cal_probs, targets_of(cal_truth, labels), labels),
+                "oracle (scored frames)": calibrate_thresholds(
+                    probs, targets_of(truth_rows, labels), labels),
+            }
+            truth_map = {str(i): t for i, t in enumerate(truth_rows)}
+            for name, thresholds in rows.items():
+                said = detections(probs, labels, thresholds)
+                gt = compare_frames({str(i): s for i, s in enumerate(said)}, truth_map)
+                report[f"downscale {down}, {name}"] = {
+                    "precision": gt.precision, "recall": gt.recall, "tp": gt.tp, "fp": gt.fp,
+                    "fn": gt.fn, "thresholds": thresholds}
+                print(f"downscale {down}, {name:<34} precision {gt.precision:.3f} "
+                      f"recall {gt.recall:.3f} (tp {gt.tp}, fp {gt.fp}, fn {gt.fn})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

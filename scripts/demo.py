@@ -12,6 +12,7 @@ import ssl
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ class Demo:
         self.root = root
         self.hub: Hub | None = None
         self.appliances: list[Appliance] = []
+        #: (mission, the model version that served it, its report file, its ground-truth
+        #: line) per flight.
+        self.flights: list[tuple[str, str, Path, str]] = []
 
     @property
     def home(self) -> Path:
@@ -96,26 +100,28 @@ class Demo:
 
         model_delivery_steps(self)
 
-        finetune_steps(self)
-
-        uplink_steps(self)
+        uplink = start_uplink(self)
+        self.flights.append(flight(self, uplink, FLIGHTS[0], "with the fleet's model"))
+        finetune_steps(self, uplink)
+        self.flights.append(flight(self, uplink, FLIGHTS[1], "new frames, after the fine-tune"))
         self.show_urls()
 
     def show_urls(self) -> None:
-        """Where a person looks next: the hub's dashboard, a box's status page, the report."""
+        """Where a person looks next: the hub's dashboard, a box's status page, the reports."""
         assert self.hub is not None
         box = self.appliances[-1]
-        report = self.root / "bridge-17-pass-1.html"
-        step("Detections against the generator's ground truth (spoke report --ground-truth)")
-        print(box.run("report", "bridge-17-pass-1", "--out", str(report), "--ground-truth",
-                      str(self.root / "frames")), end="")
+        step(f"Detections against the generator's ground truth, site {SITE_DOMAIN} "
+             "(spoke report --ground-truth), before and after the site's fine-tune")
+        for mission, served, _, line in self.flights:
+            print(f"{mission} (served by {served}): {line}")
         step("Open these")
         token = self.spoke_hub("tokens", "create", "--name", f"demo-{os.getpid()}").strip()
         print(f"hub dashboard:         https://localhost:{self.hub.http_port}/login#token={token}"
               " (signs in with an operator token; certificate from the hub's own CA)")
         print(f"appliance status page: https://127.0.0.1:{box.api_port}/ (hub CA certificate)")
-        print(f"mission report:        file://{report}")
-        print(f"  (also GET https://127.0.0.1:{box.api_port}/v1/missions/bridge-17-pass-1/report "
+        for _, _, report, _ in self.flights:
+            print(f"mission report:        file://{report}")
+        print(f"  (also GET https://127.0.0.1:{box.api_port}/v1/missions/MISSION/report "
               "with the uplink token)")
 
     def stop(self) -> None:
@@ -228,47 +234,36 @@ def model_delivery_steps(demo: Demo) -> None:
           end="")
 
 
-# --- local fine-tuning (issue 8) ------------------------------------------------------------
-
-FINETUNE_SAMPLES = 100
-#: The generator's site seed for bridge-17: this site's own concrete, which the foundation
-#: model never saw (it trains on sites 1-24 and calibrates on 999).
-SITE_DOMAIN = 41
-
-
-def finetune_steps(demo: Demo) -> None:
-    """An engineer on site labels 100 tiles of this bridge (generated from the site's own
-    domain), fine-tunes the delivered model on the appliance with the defaults, and sees both
-    models' metrics on the held-out split and whether the gate promoted the candidate. The hub
-    hears about it as an event and in the reported state; no image leaves the site."""
-    state = str(demo.root / "appliance-0")
-    tiles = demo.root / "site-samples"
-    step(f"Fine-tuning: labeling {FINETUNE_SAMPLES} tiles of bridge-17's own concrete "
-         "(spoke-hub data generate, spoke samples import)")
-    print(tool("provisioning", "data", "generate", "--domain", str(SITE_DOMAIN), "--tiles",
-               str(FINETUNE_SAMPLES), "--size", str(input_size(demo)), "--out", str(tiles)),
-          end="")
-    print(tool("daemon", "samples", "import", str(tiles), "--state-dir", state), end="")
-    print(tool("daemon", "samples", "list", "--state-dir", state).splitlines()[-2])
-
-    step("Fine-tuning on the appliance with its defaults: spoke finetune start --wait "
-         "(a worker process at low priority; held-out split, evaluation gate, promotion)")
-    started = time.monotonic()
-    print(tool("daemon", "finetune", "start", "--state-dir", state, "--wait"), end="")
-    print(f"(fine-tune took {time.monotonic() - started:.0f} s end to end)")
-
-    step("What the hub heard (spoke-hub events --kind finetune_finished): metrics, no images")
-    wait_for(lambda: json.loads(tool("provisioning", "events", "--home", str(demo.home),
-                                     "--kind", "finetune_finished", "--json")),
-             60, "the hub to receive the fine-tune outcome", interval=0.3)
-    print(tool("provisioning", "events", "--home", str(demo.home), "--kind",
-               "finetune_finished"), end="")
-    print(tool("daemon", "models", "list", "--state-dir", state), end="")
-
-
 # --- drone uplink (issue 4) ------------------------------------------------------------------
 
 UPLINK_FRAMES = 8
+#: The two flights over bridge-17: the first with the fleet's model, the second (new frames of
+#: the same wall) after the site's fine-tune.
+FLIGHTS = ("bridge-17-pass-1", "bridge-17-pass-2")
+#: The generator's site seed for bridge-17: this site's own concrete, which the foundation
+#: model never saw (it trains on sites 1-24 and calibrates on 999).
+SITE_DOMAIN = 41
+#: The uplink box's spoke.toml: the fleet's model by signed delivery (as every appliance),
+#: ONNX Runtime, and frames halved before tiling: the demo's drone frames show one reference
+#: pixel of wall per pixel, and the model's 128-pixel tiles were trained on 224 reference
+#: pixels (x0.7 to x1.4), so halving puts the served tiles inside the trained scales
+#: (docs/FOUNDATION-MODEL.md measures both).
+UPLINK_CONFIG = demo_appliance_config() + """
+[uplink]
+backend = "onnxruntime"
+downscale = 2
+"""
+
+
+@dataclass
+class Uplink:
+    """The uplink box, the drone's token and TLS context, and the frames of both flights."""
+
+    box: Appliance
+    token: str
+    base: str
+    hub_ca: ssl.SSLContext
+    frames: Path
 
 
 def input_size(demo: Demo) -> int:
@@ -277,28 +272,23 @@ def input_size(demo: Demo) -> int:
     return int(card["preprocessing"]["input_size"])
 
 
-def uplink_steps(demo: Demo) -> None:
-    """A drone uplink appliance on the same site: it enrolls with the bundle, serves the
-    uplink API with the fleet's model (codebrim-vit-t 1.1.0, given on its command line),
-    processes generated drone frames of this site posted by a real HTTP client, and the hub
-    shows the detection summaries it received."""
-    import asyncio
-
-    import aiohttp
-
-    box = demo.appliance("uplink-box", '[uplink]\nbackend = "onnxruntime"\n')
-    step(f"Drone uplink: the fleet's model, generated drone frames of site {SITE_DOMAIN} (with "
+def start_uplink(demo: Demo) -> Uplink:
+    """A drone uplink appliance on the same site: it enrolls with the bundle, takes the fleet's
+    model (codebrim-vit-t 1.1.0) by signed delivery like every appliance, and serves the
+    uplink API with it; the frames of both flights are generated with their boxes."""
+    box = demo.appliance("uplink-box", UPLINK_CONFIG)
+    step(f"Drone uplink: generated drone frames of site {SITE_DOMAIN} for two flights (with "
          "their ground-truth boxes) and an API token")
-    model = demo.root / "artifacts" / "1.1.0"
     frames = demo.root / "frames"
     print(tool("provisioning", "data", "generate", "--domain", str(SITE_DOMAIN), "--frames",
-               str(UPLINK_FRAMES), "--frame-size", "1600x1200", "--out", str(frames)), end="")
+               str(UPLINK_FRAMES * len(FLIGHTS)), "--frame-size", "1600x1200", "--out",
+               str(frames)), end="")
     token = box.run("tokens", "create", "--name", "ground-station").strip()
     print(f"token for ground-station: {token[:10]}... (shown once, stored hashed)")
 
-    step(f"Starting the uplink appliance: spoke run --model codebrim-vit-t 1.1.0 (API on port "
-         f"{box.api_port})")
-    box.start(args=["--model", str(model)])
+    step(f"Starting the uplink appliance (API on port {box.api_port}): it enrolls and pulls "
+         "the fleet's model, codebrim-vit-t 1.1.0")
+    box.start()
     # HTTPS: once enrolled, the box serves a certificate from the hub's CA (for 127.0.0.1);
     # before that its own self-signed one. The drone's client checks it, so wait for that.
     base = f"https://127.0.0.1:{box.api_port}"
@@ -313,13 +303,37 @@ def uplink_steps(demo: Demo) -> None:
 
     wait_for(ready, 90, "the uplink API to be ready with the hub CA's certificate",
              interval=0.3)
+    wait_for(lambda: _model_of(demo, box) == ("1.1.0", "committed"), 180,
+             "the uplink box to commit 1.1.0", interval=0.3)
+    return Uplink(box, token, base, hub_ca, frames)
+
+
+def _model_of(demo: Demo, box: Appliance) -> tuple[str | None, str | None]:
+    """The model version and state the hub last heard from ``box``."""
+    assert demo.hub is not None
+    device = demo.hub.devices().get(json.loads(box.run("status", "--json"))["device_id"]) or {}
+    model = (device.get("state") or {}).get("model") or {}
+    return model.get("version"), model.get("state")
+
+
+def flight(demo: Demo, uplink: Uplink, mission: str, title: str
+           ) -> tuple[str, str, Path, str]:
+    """One flight: its frames posted concurrently by a real HTTP client, the results, what the
+    hub heard, and the mission report with the detections against the ground truth."""
+    import asyncio
+
+    import aiohttp
+
+    k = FLIGHTS.index(mission)
+    paths = sorted(uplink.frames.glob("*.jpg"))[k * UPLINK_FRAMES:(k + 1) * UPLINK_FRAMES]
 
     async def post_all() -> list[dict[str, Any]]:
-        auth = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(ssl=hub_ca)) as http:
+        auth = {"Authorization": f"Bearer {uplink.token}"}
+        connector = aiohttp.TCPConnector(ssl=uplink.hub_ca)
+        async with aiohttp.ClientSession(uplink.base, connector=connector) as http:
             async def post(path: Path) -> str:
                 form = aiohttp.FormData()
-                form.add_field("mission", "bridge-17-pass-1")
+                form.add_field("mission", mission)
                 form.add_field("drone", "drone-1")
                 form.add_field("image", path.read_bytes(), content_type="image/jpeg",
                                filename=path.name)
@@ -329,7 +343,7 @@ def uplink_steps(demo: Demo) -> None:
                           f"-> {body['location'][:22]}...")
                     return str(body["id"])
 
-            ids = await asyncio.gather(*(post(p) for p in sorted(frames.glob("*.jpg"))))
+            ids = await asyncio.gather(*(post(p) for p in paths))
             results = []
             for image_id in ids:
                 while True:
@@ -339,26 +353,76 @@ def uplink_steps(demo: Demo) -> None:
                         results.append(result)
                         break
                     await asyncio.sleep(0.3)
-            async with http.get("/v1/missions/bridge-17-pass-1", headers=auth) as resp:
+            async with http.get(f"/v1/missions/{mission}", headers=auth) as resp:
                 summary = await resp.json()
-            print(f"mission bridge-17-pass-1: {summary['processed']} of {summary['images']} "
+            print(f"mission {mission}: {summary['processed']} of {summary['images']} "
                   f"processed, labels {summary['label_counts']}")
             return results
 
-    step(f"Posting {UPLINK_FRAMES} drone frames concurrently (multipart, aiohttp client)")
-    for r in asyncio.run(post_all()):
+    step(f"Flight {mission} ({title}): posting {len(paths)} drone frames concurrently "
+         "(multipart, aiohttp client)")
+    results = asyncio.run(post_all())
+    served = ", ".join(sorted({f"{r['model']['name']}@{r['model']['version']}"
+                               for r in results if r.get("model")}))
+    for r in results:
         gps = r["gps"] or {}
         print(f"{r['id'][:12]}  {r['status']:<6} {len(r['tiles'] or [])} tiles  "
               f"{', '.join(r['labels'] or []) or '-'}  at {gps.get('latitude')},"
               f"{gps.get('longitude')}  ({r['model']['name']}@{r['model']['version']})")
 
     step("The detection summaries the hub received (spoke-hub events); no image left the box")
+    seen = UPLINK_FRAMES * (k + 1)
     wait_for(
         lambda: len(json.loads(tool("provisioning", "events", "--home", str(demo.home),
-                                    "--kind", "detection", "--json"))) >= UPLINK_FRAMES,
+                                    "--kind", "detection", "--json"))) >= seen,
         60, "the hub to receive the detection events")
-    print(tool("provisioning", "events", "--home", str(demo.home), "--kind", "detection"),
+    events = tool("provisioning", "events", "--home", str(demo.home), "--kind", "detection")
+    print("\n".join(events.splitlines()[: 1 + UPLINK_FRAMES]))  # the header, newest first
+
+    report = demo.root / f"{mission}.html"
+    step(f"Mission report of {mission} with the detections against the generator's ground "
+         "truth (spoke report --ground-truth)")
+    out = uplink.box.run("report", mission, "--out", str(report), "--ground-truth",
+                         str(uplink.frames))
+    print(out, end="")
+    line = next(x for x in out.splitlines() if x.startswith("detections vs ground truth"))
+    return mission, served, report, line
+
+
+# --- local fine-tuning (issue 8) ------------------------------------------------------------
+
+FINETUNE_SAMPLES = 100
+
+
+def finetune_steps(demo: Demo, uplink: Uplink) -> None:
+    """An engineer on site labels 100 tiles of this bridge (generated from the site's own
+    domain), fine-tunes the uplink box's model on the box with the defaults, and sees both
+    models' metrics on the held-out split and whether the gate promoted the candidate. The hub
+    hears about it as an event and in the reported state; no image leaves the site."""
+    box = uplink.box
+    tiles = demo.root / "site-samples"
+    step(f"Fine-tuning: labeling {FINETUNE_SAMPLES} tiles of bridge-17's own concrete "
+         "(spoke-hub data generate, spoke samples import)")
+    print(tool("provisioning", "data", "generate", "--domain", str(SITE_DOMAIN), "--tiles",
+               str(FINETUNE_SAMPLES), "--size", str(input_size(demo)), "--out", str(tiles)),
           end="")
+    print(box.run("samples", "import", str(tiles)), end="")
+    print(box.run("samples", "list").splitlines()[-2])
+
+    step("Fine-tuning on the uplink box with its defaults: spoke finetune start --wait "
+         "(a worker process at low priority; held-out split, evaluation gate, promotion)")
+    started = time.monotonic()
+    print(tool("daemon", "finetune", "start", "--state-dir", str(box.state_dir), "--wait"),
+          end="")
+    print(f"(fine-tune took {time.monotonic() - started:.0f} s end to end)")
+
+    step("What the hub heard (spoke-hub events --kind finetune_finished): metrics, no images")
+    wait_for(lambda: json.loads(tool("provisioning", "events", "--home", str(demo.home),
+                                     "--kind", "finetune_finished", "--json")),
+             60, "the hub to receive the fine-tune outcome", interval=0.3)
+    print(tool("provisioning", "events", "--home", str(demo.home), "--kind",
+               "finetune_finished"), end="")
+    print(box.run("models", "list"), end="")
 
 
 def main() -> None:

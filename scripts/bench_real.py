@@ -9,10 +9,12 @@ scratch (random weights) -- runs exactly what a site engineer runs:
     spoke samples import TRAIN --map FOLDER=LABEL    (class-per-folder)
     spoke finetune start --wait                      (every default)
 
-then scores the model the appliance serves afterwards (the candidate if the gate promotes it,
-else the parent) on the held-out photos through the serving pipeline (tiles, ONNX Runtime,
-``models.decide``). A ridge classifier on 32x32 pixels, trained on the same photos, is the
-same-run baseline. Balanced accuracy of the defect label; the seed is printed.
+(and the foundation model again with the site adaptation, ``spoke finetune start --adapt
+STEPS --wait`` for ``--adapt-steps``; 0 leaves that row out), then scores the model the
+appliance serves afterwards (the candidate if the gate promotes it, else the parent) on the
+held-out photos through the serving pipeline (tiles, ONNX Runtime, ``models.decide``). A
+ridge classifier on 32x32 pixels, trained on the same photos, is the same-run baseline.
+Balanced accuracy of the defect label; the seed is printed.
 
     .venv/bin/python -m scripts.bench_real DIR --map healthy=background \\
         --map salt_damage=efflorescence [--parent ARTIFACT] [--json OUT]
@@ -59,8 +61,8 @@ def link_set(items: list[tuple[Path, str]], out: Path) -> None:
         (out / path.parent.name / path.name).symlink_to(path.resolve())
 
 
-def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path
-                       ) -> tuple[Path, dict[str, Any], float]:
+def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path,
+                       options: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any], float]:
     """(the artifact the appliance serves afterwards, the job, job seconds end to end)."""
     state = work / "state"
     log = (work / "daemon.log").open("wb")
@@ -78,7 +80,7 @@ def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path
               *[a for m in mapping for a in ("--map", m)])
         started = time.monotonic()
         job = json.loads(spoke("finetune", "start", "--state-dir", str(state), "--wait",
-                               "--json"))
+                               "--json", *options))
         seconds = time.monotonic() - started
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -150,6 +152,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out", type=int, metavar="N",
                         help="score only the first N held-out photos of each class (a quick look)")
+    parser.add_argument("--adapt-steps", type=int, default=150, metavar="N",
+                        help="the site-adaptation row's steps (0: no such row)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -175,16 +179,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spoke-bench-real-") as tmp:
         root = Path(tmp)
         link_set(list(train.items), root / "train")
-        parents = {"foundation": args.parent,
-                   "scratch": scratch_twin(args.parent, root / "scratch-parent", args.seed)}
-        for name, parent in parents.items():
-            work = root / name
+        scratch = scratch_twin(args.parent, root / "scratch-parent", args.seed)
+        runs: list[tuple[str, Path, tuple[str, ...]]] = [("foundation", args.parent, ())]
+        if args.adapt_steps:
+            runs.append((f"foundation, adapt {args.adapt_steps}", args.parent,
+                         ("--adapt", str(args.adapt_steps))))
+        runs.append(("scratch", scratch, ()))
+        for name, parent, options in runs:
+            work = root / name.replace(", ", "-").replace(" ", "-")
             work.mkdir()
-            served, job, seconds = appliance_finetune(parent, root / "train", args.map, work)
+            served, job, seconds = appliance_finetune(parent, root / "train", args.map, work,
+                                                      options)
             result = job.get("result") or {}
             comparison = result.get("comparison") or {}
             rows.append({
-                "model": name, "parent": str(parent),
+                "model": name, "parent": str(parent), "options": list(options),
                 "balanced_accuracy_parent": round(served_accuracy(parent, list(rest.items),
                                                                   positive), 4),
                 "balanced_accuracy": round(served_accuracy(served, list(rest.items),
@@ -196,16 +205,16 @@ def main() -> None:
             })
             print(json.dumps(rows[-1]), flush=True)
             if os.environ.get("SPOKE_BENCH_KEEP"):
-                shutil.copytree(work, Path(os.environ["SPOKE_BENCH_KEEP"]) / name,
+                shutil.copytree(work, Path(os.environ["SPOKE_BENCH_KEEP"]) / work.name,
                                 symlinks=True, dirs_exist_ok=True)
     rows.append({"model": "ridge on 32x32 pixels",
                  "balanced_accuracy": round(ridge_on_pixels(list(train.items), list(rest.items),
                                                             positive), 4)})
     print(f"\n{args.directory.name}: {positive} vs background, {args.per_class} per class for "
           f"training ({len(train.items)}), {len(rest.items)} held out, seed {args.seed}")
-    print(f"{'model':<24} {'balanced acc':>12} {'(parent)':>9} {'promoted':>9} {'job s':>7}")
+    print(f"{'model':<26} {'balanced acc':>12} {'(parent)':>9} {'promoted':>9} {'job s':>7}")
     for r in rows:
-        print(f"{r['model']:<24} {r['balanced_accuracy']:>12.3f} "
+        print(f"{r['model']:<26} {r['balanced_accuracy']:>12.3f} "
               f"{r.get('balanced_accuracy_parent', float('nan')):>9.3f} "
               f"{r.get('promoted', '-')!s:>9} {r.get('job_seconds', float('nan')):>7}")
     if args.json:

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default_budget_s)")
     s.add_argument("--epochs", type=int, help="epochs (else the method's default or the budget)")
     s.add_argument("--seed", type=int)
+    s.add_argument("--adapt", type=int, metavar="STEPS",
+                   help="site-adaptation steps (self-supervised, on the samples' images) before "
+                        "the few-shot step (default 0: none)")
     s.add_argument("--wait", action="store_true", help="follow the job to its end")
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=start)
@@ -82,7 +85,8 @@ def start(args: argparse.Namespace) -> int:
 
     state_dir = args.state_dir.resolve()
     options = check_options({"method": args.method, "budget": args.budget,
-                             "epochs": args.epochs, "seed": args.seed})
+                             "epochs": args.epochs, "seed": args.seed,
+                             "adapt": args.adapt})
     if not daemon_running(read_status(StateDir(state_dir))):
         raise ConfigError(f"no daemon is running for {state_dir}: jobs run inside `spoke run` "
                           "(start it, then try again)")

@@ -1,5 +1,6 @@
 """A fine-tune job's options as the API, the CLI and the hub's command give them, checked once
-here: ``method``, ``budget`` (``600``, ``"90s"``, ``"10m"``, ``"1h"``), ``epochs``, ``seed``.
+here: ``method``, ``budget`` (``600``, ``"90s"``, ``"10m"``, ``"1h"``), ``epochs``, ``seed``,
+``adapt`` (site-adaptation steps before the few-shot step, ``models.finetune.adapt``; 0 = none).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from appliance.errors import DataError
 
 #: ``auto`` lets the job pick (``models.finetune.spec.default_method``), or one of its methods.
 METHODS = ("auto", *finetune.METHODS)
-OPTION_KEYS = {"method", "budget", "epochs", "seed"}
+OPTION_KEYS = {"method", "budget", "epochs", "seed", "adapt"}
+MAX_ADAPT_STEPS = 100_000
 
 
 def parse_budget(value: Any) -> float:
@@ -43,16 +45,23 @@ def check_options(raw: dict[str, Any]) -> dict[str, Any]:
     if raw.get("budget") is not None:
         out["budget_s"] = parse_budget(raw["budget"])
     if raw.get("epochs") is not None:
-        try:
-            epochs = int(raw["epochs"])
-        except (TypeError, ValueError) as exc:
-            raise DataError("epochs must be a whole number") from exc
-        if not 1 <= epochs <= 10_000 or isinstance(raw["epochs"], bool):
-            raise DataError("epochs must be between 1 and 10000")
-        out["epochs"] = epochs
+        out["epochs"] = _whole(raw["epochs"], "epochs", 1, 10_000)
+    if raw.get("adapt") is not None:
+        out["adapt"] = _whole(raw["adapt"], "adapt", 0, MAX_ADAPT_STEPS)
     if raw.get("seed") is not None:
         try:
             out["seed"] = int(raw["seed"])
         except (TypeError, ValueError) as exc:
             raise DataError("seed must be a whole number") from exc
     return out
+
+
+def _whole(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` as a whole number in [low, high], or a ``DataError`` naming ``name``."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be a whole number") from exc
+    if not low <= number <= high or isinstance(value, bool):
+        raise DataError(f"{name} must be between {low} and {high}")
+    return number

@@ -233,6 +233,7 @@ class FinetuneService(TaskGroupService):
             labels=tuple(plan["labels"]), out=str(job_dir / "candidate"), name=plan["name"],
             version=plan["version"], method=plan["method"], epochs=options.get("epochs"),
             budget_s=budget, seed=int(options.get("seed", 0)),
+            **({"adapt_steps": options["adapt"]} if options.get("adapt") is not None else {}),
             val_fraction=self.config.held_out_fraction, margin=self.config.margin,
             max_label_drop=self.config.max_label_drop, threads=self.config.threads,
             device="auto", gpu_memory_fraction=self.config.gpu_memory_fraction,

@@ -32,6 +32,8 @@ from appliance.errors import DataError
 from appliance.finetune import GateReport, JobResult, Skipped
 from models.artifact import Artifact, load_artifact, write_artifact
 from models.decide import decide_many
+from models.finetune.adapt import BATCH as ADAPT_BATCH
+from models.finetune.adapt import Adapted, adapt
 from models.finetune.augment import drone_augment
 from models.finetune.gate import Comparison, collapse_reason, compare, label_changes
 from models.finetune.methods import (
@@ -63,9 +65,14 @@ from models.vit import VisionTransformer
 Report = Callable[[dict[str, Any]], None]
 #: Samples are small tiles; anything bigger is refused before decoding.
 SAMPLE_LIMITS = ImageLimits(32 * 1024 * 1024, 40_000_000)
-#: The probe's augmented feature views: at most this many, within this share of the budget.
+#: The probe's augmented feature views: at most this many, within this share of what is left
+#: of the budget.
 MAX_VIEWS = 16
 PROBE_SHARE = 0.5
+#: At most this many unlabeled images (``JobSpec.adapt_images``) join the adaptation pool, and
+#: the adaptation makes at most this many passes over its pool (a small pool is done sooner).
+MAX_ADAPT_IMAGES = 4000
+MAX_ADAPT_EPOCHS = 50
 TRAINED_WEIGHTS = "trained.safetensors"
 
 
@@ -76,6 +83,17 @@ class Samples:
     skipped: list[Skipped] = field(default_factory=list)
 
 
+def load_tile(path: str, size: int) -> np.ndarray:
+    """One image decoded (within ``SAMPLE_LIMITS``) and resized to ``size`` x ``size``; raises
+    ``OSError`` or ``DataError`` for a missing or corrupt file."""
+    from PIL import Image
+
+    tile = Image.fromarray(decode_image(Path(path).read_bytes(), SAMPLE_LIMITS).pixels)
+    if tile.size != (size, size):
+        tile = tile.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(tile, dtype=np.uint8)
+
+
 def load_samples(spec: JobSpec, size: int) -> Samples:
     """Decode and resize every sample to ``size``; corrupt or missing ones are skipped, with the
     decoder's reason, so one bad file never sinks a job."""
@@ -83,17 +101,10 @@ def load_samples(spec: JobSpec, size: int) -> Samples:
     index = {name: i for i, name in enumerate(spec.labels)}
     for path, labels in spec.samples:
         try:
-            data = Path(path).read_bytes()
-            pixels = decode_image(data, SAMPLE_LIMITS).pixels
+            images.append(load_tile(path, size))
         except (OSError, DataError) as exc:
             skipped.append(Skipped(path=path, reason=str(exc)))
             continue
-        from PIL import Image
-
-        tile = Image.fromarray(pixels)
-        if tile.size != (size, size):
-            tile = tile.resize((size, size), Image.Resampling.BILINEAR)
-        images.append(np.asarray(tile, dtype=np.uint8))
         row = np.zeros(len(spec.labels), dtype=np.float32)
         for name in labels:
             if name not in index:
@@ -149,7 +160,8 @@ def _probe(model: VisionTransformer, images: np.ndarray, targets: np.ndarray,
     """The calibrated linear probe (``models.finetune.probe``): feature views for up to
     ``PROBE_SHARE`` of the time budget, then the pool whose cross-validated loss is lowest."""
     t0 = time.monotonic()
-    deadline = None if spec.budget_s is None else started + PROBE_SHARE * spec.budget_s
+    deadline = None if spec.budget_s is None else (
+        t0 + PROBE_SHARE * max(0.0, spec.budget_s - (t0 - started)))
     views = feature_views(
         model, images, pre, device, spec.seed, MAX_VIEWS, deadline,
         lambda v, n: report({"phase": "features", "view": v, "views": n,
@@ -273,12 +285,44 @@ def baseline(job: Prepared, report: Report) -> Evaluation:
     return Evaluation(scores, decisions)
 
 
+def adapt_checkpoint(spec: JobSpec) -> Path | None:
+    return Path(spec.checkpoint + ".adapt") if spec.checkpoint else None
+
+
+def site_adaptation(job: Prepared, report: Report, log: Callable[[str], None]
+                    ) -> Adapted | None:
+    """MAE on the training samples' images and the site's unlabeled imagery
+    (``models.finetune.adapt``), within ``adapt_max_s`` and ``adapt_share`` of the budget;
+    an unreadable unlabeled image is left out. None when it has no steps to make."""
+    spec = job.spec
+    steps = spec.adapt_steps
+    if steps <= 0:
+        return None
+    size = job.parent.card.preprocessing.input_size
+    pool = [job.data.images[job.train_idx]]
+    for path in spec.adapt_images[:MAX_ADAPT_IMAGES]:
+        try:
+            pool.append(load_tile(path, size)[None])
+        except (OSError, DataError):
+            continue
+    seconds = spec.adapt_max_s if spec.budget_s is None else min(
+        spec.adapt_max_s, spec.adapt_share * spec.budget_s)
+    images = np.concatenate(pool)
+    steps = min(steps, math.ceil(MAX_ADAPT_EPOCHS * len(images) / ADAPT_BATCH))
+    return adapt(job.model, images, job.parent.card.preprocessing,
+                 seed=spec.seed, steps=steps, seconds=seconds, threads=spec.threads,
+                 checkpoint=adapt_checkpoint(spec), fingerprint=spec.fingerprint(),
+                 report=report, log=log)
+
+
 def train_candidate(job: Prepared, started: float, report: Report,
                     log: Callable[[str], None]) -> tuple[Trained, dict[str, Tensor]]:
-    """Grow the head for new labels, train with the job's method, and merge adapters into the
-    weights; returns how it went and the trained tensors a reviewer may see."""
+    """Adapt the encoder to the site, grow the head for new labels, train with the job's
+    method, and merge adapters into the weights; returns how it went and the trained tensors a
+    reviewer may see."""
     spec, model = job.spec, job.model
     pre = job.parent.card.preprocessing
+    adapted = site_adaptation(job, report, log)
     grow_head(model, len(spec.labels) - len(job.parent.card.labels), spec.seed)
     model.to(job.device)
     images, targets = job.data.images[job.train_idx], job.data.targets[job.train_idx]
@@ -288,7 +332,9 @@ def train_candidate(job: Prepared, started: float, report: Report,
     else:
         result = _train_weights(model, job.method, images, targets, pre, spec, job.device,
                                 started, report, log)
-    trained = trained_state(model)
+    if adapted is not None:
+        result.details["adapt"] = adapted.to_dict()
+    trained = trained_state(model, everything=adapted is not None)
     merge(model)
     model.eval()
     return result, trained
@@ -358,6 +404,7 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
         candidate, trained_weights = str(out_dir), str(weights_path)
     if spec.checkpoint:
         Path(spec.checkpoint).unlink(missing_ok=True)
+        adapt_checkpoint(spec).unlink(missing_ok=True)  # type: ignore[union-attr]
     return JobResult(
         method=job.method, samples=len(job.data.images), train=len(job.train_idx),
         held_out=len(job.val_idx), skipped=tuple(job.data.skipped), labels=spec.labels,

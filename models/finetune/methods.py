@@ -102,11 +102,12 @@ def merge(model: VisionTransformer) -> VisionTransformer:
     return model
 
 
-def trained_state(model: nn.Module) -> dict[str, Tensor]:
+def trained_state(model: nn.Module, everything: bool = False) -> dict[str, Tensor]:
     """What the fine-tune changed and a reviewer needs: adapters (LoRA) or the trainable
-    parameters, always the head. Never any image."""
+    parameters, always the head; every parameter when ``everything`` (the encoder was adapted
+    to the site). Never any image."""
     return {k: v.detach().clone().contiguous() for k, v in model.named_parameters()
-            if v.requires_grad or k.startswith("head.")}
+            if everything or v.requires_grad or k.startswith("head.")}
 
 
 def grow_head(model: VisionTransformer, extra: int, seed: int) -> None:

@@ -48,11 +48,21 @@ class JobSpec:
     partial_blocks: int = 2
     #: Write the candidate even when the gate refuses it (benchmarks, notebooks).
     always_export: bool = False
+    #: Site adaptation (``models.finetune.adapt``) before the few-shot step: MAE steps on the
+    #: training samples' images and ``adapt_images`` (the site's unlabeled imagery, e.g. the
+    #: drone frames), never on the held-out split. Off by default (0 steps): measured on real
+    #: photos it did not beat the probe alone (docs/FOUNDATION-MODEL.md). ``adapt_max_s`` caps
+    #: its training time, and it takes at most ``adapt_share`` of ``budget_s``.
+    adapt_images: tuple[str, ...] = ()
+    adapt_steps: int = 0
+    adapt_max_s: float = 90.0
+    adapt_share: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["samples"] = [[p, list(labs)] for p, labs in self.samples]
         data["labels"] = list(self.labels)
+        data["adapt_images"] = list(self.adapt_images)
         return data
 
     @classmethod
@@ -64,12 +74,13 @@ class JobSpec:
         data = dict(data)
         data["samples"] = tuple((str(p), tuple(labs)) for p, labs in data["samples"])
         data["labels"] = tuple(data["labels"])
+        data["adapt_images"] = tuple(str(p) for p in data.get("adapt_images", ()))
         return cls(**data)
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed (not the speed settings)."""
         data = self.to_dict()
         for k in ("threads", "checkpoint", "checkpoint_every_s", "checkpoint_every_steps",
-                  "budget_s", "gpu_memory_fraction"):
+                  "budget_s", "gpu_memory_fraction", "adapt_max_s", "adapt_share"):
             data.pop(k)
         return data

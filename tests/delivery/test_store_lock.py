@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
@@ -45,13 +45,13 @@ class HeldElsewhere:
         self._release.set()
         self._thread.join()
 
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-async def _until(condition: object, what: str, timeout: float = 60) -> None:
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert asyncio.get_running_loop().time() < deadline, f"never saw {what}"
         await asyncio.sleep(0.05)
 

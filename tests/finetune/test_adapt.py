@@ -111,3 +111,25 @@ async def test_the_adapt_option_reaches_the_worker(site: Site, site_tiles: Path)
     assert job["result"]["details"]["adapt"]["steps"] == 3
     spec = json.loads((site.service.jobs.dir(job["id"]) / "job.json").read_text())  # type: ignore[union-attr]
     assert spec["adapt_steps"] == 3
+
+
+def test_a_finished_adaptation_is_resumed_from_its_checkpoint_not_redone(
+        tmp_path: Path, encoder: Path) -> None:
+    """A worker killed after the adaptation (in the probe) runs again: it must pick up the
+    adapted encoder from the checkpoint, not adapt a second time."""
+    from models.finetune.job import load_tile
+
+    samples = crack_set(tmp_path / "set", per_class=8)
+    pool = np.stack([load_tile(p, 32) for p, _ in samples])
+    artifact = load_artifact(encoder)
+    ckpt = tmp_path / "checkpoint.pt.adapt"
+    first = artifact.build_model()
+    done = adapt(first, pool, artifact.card.preprocessing, seed=0, steps=6, seconds=None,
+                 threads=1, checkpoint=ckpt, fingerprint={"job": "a"})
+    again = artifact.build_model()
+    redo = adapt(again, pool, artifact.card.preprocessing, seed=0, steps=6, seconds=None,
+                 threads=1, checkpoint=ckpt, fingerprint={"job": "a"})
+    assert done.resumed_from == 0 and redo.resumed_from == 6 and redo.steps == 6
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name

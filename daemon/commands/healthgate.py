@@ -73,8 +73,10 @@ def check(state: StateDir, grace_s: float, now: float | None = None) -> Verdict:
     hub = status.get("hub") or {}
     last = hub.get("last_contact")
     if not hub.get("connected") and (last is None or now - last > grace_s):
-        since = "never" if last is None else f"for {now - last:.0f} s"
-        return Verdict(False, f"hub unreachable {since} (grace {grace_s:.0f} s)", now)
+        # status.json starts every daemon run with no contact: None means not once this run.
+        what = ("hub not reached since the daemon started" if last is None
+                else f"hub unreachable for {now - last:.0f} s")
+        return Verdict(False, f"{what} (grace {grace_s:.0f} s)", now)
     ready = _readyz(int(port))
     if ready is None:
         return Verdict(False, "the daemon's API does not answer", now)

@@ -59,6 +59,15 @@ def test_the_gate_passes_on_a_healthy_box_then_names_what_broke(
         assert str(verdict["reason"]).startswith("hub unreachable for ")
         saved = json.loads((appliance.state_dir / "os" / "health.json").read_text())
         assert saved["ok"] is False and saved["reason"] == verdict["reason"]
+
+        # A box that boots with the hub down has not reached it once in this daemon run.
+        appliance.stop()
+        appliance.start(env=MODEL_ENV)
+        wait_for(lambda: gate(appliance, grace_s=1)[1]["reason"] != "the daemon is not READY"
+                 or None, 60, "the daemon to be READY again")
+        code, verdict = gate(appliance, grace_s=1)
+        assert (code, verdict["reason"]) == (
+            1, "hub not reached since the daemon started (grace 1 s)")
     finally:
         appliance.stop()
         hub.stop()

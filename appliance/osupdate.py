@@ -2,7 +2,8 @@
 desired OS version, and reading a UKI's architecture.
 
 An OS version is published as TUF targets under ``os/<version>/``: the unified kernel image
-(``spoke_<version>.efi``), the root file system image (``spoke_<version>.root.raw``) and
+(``spoke_<version>.efi``), the gzip-compressed root file system image
+(``spoke_<version>.root.raw.gz``, see ``ROOT_SUFFIX``) and
 ``manifest.json`` (this module's ``OsManifest``) naming both with their sha256 and length.
 The desired state names the manifest; the appliance resolves every file through TUF too.
 """
@@ -20,20 +21,26 @@ PE_MACHINES = {0x8664: "x86-64", 0xAA64: "arm64"}
 UNAME_ARCH = {"x86_64": "x86-64", "aarch64": "arm64"}
 OS_NAME = "spoke-os"
 Role = Literal["uki", "root"]
+#: The root image travels gzip-compressed: a root slot is 3 GiB, mostly free blocks. systemd
+#: 254's sysupdate hands a url-file source to systemd-pull, which inflates xz, gzip and bzip2
+#: by their magic bytes (254's does not take zstd) while it writes the slot; gzip because a TCG
+#: or low-power guest inflates it several times faster than xz (docs/IMAGE.md).
+ROOT_SUFFIX = ".root.raw.gz"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def role_of(filename: str, version: str) -> Role | None:
     """The part a file plays, from the names the image build writes (None: not ours)."""
     if filename == f"spoke_{version}.efi":
         return "uki"
-    if filename == f"spoke_{version}.root.raw":
+    if filename == f"spoke_{version}{ROOT_SUFFIX}":
         return "root"
     return None
 
 
 class OsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(pattern=r"^spoke_[A-Za-z0-9.+-]{1,64}\.(efi|root\.raw)$")
+    name: str = Field(pattern=r"^spoke_[A-Za-z0-9.+-]{1,64}\.(efi|root\.raw\.gz)$")
     role: Role
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     length: int = Field(gt=0)

@@ -11,7 +11,7 @@
 # fetch TensorRT's wheels.
 #
 # Besides the disk image, the build writes the version's OS update artefacts into
-# OUTPUT_DIR/spoke-PROFILE_V.os/ (manifest.json, SHA256SUMS, spoke_V.efi, spoke_V.root.raw):
+# OUTPUT_DIR/spoke-PROFILE_V.os/ (manifest.json, SHA256SUMS, spoke_V.efi, spoke_V.root.raw.gz):
 # what `spoke-hub os publish --home H DIR` takes.
 #
 # 1. installs the host tools (image/host-setup.sh; CI starts from a fresh clone),
@@ -148,16 +148,20 @@ t1=$(date +%s)
 raw="$out_dir/spoke-$profile.raw"
 
 # The OS update artefacts of this version, in the layout `spoke-hub os publish` takes
-# (provisioning/osupdates.py): the UKI and root slot A's contents (mkosi's split files; the root
-# image is the whole 3 GiB slot, sparse here), hard-linked where the file system allows.
+# (provisioning/osupdates.py): the UKI (hard-linked where the file system allows) and root slot
+# A's contents (mkosi's split file, the whole 3 GiB slot, sparse here) compressed with gzip -1:
+# what every appliance downloads is then the used blocks, not the slot (systemd-pull inflates
+# it into the slot; docs/IMAGE.md says why gzip and not xz or zstd).
 update="$out_dir/spoke-${profile}_$version.os"
 rm -rf "$update" && mkdir -p "$update"
 ln -f "$out_dir/spoke-$profile.efi" "$update/spoke_$version.efi" 2>/dev/null ||
     cp "$out_dir/spoke-$profile.efi" "$update/spoke_$version.efi"
-ln -f "$out_dir/spoke-$profile.root-x86-64.raw" "$update/spoke_$version.root.raw" 2>/dev/null ||
-    cp --sparse=always "$out_dir/spoke-$profile.root-x86-64.raw" "$update/spoke_$version.root.raw"
+echo "build.sh: compressing the root image for updates (gzip -1)"
+gzip -1 --no-name --stdout "$out_dir/spoke-$profile.root-x86-64.raw" >"$update/spoke_$version.root.raw.gz"
+rm "$out_dir/spoke-$profile.root-x86-64.raw"  # the disk image holds the same slot
+t_gzip=$(date +%s)
 printf '{"version": "%s", "architecture": "x86-64"}\n' "$version" >"$update/manifest.json"
-(cd "$update" && sha256sum "spoke_$version.efi" "spoke_$version.root.raw" >SHA256SUMS)
+(cd "$update" && sha256sum "spoke_$version.efi" "spoke_$version.root.raw.gz" >SHA256SUMS)
 apparent=$(stat -c %s "$raw")
 used=$(du -k "$raw" | cut -f1)
 {
@@ -165,6 +169,7 @@ used=$(du -k "$raw" | cut -f1)
     echo "version=$version"
     echo "update_dir=$update"
     echo "build_seconds=$((t1 - t0))"
+    echo "root_gzip_seconds=$((t_gzip - t1))"
     echo "wheelhouse_seconds=$((t_wheels - t0))"
     echo "image_bytes=$apparent"
     echo "image_used_kib=$used"

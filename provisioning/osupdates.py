@@ -5,7 +5,7 @@
     manifest.json        {"version": "2", "architecture": "x86-64"}
     SHA256SUMS           "<sha256>  <file>" lines (sha256sum's format), one per artefact
     spoke_2.efi          the unified kernel image
-    spoke_2.root.raw     the root file system image
+    spoke_2.root.raw.gz  the root file system image, gzip-compressed
 
 ``publish`` checks them all before it writes anything, then adds the artefacts and a signed
 ``OsManifest`` as targets under ``os/<version>/`` in ONE targets version.
@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.fsutil import sha256_file
 from appliance.osupdate import (
+    GZIP_MAGIC,
     PE_MACHINES,
+    ROOT_SUFFIX,
     OsFile,
     OsManifest,
     manifest_target,
@@ -81,7 +83,7 @@ def check_release(directory: Path) -> OsManifest:
         role = role_of(name, build.version)
         if role is None:
             raise RepositoryError(f"SHA256SUMS names {name}, which is not spoke_"
-                                  f"{build.version}.efi or spoke_{build.version}.root.raw")
+                                  f"{build.version}.efi or spoke_{build.version}{ROOT_SUFFIX}")
         path = directory / name
         if not path.is_file():
             raise RepositoryError(f"{path} is listed in SHA256SUMS but missing")
@@ -89,12 +91,15 @@ def check_release(directory: Path) -> OsManifest:
         if digest != sums[name]:
             raise RepositoryError(f"{name}: sha256 {digest[:16]}... does not match SHA256SUMS "
                                   f"({sums[name][:16]}...); rebuild or recopy the artefacts")
-        if role == "uki":
-            with path.open("rb") as f:
-                arch = pe_architecture(f.read(4096))
-            if arch != build.architecture:
-                raise RepositoryError(f"{name} is a UKI for {arch or 'no known architecture'}, "
-                                      f"but the manifest says {build.architecture}")
+        with path.open("rb") as f:
+            head = f.read(4096)
+        if role == "uki" and (arch := pe_architecture(head)) != build.architecture:
+            raise RepositoryError(f"{name} is a UKI for {arch or 'no known architecture'}, "
+                                  f"but the manifest says {build.architecture}")
+        # systemd-pull would write an uncompressed file into the slot as it is: refuse it here.
+        if role == "root" and not head.startswith(GZIP_MAGIC):
+            raise RepositoryError(f"{name} is not gzip-compressed; the image build writes it "
+                                  "with gzip (image/build.sh)")
         files.append(OsFile(name=name, role=role, sha256=digest, length=path.stat().st_size))
     for role in ("uki", "root"):
         if not any(f.role == role for f in files):

@@ -5,9 +5,11 @@ a loop device itself)."""
 
 import contextlib
 import datetime as dt
+import gzip
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -39,7 +41,8 @@ pytestmark = pytest.mark.skipif(
 
 SYSUPDATE_D = Path(__file__).parents[2] / "image/mkosi/mkosi.extra/usr/lib/sysupdate.d"
 SLOT = 16 * 2**20
-ROOT_V2 = bytes(range(256)) * 4096  # 1 MiB, a stand-in root file system image
+# 1 MiB stand-in root file system image; incompressible, so it travels at about that size.
+ROOT_V2 = random.Random(2).randbytes(2**20)
 
 
 def shipped(name: str, state: Path) -> str:
@@ -160,7 +163,8 @@ def test_the_next_version_is_fetched_after_one_was_staged(
     manifest = fetch_os(client(sim, tmp_path), sim, v3, state / "os" / "partial",
                         source_dir(state), time.monotonic() + 120, "x86-64")
     assert manifest.version == "3"
-    assert (source_dir(state) / "spoke_3.root.raw").read_bytes() == ROOT_V2[::-1]
+    assert gzip.decompress((source_dir(state) / "spoke_3.root.raw.gz").read_bytes()) == \
+        ROOT_V2[::-1]
     assert sorted(p.name for p in (state / "os" / "partial").iterdir()) == [
         "spoke_3.manifest.json.partial"]
 
@@ -169,17 +173,23 @@ def test_a_partial_download_of_a_version_no_longer_desired_is_dropped(
         sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
     partial = state / "os" / "partial"
     partial.mkdir(parents=True)
-    (partial / "spoke_1.5.root.raw.partial").write_bytes(b"half of a version given up")
+    (partial / "spoke_1.5.root.raw.gz.partial").write_bytes(b"half of a version given up")
     update(sim, tmp_path, state, disk)
-    assert not (partial / "spoke_1.5.root.raw.partial").exists()
+    assert not (partial / "spoke_1.5.root.raw.gz.partial").exists()
     assert partitions(disk)[1]["name"] == "spoke_2"
+
+
+def tampered(sim: SimulatedRepository) -> None:
+    """Serve version 2's compressed root image with one byte changed (same length)."""
+    rel = rel_of(sim, "os/2/spoke_2.root.raw.gz")
+    good = sim.files()[rel]
+    sim.served[rel] = good[:-1] + bytes([good[-1] ^ 1])
 
 
 def test_a_tampered_target_is_refused_and_nothing_is_staged(
         sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
     before = digest(disk.read_bytes())
-    rel = rel_of(sim, "os/2/spoke_2.root.raw")
-    sim.served[rel] = b"X" + ROOT_V2[1:]  # same length, one byte changed
+    tampered(sim)
     with pytest.raises(ModelRefused) as err:
         update(sim, tmp_path, state, disk)
     assert err.value.code == "hash-mismatch"
@@ -190,14 +200,15 @@ def test_a_tampered_target_is_refused_and_nothing_is_staged(
 def test_a_truncated_download_stages_nothing_then_resumes(
         sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
     before = digest(disk.read_bytes())
-    rel = rel_of(sim, "os/2/spoke_2.root.raw")
-    sim.cut_after[rel] = len(ROOT_V2) // 2
+    rel = rel_of(sim, "os/2/spoke_2.root.raw.gz")
+    half = len(sim.files()[rel]) // 2
+    sim.cut_after[rel] = half
     with pytest.raises(DeliveryInterrupted):
         update(sim, tmp_path, state, disk)
     assert digest(disk.read_bytes()) == before and not source_dir(state).exists()
     del sim.cut_after[rel]
     update(sim, tmp_path, state, disk)
-    assert (rel, len(ROOT_V2) // 2) in sim.requests  # the second try asked for the rest only
+    assert (rel, half) in sim.requests  # the second try asked for the rest only
     assert read_partition(disk, partitions(disk)[1], len(ROOT_V2)) == ROOT_V2
 
 
@@ -404,7 +415,7 @@ async def test_a_refusal_is_recorded_and_told_once_while_the_retries_fail_the_sa
         sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
     box = Box()
     before = digest(disk.read_bytes())
-    sim.served[rel_of(sim, "os/2/spoke_2.root.raw")] = b"X" + ROOT_V2[1:]
+    tampered(sim)
     svc = box.service(state, disk, ("1", "spoke_1"))
     svc.attach(client(sim, tmp_path))
     await svc.on_desired(desire("2"))
@@ -428,7 +439,7 @@ def test_a_full_data_partition_during_the_download_stages_nothing(
             update(sim, tmp_path, state, disk)
         assert err.value.code == "disk-full"
         assert not source_dir(state).exists()
-        assert not (state / "os" / "partial" / "spoke_2.root.raw.partial").exists()
+        assert not (state / "os" / "partial" / "spoke_2.root.raw.gz.partial").exists()
     finally:
         subprocess.run(["umount", str(state)], check=True)
     assert digest(disk.read_bytes()) == before

@@ -41,9 +41,11 @@ def test_publish_adds_manifest_uki_and_root_as_signed_targets(home: Path, tmp_pa
     row = json.loads(publish(home, rel).stdout)
     assert row["target"] == "os/2/manifest.json"
     targets = repo_of(home).targets().signed.targets
-    assert set(targets) >= {"os/2/manifest.json", "os/2/spoke_2.efi", "os/2/spoke_2.root.raw"}
-    root = (rel / "spoke_2.root.raw").read_bytes()
-    assert targets["os/2/spoke_2.root.raw"].hashes["sha256"] == hashlib.sha256(root).hexdigest()
+    assert set(targets) >= {"os/2/manifest.json", "os/2/spoke_2.efi", "os/2/spoke_2.root.raw.gz"}
+    # What is signed is what travels: the compressed image, its hash and length.
+    root = (rel / "spoke_2.root.raw.gz").read_bytes()
+    assert targets["os/2/spoke_2.root.raw.gz"].length == len(root)
+    assert targets["os/2/spoke_2.root.raw.gz"].hashes["sha256"] == hashlib.sha256(root).hexdigest()
     stored = home / "repository" / "public" / "targets" / "os" / "2"
     manifest_info = targets["os/2/manifest.json"]
     body = (stored / f"{manifest_info.hashes['sha256']}.manifest.json").read_bytes()
@@ -78,11 +80,24 @@ def test_a_mismatched_checksum_is_refused(home: Path, tmp_path: Path):
     publish(home, make_release(tmp_path / "v1", "1"))
     before = targets_version(home)
     rel = make_release(tmp_path / "v2", "2")
-    with (rel / "spoke_2.root.raw").open("r+b") as f:
+    with (rel / "spoke_2.root.raw.gz").open("r+b") as f:
         f.write(b"X")
     proc = publish(home, rel, check=False)
     assert proc.returncode != 0 and "does not match SHA256SUMS" in proc.stderr
     assert targets_version(home) == before
+    assert "os/2/manifest.json" not in repo_of(home).targets().signed.targets
+
+
+def test_an_uncompressed_root_image_is_refused(home: Path, tmp_path: Path):
+    """systemd-pull would write it into the slot as it is, so it never gets signed."""
+    rel = make_release(tmp_path / "v2", "2")
+    raw = rel / "spoke_2.root.raw.gz"
+    raw.write_bytes(b"an ext4 image that was never compressed" * 100)
+    sums = [line for line in (rel / "SHA256SUMS").read_text().splitlines() if ".gz" not in line]
+    sums.append(f"{hashlib.sha256(raw.read_bytes()).hexdigest()}  {raw.name}")
+    (rel / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    proc = publish(home, rel, check=False)
+    assert proc.returncode != 0 and "spoke_2.root.raw.gz is not gzip-compressed" in proc.stderr
     assert "os/2/manifest.json" not in repo_of(home).targets().signed.targets
 
 
@@ -103,13 +118,13 @@ def test_a_missing_checksum_file_is_refused(home: Path, tmp_path: Path):
 
 def test_a_version_already_published_is_refused_and_kept(home: Path, tmp_path: Path):
     publish(home, make_release(tmp_path / "a", "2"))
-    first = repo_of(home).targets().signed.targets["os/2/spoke_2.root.raw"].hashes
+    first = repo_of(home).targets().signed.targets["os/2/spoke_2.root.raw.gz"].hashes
     before = targets_version(home)
     proc = publish(home, make_release(tmp_path / "b", "2", root=b"other bytes" * 100),
                    check=False)
     assert proc.returncode != 0 and "already published" in proc.stderr
     assert targets_version(home) == before
-    assert repo_of(home).targets().signed.targets["os/2/spoke_2.root.raw"].hashes == first
+    assert repo_of(home).targets().signed.targets["os/2/spoke_2.root.raw.gz"].hashes == first
 
 
 def test_spoke_hub_devices_shows_the_running_os_and_a_rollback_with_its_reason(home: Path):

@@ -212,6 +212,29 @@ def test_a_truncated_download_stages_nothing_then_resumes(
     assert read_partition(disk, partitions(disk)[1], len(ROOT_V2)) == ROOT_V2
 
 
+def test_a_root_image_that_inflates_past_its_slot_fails_and_writes_nothing_outside_it(
+        tmp_path: Path, state: Path, disk: Path):
+    """The compressed image is signed, but what it inflates to is only bounded by the slot:
+    systemd-pull stops at the partition's size."""
+    sim = SimulatedRepository()
+    osupdates.publish(sim.repo, make_release(tmp_path / "bomb", "2", root=bytes(SLOT + 2**20)))
+    a, b = partitions(disk)
+    running = files_of(disk, a, tmp_path / "before")
+    end_of_b = (int(str(b["start"])) + int(str(b["size"]))) * 512
+    with disk.open("rb") as f:
+        f.seek(end_of_b)
+        after_b = f.read()
+    with pytest.raises(ModelRefused) as err:
+        update(sim, tmp_path, state, disk)
+    assert err.value.code == "stage-failed"
+    a2, b2 = partitions(disk)
+    assert (a2["name"], b2["name"]) == ("spoke_1", "_empty")
+    assert files_of(disk, a2, tmp_path / "after") == running
+    with disk.open("rb") as f:
+        f.seek(end_of_b)
+        assert f.read() == after_b
+
+
 def test_a_version_for_another_architecture_is_refused_and_nothing_is_staged(
         tmp_path: Path, state: Path, disk: Path):
     sim = SimulatedRepository()

@@ -28,7 +28,7 @@ from appliance.payloads import (
 from appliance.service import TaskGroupService
 from provisioning import broker, ca, enrollment, leader, metrics
 from provisioning.home import HubHome
-from provisioning.registry import Registry
+from provisioning.registry import HealthReport, Registry
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ HUB_SESSION_EXPIRY_S = 7 * 86400  # how long the broker keeps the hub's messages
 SHARE = "$share/spoke-hub"
 ACK_BATCH_S = 0.2
 MAX_ACK_IDS = 1000
+#: Most messages handled (and health reports written in one transaction) as one batch.
+MAX_BATCH = 500
 
 
 #: What every hub process subscribes to. Enrollments, renewals, health and events are split
@@ -172,9 +174,7 @@ class HubService(TaskGroupService):
         self.sessions += 1
         host, port = broker_address(self.config)
         log.info("hub connected to broker", extra={"host": host, "port": port})
-        async for message in client.messages:
-            await self.dispatch(client, message)
-            ack(client, message)
+        await self.consume(client)
 
     @staticmethod
     def _down(exc: Exception, delay: float) -> None:
@@ -185,10 +185,71 @@ class HubService(TaskGroupService):
         await self.session.publish(topic, payload, retain=retain,
                                    down="the hub is not connected to the broker")
 
+    async def consume(self, client: aiomqtt.Client, quiet_s: float | None = None) -> int:
+        """Handle ``client``'s messages in batches until it has been quiet for ``quiet_s``
+        (None: for as long as it is connected); returns how many it handled.
+
+        A batch is what waits when the previous one is done (at most MAX_BATCH): one message
+        at low load, more the busier the fleet. Its health reports are written in one
+        transaction in a worker thread, so the broker's socket is read meanwhile and the next
+        batch forms. Each message is acknowledged once its batch is stored, in the order
+        received (the MQTT 5 rule), so one that a process dies holding stays in its session."""
+        messages = client.messages
+        count = 0
+        while True:
+            try:
+                batch = [await asyncio.wait_for(anext(messages), quiet_s)]
+            except TimeoutError:
+                return count
+            while len(messages) and len(batch) < MAX_BATCH:
+                batch.append(await anext(messages))
+            await self.handle(client, batch)
+            for message in batch:
+                ack(client, message)
+            count += len(batch)
+
+    async def handle(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
+        """Store a batch: its health reports together, every other message one by one in the
+        order received. Health reports touch only their own rows (one per device and taken-at
+        time) and ``last_seen``, so storing them after the others changes nothing."""
+        reports = []
+        for message in batch:
+            if message.topic.matches(topics.ALL_HEALTH):
+                report = self._health_report(message)
+                if report is not None:
+                    reports.append(report)
+            else:
+                await self.dispatch(client, message)
+        if reports:
+            await asyncio.to_thread(self.registry.add_health_reports, reports)
+
+    def _health_report(self, message: aiomqtt.Message) -> HealthReport | None:
+        """A health report checked and serialized for the registry, or None when refused
+        (logged and counted). Whether its device is enrolled the registry checks, per batch."""
+        topic = message.topic.value
+        device_id = topics.device_of(topic)
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        if device_id is None:
+            return None
+        if len(payload) > MAX_DEVICE_MESSAGE_BYTES:
+            self._refuse(topic, "oversized", f"{len(payload)} bytes")
+            return None
+        try:
+            snapshot = HealthSnapshot.model_validate_json(payload)
+        except (ValueError, TypeError, RecursionError) as exc:
+            self._refuse(topic, "malformed", str(exc))
+            return None
+        return HealthReport(device_id, snapshot.taken_at_s, snapshot.model_dump_json())
+
     async def dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         """Take one device message; ``client`` answers enrollments and renewals."""
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else b""
+        if message.topic.matches(topics.ALL_HEALTH):
+            report = self._health_report(message)
+            if report is not None:
+                self.registry.add_health_reports([report])
+            return
         try:
             if topic == topics.ENROLL_REQUEST:
                 await self._enroll(client, message, payload)
@@ -213,11 +274,6 @@ class HubService(TaskGroupService):
                 state = reported.model_dump(mode="json")
                 self.registry.set_state(device.id, state, reported.seq)
                 self._retire_replaced(device.id, state)
-            elif message.topic.matches(topics.ALL_HEALTH):
-                snapshot = HealthSnapshot.model_validate_json(payload)
-                self.registry.add_health(
-                    device.id, snapshot.taken_at_s, snapshot.model_dump(mode="json")
-                )
             elif message.topic.matches(topics.ALL_EVENTS):
                 self._take_event(device.id, json.loads(payload))
         except (ValueError, TypeError, RecursionError) as exc:

@@ -169,18 +169,38 @@ _SET_NEWER_STATE = (
     .values({**_STATE_VALUES, "state_seq": sa.bindparam("b_seq")})
     .returning(devices.c.id)
 )
+# Each listed device keeps its newest HEALTH_HISTORY reports: one statement for a batch.
+_RANKED_HEALTH = sa.select(
+    health.c.device_id,
+    health.c.ts,
+    sa.func.row_number()
+    .over(partition_by=health.c.device_id, order_by=health.c.ts.desc())
+    .label("rank"),
+).where(health.c.device_id.in_(sa.bindparam("b_ids", expanding=True))).subquery()
 _TRIM_HEALTH = health.delete().where(
-    health.c.device_id == sa.bindparam("b_id"),
-    health.c.ts
-    < (
-        sa.select(health.c.ts)
-        .where(health.c.device_id == sa.bindparam("b_id"))
-        .order_by(health.c.ts.desc())
-        .offset(HEALTH_HISTORY - 1)
-        .limit(1)
-        .scalar_subquery()
-    ),
+    sa.tuple_(health.c.device_id, health.c.ts).in_(
+        sa.select(_RANKED_HEALTH.c.device_id, _RANKED_HEALTH.c.ts).where(
+            _RANKED_HEALTH.c.rank > HEALTH_HISTORY
+        )
+    )
 )
+_TOUCH_ALL = (
+    devices.update()
+    .where(devices.c.id.in_(sa.bindparam("b_ids", expanding=True)))
+    .values(last_seen=sa.bindparam("b_now"))
+)
+_ENROLLED = sa.select(devices.c.id).where(
+    devices.c.id.in_(sa.bindparam("b_ids", expanding=True)), devices.c.revoked_at.is_(None)
+)
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """One health snapshot as a device sent it, already checked and serialized (JSON)."""
+
+    device_id: str
+    ts: float
+    snapshot: str
 
 
 def _claim(row: RowMapping) -> Claim:
@@ -467,17 +487,34 @@ class Registry:
     # --- health and events --------------------------------------------------------------
 
     def add_health(self, device_id: str, ts: float, snapshot: dict[str, Any]) -> bool:
-        """Keep the latest snapshots of each device, at most HEALTH_HISTORY of them; a report
-        seen before (same device and taken-at time) is not stored twice. False when it was."""
+        """Store one snapshot (see add_health_reports); False when it was not stored."""
+        return bool(self.add_health_reports([HealthReport(device_id, ts, json.dumps(snapshot))]))
+
+    def add_health_reports(self, reports: list[HealthReport]) -> int:
+        """Store a batch of reports in one transaction and keep each device's newest
+        HEALTH_HISTORY; returns how many were new. A report seen before (same device and
+        taken-at time, also twice in one batch) is not stored again, and reports of devices
+        that are not enrolled, or are revoked, are not stored at all."""
+        if not reports:
+            return 0
+        ids = sorted({r.device_id for r in reports})
+        now = time.time()
         with self._tx() as conn:
-            self._touch(conn, device_id)
-            stored = conn.execute(
-                self._add_health,
-                {"device_id": device_id, "ts": ts, "received_at": time.time(),
-                 "snapshot": json.dumps(snapshot)},
-            ).first()
-            conn.execute(_TRIM_HEALTH, {"b_id": device_id})
-        return stored is not None
+            enrolled = set(conn.execute(_ENROLLED, {"b_ids": ids}).scalars())
+            # In key order, so two processes writing overlapping batches (a redelivery) take
+            # their row locks in the same order and cannot deadlock.
+            rows = [
+                {"device_id": r.device_id, "ts": r.ts, "received_at": now, "snapshot": r.snapshot}
+                for r in sorted(reports, key=lambda r: (r.device_id, r.ts))
+                if r.device_id in enrolled
+            ]
+            if not rows:
+                return 0
+            stored = len(conn.execute(self._add_health, rows).all())
+            seen = sorted(enrolled)
+            conn.execute(_TOUCH_ALL, {"b_ids": seen, "b_now": now})
+            conn.execute(_TRIM_HEALTH, {"b_ids": seen})
+        return stored
 
     def latest_health(self, device_id: str) -> dict[str, Any] | None:
         found = self.health_history(device_id, 1)

@@ -22,7 +22,6 @@ from provisioning import leader
 from provisioning.hub import (
     SUBSCRIPTIONS,
     HubService,
-    ack,
     ack_when_handled,
     broker_address,
     client_id,
@@ -90,7 +89,6 @@ class SessionSweeper(TaskGroupService):
     async def drain(self, instance: str) -> int:
         host, port = broker_address(self.hub.config)
         tls = hub_tls(self.hub.home, self.hub.config)
-        count = 0
         client = ack_when_handled(
             mqtt.client(host, port, client_id(instance), tls, resume=True)
         )
@@ -98,12 +96,4 @@ class SessionSweeper(TaskGroupService):
             # Out of the shared subscriptions at once: what arrives now is what the broker
             # queued for the dead process, and the session falls quiet even under load.
             await client.unsubscribe(list(SUBSCRIPTIONS))
-            messages = aiter(client.messages)
-            while True:
-                try:
-                    message = await asyncio.wait_for(anext(messages), QUIET_S)
-                except TimeoutError:
-                    return count
-                await self.hub.dispatch(client, message)
-                ack(client, message)
-                count += 1
+            return await self.hub.consume(client, QUIET_S)

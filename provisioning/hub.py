@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import aiomqtt
@@ -28,7 +29,7 @@ from appliance.payloads import (
 from appliance.service import TaskGroupService
 from provisioning import broker, ca, enrollment, leader, metrics
 from provisioning.home import HubHome
-from provisioning.registry import HealthReport, Registry
+from provisioning.registry import Enrolled, EnrollmentRecords, HealthReport, Registry
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ ACK_BATCH_S = 0.2
 MAX_ACK_IDS = 1000
 #: Most messages handled (and health reports written in one transaction) as one batch.
 MAX_BATCH = 500
+#: Enrollments granted at once by one process on PostgreSQL.
+GRANTS_AT_ONCE = 8
 
 
 #: What every hub process subscribes to. Enrollments, renewals, health and events are split
@@ -122,6 +125,8 @@ class HubService(TaskGroupService):
         self._to_ack: dict[str, list[str]] = {}
         self._ack_due = asyncio.Event()
         self._instance_lock: leader.Lock | None = None
+        postgres = registry.engine.dialect.name == "postgresql"
+        self._granting = asyncio.Semaphore(GRANTS_AT_ONCE if postgres else 1)
 
     @property
     def connected(self) -> asyncio.Event:
@@ -211,17 +216,23 @@ class HubService(TaskGroupService):
     async def handle(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
         """Store a batch: its health reports together, every other message one by one in the
         order received. Health reports touch only their own rows (one per device and taken-at
-        time) and ``last_seen``, so storing them after the others changes nothing."""
+        time) and ``last_seen``, so storing them after the others changes nothing. Enrollments
+        are answered side by side (GRANTS_AT_ONCE on PostgreSQL, whose claim row lock keeps
+        ``max_uses``; one at a time on SQLite): each is mostly waiting on the registry."""
         reports = []
+        at_once: list[Awaitable[object]] = []
         for message in batch:
             if message.topic.matches(topics.ALL_HEALTH):
                 report = self._health_report(message)
                 if report is not None:
                     reports.append(report)
+            elif message.topic.value == topics.ENROLL_REQUEST:
+                at_once.append(self.dispatch(client, message))
             else:
                 await self.dispatch(client, message)
         if reports:
-            await asyncio.to_thread(self.registry.add_health_reports, reports)
+            at_once.append(asyncio.to_thread(self.registry.add_health_reports, reports))
+        await asyncio.gather(*at_once)
 
     def _health_report(self, message: aiomqtt.Message) -> HealthReport | None:
         """A health report checked and serialized for the registry, or None when refused
@@ -349,7 +360,9 @@ class HubService(TaskGroupService):
             )
             return
         try:
-            answer = self._grant(raw)
+            async with self._granting:
+                answer = await asyncio.to_thread(self._grant, raw)
+            self.enrollments += 1
         except enrollment.Refusal as refusal:
             log.warning(
                 "enrollment refused", extra={"code": refusal.code, "reason": refusal.reason}
@@ -381,41 +394,42 @@ class HubService(TaskGroupService):
         return cert, ca_cert, server
 
     def _grant(self, raw: bytes) -> bytes:
+        """Decide, issue and record an enrollment in one registry transaction (in a worker
+        thread: several at once, see ``handle``); the answer to send."""
         request = enrollment.parse_request(raw, self.config.enrollment.max_request_bytes)
-        claim = self.registry.claim(request.claim_id)
         device_id = None
         with contextlib.suppress(enrollment.Refusal):
             device_id, _, _ = enrollment.read_csr(request.csr)
-        existing = self.registry.device(device_id) if device_id else None
-        held = self.registry.device_cert(existing.cert_serial) if existing else None
-        known_key = held.key_sha256 if held and held.device_id == device_id else None
-        grant = enrollment.decide(request, claim, existing, time.time(), known_key)
-        cert, ca_cert, server = self._issue(grant.csr, grant.device_id, request.server_names)
-        self.registry.add_device(
-            grant.device_id, grant.claim.id, grant.claim.labels, grant.facts, cert.serial_number
-        )
-        # No ACL update: device rules are patterns on the certificate's CN.
-        self.registry.add_cert(
-            grant.device_id,
-            cert.serial_number,
-            enrollment.csr_key_sha256(grant.csr),
-            identity.cert_not_after(cert),
-        )
-        self.enrollments += 1
-        log.info(
-            "device enrolled",
-            extra={"device": grant.device_id, "claim": grant.claim.id, "again": grant.reenrollment},
-        )
-        return json.dumps(
-            {
-                "status": "accepted",
-                "device_id": grant.device_id,
-                "certificate": ca.to_pem(cert).decode(),
-                "ca_certificate": ca.to_pem(ca_cert).decode(),
-                "labels": grant.claim.labels,
-                "server_certificate": server,
-            }
-        ).encode()
+
+        def grant(records: EnrollmentRecords) -> tuple[Enrolled, tuple[dict[str, Any], bytes]]:
+            claim, existing, held = records
+            known_key = held.key_sha256 if held and held.device_id == device_id else None
+            decided = enrollment.decide(request, claim, existing, time.time(), known_key)
+            cert, ca_cert, server = self._issue(
+                decided.csr, decided.device_id, request.server_names
+            )
+            enrolled = Enrolled(
+                decided.device_id, decided.claim.id, decided.claim.labels, decided.facts,
+                cert.serial_number, enrollment.csr_key_sha256(decided.csr),
+                identity.cert_not_after(cert),
+            )
+            said = {"device": decided.device_id, "claim": decided.claim.id,
+                    "again": decided.reenrollment}
+            # No ACL update: device rules are patterns on the certificate's CN.
+            return enrolled, (said, json.dumps(
+                {
+                    "status": "accepted",
+                    "device_id": decided.device_id,
+                    "certificate": ca.to_pem(cert).decode(),
+                    "ca_certificate": ca.to_pem(ca_cert).decode(),
+                    "labels": decided.claim.labels,
+                    "server_certificate": server,
+                }
+            ).encode())
+
+        said, answer = self.registry.enroll(request.claim_id, device_id, grant)
+        log.info("device enrolled", extra=said)
+        return answer
 
     async def _renew(
         self, client: aiomqtt.Client, message: aiomqtt.Message, device_id: str, raw: bytes

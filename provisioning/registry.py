@@ -11,11 +11,11 @@ replaces the stored one only when its device sequence number is newer.
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -36,6 +36,7 @@ from provisioning.schema import (
 )
 
 HEALTH_HISTORY = 360  # per device: an hour at a 10 s interval
+T = TypeVar("T")
 
 
 def token_hash(token: str) -> str:
@@ -106,6 +107,24 @@ class DeviceCert:
     not_after: float
     issued_at: float
     retired_at: float | None
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """What an accepted enrollment writes: the device and the certificate just issued to it."""
+
+    device_id: str
+    claim_id: str
+    labels: dict[str, str]
+    facts: dict[str, Any]
+    serial: int
+    key_sha256: str
+    not_after: float
+
+
+#: What an enrollment is decided on: the claim (with its uses), the device the CSR names if
+#: it is enrolled already, and that device's current certificate.
+EnrollmentRecords = tuple[Claim | None, Device | None, DeviceCert | None]
 
 
 @dataclass(frozen=True)
@@ -308,6 +327,11 @@ class Registry:
             )
 
     def _claims(self, where: Any = None) -> list[Claim]:
+        with self._tx() as conn:
+            return self._read_claims(conn, where)
+
+    @staticmethod
+    def _read_claims(conn: Connection, where: Any = None, lock: bool = False) -> list[Claim]:
         uses = (
             sa.select(sa.func.count())
             .where(devices.c.claim_id == claims.c.id)
@@ -317,8 +341,11 @@ class Registry:
         query = sa.select(claims, uses).order_by(claims.c.created_at)
         if where is not None:
             query = query.where(where)
-        with self._tx() as conn:
-            return [_claim(r) for r in conn.execute(query).mappings()]
+        if lock:
+            # Locked first, counted after: a statement that waited for the lock counts with
+            # the snapshot it started with (READ COMMITTED), missing what the holder added.
+            conn.execute(sa.select(claims.c.id).where(where).with_for_update())
+        return [_claim(r) for r in conn.execute(query).mappings()]
 
     def claim(self, claim_id: str) -> Claim | None:
         found = self._claims(claims.c.id == claim_id)
@@ -348,6 +375,18 @@ class Registry:
         cert_serial: int,
     ) -> None:
         """Record an enrollment; a repeated one (same key, so same id) re-issues in place."""
+        with self._tx() as conn:
+            self._add_device(conn, device_id, claim_id, labels, facts, cert_serial)
+
+    def _add_device(
+        self,
+        conn: Connection,
+        device_id: str,
+        claim_id: str,
+        labels: dict[str, str],
+        facts: dict[str, Any],
+        cert_serial: int,
+    ) -> None:
         insert = self._insert(devices).values(
             id=device_id,
             claim_id=claim_id,
@@ -356,20 +395,45 @@ class Registry:
             cert_serial=str(cert_serial),
             enrolled_at=time.time(),
         )
-        with self._tx() as conn:
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[devices.c.id],
-                    set_={
-                        "facts": insert.excluded.facts,
-                        "cert_serial": insert.excluded.cert_serial,
-                    },
-                )
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[devices.c.id],
+                set_={"facts": insert.excluded.facts, "cert_serial": insert.excluded.cert_serial},
             )
+        )
+
+    def enroll(
+        self,
+        claim_id: str,
+        device_id: str | None,
+        grant: Callable[[EnrollmentRecords], tuple[Enrolled, T]],
+    ) -> T:
+        """Decide an enrollment and record it in one transaction: ``grant`` gets the records
+        it is decided on, refuses (raising) or issues, and says what to write. The claim's row
+        stays locked meanwhile (PostgreSQL), so enrollments at once, in threads or in several
+        hub processes, cannot take a claim past its ``max_uses``. (SQLite's hub is one
+        process, and enrolls one at a time.)"""
+        with self._tx() as conn:
+            found = self._read_claims(conn, claims.c.id == claim_id, lock=True)
+            existing = self._read_device(conn, device_id) if device_id else None
+            held = self._read_cert(conn, existing.cert_serial) if existing else None
+            enrolled, result = grant((found[0] if found else None, existing, held))
+            self._add_device(
+                conn, enrolled.device_id, enrolled.claim_id, enrolled.labels, enrolled.facts,
+                enrolled.serial,
+            )
+            self._add_cert(
+                conn, enrolled.device_id, enrolled.serial, enrolled.key_sha256, enrolled.not_after
+            )
+        return result
 
     def device(self, device_id: str) -> Device | None:
         with self._tx() as conn:
-            row = conn.execute(_DEVICE, {"b_id": device_id}).mappings().first()
+            return self._read_device(conn, device_id)
+
+    @staticmethod
+    def _read_device(conn: Connection, device_id: str) -> Device | None:
+        row = conn.execute(_DEVICE, {"b_id": device_id}).mappings().first()
         return _device(row) if row else None
 
     def devices(self) -> list[Device]:
@@ -392,31 +456,43 @@ class Registry:
     def add_cert(self, device_id: str, serial: int, key_sha256: str, not_after: float) -> None:
         """Record a certificate just issued and make it the device's current one."""
         with self._tx() as conn:
-            conn.execute(
-                device_certs.insert().values(
-                    serial=str(serial),
-                    device_id=device_id,
-                    key_sha256=key_sha256,
-                    not_after=not_after,
-                    issued_at=time.time(),
-                )
+            self._add_cert(conn, device_id, serial, key_sha256, not_after)
+
+    @staticmethod
+    def _add_cert(
+        conn: Connection, device_id: str, serial: int, key_sha256: str, not_after: float
+    ) -> None:
+        conn.execute(
+            device_certs.insert().values(
+                serial=str(serial),
+                device_id=device_id,
+                key_sha256=key_sha256,
+                not_after=not_after,
+                issued_at=time.time(),
             )
-            conn.execute(
-                devices.update().where(devices.c.id == device_id).values(cert_serial=str(serial))
-            )
+        )
+        conn.execute(
+            devices.update().where(devices.c.id == device_id).values(cert_serial=str(serial))
+        )
 
     def device_cert(self, serial: int) -> DeviceCert | None:
-        found = self._certs(device_certs.c.serial == str(serial))
+        with self._tx() as conn:
+            return self._read_cert(conn, serial)
+
+    @classmethod
+    def _read_cert(cls, conn: Connection, serial: int) -> DeviceCert | None:
+        found = cls._read_certs(conn, device_certs.c.serial == str(serial))
         return found[0] if found else None
 
     def certs_of(self, device_id: str) -> list[DeviceCert]:
         """Every certificate issued to ``device_id``, oldest first (renewals add one each)."""
-        return self._certs(device_certs.c.device_id == device_id)
-
-    def _certs(self, where: Any) -> list[DeviceCert]:
-        query = device_certs.select().where(where).order_by(device_certs.c.issued_at)
         with self._tx() as conn:
-            rows = conn.execute(query).mappings().all()
+            return self._read_certs(conn, device_certs.c.device_id == device_id)
+
+    @staticmethod
+    def _read_certs(conn: Connection, where: Any) -> list[DeviceCert]:
+        query = device_certs.select().where(where).order_by(device_certs.c.issued_at)
+        rows = conn.execute(query).mappings().all()
         return [DeviceCert(serial=int(row["serial"]), device_id=row["device_id"],
                            key_sha256=row["key_sha256"], not_after=row["not_after"],
                            issued_at=row["issued_at"], retired_at=row["retired_at"])

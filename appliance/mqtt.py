@@ -36,16 +36,17 @@ def client(
     timeout: float = 10.0,
     session_expiry_s: int = 0,
     resume: bool = False,
+    kind: type[aiomqtt.Client] = aiomqtt.Client,
 ) -> aiomqtt.Client:
     """``session_expiry_s`` > 0: a persistent session (resumed, not cleaned, on reconnect), so
     the broker keeps QoS 1 messages for this client while it is away. ``resume`` with no
     expiry: take over the session this id left, with what waits in it, and end it on
-    disconnect."""
+    disconnect. ``kind``: a subclass of aiomqtt.Client (the fleet simulator's)."""
     properties = None
     if session_expiry_s:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = session_expiry_s
-    return aiomqtt.Client(
+    return kind(
         hostname=host,
         port=port,
         identifier=identifier,

@@ -12,9 +12,11 @@ Several hub processes on PostgreSQL: ``scripts.bench_hubscale``.
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sqlite3
+import ssl
 import statistics
 import subprocess
 import sys
@@ -119,9 +121,7 @@ class SimulatedDevice(FakeDevice):
             software_version="bench",
         )
         response_topic = topics.enroll_response(self.device_id)
-        tls = mqtt.tls_context(
-            self.creds / "ca.crt", self.creds / "claim.crt", self.creds / "claim.key"
-        )
+        tls = claim_tls(self.creds)
         async with mqtt.client(b.hub.host, b.hub.mqtt_port, self.device_id, tls) as client:
             await client.subscribe(response_topic, qos=1)
             await client.publish(
@@ -137,6 +137,13 @@ class SimulatedDevice(FakeDevice):
                 self.cert.write_text(answer["certificate"])
                 self.key.write_bytes(identity.key_to_pem(self.private_key))
                 return
+
+
+@functools.cache
+def claim_tls(creds: Path) -> ssl.SSLContext:
+    """The claim's TLS context, loaded once for all simulated devices of a bundle: each real
+    device loads its own, but on its own CPU, not on the machine that simulates the fleet."""
+    return mqtt.tls_context(creds / "ca.crt", creds / "claim.crt", creds / "claim.key")
 
 
 def claim_creds(bundle_file: Path, creds: Path) -> BundlePayload:

@@ -95,7 +95,7 @@ def test_a_batch_trims_each_device_to_its_newest_history(registry: Registry) -> 
     older = [report(d, float(t)) for t in range(HEALTH_HISTORY) for d in ("dev-0", "dev-1")]
     registry.add_health_reports(older)
     newer = [report(d, float(HEALTH_HISTORY + t)) for t in range(3) for d in ("dev-0", "dev-1")]
-    registry.add_health_reports(newer + [report("dev-2", 5.0)])
+    registry.add_health_reports([*newer, report("dev-2", 5.0)])
     for device in ("dev-0", "dev-1"):
         kept = stored_ts(registry, device)
         assert len(kept) == HEALTH_HISTORY

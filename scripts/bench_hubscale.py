@@ -23,7 +23,7 @@ not take 10,000 enrollments.
   sent after the kill (the dead process's share waits in its session until then);
 - the 1-minute load average at the end of each part (the machine may be shared), and the CPU
   seconds each part of the bench used during an ingest run (hubs, broker, PostgreSQL, the
-  simulated devices): what the machine spent where;
+  simulated devices), also per report sent: what the machine spent where;
 - enrollment cost: the hub's enrollment path timed in a registry of 10 devices and one of
   ``--enrolled`` (scripts.bench_fleet.enrollment_cost), on PostgreSQL.
 """
@@ -88,12 +88,24 @@ def listed_processes(url: str) -> set[str]:
     return {r[0] for r in query(url, "SELECT instance FROM hub_processes")}
 
 
-async def enrollment_rate(fleet: HubFleet, root: Path, count: int) -> dict[str, float]:
-    """Enrollments per minute, and the machine's load when they ended (others share it)."""
+async def enrollment_rate(
+    fleet: HubFleet, root: Path, pg_datadir: Path, count: int
+) -> dict[str, Any]:
+    """Enrollments per minute, the CPU milliseconds each took per part of the bench, and the
+    machine's load when they ended (others share it)."""
     bundle = fleet.hub.bundle(root / f"sim-{time.time_ns()}.spoke", "--max-uses", str(count))
-    payload = claim_creds(bundle, root / "creds")
-    devices = [SimulatedDevice(payload, root / "creds") for _ in range(count)]
-    return {"per_minute": await enroll_all(devices, 32), "load_average_1m": os.getloadavg()[0]}
+    creds = root / f"creds-{time.time_ns()}"
+    payload = claim_creds(bundle, creds)
+    devices = [SimulatedDevice(payload, creds) for _ in range(count)]
+    before = cpu_seconds(fleet, pg_datadir)
+    rate = await enroll_all(devices, 32)
+    after = cpu_seconds(fleet, pg_datadir)
+    return {
+        "per_minute": rate,
+        "cpu_ms_per_enrollment": {k: round(1000 * (after[k] - before[k]) / count, 1)
+                                  for k in after},
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def cpu_seconds(fleet: HubFleet, pg_datadir: Path) -> dict[str, float]:
@@ -194,6 +206,11 @@ async def ingest(
         "load_average_1m": os.getloadavg()[0],
         "wall_s": round(wall, 1),
         "cpu_s": cpu,
+        # CPU milliseconds per report sent, per part: what the machine's load does not change.
+        "cpu_ms_per_report": {
+            k: round(1000 * v / max(1, sum(len(d.acked) for d in devices)), 2)
+            for k, v in cpu.items()
+        },
         "cores_busy": round(sum(cpu.values()) / wall, 2),
     }
     if kill is not None:
@@ -216,14 +233,14 @@ async def run_fleet(
         print(f"setting up {args.devices} devices", file=sys.stderr, flush=True)
         devices = fleet.enrolled_devices(args.devices)
         one: dict[str, Any] = {"processes": 1}
-        one["enrollments"] = await enrollment_rate(fleet, root, args.enroll)
+        one["enrollments"] = await enrollment_rate(fleet, root, pg_datadir, args.enroll)
         print("ingest, 1 process", file=sys.stderr, flush=True)
         one["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
         for i in range(1, args.processes):
             fleet.start_hub(f"hub-{i}")
         await asyncio.sleep(10)  # past the new processes' start-up work
         several: dict[str, Any] = {"processes": len(fleet.hubs)}
-        several["enrollments"] = await enrollment_rate(fleet, root, args.enroll)
+        several["enrollments"] = await enrollment_rate(fleet, root, pg_datadir, args.enroll)
         print(f"ingest, {len(fleet.hubs)} processes", file=sys.stderr, flush=True)
         several["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
         print("ingest, the leading process killed halfway", file=sys.stderr, flush=True)

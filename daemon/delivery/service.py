@@ -463,10 +463,15 @@ class ModelService(TaskGroupService):
         verdict = gate.verdict(self.clock())
         if verdict is None:
             return
+        # The gate closes once the journal holds the verdict: whoever waits in gate_closed()
+        # then reads it from the store (the Promoter's kept()).
+        if verdict == "pass":
+            await self._locked(self.store.commit, active.sha256)
+        else:
+            back = await self._locked(self.store.rollback, f"health gate failed: {gate.reason()}")
         self.gate = None
         fallback, self._fallback = self._fallback, None
         if verdict == "pass":
-            await self._locked(self.store.commit, active.sha256)
             if fallback is not None:
                 self.manager.retire(fallback)
             self.emit("model_committed", {"name": active.name, "version": active.version,
@@ -477,7 +482,6 @@ class ModelService(TaskGroupService):
             if removed:
                 log.info("model store gc", extra={"removed": removed})
         else:
-            back = await self._locked(self.store.rollback, f"health gate failed: {gate.reason()}")
             if fallback is not None and fallback.sha256 == back:
                 self.manager.swap(fallback)
             else:

@@ -92,3 +92,25 @@ async def test_a_desired_state_waits_for_the_lock_off_the_loop(harness: Harness)
     await asyncio.wait_for(desired, 30)
     wanted = svc.store.journal().desired_model
     assert wanted is not None and wanted.version == "1.1.0"
+
+
+@pytest.mark.timeout(120)
+async def test_whoever_waits_for_the_gate_reads_its_verdict_from_the_store(
+    harness: Harness, artifacts: dict[str, Path]
+) -> None:
+    harness.sim.publish(artifacts["1.1.0"])
+    await harness.desire("1.1.0")
+    svc = harness.service
+    await svc.reconcile()
+    active = svc.manager.current()
+    assert active is not None and svc.gate is not None
+    seen: list[str | None] = []
+
+    async def promoter_waits() -> None:  # as the Promoter's kept() does
+        await svc.gate_closed()
+        seen.append(svc.store.journal().committed)
+
+    waiter = asyncio.create_task(promoter_waits())
+    await harness.settle()
+    await asyncio.wait_for(waiter, 30)
+    assert seen == [active.sha256]

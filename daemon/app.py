@@ -266,8 +266,8 @@ class Daemon:
 
     def _build(self) -> list[Service]:
         self.supervisor = Supervisor(stop_timeout=self.config.daemon.stop_timeout_s)
-        self.outbox = Outbox(self.options.state.root / "outbox.db")
-        self.outbox.on_drop = lambda n: self.metrics.drop("outbox_full", n)
+        self.outbox = Outbox(self.options.state.root / "outbox.db",
+                             on_drop=lambda n: self.metrics.drop("outbox_full", n))
         # Spoke, OS and kernel versions: reported in the state, each change told once (hub history).
         self.versions = versions.current()
         update = versions.changed_since_last_start(self.options.state.root / "versions.json",

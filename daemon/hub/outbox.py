@@ -48,7 +48,8 @@ class Outbox(TaskGroupService):
     name = "outbox"
 
     def __init__(self, path: Path, max_events: int = 10_000, retry_s: float = 1.0,
-                 resend_s: float = 30.0) -> None:
+                 resend_s: float = 30.0, on_drop: Callable[[int], None] | None = None) -> None:
+        """``on_drop``: told how many of the oldest events a full outbox dropped (metrics)."""
         super().__init__()
         self.max_events = max_events
         self.retry_s = retry_s
@@ -61,7 +62,7 @@ class Outbox(TaskGroupService):
                 self._conn.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
         self._wake = asyncio.Event()
         self._publisher: Publisher | None = None
-        self.on_drop: Callable[[int], None] | None = None
+        self.on_drop = on_drop
 
     def put(self, kind: str, data: dict[str, Any], event_id: str | None = None) -> str:
         """Store an event durably (it is on disk when this returns) and return its id.

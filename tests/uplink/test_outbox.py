@@ -97,3 +97,12 @@ def test_an_outbox_written_before_acknowledgements_keeps_its_events(tmp_path: Pa
         assert outbox.depth() == 2
     finally:
         outbox.close()
+
+
+async def test_a_full_outbox_drops_the_oldest_and_says_how_many(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    outbox = Outbox(tmp_path / "outbox.db", max_events=3, on_drop=dropped.append)
+    ids = [outbox.put("note", {"n": n}) for n in range(5)]
+    assert [e.id for e in outbox.pending()] == ids[2:]
+    assert dropped == [1, 1] and outbox.dropped() == 2
+    outbox.close()

@@ -17,8 +17,8 @@ from aiohttp.typedefs import Handler
 
 from appliance import topics
 from appliance.config import HubConfig
-from appliance.errors import ConfigError
 from appliance.fsutil import atomic_write
+from appliance.httpserve import listen
 from provisioning import auth, metrics, repo_http
 from provisioning.auth import peer_common_name
 from provisioning.fleet_api import FleetApi
@@ -95,14 +95,9 @@ class HubWeb:
 
     async def start(self) -> None:
         host, port = self.config.hub.bind_host, self.config.hub.http_port
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._tls())
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigError(f"the hub cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self._runner = await listen(
+            self.app, host, port, self._tls(),
+            "set [hub] http_port (or bind_host) in hub.toml or SPOKE_HUB_HUB__HTTP_PORT")
         log.info("hub https listening", extra={"host": host, "port": port})
 
     async def stop(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from appliance.config import ApiSection
-from appliance.errors import ConfigError
+from appliance.httpserve import listen
 from daemon.api.tls import ApiTls
 
 log = logging.getLogger(__name__)
@@ -64,17 +64,8 @@ class ApiServer:
 
     async def start(self) -> None:
         host, port = parse_listen(self.config.listen)
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._tls())
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigError(
-                f"cannot listen on {self.config.listen}: {exc.strerror}; "
-                "set [api] listen in spoke.toml or SPOKE_API__LISTEN"
-            ) from exc
+        self._runner = await listen(self.app, host, port, self._tls(),
+                                    "set [api] listen in spoke.toml or SPOKE_API__LISTEN")
         self.port = int(self._runner.addresses[0][1])
         log.info(
             "api listening",

@@ -4,7 +4,6 @@ reconciler wired to it with a fast health gate, built as the daemon builds it
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,8 @@ from appliance.config import ModelsSection
 from daemon import compose
 from daemon.delivery.service import Prepare, prepare_model
 from tests.delivery.simulator import SimulatedRepository
+from tests.support.events import Events
+from tests.support.wait import eventually
 
 FAST = ModelsSection(
     backend="onnxruntime",
@@ -53,12 +54,9 @@ class Harness:
         prepare: Prepare = prepare_model,
     ) -> None:
         self.sim = sim
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.service = compose.models(tmp / "models", config, self._emit, prepare=prepare)
+        self.events = Events()
+        self.service = compose.models(tmp / "models", config, self.events.emit, prepare=prepare)
         self.tmp = tmp
-
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, data))
 
     async def start(self) -> Harness:
         # Start without the background loop: tests drive each pass themselves.
@@ -82,23 +80,24 @@ class Harness:
         """One reconcile pass, then wait for the health gate (if one started) to decide."""
         svc = self.service
         await svc.reconcile()
-        deadline = asyncio.get_running_loop().time() + timeout
-        while svc.gate is not None:
-            assert asyncio.get_running_loop().time() < deadline, "health gate never decided"
-            await asyncio.sleep(0.05)
+
+        async def decided() -> bool:
+            if svc.gate is None:
+                return True
             await svc.check_gate()
+            return False
+
+        await eventually(decided, timeout, "the health gate to decide", 0.05)
 
     def active(self) -> str | None:
         cur = self.service.manager.current()
         return cur.version if cur else None
 
     def kinds(self) -> list[str]:
-        return [k for k, _ in self.events]
+        return self.events.kinds()
 
     def last(self, kind: str) -> dict[str, Any]:
-        found = [d for k, d in self.events if k == kind]
-        assert found, f"no {kind} event in {self.kinds()}"
-        return found[-1]
+        return self.events.last(kind)
 
     async def close(self) -> None:
         await self.service.stop()

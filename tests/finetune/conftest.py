@@ -23,6 +23,7 @@ from daemon.api.server import ApiServer
 from daemon.delivery.service import ModelService
 from daemon.finetune.promote import build_entry, validate_entry
 from daemon.finetune.service import FinetuneService
+from tests.support.events import Events
 from tests.support.wait import eventually
 
 FAST_MODELS = ModelsSection(backend="onnxruntime", gate_good_inferences=2, gate_quiet_s=0.3)
@@ -104,19 +105,17 @@ class Site:
     client: TestClient
     service: FinetuneService
     models: ModelService
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    events: Events = field(default_factory=Events)
 
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN}"}
 
     def kinds(self) -> list[str]:
-        return [k for k, _ in self.events]
+        return self.events.kinds()
 
     def last(self, kind: str) -> dict[str, Any]:
-        found = [d for k, d in self.events if k == kind]
-        assert found, f"no {kind} event in {self.kinds()}"
-        return found[-1]
+        return self.events.last(kind)
 
     async def add_tiles(self, tiles: Path, limit: int | None = None) -> int:
         from models.data import read_labels
@@ -157,12 +156,9 @@ class Site:
 
 
 async def open_site(state: Path, aiohttp_client: Any, config: FinetuneSection = FAST,
-                    events: list[tuple[str, dict[str, Any]]] | None = None) -> Site:
-    events = [] if events is None else events
-
-    def emit(kind: str, data: dict[str, Any]) -> None:
-        events.append((kind, data))
-
+                    events: Events | None = None) -> Site:
+    events = Events() if events is None else events
+    emit = events.emit
     models = compose.models(state / "models", FAST_MODELS, emit)
     await models.start()
     server = ApiServer(ApiSection())

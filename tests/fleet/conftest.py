@@ -2,7 +2,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.provisioning.conftest import pg_cluster  # noqa: F401  (a real PostgreSQL, per session)
+from tests.provisioning.conftest import (  # noqa: F401  (a real PostgreSQL, per session)
+    pg_cluster,
+    registry_url,
+)
 from tests.support.fleet import Appliance, Hub
 
 

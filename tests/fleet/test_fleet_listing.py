@@ -3,8 +3,6 @@ registry (a SQLite file, and a real PostgreSQL): filter by selector, alerting de
 paging, connectivity, no "null null"; and the fleet-wide reads it makes in one query each."""
 
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +11,6 @@ import sqlalchemy as sa
 from appliance.errors import ConfigError
 from provisioning.fleet import STALE_AFTER_S, device_page, every_device
 from provisioning.registry import Registry
-from tests.support import postgres
 
 SNAPSHOT: dict[str, Any] = {
     "taken_at_s": 0.0,
@@ -33,17 +30,10 @@ def alert(device: str, n: int, state: str = "raised") -> dict[str, Any]:
                      "severity": "critical", "message": "disk 97 % full", "at_s": 0}}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database(f"t{uuid.uuid4().hex[:12]}")
-
 
 @pytest.fixture
-def registry(url: str) -> Registry:
-    reg = Registry(url)
+def registry(registry_url: str) -> Registry:
+    reg = Registry(registry_url)
     reg.add_claim("c1", "token", {}, time.time() + 3600, 100, 1)
     sites = ["bridge-17", "bridge-18", "bridge-18", "depot", "bridge-17"]
     for i, site in enumerate(sites):
@@ -125,14 +115,14 @@ def test_bad_listing_input_is_a_clear_error(
 
 
 def test_an_acknowledgement_is_kept_once_and_survives_reopening(
-    registry: Registry, url: str
+    registry: Registry, registry_url: str
 ) -> None:
     registry.add_event("dev0", alert("dev0", 1))
     first = registry.acknowledge("dev0-a1", "alice")
     assert first is not None and first["by"] == "alice"
     assert registry.acknowledge("dev0-a1", "bob") == first
     registry.close()
-    reopened = Registry(url)
+    reopened = Registry(registry_url)
     row = device_page(reopened).items[0].as_dict()
     assert row["alerts"][0]["acknowledged"] == first
 

@@ -1,3 +1,4 @@
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +40,12 @@ def pg_cluster() -> Iterator[postgres.Cluster]:
     """One throw-away PostgreSQL for the session; each test makes its own database in it."""
     with postgres.cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty registry database: a SQLite file, then a database in the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
+    return cluster.create_database(f"t{uuid.uuid4().hex[:12]}")

@@ -5,27 +5,16 @@ is revoked: nothing is stored twice, nothing newer is overwritten, nothing store
 
 import json
 import threading
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from provisioning.registry import HEALTH_HISTORY, HealthReport, Registry
-from tests.support import postgres
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database(f"t{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
-def registry(url: str) -> Iterator[Registry]:
-    r = Registry(url)
+def registry(registry_url: str) -> Iterator[Registry]:
+    r = Registry(registry_url)
     r.add_claim("site-a", "secret", {}, 2e9, 100, 1)
     for i in range(3):
         r.add_device(f"dev-{i}", "site-a", {}, {}, 10 + i)
@@ -103,10 +92,10 @@ def test_a_batch_trims_each_device_to_its_newest_history(registry: Registry) -> 
     assert stored_ts(registry, "dev-2") == [5.0]
 
 
-def test_overlapping_batches_from_two_processes_store_each_report_once(url: str) -> None:
+def test_overlapping_batches_from_two_processes_store_each_report_once(registry_url: str) -> None:
     """Two registries (two engines and connection pools, as two hub processes have) write
     batches that overlap (a redelivery reaching the other process) at the same time."""
-    first, second = Registry(url), Registry(url)
+    first, second = Registry(registry_url), Registry(registry_url)
     first.add_claim("site-a", "secret", {}, 2e9, 100, 1)
     for i in range(4):
         first.add_device(f"dev-{i}", "site-a", {}, {}, 10 + i)

@@ -17,46 +17,38 @@ from tests.support import postgres
 from tests.support.fleet import cli, free_port
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database(f"t{uuid.uuid4().hex[:12]}")
-
-
 @pytest.fixture
-def registry(url: str) -> Iterator[Registry]:
-    r = Registry(url)
+def registry(registry_url: str) -> Iterator[Registry]:
+    r = Registry(registry_url)
     r.add_claim("site-a", "secret", {"site": "a"}, 2e9, 5, 1)
     r.add_device("dev-1", "site-a", {"site": "a"}, {"cores": 2}, 10)
     yield r
     r.close()
 
 
-def versions(url: str) -> list[int]:
-    engine = schema.connect(engine_url(url))
+def versions(registry_url: str) -> list[int]:
+    engine = schema.connect(engine_url(registry_url))
     with engine.connect() as conn:
         found = list(conn.execute(sa.select(schema.schema_migrations.c.version)).scalars())
     engine.dispose()
     return sorted(found)
 
 
-def test_migrations_run_once_however_often_the_registry_is_opened(url: str) -> None:
-    first = Registry(url)
+def test_migrations_run_once_however_often_the_registry_is_opened(registry_url: str) -> None:
+    first = Registry(registry_url)
     again = schema.migrate(first.engine)
     first.close()
     assert again == []
-    assert versions(url) == list(range(1, len(schema.MIGRATIONS) + 1))
+    assert versions(registry_url) == list(range(1, len(schema.MIGRATIONS) + 1))
 
 
-def test_processes_starting_together_migrate_once(url: str) -> None:
+def test_processes_starting_together_migrate_once(registry_url: str) -> None:
     """Eight openers at once (as eight hub processes would): the lock lets one migrate."""
     errors: list[BaseException] = []
 
     def open_one() -> None:
         try:
-            Registry(url).close()
+            Registry(registry_url).close()
         except BaseException as exc:  # reported below, from the main thread
             errors.append(exc)
 
@@ -66,7 +58,7 @@ def test_processes_starting_together_migrate_once(url: str) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert versions(url) == list(range(1, len(schema.MIGRATIONS) + 1))
+    assert versions(registry_url) == list(range(1, len(schema.MIGRATIONS) + 1))
 
 
 def test_a_replayed_health_report_is_stored_once(registry: Registry) -> None:
@@ -178,8 +170,8 @@ def home(tmp_path: Path) -> HubHome:
     return h
 
 
-def token_names(url: str) -> list[str]:
-    registry = Registry(url)
+def token_names(registry_url: str) -> list[str]:
+    registry = Registry(registry_url)
     try:
         return [t.name for t in registry.operator_tokens()]
     finally:

@@ -7,7 +7,8 @@ once, and from outside that is a silent hang (the fault suite saw one for 5 minu
 heartbeat task stamps the time on the loop; a plain thread reads the stamp, and when it is
 older than ``stall_s`` logs ``event loop stalled`` with the loop thread's stack and the
 innermost frame of every other thread (where a lock's holder shows), again every ``stall_s``
-while the stall lasts, and ``event loop running again`` with its length once it ends.
+while the stall lasts, and ``event loop running again`` once it ends, with a lower bound
+of its length.
 systemd's WatchdogSec (``daemon/sdnotify.py``) restarts a stuck daemon; this says why.
 """
 

@@ -60,7 +60,7 @@ def test_a_blocked_event_loop_is_logged_with_its_stack(
         assert all(" in " in t and not t.startswith("loop-watchdog") for t in warning["threads"])
         again = wait_for(lambda: _logged(log, "event loop running again"), 60,
                          "the loop to run again")
-        assert again[0]["stalled_s"] >= 1
+        assert again[0]["stalled_s"] > 0  # a lower bound: the last beat came before the stall
         image = body["id"]
         wait_for(lambda: request(port, f"/v1/images/{image}", token)[1]["status"] == "done", 60,
                  "the image's result")

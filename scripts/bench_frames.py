@@ -26,23 +26,10 @@ import numpy as np
 
 from models.artifact import load_artifact
 from models.backends.select import create_backend
-from models.data.dataset import write_frames
-from models.groundtruth import compare_frames, truth_of
+from models.framecal import frame_probs, targets_of
+from models.groundtruth import compare_frames
 from models.pipeline import Pipeline, TileOptions
 from models.training.metrics import calibrate_thresholds
-
-
-def frame_probs(pipeline: Pipeline, site: int, count: int, width: int, height: int,
-                work: Path) -> tuple[np.ndarray, list[frozenset[str]]]:
-    """(frames, labels) per-frame probabilities and each frame's true defect labels."""
-    out = work / f"site-{site}"
-    if not out.is_dir():
-        write_frames(out, site, count, width, height)
-    truth = truth_of(json.loads((out / "boxes.json").read_text()))
-    names = sorted(truth)
-    labels = pipeline.card.labels
-    probs = [pipeline.run((out / n).read_bytes()).probs for n in names]
-    return np.array([[p[lab] for lab in labels] for p in probs]), [truth[n] for n in names]
 
 
 def detections(probs: np.ndarray, labels: tuple[str, ...], thresholds: dict[str, float]
@@ -52,15 +39,11 @@ def detections(probs: np.ndarray, labels: tuple[str, ...], thresholds: dict[str,
             for row in probs]
 
 
-def targets_of(truth: list[frozenset[str]], labels: tuple[str, ...]) -> np.ndarray:
-    return np.array([[lab in t for lab in labels] for t in truth], dtype=np.float32)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path,
-                        help="an artifact (default: the demo's foundation model, built or cached)")
+                        help="an artifact (default: the hub's default model, built or cached)")
     parser.add_argument("--site", type=int, default=41, help="the scored site (the demo's)")
     parser.add_argument("--calibrate", default="999,998", help="calibration sites, comma-separated")
     parser.add_argument("--frames", type=int, default=8, help="frames per site")
@@ -74,9 +57,9 @@ def main() -> None:
     if args.site in sites:
         raise SystemExit("bench_frames: the scored site cannot be a calibration site")
     if args.model is None:
-        from models.training.foundation import DEMO_CONFIG, build_foundation_model
+        from models.training.foundation import build_foundation_model
 
-        args.model = build_foundation_model(seed=0, config=DEMO_CONFIG)
+        args.model = build_foundation_model(seed=0)
     artifact = load_artifact(args.model)
     backend = create_backend(artifact, "onnxruntime")
     labels = artifact.card.labels

@@ -172,25 +172,36 @@ def _wait_fleet_on(demo: Demo, version: str, timeout: float = 180) -> None:
     )
 
 
-def foundation_artifacts(artifacts: Path) -> None:
+def foundation_artifacts(artifacts: Path, work: Path) -> None:
     """The hub's foundation model (pre-trained on generated concrete of other sites, with a
-    trained head; built once from a seed and cached), packaged for this fleet as
+    trained head; built once from a seed and cached), its thresholds calibrated for the
+    fleet's per-frame decision on generated frames of other sites, packaged for this fleet as
     codebrim-vit-t 1.0.0 and 1.1.0."""
     from models.artifact import load_artifact, write_artifact
-    from models.training.foundation import DEFAULT_CONFIG, DEMO_CONFIG, build_foundation_model
+    from models.framecal import frame_thresholds
+    from models.training.foundation import DEFAULT_CONFIG, build_foundation_model
 
-    step("Building the foundation model at the hub (the default recipe, supervised on generated "
-         f"concrete of other sites, never site {SITE_DOMAIN}, for {DEMO_CONFIG.steps} of its "
-         f"{DEFAULT_CONFIG.steps} steps so the demo fits in minutes; seed 0; cached under "
-         "~/.cache/spoke after the first run)")
-    foundation = load_artifact(build_foundation_model(seed=0, config=DEMO_CONFIG))
+    step("Building the foundation model at the hub (the default recipe: "
+         f"{DEFAULT_CONFIG.steps} steps supervised on generated concrete of "
+         f"{len(DEFAULT_CONFIG.domains)} other sites, never site {SITE_DOMAIN}; seed 0; cached "
+         "under ~/.cache/spoke after the first run)")
+    foundation = load_artifact(build_foundation_model(seed=0))
     card = foundation.card
+    sites = ", ".join(map(str, CALIBRATION_SITES))
+    step(f"Calibrating its thresholds for the fleet's decision (a label per frame, the maximum "
+         f"over its tiles, downscale {UPLINK_DOWNSCALE}) on {CALIBRATION_FRAMES} generated frames "
+         f"each of sites {sites}, never site {SITE_DOMAIN}")
+    thresholds = frame_thresholds(foundation, CALIBRATION_SITES, CALIBRATION_FRAMES, work,
+                                  downscale=UPLINK_DOWNSCALE)
+    print(f"{'LABEL':<16} {'PER TILE':>8} {'PER FRAME':>9}")
+    for name in card.labels:
+        print(f"{name:<16} {card.thresholds.get(name, 0.5):>8.3f} {thresholds[name]:>9.3f}")
     model = foundation.build_model()
     step("Packaging it for the fleet: codebrim-vit-t 1.0.0, and 1.1.0 (the same weights under "
          "a new version, to show a canary rollout)")
     for version in ("1.0.0", "1.1.0"):
         write_artifact(model, artifacts / version, name="codebrim-vit-t", version=version,
-                       labels=card.labels, thresholds=card.thresholds,
+                       labels=card.labels, thresholds=thresholds,
                        preprocessing=card.preprocessing, metrics=card.metrics,
                        parent=f"{card.name}@{card.version}")
         print(f"{artifacts / version}: parent {card.name}@{card.version}")
@@ -201,7 +212,7 @@ def model_delivery_steps(demo: Demo) -> None:
     a second version rolls out canary first; ``spoke-hub devices`` shows each step."""
     home = str(demo.home)
     artifacts = demo.root / "artifacts"
-    foundation_artifacts(artifacts)
+    foundation_artifacts(artifacts, demo.root / "calibration-frames")
 
     step("Publishing 1.0.0 to the hub's signed model repository (TUF targets)")
     print(tool("provisioning", "models", "publish", "--home", home, str(artifacts / "1.0.0")),
@@ -248,11 +259,15 @@ SITE_DOMAIN = 41
 #: pixel of wall per pixel, and the model's 128-pixel tiles were trained on 224 reference
 #: pixels (x0.7 to x1.4), so halving puts the served tiles inside the trained scales
 #: (docs/FOUNDATION-MODEL.md measures both).
-UPLINK_CONFIG = demo_appliance_config() + """
+UPLINK_DOWNSCALE = 2
+UPLINK_CONFIG = demo_appliance_config() + f"""
 [uplink]
 backend = "onnxruntime"
-downscale = 2
+downscale = {UPLINK_DOWNSCALE}
 """
+#: Generated sites whose frames set the fleet model's thresholds (never bridge-17's).
+CALIBRATION_SITES = (999, 998, 997, 996)
+CALIBRATION_FRAMES = 16
 
 
 @dataclass

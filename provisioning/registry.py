@@ -355,12 +355,16 @@ class Registry:
         return self._claims()
 
     def revoke_claim(self, claim_id: str) -> bool:
+        return self._revoke(claims, claim_id)
+
+    def _revoke(self, table: sa.Table, row_id: str) -> bool:
+        """Mark a claim or device revoked now; False when it is unknown or already revoked."""
         with self._tx() as conn:
             result = conn.execute(
-                claims.update()
-                .where(claims.c.id == claim_id, claims.c.revoked_at.is_(None))
+                table.update()
+                .where(table.c.id == row_id, table.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
-                .returning(claims.c.id)
+                .returning(table.c.id)
             ).first()
         return result is not None
 
@@ -442,14 +446,7 @@ class Registry:
             return [_device(r) for r in rows]
 
     def revoke_device(self, device_id: str) -> bool:
-        with self._tx() as conn:
-            result = conn.execute(
-                devices.update()
-                .where(devices.c.id == device_id, devices.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-                .returning(devices.c.id)
-            ).first()
-        return result is not None
+        return self._revoke(devices, device_id)
 
     # --- device certificates ----------------------------------------------------------------
 

@@ -227,9 +227,9 @@ class HubService(TaskGroupService):
                 if report is not None:
                     reports.append(report)
             elif message.topic.value == topics.ENROLL_REQUEST:
-                at_once.append(self.dispatch(client, message))
+                at_once.append(self._dispatch(client, message))
             else:
-                await self.dispatch(client, message)
+                await self._dispatch(client, message)
         if reports:
             at_once.append(asyncio.to_thread(self.registry.add_health_reports, reports))
         await asyncio.gather(*at_once)
@@ -252,15 +252,11 @@ class HubService(TaskGroupService):
             return None
         return HealthReport(device_id, snapshot.taken_at_s, snapshot.model_dump_json())
 
-    async def dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        """Take one device message; ``client`` answers enrollments and renewals."""
+    async def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """Take one device message other than a health report (those ``handle`` stores per
+        batch); ``client`` answers enrollments and renewals."""
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else b""
-        if message.topic.matches(topics.ALL_HEALTH):
-            report = self._health_report(message)
-            if report is not None:
-                self.registry.add_health_reports([report])
-            return
         try:
             if topic == topics.ENROLL_REQUEST:
                 await self._enroll(client, message, payload)

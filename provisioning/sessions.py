@@ -6,7 +6,7 @@ subscription: mosquitto (and EMQX) queue its share of ``$share/spoke-hub/...`` t
 until it returns. Singleton work therefore watches the named processes of the registry: when
 one's instance lock is free, that process is gone; the singleton resumes its session under its
 client id with no expiry, leaves the shared subscriptions, stores what was queued there
-through the hub's own dispatch, and disconnects, which ends the session. A process of
+through the hub's own message handling, and disconnects, which ends the session. A process of
 that name that starts meanwhile waits for the lock, then begins a fresh session.
 """
 

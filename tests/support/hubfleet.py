@@ -5,6 +5,7 @@ an external broker), and ``spoke-hub serve`` processes started at will."""
 import asyncio
 import datetime as dt
 import json
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -127,6 +128,14 @@ class FakeDevice:
         self.key = key
         self.acked: list[float] = []
         self.reconnects = 0
+        self._tls: ssl.SSLContext | None = None
+
+    def tls(self) -> ssl.SSLContext:
+        """The device's TLS context, loaded on first use and kept: loading 10,000 of them
+        when every device starts at once blocked the simulator's loop past a whole run."""
+        if self._tls is None:
+            self._tls = mqtt.tls_context(self.ca_cert, self.cert, self.key)
+        return self._tls
 
     async def report(
         self, snapshot: dict[str, Any], interval: float, until: float, offset: float = 0.0,
@@ -135,9 +144,9 @@ class FakeDevice:
         """Every ``interval`` s from ``offset`` s on until ``until`` (or ``count`` reports, if
         sooner). A lost connection is counted and made again; a report it took unacknowledged
         is not counted sent."""
-        tls = mqtt.tls_context(self.ca_cert, self.cert, self.key)
         body = report_bodies(snapshot)
         await asyncio.sleep(offset)
+        tls = self.tls()
         sent = 0
         while time.time() < until and (count is None or sent < count):
             try:

@@ -19,6 +19,7 @@ import numpy as np
 from models.artifact import Artifact
 from models.backends.select import create_backend
 from models.data.dataset import write_frames
+from models.data.labels import multi_hot
 from models.groundtruth import truth_of
 from models.pipeline import Pipeline, TileOptions
 from models.training.metrics import calibrate_thresholds
@@ -41,7 +42,7 @@ def frame_probs(pipeline: Pipeline, site: int, count: int, width: int, height: i
 
 def targets_of(truth: Sequence[frozenset[str]], labels: Sequence[str]) -> np.ndarray:
     """(frames, labels) multi-hot targets of each frame's true defect labels."""
-    return np.array([[lab in t for lab in labels] for t in truth], dtype=np.float32)
+    return np.array([multi_hot(t, tuple(labels)) for t in truth], dtype=np.float32)
 
 
 def frame_thresholds(artifact: Artifact, sites: Sequence[int], frames: int, work: Path, *,

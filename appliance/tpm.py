@@ -14,11 +14,14 @@ in the field does not strand the device's identity.
 
 import base64
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance.errors import IdentityError
@@ -31,6 +34,8 @@ TOOLS = ("tpm2_createprimary", "tpm2_create", "tpm2_load", "tpm2_unseal", "tpm2_
 TIMEOUT_S = 30.0
 SLOTS_FULL = "out of memory for object contexts"
 SLOT_RETRIES = 3
+#: Where the cross-process TPM lock lives: /run/lock survives a unit's PrivateTmp.
+LOCK_DIRS = (Path("/run/lock"), Path(tempfile.gettempdir()))
 
 
 def tools_missing() -> list[str]:
@@ -73,28 +78,53 @@ def _run(tcti: str, argv: list[str], stdin: bytes = b"", cwd: str | None = None)
     return done.stdout
 
 
+@contextlib.contextmanager
+def _exclusive(tcti: str) -> Iterator[None]:
+    """Hold this TPM for our processes alone while one sequence runs.
+
+    Without a resource manager (a raw TPM, or a simulator's socket) every client sees every
+    transient object, so one process's ``tpm2_flushcontext -t`` flushes the primary another
+    process has just made, which then fails with "not loaded" (seen in CI: the daemon renewing
+    while ``spoke`` read the key). Behind /dev/tpmrm0 the lock only costs a few milliseconds.
+    """
+    name = f"spoke-tpm-{hashlib.sha256(tcti.encode()).hexdigest()[:16]}.lock"
+    folder = next((d for d in LOCK_DIRS if d.is_dir() and os.access(d, os.W_OK)), LOCK_DIRS[-1])
+    # Read-only is enough for flock, so a lock file another user made still opens (without
+    # O_CREAT: protected_regular refuses O_CREAT on another user's file in a sticky folder).
+    try:
+        fd = os.open(folder / name, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = os.open(folder / name, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _with_primary(tcti: str, work: str, then: list[list[str]], stdin: bytes = b"") -> bytes:
     """Create the owner primary, then run ``then`` against it; each step's objects are flushed
     after it (the tools keep them as saved contexts in ``work``, reloaded by the next step).
 
     Behind a resource manager each tool's objects go when it exits; straight on a TPM (or a
     simulator) they would stay and fill its three transient slots, hence the flushes, and a
-    step that found the slots full (another process between its step and its flush) is run
-    again once they are flushed.
+    step that found the slots full (objects some other program left loaded) is run again once
+    they are flushed. Our own processes take turns (``_exclusive``).
     """
     out = b""
-    for argv in [["tpm2_createprimary", "-Q", "-C", "o", "-c", "primary.ctx"], *then]:
-        for attempt in range(SLOT_RETRIES + 1):
-            try:
-                out = _run(tcti, argv, stdin if argv[0] == "tpm2_create" else b"", cwd=work)
-                break
-            except IdentityError as exc:
-                if SLOTS_FULL not in str(exc) or attempt == SLOT_RETRIES:
-                    raise
-            finally:
-                # Nothing to flush, or the TPM is gone: the error that matters is the step's.
-                with contextlib.suppress(IdentityError):
-                    _run(tcti, ["tpm2_flushcontext", "-t"], cwd=work)
+    with _exclusive(tcti):
+        for argv in [["tpm2_createprimary", "-Q", "-C", "o", "-c", "primary.ctx"], *then]:
+            for attempt in range(SLOT_RETRIES + 1):
+                try:
+                    out = _run(tcti, argv, stdin if argv[0] == "tpm2_create" else b"", cwd=work)
+                    break
+                except IdentityError as exc:
+                    if SLOTS_FULL not in str(exc) or attempt == SLOT_RETRIES:
+                        raise
+                finally:
+                    # Nothing to flush, or the TPM is gone: the error that matters is the step's.
+                    with contextlib.suppress(IdentityError):
+                        _run(tcti, ["tpm2_flushcontext", "-t"], cwd=work)
     return out
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +109,32 @@ def test_a_tpm_whose_transient_slots_another_process_filled_still_seals(
     key = identity.generate_key()
     store.save(tmp_path / "identity", key)
     assert store.load(tmp_path / "identity").private_numbers() == key.private_numbers()
+
+
+#: Seals and opens a key three times on the TPM named by argv[1]; exits non-zero on any error.
+SEAL_AND_OPEN = """
+import sys
+from pathlib import Path
+from appliance import identity
+from appliance.keystore import KeyStore
+store, folder = KeyStore("tpm", sys.argv[1]), Path(sys.argv[2])
+for _ in range(3):
+    key = identity.generate_key()
+    store.save(folder, key)
+    assert store.load(folder).private_numbers() == key.private_numbers()
+"""
+
+
+def test_processes_using_one_tpm_at_once_take_turns(tmp_path: Path, box_a: swtpm.SoftTpm) -> None:
+    """With no resource manager one process's flush would drop another's primary ("not
+    loaded", as the daemon renewing while ``spoke`` read the key once did in CI)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SEAL_AND_OPEN, box_a.tcti, str(tmp_path / str(n))],
+                         stderr=subprocess.PIPE, text=True)
+        for n in range(4)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
 
 
 def test_a_damaged_blob_is_refused_and_left_in_place(tmp_path: Path, box_a: swtpm.SoftTpm) -> None:

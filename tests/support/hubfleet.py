@@ -3,8 +3,10 @@ a PostgreSQL database, a real mosquitto started from the hub's own config (the h
 an external broker), and ``spoke-hub serve`` processes started at will."""
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import socket
 import ssl
 import sys
 import time
@@ -23,6 +25,11 @@ from tests.support.fleet import Hub, Process, free_port, wait_for
 
 #: What a hub process logs when it takes the singleton work over.
 LEADS = "this hub process now runs the singleton work"
+
+
+def tail(process: Process, lines: int = 25) -> str:
+    """The end of a process's log, for a failure message."""
+    return "\n".join(process.output().splitlines()[-lines:])
 
 
 class HubFleet:
@@ -46,6 +53,15 @@ class HubFleet:
         # The singleton's ACL/CRL updates signal the broker through this file.
         (self.home.run_dir / "mosquitto.pid").write_text(str(self.broker.proc.pid))
         self.hubs: list[Process] = []
+        wait_for(self._broker_listens, 60,
+                 lambda: f"mosquitto to listen; its log ends:\n{tail(self.broker)}")
+
+    def _broker_listens(self) -> bool:
+        assert self.broker.running(), f"mosquitto exited; its log ends:\n{tail(self.broker)}"
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", self.hub.mqtt_port), timeout=1).close()
+            return True
+        return False
 
     def start_hub(self, name: str) -> Process:
         env = {"SPOKE_HUB_HUB__HTTP_PORT": str(free_port()), "SPOKE_HUB_HUB__INSTANCE": name}
@@ -53,7 +69,13 @@ class HubFleet:
                 "--broker", "external", "--broker-host", "127.0.0.1"]
         process = Process(argv, self.root / f"{name}.log", env=env)
         self.hubs.append(process)
-        wait_for(lambda: "hub connected to broker" in process.output(), 60, f"{name} to connect")
+
+        def connected() -> bool:
+            assert process.running(), f"{name} exited; its log ends:\n{tail(process)}"
+            return "hub connected to broker" in process.output()
+
+        wait_for(connected, 120, lambda: f"{name} to connect; its log ends:\n{tail(process)}\n"
+                 f"mosquitto's log ends:\n{tail(self.broker)}")
         return process
 
     def enrolled_devices(self, count: int) -> list["FakeDevice"]:

@@ -31,6 +31,7 @@ from models.backends.base import Backend
 from models.decide import decide
 from models.errors import ImageError, ModelError
 from models.images import DEFAULT_LIMITS, DecodedImage, ImageLimits, ImageMeta, decode_image
+from models.preprocess import Preprocessing
 from models.tiling import TiledImage, tile_image
 
 #: Labels that mean "nothing found": left out of the heatmap.
@@ -51,6 +52,20 @@ class TileOptions:
 
     overlap: int | None = None
     downscale: int = 1
+
+
+def tile_overlap(size: int, options: TileOptions) -> int:
+    return size // 7 if options.overlap is None else options.overlap
+
+
+def serving_tiles(pixels: np.ndarray, pre: Preprocessing,
+                  options: TileOptions = TileOptions()) -> TiledImage:
+    """The tiles the pipeline infers for ``pixels`` (an axis shorter than a tile padded with
+    the normalisation mean): fine-tuning trains and calibrates on these same tiles, so a
+    labeled photo larger than the model's input is learnt at the scale it is served at."""
+    size = pre.input_size
+    pad = (round(pre.mean[0] * 255), round(pre.mean[1] * 255), round(pre.mean[2] * 255))
+    return tile_image(pixels, size, tile_overlap(size, options), options.downscale, pad)
 
 
 @dataclass(frozen=True)
@@ -103,10 +118,7 @@ class Pipeline:
         self.backend = backend
         self.options = options
         self.limits = limits
-        size = self.card.preprocessing.input_size
-        self.overlap = size // 7 if options.overlap is None else options.overlap
-        mean = self.card.preprocessing.mean
-        self._pad = (round(mean[0] * 255), round(mean[1] * 255), round(mean[2] * 255))
+        self.overlap = tile_overlap(self.card.preprocessing.input_size, options)
         #: Wall-clock time (``time.time()``) the first batch of tiles came back: start-up metric.
         self.first_inferred_at: float | None = None
 
@@ -116,13 +128,7 @@ class Pipeline:
 
     def tile(self, image: DecodedImage) -> TiledImage:
         """Model-sized uint8 tiles with their boxes in the original image's pixels."""
-        return tile_image(
-            image.pixels,
-            self.card.preprocessing.input_size,
-            self.overlap,
-            self.options.downscale,
-            self._pad,
-        )
+        return serving_tiles(image.pixels, self.card.preprocessing, self.options)
 
     def aggregate(self, image: DecodedImage, tiled: TiledImage, probs: np.ndarray) -> ImageResult:
         """Per-image probability = max over tiles; a defect is reported at or over its

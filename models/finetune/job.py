@@ -53,6 +53,7 @@ from models.finetune.probe import (
     install_head,
     pool_features,
 )
+from models.finetune.served import Tiles, peak, resized, sample_tiles
 from models.finetune.spec import JobSpec
 from models.finetune.split import TooFewSamples, stratified_split
 from models.images import ImageLimits, decode_image
@@ -78,30 +79,34 @@ TRAINED_WEIGHTS = "trained.safetensors"
 
 @dataclass
 class Samples:
-    images: np.ndarray  # (N, S, S, 3) uint8
+    images: np.ndarray  # (N, S, S, 3) uint8, each sample resized to the model's input
     targets: np.ndarray  # (N, L) float32
+    tiles: Tiles  # each sample as the pipeline serves it (``models.finetune.served``)
     skipped: list[Skipped] = field(default_factory=list)
 
 
+def load_pixels(path: str) -> np.ndarray:
+    """One image decoded within ``SAMPLE_LIMITS``; raises ``OSError`` or ``DataError`` for a
+    missing or corrupt file."""
+    return decode_image(Path(path).read_bytes(), SAMPLE_LIMITS).pixels
+
+
 def load_tile(path: str, size: int) -> np.ndarray:
-    """One image decoded (within ``SAMPLE_LIMITS``) and resized to ``size`` x ``size``; raises
-    ``OSError`` or ``DataError`` for a missing or corrupt file."""
-    from PIL import Image
-
-    tile = Image.fromarray(decode_image(Path(path).read_bytes(), SAMPLE_LIMITS).pixels)
-    if tile.size != (size, size):
-        tile = tile.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(tile, dtype=np.uint8)
+    """One image decoded and resized to ``size`` x ``size`` (see ``load_pixels``)."""
+    return resized(load_pixels(path), size)
 
 
-def load_samples(spec: JobSpec, size: int) -> Samples:
-    """Decode and resize every sample to ``size``; corrupt or missing ones are skipped, with the
-    decoder's reason, so one bad file never sinks a job."""
-    images, targets, skipped = [], [], []
+def load_samples(spec: JobSpec, pre: Preprocessing) -> Samples:
+    """Decode every sample once, resized to the model's input and as the pipeline's tiles;
+    corrupt or missing ones are skipped, with the decoder's reason, so one bad file never
+    sinks a job."""
+    images, targets, skipped, tiles = [], [], [], []
     index = {name: i for i, name in enumerate(spec.labels)}
     for path, labels in spec.samples:
         try:
-            images.append(load_tile(path, size))
+            pixels = load_pixels(path)
+            images.append(resized(pixels, pre.input_size))
+            tiles.append(sample_tiles(pixels, pre))
         except (OSError, DataError) as exc:
             skipped.append(Skipped(path=path, reason=str(exc)))
             continue
@@ -113,7 +118,13 @@ def load_samples(spec: JobSpec, size: int) -> Samples:
         targets.append(row)
     if not images:
         raise TooFewSamples(f"no readable samples ({len(skipped)} skipped as unreadable)")
-    return Samples(np.stack(images), np.stack(targets), skipped)
+    return Samples(np.stack(images), np.stack(targets), Tiles.of(tiles), skipped)
+
+
+def predict_served(model: VisionTransformer, tiles: Tiles, samples: int, pre: Preprocessing,
+                   device: str) -> np.ndarray:
+    """(N, L): each sample's probabilities as the pipeline reports them (max over its tiles)."""
+    return peak(predict(model, tiles.tiles, pre, device), tiles.owner, samples)
 
 
 @torch.inference_mode()
@@ -154,21 +165,23 @@ class Trained:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _probe(model: VisionTransformer, images: np.ndarray, targets: np.ndarray,
+def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
            pre: Preprocessing, spec: JobSpec, device: str, started: float, report: Report,
            thresholds: dict[str, float]) -> Trained:
-    """The calibrated linear probe (``models.finetune.probe``): feature views for up to
-    ``PROBE_SHARE`` of the time budget, then the pool whose cross-validated loss is lowest."""
+    """The calibrated linear probe (``models.finetune.probe``) on the samples' served tiles:
+    feature views for up to ``PROBE_SHARE`` of the time budget, then the pool whose
+    cross-validated loss is lowest."""
     t0 = time.monotonic()
     deadline = None if spec.budget_s is None else (
         t0 + PROBE_SHARE * max(0.0, spec.budget_s - (t0 - started)))
     views = feature_views(
-        model, images, pre, device, spec.seed, MAX_VIEWS, deadline,
+        model, tiles.tiles, pre, device, spec.seed, MAX_VIEWS, deadline,
         lambda v, n: report({"phase": "features", "view": v, "views": n,
                              "elapsed_s": round(time.monotonic() - started, 1)}))
     report({"phase": "train", "step": 0, "steps": len(views), "views": len(views)})
     max_epochs = spec.epochs if spec.epochs is not None else MAX_EPOCHS
-    fits = {pool: fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs)
+    fits = {pool: fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs,
+                            tiles.owner)
             for pool in dict.fromkeys((model.cfg.global_pool, WIDE_POOL))}
     pool = min(fits, key=lambda k: fits[k].cv_loss)
     fit = fits[pool]
@@ -179,7 +192,8 @@ def _probe(model: VisionTransformer, images: np.ndarray, targets: np.ndarray,
     report({"phase": "train", "step": fit.epochs, "steps": fit.epochs,
             "loss": round(fit.cv_loss, 5), "elapsed_s": round(time.monotonic() - started, 1)})
     return Trained(fit.epochs, time.monotonic() - t0, fit.cv_loss, 0, {
-        "views": len(views), "pool": pool, "weight_decay": fit.weight_decay,
+        "views": len(views), "tiles": len(tiles.tiles), "pool": pool,
+        "weight_decay": fit.weight_decay,
         "epochs": fit.epochs, "cv_loss": {k: round(f.cv_loss, 5) for k, f in fits.items()},
         "cv_f1": round(fit.cv_f1, 5),
         "fitted": [spec.labels[j] for j in fit.fitted]})
@@ -236,9 +250,10 @@ class Prepared:
     thresholds: dict[str, float]
     model: VisionTransformer
 
-    @property
-    def val(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.data.images[self.val_idx], self.data.targets[self.val_idx]
+    def served_val(self) -> np.ndarray:
+        """(N, L): ``model``'s probabilities on the held-out split, as the pipeline serves."""
+        return predict_served(self.model, self.data.tiles.select(self.val_idx),
+                              len(self.val_idx), self.parent.card.preprocessing, self.device)
 
 
 @dataclass(frozen=True)
@@ -262,7 +277,7 @@ def prepare_job(spec: JobSpec, report: Report) -> Prepared:
     if tuple(spec.labels[: len(card.labels)]) != card.labels:
         raise DataError("the job's labels must extend the parent model's labels")
     report({"phase": "loading", "samples": len(spec.samples)})
-    data = load_samples(spec, card.preprocessing.input_size)
+    data = load_samples(spec, card.preprocessing)
     train_idx, val_idx = stratified_split(data.targets, spec.labels, spec.val_fraction, spec.seed)
     method = spec.method if spec.method != "auto" else default_method(
         len(train_idx), device.startswith("cuda"))
@@ -274,14 +289,15 @@ def prepare_job(spec: JobSpec, report: Report) -> Prepared:
 
 
 def baseline(job: Prepared, report: Report) -> Evaluation:
-    """The parent on the held-out split (a label it does not know yet scores as absent)."""
+    """The parent on the held-out split, as served (a label it does not know yet scores as
+    absent)."""
     spec = job.spec
-    val_images, val_targets = job.val
     report({"phase": "baseline", "held_out": len(job.val_idx), "method": job.method})
-    base = predict(job.model, val_images, job.parent.card.preprocessing, job.device)
+    base = job.served_val()
     base = np.concatenate(
         [base, np.zeros((len(base), len(spec.labels) - base.shape[1]), np.float32)], axis=1)
-    scores, decisions = evaluate(base, val_targets, spec.labels, job.thresholds, job.present)
+    scores, decisions = evaluate(base, job.data.targets[job.val_idx], spec.labels,
+                                 job.thresholds, job.present)
     return Evaluation(scores, decisions)
 
 
@@ -327,8 +343,8 @@ def train_candidate(job: Prepared, started: float, report: Report,
     model.to(job.device)
     images, targets = job.data.images[job.train_idx], job.data.targets[job.train_idx]
     if job.method == "linear":
-        result = _probe(model, images, targets, pre, spec, job.device, started, report,
-                        job.thresholds)
+        result = _probe(model, job.data.tiles.select(job.train_idx), targets, pre, spec,
+                        job.device, started, report, job.thresholds)
     else:
         result = _train_weights(model, job.method, images, targets, pre, spec, job.device,
                                 started, report, log)
@@ -341,13 +357,13 @@ def train_candidate(job: Prepared, started: float, report: Report,
 
 
 def judge(job: Prepared, parent: Evaluation, report: Report) -> tuple[Evaluation, Comparison]:
-    """The candidate on the same split, and the gate's verdict against the parent."""
+    """The candidate on the same split, as served, and the gate's verdict against the
+    parent."""
     spec = job.spec
-    val_images, val_targets = job.val
+    val_targets = job.data.targets[job.val_idx]
     report({"phase": "evaluating"})
-    cand = Evaluation(*evaluate(
-        predict(job.model, val_images, job.parent.card.preprocessing, job.device), val_targets,
-        spec.labels, job.thresholds, job.present))
+    cand = Evaluation(*evaluate(job.served_val(), val_targets, spec.labels, job.thresholds,
+                                job.present))
     present = job.present
     comparison = compare(
         parent.scores, cand.scores, spec.margin, spec.max_label_drop,

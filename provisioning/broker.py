@@ -5,6 +5,8 @@ lets a device write only its own topics and read only its own ``desired``, ``cmd
 acknowledgements. Device
 rules are ``%u`` patterns, so enrolling a device changes neither ACL nor CRL; a bundle (its
 claim) or a revocation rewrites them, and mosquitto re-reads them on SIGHUP without a restart.
+The hub's own reading rights are a pattern as well, so that a reload cannot take them from a hub
+session that is away (write_access).
 """
 
 import asyncio
@@ -14,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -71,6 +72,11 @@ def render_acl(registry: Registry) -> str:
         f"pattern read {root}/enroll/%c/response",
         "# Each device its own topics, by certificate common name (= MQTT username).",
         *(f"pattern {rule}" for rule in device_rules()),
+        "# The hub reads the fleet's traffic through a pattern too: its username is the topic",
+        f"# root ({HUB_COMMON_NAME}), so this is {root}/# for the hub and, for anyone else, a",
+        "# tree nobody may write. A `user` block's rights are lost by a session that is away",
+        "# when the broker reloads (see write_access); a pattern's are not.",
+        "pattern read %u/#",
         "",
         f"user {HUB_COMMON_NAME}",
         f"topic readwrite {root}/#",
@@ -102,6 +108,8 @@ def render_config(home: HubHome, config: HubConfig) -> str:
             "log_type error",
             "log_type warning",
             "log_type notice",
+            # "Reloading config." and the autosaves: when the hub made the broker re-read them.
+            "log_type information",
             "connection_messages true",
             "",
             f"listener {config.hub.mqtt_port} {config.hub.bind_host}",
@@ -138,11 +146,13 @@ def access_on_disk(home: HubHome) -> Access | None:
 
 def write_access(home: HubHome, registry: Registry) -> bool:
     """Rewrite ACL and CRL from the registry and ask a running broker to re-read them, only
-    when they changed (True then). A reload is not free: mosquitto 2.0 re-applies its security
-    to every session, and a *disconnected* persistent session (a hub process that died or is
-    reconnecting) loses its ACL until it is resumed, so the broker silently drops that
-    session's share of the shared subscriptions meanwhile (found by bench_hubscale: reports
-    lost when a hub process was killed)."""
+    when they changed (True then). On a reload mosquitto 2.0 re-applies its security to every
+    session; a *disconnected* persistent session (a hub process that died or is reconnecting)
+    is disconnected once more before its ``user`` block is looked up, so it keeps none of
+    those rights until it is resumed, and the broker silently drops what it routes to it
+    meanwhile (mosquitto_security_apply_default; upstream issue 2934). Patterns are matched
+    per message, not held per session, so render_acl gives the hub its reading rights as one:
+    tests/provisioning/test_broker_reload.py has a hub session away across a real reload."""
     wanted = wanted_access(registry)
     if wanted == access_on_disk(home):
         return False
@@ -156,26 +166,15 @@ def write_access(home: HubHome, registry: Registry) -> bool:
 class AccessSync(TaskGroupService):
     """Keeps the broker's CRL and ACL in step with the registry. Singleton work: a revocation
     or a new bundle recorded by any hub process (or host, on PostgreSQL) reaches the broker
-    within ``interval_s``, and only the process that holds the singleton lock writes.
-
-    ``before_reload`` runs first when they changed: it ends the sessions of stopped hub
-    processes (provisioning.sessions), which a reload would otherwise leave dropping their
-    share of the fleet's messages (see write_access)."""
+    within ``interval_s``, and only the process that holds the singleton lock writes."""
 
     name = "access"
 
-    def __init__(
-        self,
-        home: HubHome,
-        registry: Registry,
-        interval_s: float = 5.0,
-        before_reload: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
+    def __init__(self, home: HubHome, registry: Registry, interval_s: float = 5.0) -> None:
         super().__init__()
         self.home = home
         self.registry = registry
         self.interval_s = interval_s
-        self.before_reload = before_reload
 
     async def start(self) -> None:
         self.spawn(self._loop(), "sync")
@@ -185,10 +184,7 @@ class AccessSync(TaskGroupService):
 
     async def _loop(self) -> None:
         while True:
-            if wanted_access(self.registry) != access_on_disk(self.home):
-                if self.before_reload is not None:
-                    await self.before_reload()
-                write_access(self.home, self.registry)
+            write_access(self.home, self.registry)
             await asyncio.sleep(self.interval_s)
 
 

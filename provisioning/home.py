@@ -6,14 +6,19 @@ from pathlib import Path
 
 import tomli_w
 
-from appliance import identity
+from appliance import identity, topics
 from appliance.config import HubConfig, load_config
 from appliance.errors import ConfigError
 from appliance.fsutil import atomic_write, write_secret
 from provisioning import ca
 
-HUB_COMMON_NAME = "hub"
+#: The hub's MQTT username (its certificate's common name) is the topic root, so that one
+#: ``pattern read %u/#`` line gives it the fleet's traffic (see broker.render_acl). Hub
+#: homes made before session 6 have a certificate for ``hub``; ensure_hub_cert renews it.
+HUB_COMMON_NAME = topics.ROOT
 ENV_PREFIX = "SPOKE_HUB_"
+#: How long the broker's and the hub's own certificates are valid.
+OWN_CERT_LIFETIME = dt.timedelta(days=825)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ def init_home(home: HubHome, public_host: str, mqtt_port: int, http_port: int) -
     atomic_write(home.ca_cert, ca.to_pem(ca_cert))
     atomic_write(home.crl, ca.build_crl(ca_key, ca_cert, []))
 
-    far = dt.datetime.now(dt.UTC) + dt.timedelta(days=825)
+    far = dt.datetime.now(dt.UTC) + OWN_CERT_LIFETIME
     server_key = identity.generate_key()
     names = sorted({public_host, "localhost", "127.0.0.1"})
     server_cert = ca.issue(ca_key, ca_cert, server_key, public_host, far, server_names=names)
@@ -128,9 +133,8 @@ def init_home(home: HubHome, public_host: str, mqtt_port: int, http_port: int) -
     atomic_write(home.server_cert, ca.to_pem(server_cert))
 
     hub_key = identity.generate_key()
-    hub_cert = ca.issue(ca_key, ca_cert, hub_key, HUB_COMMON_NAME, far)
     write_secret(home.hub_key, identity.key_to_pem(hub_key))
-    atomic_write(home.hub_cert, ca.to_pem(hub_cert))
+    _issue_hub_cert(home, hub_key)
 
     signing = identity.generate_signing_key()
     write_secret(home.signing_key, identity.key_to_pem(signing))
@@ -140,3 +144,20 @@ def init_home(home: HubHome, public_host: str, mqtt_port: int, http_port: int) -
     HubConfig.model_validate(config)
     # The config is written last: its presence marks a complete home.
     atomic_write(home.config, tomli_w.dumps(config))
+
+
+def _issue_hub_cert(home: HubHome, hub_key: identity.PrivateKey) -> None:
+    ca_key, ca_cert = home.load_ca()
+    far = dt.datetime.now(dt.UTC) + OWN_CERT_LIFETIME
+    atomic_write(home.hub_cert, ca.to_pem(ca.issue(ca_key, ca_cert, hub_key, HUB_COMMON_NAME, far)))
+
+
+def ensure_hub_cert(home: HubHome) -> bool:
+    """Re-issue the hub's own certificate, for the same key, when its common name is not
+    HUB_COMMON_NAME (a home made when the hub was called ``hub``): the broker's ACL grants
+    the hub's rights to that name only. True when it was re-issued."""
+    cert = identity.load_cert(home.hub_cert.read_bytes())
+    if identity.cert_common_name(cert) == HUB_COMMON_NAME:
+        return False
+    _issue_hub_cert(home, identity.load_private_key(home.hub_key.read_bytes()))
+    return True

@@ -28,7 +28,7 @@ from appliance.payloads import (
 )
 from appliance.service import TaskGroupService
 from provisioning import broker, ca, enrollment, leader, metrics
-from provisioning.home import HubHome
+from provisioning.home import HubHome, ensure_hub_cert
 from provisioning.registry import Enrolled, EnrollmentRecords, HealthReport, Registry
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def hub_tls(home: HubHome, config: HubConfig) -> Any:
         from pathlib import Path
 
         return mqtt.tls_context(Path(b.ca), Path(b.cert), Path(b.key))
+    ensure_hub_cert(home)
     return mqtt.tls_context(home.ca_cert, home.hub_cert, home.hub_key)
 
 

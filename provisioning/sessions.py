@@ -43,7 +43,6 @@ class SessionSweeper(TaskGroupService):
         super().__init__()
         self.hub = hub
         self.interval_s = interval_s
-        self._sweeping = asyncio.Lock()
 
     async def start(self) -> None:
         self.spawn(self._loop(), "sweep")
@@ -57,14 +56,11 @@ class SessionSweeper(TaskGroupService):
             await asyncio.sleep(self.interval_s)
 
     async def sweep_stopped(self) -> None:
-        """End the session of every listed process that is gone; returns once done, also
-        when another caller's sweep was under way (broker.AccessSync waits on it before it
-        makes the broker reload)."""
-        async with self._sweeping:
-            own = self.hub.config.hub.instance
-            for instance in await asyncio.to_thread(self.hub.registry.hub_processes):
-                if instance != own:
-                    await self.sweep(instance)
+        """End the session of every listed process that is gone."""
+        own = self.hub.config.hub.instance
+        for instance in await asyncio.to_thread(self.hub.registry.hub_processes):
+            if instance != own:
+                await self.sweep(instance)
 
     async def sweep(self, instance: str) -> None:
         """End ``instance``'s session if that process is gone; otherwise leave it be."""

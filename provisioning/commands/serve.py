@@ -58,12 +58,8 @@ async def serve(home: HubHome, config: HubConfig, stop: asyncio.Event) -> int:
             await supervisor.add(hub)
 
             def singleton_work() -> list[Service]:
-                # Stopped processes' sessions are ended before any broker reload (see
-                # broker.write_access), so the sweeper starts first.
                 sweeper = SessionSweeper(hub) if config.hub.instance else None
-                access = AccessSync(
-                    home, registry, before_reload=sweeper.sweep_stopped if sweeper else None
-                )
+                access = AccessSync(home, registry)
                 rollout = RolloutService(home, config, registry, hub)
                 return [s for s in (sweeper, access, rollout) if s is not None]
 

@@ -254,3 +254,19 @@ def test_device_can_use_its_own_renew_topics(
     assert probe.subscribe(topics.renew_response(me))
     witness.publish(topics.renew_response(me), b"yours")
     assert b"yours" in probe.received(topics.renew_response(me))
+
+
+def test_nobody_can_write_the_tree_a_device_may_read_under_its_own_name(
+    hub: Hub, two_devices: list[Appliance], probes: list[Probe]
+) -> None:
+    """The hub reads the fleet through ``pattern read %u/#`` (its name is the topic root), so
+    every device may read ``<its id>/#``: that tree must stay empty. Neither the device, nor
+    another device, nor the hub can publish there."""
+    me, other = two_devices
+    tree = f"{device_id_of(me)}/x"
+    reader = device_probe(me, hub, probes, "-reader")
+    assert reader.subscribe(f"{device_id_of(me)}/#")
+    writers = [device_probe(a, hub, probes, "-probe") for a in (me, other)]
+    for writer in [*writers, hub_probe(hub, probes)]:
+        writer.publish(tree, b"planted")
+    assert reader.received(tree, timeout=1.0) == []

@@ -223,6 +223,8 @@ class HubService(TaskGroupService):
         reports = []
         at_once: list[Awaitable[object]] = []
         for message in batch:
+            if not self._fits(message):
+                continue
             if message.topic.matches(topics.ALL_HEALTH):
                 report = self._health_report(message)
                 if report is not None:
@@ -235,6 +237,20 @@ class HubService(TaskGroupService):
             at_once.append(asyncio.to_thread(self.registry.add_health_reports, reports))
         await asyncio.gather(*at_once)
 
+    def _fits(self, message: aiomqtt.Message) -> bool:
+        """The one size check of device reports (availability, state, health, events): one
+        past ``MAX_DEVICE_MESSAGE_BYTES`` is refused (logged and counted) before it is parsed.
+        Enrollment and renewal requests are let through: they refuse their own, smaller
+        limit (``[enrollment] max_request_bytes``) with an answer to the asker."""
+        topic = message.topic
+        payload = message.payload
+        if (not isinstance(payload, bytes) or len(payload) <= MAX_DEVICE_MESSAGE_BYTES
+                or topic.value == topics.ENROLL_REQUEST
+                or topic.matches(topics.ALL_RENEW_REQUESTS)):
+            return True
+        self._refuse(topic.value, "oversized", f"{len(payload)} bytes")
+        return False
+
     def _health_report(self, message: aiomqtt.Message) -> HealthReport | None:
         """A health report checked and serialized for the registry, or None when refused
         (logged and counted). Whether its device is enrolled the registry checks, per batch."""
@@ -242,9 +258,6 @@ class HubService(TaskGroupService):
         device_id = topics.device_of(topic)
         payload = message.payload if isinstance(message.payload, bytes) else b""
         if device_id is None:
-            return None
-        if len(payload) > MAX_DEVICE_MESSAGE_BYTES:
-            self._refuse(topic, "oversized", f"{len(payload)} bytes")
             return None
         try:
             snapshot = HealthSnapshot.model_validate_json(payload)
@@ -255,7 +268,7 @@ class HubService(TaskGroupService):
 
     async def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         """Take one device message other than a health report (those ``handle`` stores per
-        batch); ``client`` answers enrollments and renewals."""
+        batch), its size already checked there; ``client`` answers enrollments and renewals."""
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else b""
         try:
@@ -273,8 +286,6 @@ class HubService(TaskGroupService):
                 if payload and payload not in AVAILABILITY:
                     self._refuse(topic, "malformed", f"availability {payload[:40]!r}")
                 self.registry.set_availability(device.id, AVAILABILITY.get(payload, "unknown"))
-            elif len(payload) > MAX_DEVICE_MESSAGE_BYTES:
-                self._refuse(topic, "oversized", f"{len(payload)} bytes")
             elif message.topic.matches(topics.ALL_STATE) and payload:
                 reported = ReportedState.model_validate_json(payload)
                 if reported.device_id != device.id:

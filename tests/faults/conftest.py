@@ -11,9 +11,6 @@ import pytest
 
 from tests.faults.harness import FaultFleet, fleet_artifacts
 from tests.support.netns import Fabric, NetnsUnavailable
-from tests.uplink.conftest import tiny_artifact
-
-__all__ = ["tiny_artifact"]  # the tiny model the uplink tests build, for the fuzzers' live API
 
 
 @pytest.fixture(scope="session")

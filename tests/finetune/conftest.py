@@ -181,9 +181,3 @@ async def site(tmp_path: Path, aiohttp_client: Any, parent_artifact: Path
     yield s
     await s.service.stop()
     await s.models.stop()
-
-
-@pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-                 ) -> None:
-    monkeypatch.setenv("SPOKE_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))

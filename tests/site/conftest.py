@@ -47,11 +47,6 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [out / r.file for r in rows]
 
 
-@pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SPOKE_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
-
-
 def pinned(state: Path) -> ssl.SSLContext:
     """Trust exactly the self-signed certificate a standalone daemon made for its API."""
     return ssl.create_default_context(cafile=str(state / "api" / "self-signed.crt"))

@@ -22,26 +22,11 @@ from daemon.health import DaemonMetrics
 from daemon.hub.outbox import Outbox
 from daemon.uplink.provider import NoModel, StaticModel
 from daemon.uplink.service import UplinkService
-from models.artifact import Artifact, write_artifact
+from models.artifact import Artifact
 from models.backends import create_backend
-from models.config import tiny_config
 from models.data.exif import CaptureInfo, make_exif
-from models.vit import build_model
 
 MAX_UPLOAD = 256 * 1024
-
-
-@pytest.fixture(scope="session")
-def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
-    model = build_model(tiny_config(), seed=0)
-    return write_artifact(
-        model, tmp_path_factory.mktemp("art") / "tiny", name="tiny", version="0.1.0"
-    )
-
-
-@pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SPOKE_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
 
 
 def image_bytes(

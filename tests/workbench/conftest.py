@@ -68,12 +68,6 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [out / r.file for r in rows]
 
 
-@pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-                 ) -> None:
-    monkeypatch.setenv("SPOKE_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
-
-
 @dataclass
 class Appliance:
     daemon: Daemon

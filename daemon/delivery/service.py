@@ -177,11 +177,11 @@ class ModelService(TaskGroupService):
         for line in await self._locked(self.store.recover):
             log.warning("model store recovery: %s", line)
         await self._load_current()
-        self._resume_gate()
+        self._resume_gate(await self._journal())
 
-    def _resume_gate(self) -> None:
+    def _resume_gate(self, journal: Journal) -> None:
         """After a clean stop during probation, the model being served gets a fresh gate."""
-        probation = self.store.journal().probation
+        probation = journal.probation
         active = self.manager.current()
         if probation and active is not None and active.sha256 == probation.sha256:
             self.gate = self._new_gate()
@@ -214,7 +214,7 @@ class ModelService(TaskGroupService):
 
     async def no_trust_root(self) -> None:
         """The bundle carried no TUF root: no model can be verified, so none is installed."""
-        last = self.store.journal().last_error
+        last = (await self._journal()).last_error
         if last is None or last.code != "no-trust-root":
             await self._refused(None, "no-trust-root", "the provisioning bundle carries no TUF "
                                 "root; re-provision with a bundle from a hub that has a model "
@@ -275,6 +275,16 @@ class ModelService(TaskGroupService):
 
         return await asyncio.to_thread(run)
 
+    async def _journal(self) -> Journal:
+        """The journal as the last writer left it: read under the lock, off the loop."""
+        return await self._locked(self.store.journal)
+
+    def _roll_back(self, reason: str) -> tuple[str | None, DesiredModel | None]:
+        """Roll back, and read the desired model the failed one was for, under one hold of
+        the lock (run it with ``_locked``): a desired state that arrives afterwards, while the
+        previous model loads again, is not blamed for the failure."""
+        return self.store.rollback(reason), self.store.journal().desired_model
+
     async def _edit(self, change: Callable[[Journal], T]) -> T:
         """Change the journal on disk (read, ``change``, save) under the lock, off the loop."""
 
@@ -315,7 +325,7 @@ class ModelService(TaskGroupService):
 
     async def reconcile(self) -> None:
         """One pass: bring the active model to the desired one, or say why not."""
-        journal = self.store.journal()
+        journal = await self._journal()
         desired = journal.desired_model
         if desired is None or self.tuf is None or journal.probation or journal.held():
             return
@@ -468,7 +478,8 @@ class ModelService(TaskGroupService):
         if verdict == "pass":
             await self._locked(self.store.commit, active.sha256)
         else:
-            back = await self._locked(self.store.rollback, f"health gate failed: {gate.reason()}")
+            back, desired = await self._locked(self._roll_back,
+                                               f"health gate failed: {gate.reason()}")
         self.gate = None
         fallback, self._fallback = self._fallback, None
         if verdict == "pass":
@@ -488,7 +499,7 @@ class ModelService(TaskGroupService):
                 if fallback is not None:
                     self.manager.retire(fallback)
                 await self._load_current()
-            await self._refused(self.store.journal().desired_model, "health-gate", gate.reason(),
+            await self._refused(desired, "health-gate", gate.reason(),
                                 final=True, sha=active.sha256, kind="model_rolled_back",
                                 model=(active.name, active.version))
         await self._changed()

@@ -1,5 +1,6 @@
 """Faults during delivery and after activation: the active model stays verified and serving."""
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -137,6 +138,52 @@ async def test_model_failing_the_health_gate_is_rolled_back(
     store = h.service.store
     assert store.meta(store.current() or "")["version"] == "1.0.0"
     await h.close()
+
+
+async def test_a_rollback_names_the_model_that_failed_when_a_new_desired_state_arrives_meanwhile(
+    tmp_path: Path, artifacts: dict[str, Path]
+):
+    """After a restart mid-gate the previous model is no longer in memory, so a rollback
+    loads it again from the store (in a worker thread). The hub's next desired state arrives
+    meanwhile: the refusal still names, and refuses for good, the model that failed."""
+    sim = SimulatedRepository()
+    sim.publish(artifacts["1.0.0"])
+    config = FAST.model_copy(update={"gate_quiet_s": 30.0})
+    first = await Harness(tmp_path, sim, config).start()
+    await first.desire("1.0.0")
+    await first.service.reconcile()
+    first.service.gate.good = 99  # let 1.0.0 through at once
+    await first.settle()
+    sim.publish(artifacts["1.1.0"])
+    await first.desire("1.1.0")
+    await first.service.reconcile()
+    await first.close()  # a clean stop mid-gate: the next start resumes the gate
+
+    loop = asyncio.get_running_loop()
+    breaking = _prepare_breaking("1.1.0")
+    desired_meanwhile: list[str] = []
+
+    def prepare(path: Path, backend: str, artifact: Any = None) -> LoadedModel:
+        model = breaking(path, backend, artifact)
+        if model.version == "1.0.0" and not desired_meanwhile:
+            desired_meanwhile.append("2.0.0")
+            asyncio.run_coroutine_threadsafe(second.desire("2.0.0"), loop).result()
+        return model
+
+    second = await Harness(tmp_path, sim, config, prepare=prepare).start()
+    assert second.active() == "1.1.0" and second.service.gate is not None
+    batch = second.service.manager.current().artifact.golden_batch()
+    with contextlib.suppress(RuntimeError), second.service.manager.lease() as m:
+        m.backend.infer(batch)
+    await second.settle()
+    assert desired_meanwhile == ["2.0.0"] and second.active() == "1.0.0"
+    event = second.last("model_rolled_back")
+    assert (event["name"], event["version"]) == ("crack-vit", "1.1.0")
+    journal = second.service.store.journal()
+    assert journal.desired_model is not None and journal.desired_model.version == "2.0.0"
+    failed = journal.refused[event["sha256"]]
+    assert failed.desired is not None and failed.desired.version == "1.1.0"
+    await second.close()
 
 
 async def test_downgrade_is_refused_unless_pinned(harness: Harness, artifacts: dict[str, Path]):

@@ -113,13 +113,16 @@ def _prepare_breaking(version: str):
     return prepare
 
 
-async def test_model_failing_the_health_gate_is_rolled_back(
-    tmp_path: Path, artifacts: dict[str, Path]
-):
+GATE_WAITS = FAST.model_copy(update={"gate_quiet_s": 30.0})
+
+
+async def on_probation(
+    tmp_path: Path, artifacts: dict[str, Path], prepare: Any = prepare_model
+) -> Harness:
+    """A reconciler that committed 1.0.0 and now serves 1.1.0 on its health gate."""
     sim = SimulatedRepository()
     sim.publish(artifacts["1.0.0"])
-    config = FAST.model_copy(update={"gate_quiet_s": 30.0})
-    h = await Harness(tmp_path, sim, config, prepare=_prepare_breaking("1.1.0")).start()
+    h = await Harness(tmp_path, sim, GATE_WAITS, prepare=prepare).start()
     await h.desire("1.0.0")
     await h.service.reconcile()
     h.service.gate.good = 99  # let 1.0.0 through at once
@@ -128,10 +131,22 @@ async def test_model_failing_the_health_gate_is_rolled_back(
     await h.desire("1.1.0")
     await h.service.reconcile()
     assert h.active() == "1.1.0" and h.service.gate is not None
+    return h
+
+
+async def fail_one_inference(h: Harness) -> None:
+    """One inference through the lease that fails, then the gate's verdict."""
     batch = h.service.manager.current().artifact.golden_batch()
     with contextlib.suppress(RuntimeError), h.service.manager.lease() as m:
         m.backend.infer(batch)
     await h.settle()
+
+
+async def test_model_failing_the_health_gate_is_rolled_back(
+    tmp_path: Path, artifacts: dict[str, Path]
+):
+    h = await on_probation(tmp_path, artifacts, _prepare_breaking("1.1.0"))
+    await fail_one_inference(h)
     assert h.active() == "1.0.0"
     event = h.last("model_rolled_back")
     assert event["code"] == "health-gate" and "illegal memory access" in event["reason"]
@@ -146,17 +161,7 @@ async def test_a_rollback_names_the_model_that_failed_when_a_new_desired_state_a
     """After a restart mid-gate the previous model is no longer in memory, so a rollback
     loads it again from the store (in a worker thread). The hub's next desired state arrives
     meanwhile: the refusal still names, and refuses for good, the model that failed."""
-    sim = SimulatedRepository()
-    sim.publish(artifacts["1.0.0"])
-    config = FAST.model_copy(update={"gate_quiet_s": 30.0})
-    first = await Harness(tmp_path, sim, config).start()
-    await first.desire("1.0.0")
-    await first.service.reconcile()
-    first.service.gate.good = 99  # let 1.0.0 through at once
-    await first.settle()
-    sim.publish(artifacts["1.1.0"])
-    await first.desire("1.1.0")
-    await first.service.reconcile()
+    first = await on_probation(tmp_path, artifacts)
     await first.close()  # a clean stop mid-gate: the next start resumes the gate
 
     loop = asyncio.get_running_loop()
@@ -170,12 +175,9 @@ async def test_a_rollback_names_the_model_that_failed_when_a_new_desired_state_a
             asyncio.run_coroutine_threadsafe(second.desire("2.0.0"), loop).result()
         return model
 
-    second = await Harness(tmp_path, sim, config, prepare=prepare).start()
+    second = await Harness(tmp_path, first.sim, GATE_WAITS, prepare=prepare).start()
     assert second.active() == "1.1.0" and second.service.gate is not None
-    batch = second.service.manager.current().artifact.golden_batch()
-    with contextlib.suppress(RuntimeError), second.service.manager.lease() as m:
-        m.backend.infer(batch)
-    await second.settle()
+    await fail_one_inference(second)
     assert desired_meanwhile == ["2.0.0"] and second.active() == "1.0.0"
     event = second.last("model_rolled_back")
     assert (event["name"], event["version"]) == ("crack-vit", "1.1.0")

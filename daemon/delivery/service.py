@@ -276,8 +276,10 @@ class ModelService(TaskGroupService):
         return await asyncio.to_thread(run)
 
     async def _journal(self) -> Journal:
-        """The journal as the last writer left it: read under the lock, off the loop."""
-        return await self._locked(self.store.journal)
+        """The journal as last saved, read off the loop. A save replaces the file whole
+        (``atomic_write``), so a read needs no lock, and does not wait for one held elsewhere
+        (``spoke models``, or activation in a worker thread)."""
+        return await asyncio.to_thread(self.store.journal)
 
     def _roll_back(self, reason: str) -> tuple[str | None, DesiredModel | None]:
         """Roll back, and read the desired model the failed one was for, under one hold of

@@ -27,6 +27,7 @@ import numpy as np
 from appliance.fsutil import atomic_write, fsync_dir, sha256_file
 from models.cache import default_cache_dir
 from models.config import CODEBRIM_LABELS, ViTConfig
+from models.decide import PER_TILE, Decision
 from models.errors import ArtifactError, ModelError
 from models.preprocess import Preprocessing
 from models.signature import GraphSignature
@@ -68,6 +69,8 @@ _CARD_KEYS = {
     "golden",
     "files",
 }
+#: Keys a card may omit: a card written before ``decision`` existed is calibrated per tile.
+_OPTIONAL_KEYS = {"decision"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class ModelCard:
     files: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
     parent: str | None = None
+    #: Which decision ``thresholds`` are calibrated for (``models.decide.Decision``).
+    decision: Decision = PER_TILE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +130,7 @@ class ModelCard:
             "labels": list(self.labels),
             "preprocessing": self.preprocessing.to_dict(),
             "thresholds": self.thresholds,
+            "decision": self.decision.to_dict(),
             "metrics": self.metrics,
             "parent": self.parent,
             "golden": self.golden.to_dict(),
@@ -195,12 +201,13 @@ def write_artifact(
     metrics: dict[str, float] | None = None,
     parent: str | None = None,
     golden_seed: int = 0,
+    decision: Decision = PER_TILE,
 ) -> Artifact:
     """Export ``model`` into a new directory ``out_dir`` (refused if it exists and is not
     empty), atomically: the files are written beside it and the directory renamed into place.
 
     ``thresholds`` default to 0.5 per label; ``preprocessing`` defaults to ImageNet statistics
-    at the model's input size.
+    at the model's input size; ``decision`` says what the thresholds were calibrated for.
     """
     cfg = model.cfg
     labels = tuple(labels)
@@ -230,6 +237,7 @@ def write_artifact(
             files={f: sha256_file(work / f) for f in (ONNX_FILE, WEIGHTS_FILE)},
             metrics=dict(metrics or {}),
             parent=parent,
+            decision=decision,
         )
         _validate_card(card)
         (work / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
@@ -383,7 +391,7 @@ def _parse_card(root: Path, raw: bytes) -> ModelCard:
     if not isinstance(data, dict):
         raise ArtifactError(f"{card_path}: must be a JSON object")
     missing = _CARD_KEYS - set(data)
-    unknown = set(data) - _CARD_KEYS
+    unknown = set(data) - _CARD_KEYS - _OPTIONAL_KEYS
     if missing or unknown:
         raise ArtifactError(
             f"{card_path}: missing keys {sorted(missing) or 'none'}, "
@@ -408,6 +416,7 @@ def _parse_card(root: Path, raw: bytes) -> ModelCard:
             files={str(k): str(v) for k, v in data["files"].items()},
             metrics={str(k): float(v) for k, v in data["metrics"].items()},
             parent=None if data["parent"] is None else str(data["parent"]),
+            decision=Decision.from_dict(data["decision"]) if "decision" in data else PER_TILE,
         )
     except ModelError as exc:
         raise ArtifactError(f"{card_path}: {exc}") from exc

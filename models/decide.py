@@ -9,10 +9,51 @@ image.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
+from models.errors import ModelError
+
 BACKGROUND = "background"
+UNITS = ("tile", "frame")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a model card's thresholds are calibrated for: one decision per tile, or one per
+    frame (each label's maximum over the frame's tiles, cut after ``downscale``). A frame's
+    maximum over tens of tiles needs higher thresholds than one tile, so a fine-tune must keep
+    calibrating, and the gate must keep judging, the decision its parent was made for."""
+
+    unit: Literal["tile", "frame"] = "tile"
+    downscale: int = 1
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ModelError(f"decision unit {self.unit!r}: must be one of {', '.join(UNITS)}")
+        if isinstance(self.downscale, bool) or not isinstance(self.downscale, int) \
+                or self.downscale < 1:
+            raise ModelError(f"decision downscale {self.downscale!r}: must be a whole number >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "downscale": self.downscale}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Decision:
+        if not isinstance(data, dict) or set(data) != {"unit", "downscale"}:
+            raise ModelError(f"decision {data!r}: must be {{\"unit\": ..., \"downscale\": ...}}")
+        return cls(data["unit"], data["downscale"])
+
+    def __str__(self) -> str:
+        if self.unit == "tile":
+            return "per tile"
+        return f"per frame (the maximum over its tiles, downscale {self.downscale})"
+
+
+#: The decision of a card that does not say (written before ``Decision`` existed).
+PER_TILE = Decision()
 
 
 def decide(probs: Sequence[float], labels: Sequence[str], thresholds: Mapping[str, float]

@@ -18,6 +18,7 @@ from models.artifact import (
     write_artifact,
 )
 from models.config import tiny_config
+from models.decide import Decision
 from models.errors import ArtifactError
 from models.export import export_onnx
 from models.vit import build_model
@@ -40,6 +41,26 @@ def test_written_artifact_has_a_complete_card(tiny_artifact: Artifact) -> None:
     assert card["files"][ONNX_FILE] == sha256_file(tiny_artifact.root / ONNX_FILE)
     assert card["files"][WEIGHTS_FILE] == sha256_file(tiny_artifact.root / WEIGHTS_FILE)
     assert len(card["golden"]["expected"]) == len(card["golden"]["patterns"])
+
+
+def test_a_card_says_which_decision_its_thresholds_are_for(
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
+    assert tiny_artifact.card.decision == Decision("tile", 1)
+    frame = write_artifact(tiny_artifact.build_model(), tmp_path / "f", name="tiny",
+                           version="0.1.1", decision=Decision("frame", 2))
+    assert json.loads((frame.root / CARD_FILE).read_text())["decision"] == {
+        "unit": "frame", "downscale": 2}
+    assert load_artifact(frame.root).card.decision == Decision("frame", 2)
+
+
+def test_a_card_from_before_decisions_is_per_tile(tiny_artifact: Artifact, tmp_path: Path
+                                                  ) -> None:
+    root = copy_artifact(tiny_artifact, tmp_path / "a")
+    card = json.loads((root / CARD_FILE).read_text())
+    del card["decision"]
+    (root / CARD_FILE).write_text(json.dumps(card))
+    assert load_artifact(root).card.decision == Decision("tile", 1)
 
 
 def test_weights_reload_into_the_same_model(tiny_artifact: Artifact) -> None:
@@ -161,6 +182,10 @@ def test_weights_that_do_not_match_the_config_are_refused(
         ({"unexpected": 1}, "unknown keys \\['unexpected'\\]"),
         ({"format": 99}, "format 99 is not 1"),
         ({"config": {"img_size": 32, "bogus": 1}}, "unknown ViTConfig keys: bogus"),
+        ({"decision": {"unit": "pixel", "downscale": 1}}, "decision unit 'pixel': must be one of"),
+        ({"decision": {"unit": "frame", "downscale": 0}}, "decision downscale 0: must be"),
+        ({"decision": {"unit": "frame", "downscale": True}}, "decision downscale True: must be"),
+        ({"decision": {"unit": "frame"}}, "decision \\{'unit': 'frame'\\}: must be"),
     ],
 )
 def test_invalid_card_fields_are_named(

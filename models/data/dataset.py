@@ -99,13 +99,19 @@ def write_frames(
     width: int = 4000,
     height: int = 3000,
     progress: bool = False,
+    first: int = 0,
 ) -> list[LabeledImage]:
-    """Generate ``count`` JPEG drone frames with EXIF GPS and ground-truth boxes into ``out``."""
+    """Generate ``count`` JPEG drone frames with EXIF GPS and ground-truth boxes into ``out``:
+    frames ``first`` to ``first + count - 1`` of the site, each the same as in any other set
+    of the site that holds it (so a survey's frames and a later flight's never overlap)."""
+    if first < 0:
+        raise ValueError(f"first frame {first}: must be 0 or more")
     _prepare(out)
     dom = Domain.from_seed(domain)
     rows, boxes = [], {}
     for i in progress_bar(
-        iterable=range(count), desc=f"frames (domain {domain})", unit="frame", enabled=progress
+        iterable=range(first, first + count), desc=f"frames (domain {domain})", unit="frame",
+        enabled=progress,
     ):
         sample = render_frame(dom, i, width, height)
         info = capture_info(dom, i)
@@ -122,9 +128,8 @@ def write_frames(
             "boxes": [{"label": b[0], "box": list(b[1:])} for b in sample.boxes],
         }
     atomic_write(out / BOXES_JSON, _one_file_per_line(boxes))
-    atomic_write(
-        out / MANIFEST_JSON, _manifest("frames", domain, count, width=width, height=height)
-    )
+    manifest = _manifest("frames", domain, count, width=width, height=height, first=first)
+    atomic_write(out / MANIFEST_JSON, manifest)
     atomic_write(out / LABELS_CSV, _labels_csv(rows))
     return rows
 

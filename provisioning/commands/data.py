@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--frame-size", default="4000x3000", help="frame WIDTHxHEIGHT (default 4000x3000)"
     )
+    g.add_argument("--first", type=int, default=0, metavar="I",
+                   help="frames only: start at the site's frame I (default 0), e.g. a survey "
+                        "that does not repeat a flight's frames 0..I-1")
     g.add_argument("--out", type=Path, required=True, help="a new or empty directory")
     g.set_defaults(handler=generate)
 
@@ -46,6 +49,8 @@ def generate(args: argparse.Namespace) -> int:
     count = args.tiles if args.tiles is not None else args.frames
     if count < 1:
         raise DataError("the image count must be at least 1")
+    if args.first < 0 or (args.first and args.tiles is not None):
+        raise DataError(f"--first {args.first}: a frame index (0 or more), with --frames only")
     start = time.perf_counter()
     if args.tiles is not None:
         if not 16 <= args.size <= 4096:
@@ -53,7 +58,8 @@ def generate(args: argparse.Namespace) -> int:
         rows = write_tiles(args.out, args.domain, count, args.size, progress=True)
     else:
         width, height = _frame_size(args.frame_size)
-        rows = write_frames(args.out, args.domain, count, width, height, progress=True)
+        rows = write_frames(args.out, args.domain, count, width, height, progress=True,
+                            first=args.first)
     elapsed = time.perf_counter() - start
     defects = sum(1 for r in rows if "background" not in r.labels)
     print(

@@ -70,6 +70,31 @@ def test_frames_carry_exif_gps_and_boxes(tmp_path: Path) -> None:
         assert {b["label"] for b in entry["boxes"]} == (labels[name] - {"background"})
 
 
+def test_frames_from_first_are_the_same_frames_as_in_a_larger_set(tmp_path: Path) -> None:
+    whole = write_frames(tmp_path / "whole", domain=6, count=3, width=160, height=120)
+    later = write_frames(tmp_path / "later", domain=6, count=2, width=160, height=120, first=1)
+    assert [r.file for r in later] == ["frame_00001.jpg", "frame_00002.jpg"]
+    assert later == whole[1:]
+    for row in later:
+        assert (tmp_path / "later" / row.file).read_bytes() == \
+            (tmp_path / "whole" / row.file).read_bytes()
+    boxes = json.loads((tmp_path / "later" / BOXES_JSON).read_text())
+    assert boxes == {k: v for k, v in json.loads(
+        (tmp_path / "whole" / BOXES_JSON).read_text()).items() if k in boxes}
+
+
+@pytest.mark.parametrize("extra", [["--frames", "1", "--first", "-1"],
+                                   ["--tiles", "1", "--first", "2"]])
+def test_cli_refuses_first_unless_a_frame_index_with_frames(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str]
+) -> None:
+    argv = ["data", "generate", "--domain", "2", *extra, "--out", str(tmp_path / "f")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spoke-hub: error: --first") and "\n" not in err
+    assert not (tmp_path / "f").exists()
+
+
 @pytest.mark.slow
 def test_full_size_drone_frame(tmp_path: Path) -> None:
     rows = write_frames(tmp_path / "f", domain=2, count=1)

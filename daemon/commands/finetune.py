@@ -168,6 +168,11 @@ def show(job: dict[str, Any]) -> None:
                  "change": f"{comparison['macro_f1_delta']:+.3f}"})
     rows.append({"label": "exact match", "current": f"{cur['exact_match']:.3f}",
                  "candidate": f"{cand['exact_match']:.3f}", "change": ""})
+    frames = (result.get("details") or {}).get("frames")
+    if frames:
+        print(f"  judged per frame, the decision the current model's thresholds are for: "
+              f"{frames['calibration']} labeled frames calibrated the candidate's thresholds, "
+              f"{frames['held_out']} held out for the gate")
     print_table(rows, ["label", "current", "candidate", "change"])
     verdict = "passed" if comparison["promote"] else "refused"
     print(f"evaluation gate {verdict}: " + "; ".join(comparison["reasons"]))

@@ -1,11 +1,12 @@
 """One fine-tuning job, end to end: samples in, a comparison and maybe a candidate artifact out.
 
 1. ``prepare_job``: load the parent artifact and the samples (a corrupt image is skipped and
-   reported), the stratified held-out split, the method;
+   reported), the stratified held-out split, the method; for a parent that decides per frame,
+   the labeled whole frames are the held-out set instead (``models.finetune.heldout``);
 2. ``baseline``: score the parent on the held-out split;
 3. ``train_candidate``: train with the chosen method under a step/epoch and time budget,
    checkpointed (the loop of ``models.training.loop``: atomic checkpoints, resumes where a killed
-   run stopped);
+   run stopped); for a parent that decides per frame, calibrate the thresholds on frames;
 4. ``judge``: score the candidate on the same split and apply the gate;
 5. ``export``: if it passes, write the candidate artifact (parent recorded, metrics on the card)
    and the trained weights (head or adapters) a reviewer at the hub may see. Never an image.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,14 @@ from models.finetune.adapt import BATCH as ADAPT_BATCH
 from models.finetune.adapt import Adapted, adapt
 from models.finetune.augment import drone_augment
 from models.finetune.gate import Comparison, collapse_reason, compare, label_changes
+from models.finetune.heldout import (
+    HeldOut,
+    frame_calibrated,
+    is_frame,
+    load_frames,
+    split_frames,
+    target_row,
+)
 from models.finetune.methods import (
     DEFAULT_EPOCHS,
     LEARNING_RATES,
@@ -101,7 +110,6 @@ def load_samples(spec: JobSpec, pre: Preprocessing) -> Samples:
     corrupt or missing ones are skipped, with the decoder's reason, so one bad file never
     sinks a job."""
     images, targets, skipped, tiles = [], [], [], []
-    index = {name: i for i, name in enumerate(spec.labels)}
     for path, labels in spec.samples:
         try:
             pixels = load_pixels(path)
@@ -110,12 +118,7 @@ def load_samples(spec: JobSpec, pre: Preprocessing) -> Samples:
         except (OSError, DataError) as exc:
             skipped.append(Skipped(path=path, reason=str(exc)))
             continue
-        row = np.zeros(len(spec.labels), dtype=np.float32)
-        for name in labels:
-            if name not in index:
-                raise DataError(f"sample {path}: label {name!r} is not in the job's label set")
-            row[index[name]] = 1.0
-        targets.append(row)
+        targets.append(target_row(path, labels, spec.labels))
     if not images:
         raise TooFewSamples(f"no readable samples ({len(skipped)} skipped as unreadable)")
     return Samples(np.stack(images), np.stack(targets), Tiles.of(tiles), skipped)
@@ -236,24 +239,27 @@ def _train_weights(model: VisionTransformer, method: str, images: np.ndarray,
 
 @dataclass
 class Prepared:
-    """What every step of a job shares: the parent, the decoded samples and their split, the
-    method, the thresholds (the probe calibrates them) and the model being tuned."""
+    """What every step of a job shares: the parent, the decoded training samples, the gate's
+    held-out decisions (samples, or frames for a parent that decides per frame, with the
+    frames that calibrate the candidate's thresholds), the method, the thresholds (the probe
+    or the frames calibrate them) and the model being tuned."""
 
     spec: JobSpec
     device: str
     parent: Artifact
     data: Samples
     train_idx: np.ndarray
-    val_idx: np.ndarray
+    held_out: HeldOut
+    calibration: HeldOut | None
     method: str
     present: np.ndarray
     thresholds: dict[str, float]
     model: VisionTransformer
 
-    def served_val(self) -> np.ndarray:
-        """(N, L): ``model``'s probabilities on the held-out split, as the pipeline serves."""
-        return predict_served(self.model, self.data.tiles.select(self.val_idx),
-                              len(self.val_idx), self.parent.card.preprocessing, self.device)
+    def served(self, decisions: HeldOut) -> np.ndarray:
+        """(N, L): ``model``'s probabilities for ``decisions``, as the pipeline serves them."""
+        return predict_served(self.model, decisions.tiles, len(decisions),
+                              self.parent.card.preprocessing, self.device)
 
 
 @dataclass(frozen=True)
@@ -277,27 +283,44 @@ def prepare_job(spec: JobSpec, report: Report) -> Prepared:
     if tuple(spec.labels[: len(card.labels)]) != card.labels:
         raise DataError("the job's labels must extend the parent model's labels")
     report({"phase": "loading", "samples": len(spec.samples)})
-    data = load_samples(spec, card.preprocessing)
-    train_idx, val_idx = stratified_split(data.targets, spec.labels, spec.val_fraction, spec.seed)
+    pre, decision = card.preprocessing, card.decision
+    calibration: HeldOut | None = None
+    if decision.unit == "frame":
+        frames = tuple(s for s in spec.samples if is_frame(s[0], pre, decision))
+        if not frames:
+            raise DataError(
+                f"the current model decides {decision}: label whole frames of the site too "
+                "(at least 8), so the candidate is calibrated and judged on frames")
+        data = load_samples(replace(spec, samples=tuple(
+            s for s in spec.samples if s not in frames)), pre)
+        labeled, skipped = load_frames(frames, spec.labels, pre, decision, load_pixels)
+        data.skipped.extend(skipped)
+        calibration, held_out = split_frames(labeled, spec.labels, spec.seed)
+        train_idx = np.arange(len(data.images))
+    else:
+        data = load_samples(spec, pre)
+        train_idx, val_idx = stratified_split(data.targets, spec.labels, spec.val_fraction,
+                                              spec.seed)
+        held_out = HeldOut(data.tiles.select(val_idx), data.targets[val_idx])
     method = spec.method if spec.method != "auto" else default_method(
         len(train_idx), device.startswith("cuda"))
-    present = np.nonzero(data.targets[val_idx].sum(axis=0) > 0)[0]
+    present = np.nonzero(held_out.targets.sum(axis=0) > 0)[0]
     thresholds = dict(card.thresholds) | {n: 0.5 for n in spec.labels if n not in card.thresholds}
     model = parent.build_model().to(device)
-    return Prepared(spec, device, parent, data, train_idx, val_idx, method, present, thresholds,
-                    model)
+    return Prepared(spec, device, parent, data, train_idx, held_out, calibration, method,
+                    present, thresholds, model)
 
 
 def baseline(job: Prepared, report: Report) -> Evaluation:
     """The parent on the held-out split, as served (a label it does not know yet scores as
     absent)."""
     spec = job.spec
-    report({"phase": "baseline", "held_out": len(job.val_idx), "method": job.method})
-    base = job.served_val()
+    report({"phase": "baseline", "held_out": len(job.held_out), "method": job.method})
+    base = job.served(job.held_out)
     base = np.concatenate(
         [base, np.zeros((len(base), len(spec.labels) - base.shape[1]), np.float32)], axis=1)
-    scores, decisions = evaluate(base, job.data.targets[job.val_idx], spec.labels,
-                                 job.thresholds, job.present)
+    scores, decisions = evaluate(base, job.held_out.targets, spec.labels, job.thresholds,
+                                 job.present)
     return Evaluation(scores, decisions)
 
 
@@ -353,17 +376,34 @@ def train_candidate(job: Prepared, started: float, report: Report,
     trained = trained_state(model, everything=adapted is not None)
     merge(model)
     model.eval()
+    if job.calibration is not None:
+        calibrate_for_frames(job, job.calibration, result, report)
     return result, trained
+
+
+def calibrate_for_frames(job: Prepared, frames: HeldOut, result: Trained, report: Report
+                         ) -> None:
+    """The candidate's thresholds for the parent's per-frame decision, on the calibration
+    ``frames`` (never the gate's); a label they cannot calibrate keeps the parent's
+    threshold."""
+    report({"phase": "calibrating", "frames": len(frames)})
+    card = job.parent.card
+    parent = dict(card.thresholds) | {n: 0.5 for n in job.spec.labels if n not in card.thresholds}
+    thresholds, done = frame_calibrated(job.served(frames), frames.targets, job.spec.labels,
+                                        parent)
+    job.thresholds.update(thresholds)
+    result.details["frames"] = {"calibration": len(frames), "held_out": len(job.held_out),
+                                "calibrated": done}
 
 
 def judge(job: Prepared, parent: Evaluation, report: Report) -> tuple[Evaluation, Comparison]:
     """The candidate on the same split, as served, and the gate's verdict against the
     parent."""
     spec = job.spec
-    val_targets = job.data.targets[job.val_idx]
+    val_targets = job.held_out.targets
     report({"phase": "evaluating"})
-    cand = Evaluation(*evaluate(job.served_val(), val_targets, spec.labels, job.thresholds,
-                                job.present))
+    cand = Evaluation(*evaluate(job.served(job.held_out), val_targets, spec.labels,
+                                job.thresholds, job.present))
     present = job.present
     comparison = compare(
         parent.scores, cand.scores, spec.margin, spec.max_label_drop,
@@ -387,12 +427,12 @@ def export(job: Prepared, trained: Trained, weights: dict[str, Tensor], parent: 
     write_artifact(
         job.model.cpu(), out_dir, name=spec.name, version=spec.version, labels=spec.labels,
         thresholds=job.thresholds, preprocessing=card.preprocessing, parent=card.ref,
-        metrics={
+        decision=card.decision, metrics={
             "finetune.macro_f1": round(cand.macro_f1, 6),
             "finetune.parent_macro_f1": round(parent.macro_f1, 6),
             "finetune.exact_match": round(cand.exact_match, 6),
             "finetune.samples": float(len(job.data.images)),
-            "finetune.held_out": float(len(job.val_idx)),
+            "finetune.held_out": float(len(job.held_out)),
             "finetune.steps": float(trained.steps),
             "finetune.lora": float(job.method == "lora"),
             "finetune.linear": float(job.method == "linear"),
@@ -423,7 +463,7 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
         adapt_checkpoint(spec).unlink(missing_ok=True)  # type: ignore[union-attr]
     return JobResult(
         method=job.method, samples=len(job.data.images), train=len(job.train_idx),
-        held_out=len(job.val_idx), skipped=tuple(job.data.skipped), labels=spec.labels,
+        held_out=len(job.held_out), skipped=tuple(job.data.skipped), labels=spec.labels,
         steps=trained.steps, resumed_from=trained.resumed_from,
         train_seconds=round(trained.seconds, 2), final_loss=round(trained.final_loss, 5),
         details=trained.details, comparison=GateReport.model_validate(comparison.to_dict()),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from aiohttp.test_utils import TestClient
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from appliance.config import ApiSection, FinetuneSection, ModelsSection
 from appliance.fsutil import write_secret
@@ -47,6 +47,22 @@ def make_parent(out: Path, version: str = "1.0.0", encoder: Path | None = None) 
         model.head.bias.fill_(-2.0)
     write_artifact(model, out, name="crack-vit", version=version)
     return out
+
+
+def concrete(rng: np.random.Generator, width: int, height: int,
+             crack: tuple[int, int] | None = None) -> Image.Image:
+    """Plain noisy concrete; with ``crack`` (x0, x1), a dark jagged line across those columns:
+    the clear signal the fine-tune tests learn."""
+    grey = rng.integers(110, 170)
+    pixels = np.clip(grey + rng.normal(0, 12, (height, width, 1)), 0, 255).repeat(3, axis=2)
+    image = Image.fromarray(pixels.astype(np.uint8))
+    if crack is not None:
+        x0, x1 = crack
+        points = [(x0, int(rng.integers(0, height)))]
+        for x in range(x0 + 6, x1 + 6, 6):
+            points.append((x, int(np.clip(points[-1][1] + rng.integers(-5, 6), 0, height - 1))))
+        ImageDraw.Draw(image).line(points, fill=(30, 30, 30), width=2)
+    return image
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from models.decide import decide, decide_many
 from models.finetune.gate import collapse_reason, compare
@@ -16,7 +15,7 @@ from models.finetune.job import JobSpec, run_job
 from models.finetune.methods import default_method
 from models.finetune.probe import best_thresholds, fit_probe
 from models.training.metrics import Scores
-from tests.finetune.conftest import make_parent
+from tests.finetune.conftest import concrete, make_parent
 
 LABELS = ("background", "crack", "spallation", "efflorescence", "exposed_bars",
           "corrosion_stain")
@@ -29,16 +28,8 @@ def crack_set(root: Path, per_class: int = 24, size: int = 32, seed: int = 0
     root.mkdir(parents=True, exist_ok=True)
     samples = []
     for i in range(2 * per_class):
-        grey = rng.integers(110, 170)
-        pixels = np.clip(grey + rng.normal(0, 12, (size, size, 1)), 0, 255).repeat(3, axis=2)
-        image = Image.fromarray(pixels.astype(np.uint8))
         cracked = i % 2 == 1
-        if cracked:
-            draw = ImageDraw.Draw(image)
-            points = [(0, int(rng.integers(0, size)))]
-            for x in range(6, size + 6, 6):
-                points.append((x, int(np.clip(points[-1][1] + rng.integers(-5, 6), 0, size - 1))))
-            draw.line(points, fill=(30, 30, 30), width=2)
+        image = concrete(rng, size, size, (0, size) if cracked else None)
         path = root / f"{i:03d}.png"
         image.save(path)
         samples.append((str(path), ("crack",) if cracked else ("background",)))

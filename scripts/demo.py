@@ -178,6 +178,7 @@ def foundation_artifacts(artifacts: Path, work: Path) -> None:
     fleet's per-frame decision on generated frames of other sites, packaged for this fleet as
     codebrim-vit-t 1.0.0 and 1.1.0."""
     from models.artifact import load_artifact, write_artifact
+    from models.decide import Decision
     from models.framecal import frame_thresholds
     from models.training.foundation import DEFAULT_CONFIG, build_foundation_model
 
@@ -198,12 +199,14 @@ def foundation_artifacts(artifacts: Path, work: Path) -> None:
         print(f"{name:<16} {card.thresholds.get(name, 0.5):>8.3f} {thresholds[name]:>9.3f}")
     model = foundation.build_model()
     step("Packaging it for the fleet: codebrim-vit-t 1.0.0, and 1.1.0 (the same weights under "
-         "a new version, to show a canary rollout)")
+         "a new version, to show a canary rollout); each card says its thresholds decide per "
+         f"frame at downscale {UPLINK_DOWNSCALE}")
     for version in ("1.0.0", "1.1.0"):
         write_artifact(model, artifacts / version, name="codebrim-vit-t", version=version,
                        labels=card.labels, thresholds=thresholds,
                        preprocessing=card.preprocessing, metrics=card.metrics,
-                       parent=f"{card.name}@{card.version}")
+                       parent=f"{card.name}@{card.version}",
+                       decision=Decision("frame", UPLINK_DOWNSCALE))
         print(f"{artifacts / version}: parent {card.name}@{card.version}")
 
 
@@ -407,6 +410,10 @@ def flight(demo: Demo, uplink: Uplink, mission: str, title: str
 # --- local fine-tuning (issue 8) ------------------------------------------------------------
 
 FINETUNE_SAMPLES = 100
+#: Whole frames of an earlier survey of the site (after the flights' frames, never theirs),
+#: labeled per frame: the fleet model decides per frame, so its fine-tune is calibrated on
+#: half of them and judged on the other half (models.finetune.heldout).
+SURVEY_FRAMES = 64
 
 
 def finetune_steps(demo: Demo, uplink: Uplink) -> None:
@@ -422,6 +429,15 @@ def finetune_steps(demo: Demo, uplink: Uplink) -> None:
                str(FINETUNE_SAMPLES), "--size", str(input_size(demo)), "--out", str(tiles)),
           end="")
     print(box.run("samples", "import", str(tiles)), end="")
+    survey = demo.root / "site-survey"
+    first = UPLINK_FRAMES * len(FLIGHTS)
+    step(f"... and {SURVEY_FRAMES} whole frames of an earlier survey of bridge-17 (frames "
+         f"{first} to {first + SURVEY_FRAMES - 1}, none of the flights'), labeled per frame: the "
+         "fleet model decides per frame, so its fine-tune is calibrated and judged on frames")
+    print(tool("provisioning", "data", "generate", "--domain", str(SITE_DOMAIN), "--frames",
+               str(SURVEY_FRAMES), "--first", str(first), "--frame-size", "1600x1200", "--out",
+               str(survey)), end="")
+    print(box.run("samples", "import", str(survey)), end="")
     print(box.run("samples", "list").splitlines()[-2])
 
     step("Fine-tuning on the uplink box with its defaults: spoke finetune start --wait "

@@ -5,7 +5,9 @@ For each starting point (a model artifact, or ``scratch``: the same architecture
 
 - generated: an unseen site (``--site``), ``--shots`` labeled tiles per label, macro-F1 on a
   separate test set of that site: the model as published (its trained head and thresholds,
-  no labels), a linear probe on its frozen features, and a full fine-tune;
+  no labels), a linear probe on its frozen features, a full fine-tune, and (for an artifact)
+  the appliance's default fine-tune (``models.finetune.job.run_job`` with its defaults: the
+  calibrated probe, its own held-out quarter and thresholds) scored with its thresholds;
 - real (``--real DIR`` with ``healthy/`` and ``salt_damage/``, or any two class folders, the
   first meaning "no defect"): ``--real-train`` photos per class for training, the rest held
   out, split by file name with ``--seed``; balanced accuracy of a linear probe and a fine-tune,
@@ -23,6 +25,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +36,7 @@ from models.data import LABELS, tile_arrays
 from models.preprocess import Preprocessing
 from models.training.batches import TileSet
 from models.training.evaluate import EvalConfig, features, fine_tune, linear_probe, select_shots
-from models.training.metrics import score, score_at
+from models.training.metrics import Scores, score, score_at
 from models.training.pretrain import PretrainConfig, model_config, predict
 from models.vit import VisionTransformer, build_model
 
@@ -109,11 +112,39 @@ def probe_and_finetune(
     return probe, predict(tuned, test.images)
 
 
+def appliance_default(parent: Path, train: TileSet, test: TileSet, seed: int
+                      ) -> tuple[Scores, dict[str, Any]]:
+    """The appliance's default fine-tune of ``parent`` on ``train`` (written as PNG samples),
+    exported whatever its gate says, scored on ``test`` at the thresholds it calibrated."""
+    import tempfile
+
+    from models.finetune.job import run_job
+    from models.finetune.spec import JobSpec
+
+    card = load_artifact(parent).card
+    with tempfile.TemporaryDirectory(prefix="spoke-bench-foundation-") as tmp:
+        samples = []
+        for i, (image, row) in enumerate(zip(train.images, train.targets, strict=True)):
+            path = Path(tmp) / f"tile_{i:05d}.png"
+            Image.fromarray(image).save(path)
+            samples.append((str(path), tuple(n for n, on in zip(LABELS, row >= 0.5,
+                                                                strict=True) if on)))
+        result = run_job(JobSpec(parent=str(parent), samples=tuple(samples), labels=card.labels,
+                                 out=str(Path(tmp) / "candidate"), name=card.name,
+                                 version="0.0.1-bench", seed=seed, always_export=True))
+        candidate = load_artifact(Path(tmp) / "candidate")
+        probs = predict(candidate.build_model(), test.images)
+        scores = score_at(probs, test.targets, LABELS, candidate.card.thresholds)
+    return scores, {"promoted": result.comparison.promote, "seconds": result.seconds,
+                    "held_out": result.held_out}
+
+
 def bench(
     name: str,
     model: VisionTransformer,
     thresholds: dict[str, float] | None,
     args: argparse.Namespace,
+    artifact: Path | None = None,
 ) -> list[dict[str, object]]:
     size = model.cfg.img_size
     cfg = EvalConfig(PretrainConfig(), finetune_steps=args.finetune_steps, finetune_batch=32)
@@ -135,8 +166,12 @@ def bench(
         )
     train = pool.subset(select_shots(pool.targets, args.shots, args.seed))
     probe, tuned = probe_and_finetune(model, train, test, cfg, args.seed)
-    for method, probs in (("linear probe", probe), ("fine-tune", tuned)):
-        s = score(probs, test.targets, LABELS)
+    scored: list[tuple[str, Scores, dict[str, Any]]] = [
+        (method, score(probs, test.targets, LABELS), {})
+              for method, probs in (("linear probe", probe), ("fine-tune", tuned))]
+    if artifact is not None:
+        scored.append(("appliance default", *appliance_default(artifact, train, test, args.seed)))
+    for method, s, extra in scored:
         rows.append(
             {
                 "start": name,
@@ -144,6 +179,7 @@ def bench(
                 "method": method,
                 "macro_f1": round(s.macro_f1, 3),
                 "per_label": {k: round(v, 2) for k, v in s.per_label_f1.items()},
+                **extra,
             }
         )
     if args.real:
@@ -221,7 +257,7 @@ def main() -> None:
     rows = []
     for path in args.model:
         artifact = load_artifact(path)
-        rows += bench(path.name, artifact.build_model(), artifact.card.thresholds, args)
+        rows += bench(path.name, artifact.build_model(), artifact.card.thresholds, args, path)
     if args.scratch:
         scratch = build_model(model_config(args.scratch_preset), seed=args.seed)
         rows += bench("scratch", scratch, None, args)

@@ -58,6 +58,14 @@ def fleet_desired(home: HubHome, config: HubConfig, registry: Registry) -> dict[
     return desired_states(load_policy(home.policy), catalog(home, config), devices)
 
 
+def desired_payloads(
+    home: HubHome, config: HubConfig, registry: Registry
+) -> dict[str, tuple[DesiredState, str]]:
+    """Every active device's desired state and the JSON the hub publishes for it."""
+    desired = fleet_desired(home, config, registry)
+    return {d: (s, s.model_dump_json(exclude_none=True)) for d, s in desired.items()}
+
+
 class RolloutService(TaskGroupService):
     name = "rollout"
 
@@ -109,13 +117,15 @@ class RolloutService(TaskGroupService):
             self._sent.clear()
             self._session = self.hub.sessions
         try:
-            desired = fleet_desired(self.home, self.config, self.registry)
+            # Off the loop: at 10,000 devices a tick is ~190 ms of CPU (the whole registry
+            # read, a desired state and its JSON per device), which held up the hub's ingest.
+            desired = await asyncio.to_thread(desired_payloads, self.home, self.config,
+                                              self.registry)
         except SpokeError as exc:
             log.error("cannot compute desired state", extra={"error": str(exc)})
             return {}
         changed = {}
-        for device, state in desired.items():
-            payload = state.model_dump_json(exclude_none=True)
+        for device, (state, payload) in desired.items():
             if self._sent.get(device) == payload:
                 continue
             await self.hub.publish(topics.desired(device), payload, retain=True)

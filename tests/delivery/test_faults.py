@@ -3,19 +3,18 @@
 import asyncio
 import contextlib
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from daemon.delivery.manager import LoadedModel
 from daemon.delivery.service import prepare_model
 from tests.delivery.conftest import FAST, Harness
 from tests.delivery.simulator import SimulatedRepository
+from tests.support.tmpfs import tmpfs
 
 
 async def test_hub_unreachable_mid_download_resumes_later(
@@ -38,14 +37,6 @@ async def test_hub_unreachable_mid_download_resumes_later(
     assert offsets == [0, half]  # the second attempt asked only for the rest
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    return proc.returncode == 0
-
-
 async def test_disk_full_during_download_leaves_the_active_model(
     harness: Harness, artifacts: dict[str, Path]
 ):
@@ -53,17 +44,13 @@ async def test_disk_full_during_download_leaves_the_active_model(
     sim = harness.sim
     row = sim.publish(artifacts["1.1.0"])
     downloads = harness.service.store.downloads
-    if not _mount_tmpfs(downloads, "64k"):
-        pytest.skip("needs root (mount -t tmpfs) to fill a real filesystem")
-    try:
+    with tmpfs(downloads, "64k"):
         assert int(row["length"]) > 64 * 1024
         await harness.desire("1.1.0")
         await harness.settle()
         assert harness.last("model_interrupted")["code"] == "disk-full"
         assert harness.active() == "1.0.0"
         assert list(downloads.iterdir()) == []  # the partial file was removed to free space
-    finally:
-        subprocess.run(["umount", str(downloads)], check=True)
 
 
 async def test_model_whose_smoke_test_fails_is_refused(

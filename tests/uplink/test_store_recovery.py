@@ -6,9 +6,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from daemon.uplink.store import NewImage, ResultStore
+from tests.support.tmpfs import tmpfs
 from tests.uplink.conftest import Uplink, image_bytes
 
 
@@ -39,13 +38,6 @@ def test_an_image_file_without_a_row_is_removed_when_the_store_opens(tmp_path: P
     assert ResultStore(tmp_path).orphans_removed == 0
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True)
-    return proc.returncode == 0
-
-
 async def test_a_full_data_partition_refuses_with_507_and_loses_nothing(
     make_uplink: Any, tmp_path: Path
 ) -> None:
@@ -54,9 +46,7 @@ async def test_a_full_data_partition_refuses_with_507_and_loses_nothing(
     wait instead of stopping the worker; once the partition grows, every one is processed and
     new images are taken again."""
     root = tmp_path / "uplink"
-    if not _mount_tmpfs(root, "256k"):
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    with tmpfs(root, "256k"):
         uplink: Uplink = await make_uplink(root=root)
         accepted, refusal = [], None
         for seed in range(200):
@@ -76,5 +66,3 @@ async def test_a_full_data_partition_refuses_with_507_and_loses_nothing(
         on_disk = {p.name for p in (root / "images").glob("*/*")}
         rows, _ = await uplink.service.query("page", limit=500)
         assert on_disk == {r["id"] for r in rows}
-    finally:
-        subprocess.run(["umount", "-l", str(root)], capture_output=True)

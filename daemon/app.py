@@ -141,7 +141,7 @@ class Daemon:
         except ValueError as exc:
             log.warning("ignored a malformed event acknowledgement", extra={"error": str(exc)})
             return
-        self.outbox.ack(ack.ids)
+        await self.outbox.ack(ack.ids)
 
     # --- remote commands ------------------------------------------------------------------
 

@@ -370,8 +370,11 @@ class UplinkService(TaskGroupService):
             thumb = None
             if self.config.export == "thumbnail":
                 thumb = await self._cpu_run(_thumbnail, image)
-            self.outbox.put(EVENT_KIND, summary(row, result.labels, result.probs, model, thumb),
-                            event_id=event_id(image_id, model))
+            # On disk before the image is marked done: a crash between the two repeats the
+            # image, and so the event under the same id, rather than losing the event.
+            await self.outbox.add(EVENT_KIND,
+                                  summary(row, result.labels, result.probs, model, thumb),
+                                  event_id=event_id(image_id, model))
         await self.db(self.store.mark_done, image_id, {
             "labels": result.labels, "probs": result.probs, "tiles": tiles,
             "timings": result.timings})

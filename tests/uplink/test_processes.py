@@ -34,6 +34,7 @@ def request(
     token: str | None = None,
     data: bytes | None = None,
     content_type: str = "image/png",
+    timeout: float = 10,
 ) -> tuple[int, Any]:
     headers = {"Content-Type": content_type} if data is not None else {}
     if token:
@@ -45,7 +46,7 @@ def request(
         method="POST" if data is not None else "GET",
     )
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")

@@ -12,13 +12,13 @@ from PIL import Image, ImageDraw
 
 from models.artifact import load_artifact
 from models.backends import create_backend
-from models.finetune.job import JobSpec, load_samples, predict_served, run_job
+from models.finetune.job import load_samples, predict_served, run_job
 from models.finetune.probe import fit_probe
 from models.finetune.served import MAX_TILES, Tiles, peak, sample_tiles
 from models.images import decode_image
 from models.pipeline import Pipeline
 from tests.finetune.conftest import make_parent
-from tests.finetune.test_probe import LABELS
+from tests.finetune.test_probe import spec_for
 
 
 def photo_set(root: Path, per_class: int = 24, size: int = 64, seed: int = 0
@@ -45,13 +45,6 @@ def photo_set(root: Path, per_class: int = 24, size: int = 64, seed: int = 0
         image.save(path)
         samples.append((str(path), ("crack",) if cracked else ("background",)))
     return samples
-
-
-def spec_for(parent: Path, samples: list[tuple[str, tuple[str, ...]]], out: Path,
-             **kw: object) -> JobSpec:
-    return JobSpec(parent=str(parent), samples=tuple(samples), labels=LABELS, out=str(out),
-                   name="crack-vit", version="1.0.1", margin=0.0, max_label_drop=1.0,
-                   **kw)  # type: ignore[arg-type]
 
 
 def pipeline_of(artifact_dir: Path) -> Pipeline:

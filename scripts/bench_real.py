@@ -11,10 +11,12 @@ scratch (random weights) -- runs exactly what a site engineer runs:
 
 (and the foundation model again with the site adaptation, ``spoke finetune start --adapt
 STEPS --wait`` for ``--adapt-steps``; 0 leaves that row out), then scores the model the
-appliance serves afterwards (the candidate if the gate promotes it, else the parent) on the
-held-out photos through the serving pipeline (tiles, ONNX Runtime, ``models.decide``). A
-ridge classifier on 32x32 pixels, trained on the same photos, is the same-run baseline.
-Balanced accuracy of the defect label; the seed is printed.
+appliance serves afterwards (the candidate if the gate promotes it, else the parent), and the
+candidate itself, on the held-out photos through the serving pipeline (tiles, ONNX Runtime,
+``models.decide``). A ridge classifier on 32x32 pixels, trained on the same photos, is the
+same-run baseline. Balanced accuracy of the defect label; the seed is printed. To choose
+between methods without touching the test photos, score a validation split: ``--skip N``
+with N the test run's ``--held-out`` leaves those photos out.
 
     .venv/bin/python -m scripts.bench_real DIR --map healthy=background \\
         --map salt_damage=efflorescence [--parent ARTIFACT] [--json OUT]
@@ -62,14 +64,18 @@ def link_set(items: list[tuple[Path, str]], out: Path) -> None:
 
 
 def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path,
-                       options: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any], float]:
-    """(the artifact the appliance serves afterwards, the job, job seconds end to end)."""
+                       options: tuple[str, ...] = ()
+                       ) -> tuple[Path, Path | None, dict[str, Any], float]:
+    """(the artifact the appliance serves afterwards, the candidate, the job, job seconds end
+    to end). The daemon runs with ``allow_manual_promotion`` so that a candidate the gate
+    refuses is still written and can be scored beside what is served."""
     state = work / "state"
     log = (work / "daemon.log").open("wb")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "daemon", "run", "--standalone", "--model", str(parent),
          "--state-dir", str(state), "--listen", f"127.0.0.1:{free_port()}"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        env=os.environ | {"SPOKE_FINETUNE__ALLOW_MANUAL_PROMOTION": "true"})
     try:
         deadline = time.monotonic() + 300
         while not (state / "finetune" / "active-model.json").exists():
@@ -90,8 +96,9 @@ def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path
     # A standalone daemon keeps a promoted candidate in the job (it has no model store to
     # activate it in); an enrolled one would serve it now.
     promoted = bool((result.get("comparison") or {}).get("promote"))
-    served = Path(result["candidate"]) if promoted and result.get("candidate") else parent
-    return served, job, seconds
+    candidate = Path(result["candidate"]) if result.get("candidate") else None
+    served = candidate if promoted and candidate else parent
+    return served, candidate, job, seconds
 
 
 def served_accuracy(artifact_dir: Path, rest: list[tuple[Path, str]], positive: str
@@ -152,6 +159,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out", type=int, metavar="N",
                         help="score only the first N held-out photos of each class (a quick look)")
+    parser.add_argument("--skip", type=int, default=0, metavar="N",
+                        help="leave out the first N held-out photos of each class: with N the "
+                             "test run's --held-out, the photos scored are a validation split "
+                             "(neither trained on nor tested), for choosing a method")
     parser.add_argument("--adapt-steps", type=int, default=150, metavar="N",
                         help="the site-adaptation row's steps (0: no such row)")
     parser.add_argument("--json", type=Path)
@@ -163,9 +174,10 @@ def main() -> None:
     mapping = parse_map(args.map)
     found = read_folders(args.directory, mapping)
     train, rest = split_per_class(found, args.per_class, args.seed)
-    if args.held_out:
+    if args.held_out or args.skip:
+        end = None if args.held_out is None else args.skip + args.held_out
         rest = type(rest)(tuple(item for label in rest.labels for item in
-                                [i for i in rest.items if i[1] == label][: args.held_out]),
+                                [i for i in rest.items if i[1] == label][args.skip : end]),
                           rest.labels)
     defects = [lab for lab in found.labels if lab != "background"]
     if len(defects) != 1 or "background" not in found.labels:
@@ -188,8 +200,8 @@ def main() -> None:
         for name, parent, options in runs:
             work = root / name.replace(", ", "-").replace(" ", "-")
             work.mkdir()
-            served, job, seconds = appliance_finetune(parent, root / "train", args.map, work,
-                                                      options)
+            served, candidate, job, seconds = appliance_finetune(
+                parent, root / "train", args.map, work, options)
             result = job.get("result") or {}
             comparison = result.get("comparison") or {}
             rows.append({
@@ -198,6 +210,8 @@ def main() -> None:
                                                                   positive), 4),
                 "balanced_accuracy": round(served_accuracy(served, list(rest.items),
                                                            positive), 4),
+                "balanced_accuracy_candidate": None if candidate is None else round(
+                    served_accuracy(candidate, list(rest.items), positive), 4),
                 "promoted": served != parent, "method": result.get("method"),
                 "details": result.get("details"), "job_seconds": round(seconds, 1),
                 "gate_reasons": comparison.get("reasons"), "status": job.get("status"),
@@ -211,16 +225,20 @@ def main() -> None:
                  "balanced_accuracy": round(ridge_on_pixels(list(train.items), list(rest.items),
                                                             positive), 4)})
     print(f"\n{args.directory.name}: {positive} vs background, {args.per_class} per class for "
-          f"training ({len(train.items)}), {len(rest.items)} held out, seed {args.seed}")
-    print(f"{'model':<26} {'balanced acc':>12} {'(parent)':>9} {'promoted':>9} {'job s':>7}")
+          f"training ({len(train.items)}), {len(rest.items)} held out (the first {args.skip} "
+          f"of each class skipped), seed {args.seed}")
+    print(f"{'model':<26} {'balanced acc':>12} {'(parent)':>9} {'(candidate)':>12} "
+          f"{'promoted':>9} {'job s':>7}")
     for r in rows:
         print(f"{r['model']:<26} {r['balanced_accuracy']:>12.3f} "
               f"{r.get('balanced_accuracy_parent', float('nan')):>9.3f} "
+              f"{r.get('balanced_accuracy_candidate') or float('nan'):>12.3f} "
               f"{r.get('promoted', '-')!s:>9} {r.get('job_seconds', float('nan')):>7}")
     if args.json:
         args.json.write_text(json.dumps({"set": str(args.directory), "seed": args.seed,
                                          "per_class": args.per_class, "positive": positive,
                                          "train": len(train.items), "held_out": len(rest.items),
+                                         "skip": args.skip,
                                          "rows": rows}, indent=2))
 
 

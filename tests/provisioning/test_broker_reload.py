@@ -33,7 +33,7 @@ async def member(fleet: HubFleet, name: str, got: list[float], stop: asyncio.Eve
     it, resumes; keeps the taken-at time of each report it is sent until ``stop``."""
     tls = hub_tls(fleet.home, fleet.home.load_config())
     client = mqtt.client("127.0.0.1", fleet.hub.mqtt_port, client_id(name), tls,
-                         session_expiry_s=3600)
+                         timeout=60, session_expiry_s=3600)
     async with client:
         if subscribed is not None:
             await client.subscribe(HEALTH, qos=1)

@@ -47,7 +47,8 @@ clean:
 # The appliance disk image (docs/IMAGE.md). Say which provisioning key it trusts:
 #   make image HUB_HOME=/path/to/hub-home        or  make image TRUST_KEY=provisioning.pub
 #   make image PROFILE=nvidia HUB_HOME=...       (the NVIDIA flavour; not built in CI)
-# `make image-test` builds the cpu image against a fresh hub and boot-tests it in QEMU.
+# `make image-test` builds the cpu image against a fresh hub and boot-tests it in QEMU, with an OS
+# update to version 2 and the rollback from a faulty version 3 (IMAGE_TEST_ARGS="--versions 1": boots only).
 .PHONY: image image-test
 PROFILE ?= cpu
 image: $(STAMP)

@@ -19,6 +19,7 @@ import numpy as np
 
 from appliance.errors import DataError
 from appliance.finetune import Skipped
+from models.data.labels import multi_hot
 from models.decide import Decision
 from models.finetune.served import Tiles
 from models.finetune.split import TooFewSamples, stratified_split
@@ -49,12 +50,10 @@ class HeldOut:
 
 def target_row(path: str, labels: Sequence[str], names: tuple[str, ...]) -> np.ndarray:
     """The multi-hot row of a sample's ``labels`` over the job's label ``names``."""
-    row = np.zeros(len(names), dtype=np.float32)
     for name in labels:
         if name not in names:
             raise DataError(f"sample {path}: label {name!r} is not in the job's label set")
-        row[names.index(name)] = 1.0
-    return row
+    return np.asarray(multi_hot(set(labels), names), dtype=np.float32)
 
 
 def is_frame(path: str, pre: Preprocessing, decision: Decision) -> bool:

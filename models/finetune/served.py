@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models.pipeline import serving_tiles
@@ -69,7 +68,6 @@ class Tiles:
 def peak(probs: np.ndarray, owner: np.ndarray, samples: int) -> np.ndarray:
     """(N, L): each sample's maximum over its tiles' (M, L) ``probs``, as the pipeline
     aggregates an image."""
-    out = torch.full((samples, probs.shape[1]), -torch.inf, dtype=torch.float64)
-    index = torch.from_numpy(owner)[:, None].expand(-1, probs.shape[1])
-    out.scatter_reduce_(0, index, torch.from_numpy(probs.astype(np.float64)), reduce="amax")
-    return out.numpy().astype(probs.dtype)
+    out = np.full((samples, probs.shape[1]), -np.inf)
+    np.maximum.at(out, owner, probs)
+    return out.astype(probs.dtype)

@@ -114,10 +114,20 @@ def _progress_line(progress: dict[str, Any]) -> str | None:
         return (f"  training: step {progress.get('step')}{of}, loss {progress.get('loss')}, "
                 f"{progress.get('elapsed_s')} s")
     if phase == "queued":
-        return (f"  queued: {progress.get('method')} on {progress.get('samples')} samples "
-                f"({progress.get('held_out')} held out) -> {progress.get('name')}@"
-                f"{progress.get('version')}")
+        return (f"  queued: {_plan_words(progress)} -> "
+                f"{progress.get('name')}@{progress.get('version')}")
     return f"  {phase}" if phase else None
+
+
+def _plan_words(plan: dict[str, Any]) -> str:
+    """What a queued job will do with the samples: a split of them, or, for a model that
+    decides per frame, tiles that train and labeled frames that calibrate or judge."""
+    method = plan.get("method")
+    if "frames" not in plan:
+        return f"{method} on {plan.get('samples')} samples ({plan.get('held_out')} held out)"
+    return (f"{method} on {plan.get('train')} tiles; {plan.get('frames')} labeled frames: "
+            f"{plan.get('calibration')} calibrate its thresholds, {plan.get('held_out')} "
+            "judge it against the current model, per frame")
 
 
 def follow(args: argparse.Namespace, job_id: str, poll_s: float = 0.5) -> int:

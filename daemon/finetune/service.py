@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.config import FinetuneSection
 from appliance.errors import DataError, SpokeError
@@ -36,7 +36,10 @@ from daemon.finetune.jobs import JOBS_CHANGED, JobConflict, JobOutcome, JobStatu
 from daemon.finetune.options import OPTION_KEYS, check_options
 from daemon.finetune.promote import Promoter
 from daemon.finetune.runner import Worker
-from daemon.finetune.samples import SampleStore, job_split
+from daemon.finetune.samples import SampleStore, job_split, label_targets
+
+if TYPE_CHECKING:
+    from models.artifact import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +185,14 @@ class FinetuneService(TaskGroupService):
             raise DataError("no active model to fine-tune yet")
         card = model.artifact.card
         rows = self.samples.rows()
-        labels, train, held = job_split(rows, card.labels, self.samples.accepted_labels(),
-                                        card.ref, self.config.held_out_fraction,
-                                        int(options.get("seed", 0)))
+        seed = int(options.get("seed", 0))
+        split: dict[str, int]
+        if card.decision.unit == "frame":
+            labels, split = self._frame_split(rows, card, seed)
+        else:
+            labels, train, held = job_split(rows, card.labels, self.samples.accepted_labels(),
+                                            card.ref, self.config.held_out_fraction, seed)
+            split = {"train": len(train), "held_out": len(held)}
         taken: list[str] = []
         if self.models is not None:
             taken = [str(m.get("version")) for m in self.models.store.entries()]
@@ -192,14 +200,27 @@ class FinetuneService(TaskGroupService):
 
         method = options["method"]
         if method == "auto":
-            method = default_method(len(train), gpu=bool(_gpus()))
+            method = default_method(split["train"], gpu=bool(_gpus()))
         return {
             "parent": card.ref, "parent_path": str(model.artifact.root),
             "name": card.name, "version": next_version(card.version, taken),
-            "labels": labels, "method": method, "samples": len(rows),
-            "train": len(train), "held_out": len(held),
+            "labels": labels, "method": method, "samples": len(rows), **split,
             "sample_list": [[str(self.samples.path(r)), r["labels"]] for r in rows],
         }
+
+    def _frame_split(self, rows: list[dict[str, Any]], card: ModelCard, seed: int
+                     ) -> tuple[list[str], dict[str, int]]:
+        """A parent that decides per frame: the tiles train, the labeled frames calibrate
+        the candidate or are judged (``models.finetune.heldout.plan_frames``)."""
+        from models.finetune.heldout import plan_frames
+
+        assert self.samples is not None
+        labels, targets = label_targets(rows, card.labels, self.samples.accepted_labels(),
+                                        card.ref)
+        plan = plan_frames([(r["width"], r["height"]) for r in rows], targets, labels,
+                           card.preprocessing, card.decision, seed)
+        return labels, {"train": plan.tiles, "held_out": plan.judged, "frames": plan.frames,
+                        "calibration": plan.calibration}
 
     async def start_job(self, raw: dict[str, Any], source: str = "api") -> dict[str, Any]:
         """Validate, plan and queue a job; raises ``DataError`` (``JobConflict`` if busy)."""

@@ -56,6 +56,18 @@ def target_row(path: str, labels: Sequence[str], names: tuple[str, ...]) -> np.n
     return np.asarray(multi_hot(set(labels), names), dtype=np.float32)
 
 
+def needs_frames(decision: Decision) -> DataError:
+    """The refusal of a job whose parent decides per frame but has no labeled frame."""
+    return DataError(
+        f"the current model decides {decision}: label whole frames of the site too "
+        "(at least 8), so the candidate is calibrated and judged on frames")
+
+
+def spans_tiles(width: int, height: int, pre: Preprocessing, decision: Decision) -> bool:
+    """Whether the uplink cuts an image of this size into more than one tile."""
+    return max(width, height) > pre.input_size * decision.downscale
+
+
 def is_frame(path: str, pre: Preprocessing, decision: Decision) -> bool:
     """Whether the uplink would cut the image at ``path`` into more than one tile (an
     unreadable file is not: the sample loader skips it with the decoder's reason)."""
@@ -66,7 +78,7 @@ def is_frame(path: str, pre: Preprocessing, decision: Decision) -> bool:
             width, height = image.size
     except (OSError, ValueError):
         return False
-    return max(width, height) > pre.input_size * decision.downscale
+    return spans_tiles(width, height, pre, decision)
 
 
 def load_frames(samples: Sequence[tuple[str, tuple[str, ...]]], names: tuple[str, ...],
@@ -90,14 +102,46 @@ def load_frames(samples: Sequence[tuple[str, tuple[str, ...]]], names: tuple[str
     return HeldOut(Tiles.of(tiles), np.stack(targets)), skipped
 
 
-def split_frames(frames: HeldOut, names: tuple[str, ...], seed: int
-                 ) -> tuple[HeldOut, HeldOut]:
-    """(calibration, gate) halves of the labeled frames, stratified like the samples' split."""
+def frame_split(targets: np.ndarray, names: Sequence[str], seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, gate) indices of labeled frames with (N, L) ``targets``, stratified like
+    the samples' split."""
     try:
-        cal, gate = stratified_split(frames.targets, names, GATE_SHARE, seed)
+        return stratified_split(targets, tuple(names), GATE_SHARE, seed)
     except TooFewSamples as exc:
         raise TooFewSamples(f"labeled frames: {exc}") from exc
+
+
+def split_frames(frames: HeldOut, names: tuple[str, ...], seed: int
+                 ) -> tuple[HeldOut, HeldOut]:
+    """(calibration, gate) halves of the labeled frames (``frame_split``)."""
+    cal, gate = frame_split(frames.targets, names, seed)
     return frames.select(cal), frames.select(gate)
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """What a job for a parent that decides per frame will do with the samples, known before
+    it is queued: the tiles train; of the labeled frames (the first ``MAX_FRAMES``), some
+    calibrate the candidate's thresholds and the rest are the gate's held-out set."""
+
+    tiles: int
+    frames: int
+    calibration: int
+    judged: int
+
+
+def plan_frames(sizes: Sequence[tuple[int, int]], targets: np.ndarray, names: Sequence[str],
+                pre: Preprocessing, decision: Decision, seed: int) -> FramePlan:
+    """The ``FramePlan`` of samples of (width, height) ``sizes`` and (N, L) ``targets``, split
+    as ``prepare_job`` splits them; raises ``DataError`` without labeled frames and
+    ``TooFewSamples`` when they cannot be split."""
+    frames = [i for i, (w, h) in enumerate(sizes) if spans_tiles(w, h, pre, decision)]
+    if not frames:
+        raise needs_frames(decision)
+    used = frames[:MAX_FRAMES]
+    cal, judged = frame_split(targets[used], names, seed)
+    return FramePlan(len(sizes) - len(frames), len(used), len(cal), len(judged))
 
 
 def frame_calibrated(probs: np.ndarray, targets: np.ndarray, names: tuple[str, ...],

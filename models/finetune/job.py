@@ -42,6 +42,7 @@ from models.finetune.heldout import (
     frame_calibrated,
     is_frame,
     load_frames,
+    needs_frames,
     split_frames,
     target_row,
 )
@@ -288,9 +289,7 @@ def prepare_job(spec: JobSpec, report: Report) -> Prepared:
     if decision.unit == "frame":
         frames = tuple(s for s in spec.samples if is_frame(s[0], pre, decision))
         if not frames:
-            raise DataError(
-                f"the current model decides {decision}: label whole frames of the site too "
-                "(at least 8), so the candidate is calibrated and judged on frames")
+            raise needs_frames(decision)
         data = load_samples(replace(spec, samples=tuple(
             s for s in spec.samples if s not in frames)), pre)
         labeled, skipped = load_frames(frames, spec.labels, pre, decision, load_pixels)

@@ -52,11 +52,25 @@ def check_claim(request: EnrollRequest, claim: Claim | None, now: float) -> Clai
         raise Refusal("unknown-claim", f"claim {request.claim_id!r} is not known to this hub")
     if not hmac.compare_digest(claim.token_sha256, token_hash(request.claim_token)):
         raise Refusal("bad-claim-token", "the claim token does not match")
+    check_open(claim, now)
+    return claim
+
+
+def check_open(claim: Claim, now: float) -> None:
+    """A claim enrolls only until it is revoked or expires."""
     if claim.revoked_at is not None:
         raise Refusal("claim-revoked", f"claim {claim.id} was revoked; ask for a new bundle")
     if now >= claim.expires_at:
         raise Refusal("claim-expired", f"claim {claim.id} has expired; ask for a new bundle")
-    return claim
+
+
+def check_room(claim: Claim) -> None:
+    """A new device takes one of the claim's ``max_uses``; a device enrolling again, none."""
+    if claim.uses >= claim.max_uses:
+        raise Refusal(
+            "claim-exhausted",
+            f"claim {claim.id} has enrolled its maximum of {claim.max_uses} devices",
+        )
 
 
 def read_csr(pem: str) -> tuple[str, x509.CertificateSigningRequest, dict[str, Any]]:
@@ -122,11 +136,7 @@ def decide(
         if existing.claim_id != claim.id and known_key != csr_key_sha256(csr):
             raise Refusal("name-mismatch", f"device {device_id} was enrolled by another claim")
         return Grant(device_id, claim, csr, facts, reenrollment=True)
-    if claim.uses >= claim.max_uses:
-        raise Refusal(
-            "claim-exhausted",
-            f"claim {claim.id} has enrolled its maximum of {claim.max_uses} devices",
-        )
+    check_room(claim)
     return Grant(device_id, claim, csr, facts)
 
 

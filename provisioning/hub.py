@@ -218,8 +218,9 @@ class HubService(TaskGroupService):
         """Store a batch: its health reports together, every other message one by one in the
         order received. Health reports touch only their own rows (one per device and taken-at
         time) and ``last_seen``, so storing them after the others changes nothing. Enrollments
-        are answered side by side (GRANTS_AT_ONCE on PostgreSQL, whose claim row lock keeps
-        ``max_uses``; one at a time on SQLite): each is mostly waiting on the registry."""
+        are answered side by side (GRANTS_AT_ONCE on PostgreSQL, where each takes its claim's
+        use in one guarded UPDATE, Registry.enroll; one at a time on SQLite): each is mostly
+        waiting on the registry."""
         reports = []
         at_once: list[Awaitable[object]] = []
         for message in batch:

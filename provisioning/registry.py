@@ -157,6 +157,18 @@ _DEVICES = sa.select(
     .label("cert_not_after"),
 )
 _DEVICE = _DEVICES.where(devices.c.id == sa.bindparam("b_id"))
+#: A new device's use of its claim, taken only while the claim has one left and is open.
+_TAKE_USE = (
+    claims.update()
+    .where(
+        claims.c.id == sa.bindparam("b_id"),
+        claims.c.used < claims.c.max_uses,
+        claims.c.revoked_at.is_(None),
+        claims.c.expires_at > sa.bindparam("b_now"),
+    )
+    .values(used=claims.c.used + 1)
+    .returning(claims.c.used)
+)
 _TOUCH = (
     devices.update()
     .where(devices.c.id == sa.bindparam("b_id"))
@@ -222,6 +234,10 @@ class HealthReport:
     snapshot: str
 
 
+class _Changed(Exception):
+    """What an enrollment was decided on changed before it was recorded: decide again."""
+
+
 def _claim(row: RowMapping) -> Claim:
     return Claim(
         id=row["id"],
@@ -232,7 +248,7 @@ def _claim(row: RowMapping) -> Claim:
         max_uses=row["max_uses"],
         cert_serial=int(row["cert_serial"]),
         revoked_at=row["revoked_at"],
-        uses=row["uses"],
+        uses=row["used"],
     )
 
 
@@ -331,20 +347,10 @@ class Registry:
             return self._read_claims(conn, where)
 
     @staticmethod
-    def _read_claims(conn: Connection, where: Any = None, lock: bool = False) -> list[Claim]:
-        uses = (
-            sa.select(sa.func.count())
-            .where(devices.c.claim_id == claims.c.id)
-            .scalar_subquery()
-            .label("uses")
-        )
-        query = sa.select(claims, uses).order_by(claims.c.created_at)
+    def _read_claims(conn: Connection, where: Any = None) -> list[Claim]:
+        query = claims.select().order_by(claims.c.created_at)
         if where is not None:
             query = query.where(where)
-        if lock:
-            # Locked first, counted after: a statement that waited for the lock counts with
-            # the snapshot it started with (READ COMMITTED), missing what the holder added.
-            conn.execute(sa.select(claims.c.id).where(where).with_for_update())
         return [_claim(r) for r in conn.execute(query).mappings()]
 
     def claim(self, claim_id: str) -> Claim | None:
@@ -378,11 +384,17 @@ class Registry:
         facts: dict[str, Any],
         cert_serial: int,
     ) -> None:
-        """Record an enrollment; a repeated one (same key, so same id) re-issues in place."""
+        """Record an enrollment without deciding it (the claim's rules are not checked); a
+        repeated one (same key, so same id) re-issues in place and takes no use."""
         with self._tx() as conn:
-            self._add_device(conn, device_id, claim_id, labels, facts, cert_serial)
+            if self._insert_device(conn, device_id, claim_id, labels, facts, cert_serial):
+                conn.execute(
+                    claims.update().where(claims.c.id == claim_id).values(used=claims.c.used + 1)
+                )
+            else:
+                self._reissue(conn, device_id, facts, cert_serial, only_unrevoked=False)
 
-    def _add_device(
+    def _insert_device(
         self,
         conn: Connection,
         device_id: str,
@@ -390,7 +402,9 @@ class Registry:
         labels: dict[str, str],
         facts: dict[str, Any],
         cert_serial: int,
-    ) -> None:
+    ) -> bool:
+        """Insert a new device; False when one of that id is there (a racing enrollment's,
+        once that commits: PostgreSQL waits for it)."""
         insert = self._insert(devices).values(
             id=device_id,
             claim_id=claim_id,
@@ -399,12 +413,24 @@ class Registry:
             cert_serial=str(cert_serial),
             enrolled_at=time.time(),
         )
-        conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=[devices.c.id],
-                set_={"facts": insert.excluded.facts, "cert_serial": insert.excluded.cert_serial},
-            )
-        )
+        inserted = conn.execute(
+            insert.on_conflict_do_nothing(index_elements=[devices.c.id]).returning(devices.c.id)
+        ).first()
+        return inserted is not None
+
+    @staticmethod
+    def _reissue(
+        conn: Connection, device_id: str, facts: dict[str, Any], cert_serial: int,
+        only_unrevoked: bool = True,
+    ) -> bool:
+        update = devices.update().where(devices.c.id == device_id)
+        if only_unrevoked:
+            update = update.where(devices.c.revoked_at.is_(None))
+        done = conn.execute(
+            update.values(facts=json.dumps(facts), cert_serial=str(cert_serial))
+            .returning(devices.c.id)
+        ).first()
+        return done is not None
 
     def enroll(
         self,
@@ -413,23 +439,50 @@ class Registry:
         grant: Callable[[EnrollmentRecords], tuple[Enrolled, T]],
     ) -> T:
         """Decide an enrollment and record it in one transaction: ``grant`` gets the records
-        it is decided on, refuses (raising) or issues, and says what to write. The claim's row
-        stays locked meanwhile (PostgreSQL), so enrollments at once, in threads or in several
-        hub processes, cannot take a claim past its ``max_uses``. (SQLite's hub is one
-        process, and enrolls one at a time.)"""
-        with self._tx() as conn:
-            found = self._read_claims(conn, claims.c.id == claim_id, lock=True)
-            existing = self._read_device(conn, device_id) if device_id else None
-            held = self._read_cert(conn, existing.cert_serial) if existing else None
-            enrolled, result = grant((found[0] if found else None, existing, held))
-            self._add_device(
+        it is decided on (read without locks), refuses (raising) or issues, and says what to
+        write.
+
+        Nothing is held while it decides. A new device takes its claim's use in the
+        transaction's last statement, ``UPDATE claims SET used = used + 1 WHERE used <
+        max_uses AND`` not revoked or expired, so the claim's row is locked only from there
+        to the commit, and enrollments at once (threads, hub processes) never take a claim
+        past ``max_uses``. When the rows it was decided on changed meanwhile (that statement
+        matched nothing, the device was enrolled by a racing request, or revoked), the
+        transaction is rolled back and the enrollment decided again on what is committed now:
+        refused then with the reason, or (a racing request of the same device) granted again
+        without a use. Each retry follows another transaction's commit, so it ends."""
+        while True:
+            try:
+                with self._tx() as conn:
+                    found = self._read_claims(conn, claims.c.id == claim_id)
+                    existing = self._read_device(conn, device_id) if device_id else None
+                    held = self._read_cert(conn, existing.cert_serial) if existing else None
+                    enrolled, result = grant((found[0] if found else None, existing, held))
+                    self._record(conn, enrolled, new=existing is None)
+                return result
+            except _Changed:
+                continue
+
+    def _record(self, conn: Connection, enrolled: Enrolled, new: bool) -> None:
+        """Write a granted enrollment; raises _Changed when what it was decided on changed."""
+        if new:
+            recorded = self._insert_device(
                 conn, enrolled.device_id, enrolled.claim_id, enrolled.labels, enrolled.facts,
                 enrolled.serial,
             )
-            self._add_cert(
-                conn, enrolled.device_id, enrolled.serial, enrolled.key_sha256, enrolled.not_after
-            )
-        return result
+        else:
+            recorded = self._reissue(conn, enrolled.device_id, enrolled.facts, enrolled.serial)
+        if not recorded:
+            raise _Changed
+        self._insert_cert(
+            conn, enrolled.device_id, enrolled.serial, enrolled.key_sha256, enrolled.not_after
+        )
+        if new:
+            taken = conn.execute(
+                _TAKE_USE, {"b_id": enrolled.claim_id, "b_now": time.time()}
+            ).first()
+            if taken is None:
+                raise _Changed
 
     def device(self, device_id: str) -> Device | None:
         with self._tx() as conn:
@@ -453,10 +506,13 @@ class Registry:
     def add_cert(self, device_id: str, serial: int, key_sha256: str, not_after: float) -> None:
         """Record a certificate just issued and make it the device's current one."""
         with self._tx() as conn:
-            self._add_cert(conn, device_id, serial, key_sha256, not_after)
+            self._insert_cert(conn, device_id, serial, key_sha256, not_after)
+            conn.execute(
+                devices.update().where(devices.c.id == device_id).values(cert_serial=str(serial))
+            )
 
     @staticmethod
-    def _add_cert(
+    def _insert_cert(
         conn: Connection, device_id: str, serial: int, key_sha256: str, not_after: float
     ) -> None:
         conn.execute(
@@ -467,9 +523,6 @@ class Registry:
                 not_after=not_after,
                 issued_at=time.time(),
             )
-        )
-        conn.execute(
-            devices.update().where(devices.c.id == device_id).values(cert_serial=str(serial))
         )
 
     def device_cert(self, serial: int) -> DeviceCert | None:

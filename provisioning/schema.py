@@ -34,6 +34,9 @@ claims = sa.Table(
     sa.Column("max_uses", sa.Integer, nullable=False),
     sa.Column("cert_serial", sa.Text, nullable=False),
     sa.Column("revoked_at", sa.Float),
+    # Devices enrolled with the claim: taken one at a time by an enrollment's last statement,
+    # never past max_uses (provisioning.registry.Registry.enroll).
+    sa.Column("used", sa.Integer, nullable=False, server_default="0"),
 )
 devices = sa.Table(
     "devices",
@@ -156,10 +159,24 @@ def _hub_processes(conn: Connection) -> None:
     hub_processes.create(conn, checkfirst=True)
 
 
+def _claim_uses(conn: Connection) -> None:
+    """A claim's uses, counted from its devices once and kept in its row from then on."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("claims")}
+    if "used" not in columns:
+        conn.execute(sa.text("ALTER TABLE claims ADD COLUMN used INTEGER NOT NULL DEFAULT 0"))
+    count = (
+        sa.select(sa.func.count())
+        .where(devices.c.claim_id == claims.c.id)
+        .scalar_subquery()
+    )
+    conn.execute(claims.update().values(used=count))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _baseline,
     _from_first_sqlite_schema,
     _hub_processes,
+    _claim_uses,
 ]
 
 

@@ -233,7 +233,7 @@ TOKEN = "bench-claim-token-0123456789"
 
 def fill(registry: Any, start: int, end: int) -> None:
     """Enrolled devices as rows, in one transaction (setting the scene, not measured)."""
-    from provisioning.schema import devices
+    from provisioning.schema import claims, devices
 
     rows = [
         {"id": f"filler-{i:06d}", "claim_id": "bench", "labels": '{"site": "bench"}',
@@ -243,6 +243,8 @@ def fill(registry: Any, start: int, end: int) -> None:
     if rows:
         with registry.engine.begin() as conn:
             conn.execute(devices.insert(), rows)
+            conn.execute(claims.update().where(claims.c.id == "bench")
+                         .values(used=claims.c.used + len(rows)))
 
 
 def enrollment_cost(urls: tuple[str, str], sizes: tuple[int, int], samples: int) -> dict[str, Any]:

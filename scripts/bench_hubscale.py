@@ -10,7 +10,7 @@ devices get their certificates from the hub's CA directly, so setting up 10,000 
 not take 10,000 enrollments.
 
     python -m scripts.bench_hubscale [--processes 3] [--devices 2000] [--interval 30]
-        [--duration 90] [--enroll 300] [--enrolled 10000] [--json] [--keep DIR]
+        [--duration 90] [--enroll 300] [--enrolled 10000] [--enroll-only] [--json] [--keep DIR]
 
 - enrollments per minute: ``--enroll`` devices enroll, 32 at a time;
 - ingest: ``--devices`` devices each report every ``--interval`` s (spread evenly) for
@@ -26,6 +26,8 @@ not take 10,000 enrollments.
   simulated devices), also per report sent: what the machine spent where;
 - enrollment cost: the hub's enrollment path timed in a registry of 10 devices and one of
   ``--enrolled`` (scripts.bench_fleet.enrollment_cost), on PostgreSQL.
+
+``--enroll-only`` measures the enrollment rates and cost and skips the ingest parts.
 """
 
 import argparse
@@ -230,17 +232,20 @@ async def run_fleet(
     try:
         first = fleet.start_hub("hub-0")
         wait_for(lambda: LEADS in first.output(), 60, "hub-0 to lead")
-        print(f"setting up {args.devices} devices", file=sys.stderr, flush=True)
-        devices = fleet.enrolled_devices(args.devices)
         one: dict[str, Any] = {"processes": 1}
         one["enrollments"] = await enrollment_rate(fleet, root, pg_datadir, args.enroll)
-        print("ingest, 1 process", file=sys.stderr, flush=True)
-        one["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
+        if not args.enroll_only:
+            print(f"setting up {args.devices} devices", file=sys.stderr, flush=True)
+            devices = fleet.enrolled_devices(args.devices)
+            print("ingest, 1 process", file=sys.stderr, flush=True)
+            one["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
         for i in range(1, args.processes):
             fleet.start_hub(f"hub-{i}")
         await asyncio.sleep(10)  # past the new processes' start-up work
         several: dict[str, Any] = {"processes": len(fleet.hubs)}
         several["enrollments"] = await enrollment_rate(fleet, root, pg_datadir, args.enroll)
+        if args.enroll_only:
+            return {"one": one, "several": several}
         print(f"ingest, {len(fleet.hubs)} processes", file=sys.stderr, flush=True)
         several["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
         print("ingest, the leading process killed halfway", file=sys.stderr, flush=True)
@@ -267,8 +272,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     one, several = results["one"], results["several"]
     rates = one["enrollments"]["per_minute"], several["enrollments"]["per_minute"]
     results["enrollment_ratio"] = rates[1] / rates[0]
-    p99 = one["ingest"]["lag_p99_s"], several["ingest"]["lag_p99_s"]
-    results["ingest_p99_ratio"] = p99[1] / p99[0] if p99[0] and p99[1] else None
+    if "ingest" in one:
+        p99 = one["ingest"]["lag_p99_s"], several["ingest"]["lag_p99_s"]
+        results["ingest_p99_ratio"] = p99[1] / p99[0] if p99[0] and p99[1] else None
     return results
 
 
@@ -282,6 +288,8 @@ def main() -> None:
     parser.add_argument("--enroll", type=int, default=200, help="devices enrolling, per part")
     parser.add_argument("--enrolled", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200, help="enrollments timed per fleet")
+    parser.add_argument("--enroll-only", action="store_true",
+                        help="only the enrollment rates and cost, no ingest")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", type=Path, help="keep the fleet's logs under this new folder")
     args = parser.parse_args()

@@ -1,18 +1,24 @@
 """Enrollments are granted side by side on PostgreSQL (provisioning.hub.GRANTS_AT_ONCE), each
-decided and recorded in one transaction with its claim's row locked (Registry.enroll): a claim
-is never used past its ``max_uses``, whether the enrollments race in one hub process or in
-several, and a refused or failed grant writes nothing."""
+decided on rows read without locks and recorded in one transaction whose last statement takes
+the claim's use (Registry.enroll): a claim is never used past its ``max_uses``, whether the
+enrollments race in one hub process or in several; a claim revoked or expired while an
+enrollment is decided refuses it; a device whose two requests race takes one use; and a refused
+or failed grant writes nothing. The races are played out deterministically too: another
+registry (as another hub process) acts while ``grant`` runs, between the reads and the writes."""
 
 import asyncio
 import os
 import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from provisioning.enrollment import Refusal
+from provisioning.enrollment import Refusal, check_open, check_room
 from provisioning.registry import Enrolled, EnrollmentRecords, Registry, open_registry
+from provisioning.schema import claims
 from scripts.bench_fleet import SimulatedDevice, claim_creds
 from tests.support import postgres
 from tests.support.fleet import free_port, wait_for
@@ -20,13 +26,109 @@ from tests.support.hubfleet import LEADS, HubFleet
 
 
 def one_use_each(records: EnrollmentRecords, device_id: str) -> tuple[Enrolled, str]:
-    """The claim rule of provisioning.enrollment.decide: a new device takes one use."""
+    """The rules of provisioning.enrollment.decide about rows: an open claim, a device not
+    revoked, and a new device takes one use."""
     claim, existing, _ = records
     assert claim is not None
-    if existing is None and claim.uses >= claim.max_uses:
-        raise Refusal("claim-exhausted", "used up")
+    check_open(claim, time.time())
+    if existing is None:
+        check_room(claim)
+    elif existing.revoked_at is not None:
+        raise Refusal("device-revoked", f"device {device_id} has been revoked")
     return Enrolled(device_id, claim.id, claim.labels, {}, int(uuid.uuid4()) >> 64,
                     "k" * 64, 2e9), device_id
+
+
+@pytest.fixture
+def two_registries(registry_url: str) -> Iterator[tuple[Registry, Registry]]:
+    """Two registries on one database (two engines: as two hub processes), with a claim
+    ``site-a`` good for one device."""
+    first, second = Registry(registry_url), Registry(registry_url)
+    first.add_claim("site-a", "secret", {}, 2e9, 1, 1)
+    yield first, second
+    first.close()
+    second.close()
+
+
+def meanwhile(
+    action: Callable[[], object], device_id: str
+) -> Callable[[EnrollmentRecords], tuple[Enrolled, str]]:
+    """A grant that runs ``action`` once, after the enrollment's reads and before its writes
+    (what another hub process may do in that moment), and then decides as ``one_use_each``."""
+    calls: list[EnrollmentRecords] = []
+
+    def grant(records: EnrollmentRecords) -> tuple[Enrolled, str]:
+        if not calls:
+            action()
+        calls.append(records)
+        return one_use_each(records, device_id)
+
+    return grant
+
+
+def test_an_enrollment_that_loses_the_claims_last_use_to_another_is_refused(
+    two_registries: tuple[Registry, Registry],
+) -> None:
+    first, second = two_registries
+    other = lambda: second.enroll("site-a", "dev-b", lambda r: one_use_each(r, "dev-b"))  # noqa: E731
+    with pytest.raises(Refusal) as refused:
+        first.enroll("site-a", "dev-a", meanwhile(other, "dev-a"))
+    assert refused.value.code == "claim-exhausted"
+    assert [d.id for d in first.devices()] == ["dev-b"]
+    claim = first.claim("site-a")
+    assert claim is not None and claim.uses == 1
+
+
+def test_a_claim_revoked_while_an_enrollment_is_decided_refuses_it(
+    two_registries: tuple[Registry, Registry],
+) -> None:
+    first, second = two_registries
+    with pytest.raises(Refusal) as refused:
+        first.enroll("site-a", "dev-a", meanwhile(lambda: second.revoke_claim("site-a"), "dev-a"))
+    assert refused.value.code == "claim-revoked"
+    assert first.devices() == []
+    claim = first.claim("site-a")
+    assert claim is not None and claim.uses == 0
+
+
+def test_a_claim_that_expires_while_an_enrollment_is_decided_refuses_it(
+    two_registries: tuple[Registry, Registry],
+) -> None:
+    first, second = two_registries
+
+    def expire() -> None:
+        with second.engine.begin() as conn:
+            conn.execute(claims.update().values(expires_at=time.time() - 1))
+
+    with pytest.raises(Refusal) as refused:
+        first.enroll("site-a", "dev-a", meanwhile(expire, "dev-a"))
+    assert refused.value.code == "claim-expired"
+    assert first.devices() == []
+
+
+def test_a_device_whose_two_requests_race_takes_one_use(
+    two_registries: tuple[Registry, Registry],
+) -> None:
+    """The same device (same key, so same id) asks twice, through two processes: both are
+    granted (the second as a re-enrollment), and the claim good for one is not used up."""
+    first, second = two_registries
+    other = lambda: second.enroll("site-a", "dev-a", lambda r: one_use_each(r, "dev-a"))  # noqa: E731
+    assert first.enroll("site-a", "dev-a", meanwhile(other, "dev-a")) == "dev-a"
+    assert [d.id for d in first.devices()] == ["dev-a"]
+    claim = first.claim("site-a")
+    assert claim is not None and claim.uses == 1
+    assert len(first.certs_of("dev-a")) == 2  # one per answer, the last one current
+
+
+def test_a_device_revoked_while_it_enrolls_again_is_refused(
+    two_registries: tuple[Registry, Registry],
+) -> None:
+    first, second = two_registries
+    first.enroll("site-a", "dev-a", lambda r: one_use_each(r, "dev-a"))
+    with pytest.raises(Refusal) as refused:
+        first.enroll("site-a", "dev-a", meanwhile(lambda: second.revoke_device("dev-a"), "dev-a"))
+    assert refused.value.code == "device-revoked"
+    assert len(first.certs_of("dev-a")) == 1
 
 
 def test_racing_enrollments_in_two_processes_never_pass_max_uses(

@@ -160,6 +160,19 @@ def test_a_pilot_registry_from_before_is_brought_forward_with_its_rows(tmp_path:
         registry.close()
 
 
+def test_a_registry_from_before_counts_each_claims_uses_from_its_devices(tmp_path: Path) -> None:
+    """Claims now keep their uses in their row; one made before gets its devices counted."""
+    path = tmp_path / "registry.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(FIRST_SQLITE_SCHEMA)
+    registry = Registry(path)
+    try:
+        claim = registry.claim("c")
+        assert claim is not None and claim.uses == 1
+    finally:
+        registry.close()
+
+
 # --- choosing the registry: [registry] url, SPOKE_HUB_REGISTRY__URL -------------------------------
 
 

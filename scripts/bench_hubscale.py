@@ -4,13 +4,16 @@ Each measured against a baseline from the same run: one hub process for the rate
 (then ``--processes`` more join the same fleet), a 10-device registry for the enrollment cost.
 
 Simulated devices publish real health snapshots (about 3 KB) with their own certificates over
-mTLS on loopback, each on its own connection, from this one Python process. The enrollment
-rate uses devices that enroll for real (claim credential, CSR, certificate); the ingest
-devices get their certificates from the hub's CA directly, so setting up 10,000 of them does
-not take 10,000 enrollments.
+mTLS on loopback, each on its own connection, held by ``--sim-processes`` worker processes of
+bare MQTT 5 publishers (tests.support.litefleet) that bring the connections up at
+``--connect-rate`` a second before the first part and keep them up through all parts. The
+enrollment rate uses devices that enroll for real (claim credential, CSR, certificate, on
+aiomqtt in this process); the ingest devices get their certificates from the hub's CA
+directly, so setting up 10,000 of them does not take 10,000 enrollments.
 
     python -m scripts.bench_hubscale [--processes 3] [--devices 2000] [--interval 30]
-        [--duration 90] [--enroll 300] [--enrolled 10000] [--enroll-only] [--json] [--keep DIR]
+        [--duration 90] [--enroll 300] [--enrolled 10000] [--sim-processes 2]
+        [--connect-rate 200] [--enroll-only] [--json] [--keep DIR]
 
 - enrollments per minute: ``--enroll`` devices enroll, 32 at a time;
 - ingest: ``--devices`` devices each report every ``--interval`` s (spread evenly) for
@@ -58,7 +61,8 @@ from scripts.bench_fleet import (
 )
 from tests.support import postgres
 from tests.support.fleet import Process, wait_for
-from tests.support.hubfleet import LEADS, FakeDevice, HubFleet
+from tests.support.hubfleet import LEADS, HubFleet
+from tests.support.litefleet import Address, LiteFleet, Part, Spec
 
 #: A report not stored after the registry saw no new one for this long is counted lost.
 QUIET_S = 30.0
@@ -73,11 +77,15 @@ def query(url: str, sql: str, **params: float) -> list[Any]:
         engine.dispose()
 
 
-def missing_reports(url: str, devices: list[FakeDevice], since: float) -> list[float]:
+#: Each device's acknowledged taken-at times in one part.
+Acked = dict[str, list[float]]
+
+
+def missing_reports(url: str, acked: Acked, since: float) -> list[float]:
     """Taken-at times of the acknowledged reports that are not in the registry."""
     rows = query(url, "SELECT device_id, ts FROM health WHERE ts >= :since", since=since)
     stored = {(r[0], r[1]) for r in rows}
-    return sorted(t for d in devices for t in d.acked if (d.device_id, t) not in stored)
+    return sorted(t for d, times in acked.items() for t in times if (d, t) not in stored)
 
 
 def duplicate_rows(url: str, since: float) -> int:
@@ -110,15 +118,18 @@ async def enrollment_rate(
     }
 
 
-def cpu_seconds(fleet: HubFleet, pg_datadir: Path) -> dict[str, float]:
+def cpu_seconds(
+    fleet: HubFleet, pg_datadir: Path, sim: LiteFleet | None = None
+) -> dict[str, float]:
     """CPU time used so far by each part of the bench: hub processes, broker, PostgreSQL (the
-    postmaster and its backends), and this process (the simulated devices)."""
+    postmaster and its backends), and the simulated devices (this process and ``sim``'s
+    workers)."""
     postmaster = int((pg_datadir / "postmaster.pid").read_text().split()[0])
     groups = {
         "hubs": [p.proc.pid for p in fleet.hubs],
         "broker": [fleet.broker.proc.pid],
         "postgres": [postmaster, *(c.pid for c in psutil.Process(postmaster).children())],
-        "simulated_devices": [os.getpid()],
+        "simulated_devices": [os.getpid(), *(sim.pids() if sim else [])],
     }
     used: dict[str, float] = {}
     for name, pids in groups.items():
@@ -134,14 +145,14 @@ def cpu_seconds(fleet: HubFleet, pg_datadir: Path) -> dict[str, float]:
     return used
 
 
-async def settle(url: str, devices: list[FakeDevice], since: float) -> list[float]:
+async def settle(url: str, acked: Acked, since: float) -> list[float]:
     """Wait until every acknowledged report is stored, or none has been for ``QUIET_S``
     (what is still missing then is lost, not late); return the missing ones."""
-    missing = missing_reports(url, devices, since)
+    missing = missing_reports(url, acked, since)
     progress = time.time()
     while missing and time.time() < progress + QUIET_S:
         await asyncio.sleep(2)
-        still = missing_reports(url, devices, since)
+        still = missing_reports(url, acked, since)
         if len(still) < len(missing):
             progress = time.time()
         missing = still
@@ -164,22 +175,17 @@ async def watch_failover(
 
 
 async def ingest(
-    fleet: HubFleet, url: str, pg_datadir: Path, devices: list[FakeDevice],
+    fleet: HubFleet, url: str, pg_datadir: Path, sim: LiteFleet,
     args: argparse.Namespace, kill: Process | None = None,
 ) -> dict[str, Any]:
     """Every device reports every ``--interval`` s for ``--duration`` s; ``kill`` is killed
-    halfway. Waits (at most 120 s) for every acknowledged report to be stored."""
+    halfway. Waits for every acknowledged report to be stored (``settle``)."""
     snapshot = Sampler().sample(DaemonFacts()).model_dump(mode="json")
-    for d in devices:
-        d.acked.clear()
-        d.reconnects = 0
-    cpu_before = cpu_seconds(fleet, pg_datadir)
-    start = time.time()
-    until = start + args.duration
-    reporting = asyncio.gather(*(
-        d.report(snapshot, args.interval, until, args.interval * i / len(devices))
-        for i, d in enumerate(devices)
-    ))
+    cpu_before = cpu_seconds(fleet, pg_datadir, sim)
+    start = time.time() + 1  # the workers get the part first
+    reporting = asyncio.ensure_future(
+        sim.run(Part(start, args.interval, start + args.duration, snapshot))
+    )
     failover: dict[str, Any] = {}
     if kill is not None:
         await asyncio.sleep(args.duration / 2)
@@ -187,21 +193,24 @@ async def ingest(
         killed_at = time.time()
         survivors = [p for p in fleet.hubs if p is not kill]
         failover = await watch_failover(url, survivors, "hub-0", killed_at)
-    await reporting
-    missing = await settle(url, devices, start)
+    acked, reconnects = await reporting
+    missing = await settle(url, acked, start)
     wall = time.time() - start
-    cpu_after = cpu_seconds(fleet, pg_datadir)
+    cpu_after = cpu_seconds(fleet, pg_datadir, sim)
     cpu = {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after}
     lags = ingest_lag(url, start)
+    sent = sum(len(times) for times in acked.values())
     result: dict[str, Any] = {
-        "devices": len(devices),
+        "devices": len(acked),
         "interval_s": args.interval,
         "duration_s": args.duration,
-        "reports_sent": sum(len(d.acked) for d in devices),
+        "reports_due": int(len(acked) * (args.duration // args.interval
+                                          + (args.duration % args.interval > 0))),
+        "reports_sent": sent,
         "reports_stored": len(lags),
         "reports_lost": len(missing),
         "duplicate_rows": duplicate_rows(url, start),
-        "device_reconnects": sum(d.reconnects for d in devices),
+        "device_reconnects": reconnects,
         "lag_p50_s": percentile(lags, 50) if lags else None,
         "lag_p99_s": percentile(lags, 99) if lags else None,
         "lag_max_s": max(lags) if lags else None,
@@ -209,10 +218,7 @@ async def ingest(
         "wall_s": round(wall, 1),
         "cpu_s": cpu,
         # CPU milliseconds per report sent, per part: what the machine's load does not change.
-        "cpu_ms_per_report": {
-            k: round(1000 * v / max(1, sum(len(d.acked) for d in devices)), 2)
-            for k, v in cpu.items()
-        },
+        "cpu_ms_per_report": {k: round(1000 * v / max(1, sent), 2) for k, v in cpu.items()},
         "cores_busy": round(sum(cpu.values()) / wall, 2),
     }
     if kill is not None:
@@ -234,27 +240,52 @@ async def run_fleet(
         wait_for(lambda: LEADS in first.output(), 60, "hub-0 to lead")
         one: dict[str, Any] = {"processes": 1}
         one["enrollments"] = await enrollment_rate(fleet, root, pg_datadir, args.enroll)
+        sim = None
         if not args.enroll_only:
-            print(f"setting up {args.devices} devices", file=sys.stderr, flush=True)
-            devices = fleet.enrolled_devices(args.devices)
-            print("ingest, 1 process", file=sys.stderr, flush=True)
-            one["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
+            sim = await connect_fleet(fleet, args)
+            one["connections"] = sim_up = sim.up
+            print(f"ingest, 1 process ({sim_up})", file=sys.stderr, flush=True)
+            one["ingest"] = await ingest(fleet, url, pg_datadir, sim.fleet, args)
         for i in range(1, args.processes):
             fleet.start_hub(f"hub-{i}")
         await asyncio.sleep(10)  # past the new processes' start-up work
         several: dict[str, Any] = {"processes": len(fleet.hubs)}
         several["enrollments"] = await enrollment_rate(fleet, root, pg_datadir, args.enroll)
-        if args.enroll_only:
+        if sim is None:
             return {"one": one, "several": several}
         print(f"ingest, {len(fleet.hubs)} processes", file=sys.stderr, flush=True)
-        several["ingest"] = await ingest(fleet, url, pg_datadir, devices, args)
+        several["ingest"] = await ingest(fleet, url, pg_datadir, sim.fleet, args)
         print("ingest, the leading process killed halfway", file=sys.stderr, flush=True)
         several["killed_under_load"] = await ingest(
-            fleet, url, pg_datadir, devices, args, kill=first
+            fleet, url, pg_datadir, sim.fleet, args, kill=first
         )
         return {"one": one, "several": several}
     finally:
+        if sim is not None:
+            sim.fleet.close()
         fleet.close()
+
+
+class Connected:
+    """The light fleet with its connections up, and what bringing them up took."""
+
+    def __init__(self, fleet: LiteFleet, up: dict[str, Any]) -> None:
+        self.fleet = fleet
+        self.up = up
+
+
+async def connect_fleet(fleet: HubFleet, args: argparse.Namespace) -> Connected:
+    print(f"setting up {args.devices} devices", file=sys.stderr, flush=True)
+    devices = fleet.enrolled_devices(args.devices)
+    where = Address("localhost", fleet.hub.mqtt_port, fleet.home.ca_cert, args.connect_rate)
+    started = time.time()
+    sim = LiteFleet([Spec(d.device_id, d.cert, d.key) for d in devices], where,
+                    args.sim_processes)
+    failed = await asyncio.to_thread(sim.wait_up)
+    return Connected(sim, {
+        "devices": len(devices), "failed": failed, "seconds": round(time.time() - started, 1),
+        "load_average_1m": os.getloadavg()[0],
+    })
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -288,6 +319,10 @@ def main() -> None:
     parser.add_argument("--enroll", type=int, default=200, help="devices enrolling, per part")
     parser.add_argument("--enrolled", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200, help="enrollments timed per fleet")
+    parser.add_argument("--sim-processes", type=int, default=2,
+                        help="worker processes holding the simulated devices' connections")
+    parser.add_argument("--connect-rate", type=float, default=200.0,
+                        help="simulated devices' connections made per second, in all")
     parser.add_argument("--enroll-only", action="store_true",
                         help="only the enrollment rates and cost, no ingest")
     parser.add_argument("--json", action="store_true")

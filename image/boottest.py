@@ -27,6 +27,7 @@ the results file (and docs/BENCHMARKS.md by hand). The last line is "N passed, N
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,9 @@ GUEST_HUB_IP = "10.0.2.100"  # inside slirp's 10.0.2.0/24; forwarded to the host
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 LABELS = "site=qemu-boot-test,region=ci"
+#: A console silent this long right after the firmware's boot-option line is a hung boot.
+FIRMWARE_STALL_S = 600
+ANSI = r"\x1b\[[0-9;=?]*[A-Za-z]"  # the firmware's and boot loader's terminal escapes
 
 
 def log(msg: str) -> None:
@@ -252,6 +256,10 @@ class Machine:
             "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on",
             "-netdev", self.netdev(), "-device", "virtio-net-pci,netdev=n0",
             "-rtc", "base=utc",
+            # The q35 chipset's TCO watchdog (the guest's /dev/watchdog0), wired to reset the
+            # machine like a real one: QEMU's default "noreboot" pin strap makes it a watchdog
+            # that never fires. Its default action is a reset (-action watchdog=reset).
+            "-global", "ICH9-LPC.noreboot=false",
         ]
         cmd += accel_args(self.accel)
         if self.has_tpm:
@@ -276,7 +284,31 @@ class Machine:
     def dead(self) -> str | None:
         if self.proc is not None and self.proc.poll() is not None:
             return f"QEMU exited with {self.proc.returncode}"
-        return None
+        return self.stuck_in_firmware()
+
+    def stuck_in_firmware(self) -> str | None:
+        """A boot whose console stopped at the firmware's "BdsDxe: loading/starting" line for
+        FIRMWARE_STALL_S (the kernel's first line comes within about 90 s of it, 4-5 min on a
+        loaded host): it will not come back by itself (OVMF prints a CPU exception on the
+        serial console; this is silence), so say so with what there is to see (the registers,
+        the variable store, the ESP's file system check) instead of waiting out the step."""
+        if self.serial is None or not self.serial.exists():
+            return None
+        lines = re.sub(ANSI, "", self.console()).strip().splitlines()
+        silent = time.time() - self.serial.stat().st_mtime
+        if not lines or "BdsDxe: " not in lines[-1] or silent < FIRMWARE_STALL_S:
+            return None
+        evidence = self.work / f"stuck-{self.boots}"
+        evidence.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError, ValueError):
+            regs = str(self.qmp("human-monitor-command", **{"command-line": "info registers"}))
+            (evidence / "registers.txt").write_text(regs)
+            log("registers: " + " ".join(regs.split()[:12]))
+        shutil.copyfile(self.vars, evidence / "OVMF_VARS.fd")
+        ok, report = esp_check(self, evidence, running=True)
+        log(f"ESP while stuck: {'clean' if ok else 'NOT clean'}: {report[-600:]}")
+        return (f"stuck in the firmware: the console has been silent for {silent:.0f} s after "
+                f"{lines[-1]!r} (evidence in {evidence})")
 
     def console(self) -> str:
         try:
@@ -284,16 +316,20 @@ class Machine:
         except FileNotFoundError:
             return ""
 
-    def qmp(self, command: str) -> None:
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        """One QMP command; its "return" (events QEMU sends in between are skipped)."""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(10)
             s.connect(str(self.work / "qmp.sock"))
             f = s.makefile("rw")
             f.readline()  # greeting
-            for c in ("qmp_capabilities", command):
-                f.write(json.dumps({"execute": c}) + "\n")
+            answer: dict[str, Any] = {}
+            for c, args in (("qmp_capabilities", {}), (command, arguments)):
+                f.write(json.dumps({"execute": c, "arguments": args}) + "\n")
                 f.flush()
-                f.readline()
+                while not ({"return", "error"} & (answer := json.loads(f.readline())).keys()):
+                    pass
+            return answer.get("return", answer.get("error"))
 
     def power_off(self, timeout: float = 240) -> float:
         """ACPI power button, as a person would press it; returns how long shutdown took."""
@@ -306,6 +342,10 @@ class Machine:
             self.kill()
             raise TestFailure(f"no clean shutdown within {timeout:.0f} s") from exc
         return time.monotonic() - t0
+
+    def allocated(self) -> int:
+        """Bytes the VM's disk overlay holds: what the guest has written since it was made."""
+        return self.disk.stat().st_blocks * 512
 
     def kill(self) -> None:
         for proc in (self.proc, self.tpm):
@@ -396,15 +436,26 @@ def site_tree(work: Path) -> Path:
     return tree
 
 
+#: Version 3's first boot crashes its kernel (the kernel then hangs: Debian's panic timeout is
+#: 0), once: the marker on the data partition says it did.
+CRASHED = "/var/lib/spoke/os/crashed-once"
+CRASH = "sysrq: Trigger a crash"
+
+
 def fault_tree(work: Path) -> Path:
-    """Version 3's planted fault: a wired network configuration that matches no port (the hub is
-    unreachable), and a health check that allows no hub grace and waits only 30 s. Every boot
-    of it fails the gate."""
+    """Version 3's planted faults: its first boot crashes the kernel when the health check
+    starts (a hung box, for the hardware watchdog); a wired network configuration that matches
+    no port (the hub is unreachable), and a health check that allows no hub grace and waits
+    only 30 s. Every boot of it fails."""
     tree = work / "fault-tree"
     dropin = tree / "etc/systemd/system/spoke-health.service.d/50-fault.conf"
     dropin.parent.mkdir(parents=True, exist_ok=True)
     dropin.write_text(
-        "[Service]\nEnvironment=SPOKE_OS__HUB_GRACE_S=1\nExecStart=\n"
+        "[Service]\nEnvironment=SPOKE_OS__HUB_GRACE_S=1\n"
+        # "+": as root, outside the unit's sandbox, which would not let it write the trigger
+        f"ExecStartPre=+/bin/sh -c 'test -e {CRASHED} || {{ touch {CRASHED}; sync; "
+        "echo c > /proc/sysrq-trigger; }'\n"
+        "ExecStart=\n"
         "ExecStart=/opt/spoke/bin/spoke health-gate --state-dir /var/lib/spoke --wait 30\n")
     network = tree / "etc/systemd/network/80-spoke-wired.network"
     network.parent.mkdir(parents=True, exist_ok=True)
@@ -457,28 +508,43 @@ def tiny_model(venv: Path, out: Path) -> Path:
     return out
 
 
-def data_partition(image: Path) -> tuple[int, int]:
-    """(offset, size) in bytes of the spoke-data partition, from the image's GPT."""
+def partition(image: Path, label: str) -> tuple[int, int]:
+    """(offset, size) in bytes of the partition labelled ``label``, from the image's GPT."""
     table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], check=True,
                                       capture_output=True, text=True).stdout)["partitiontable"]
     sector = int(table.get("sectorsize", 512))
-    part = next(p for p in table["partitions"] if p.get("name") == "spoke-data")
+    part = next(p for p in table["partitions"] if p.get("name") == label)
     return int(part["start"]) * sector, int(part["size"]) * sector
+
+
+def copy_partition(machine: Machine, label: str, raw: Path, running: bool = False) -> None:
+    """The VM's partition ``label`` as a raw file: QEMU's raw driver with an offset and size
+    over the qcow2 (``running``: while QEMU has the disk open, a snapshot of the moment)."""
+    offset, size = partition(machine.image, label)
+    raw.unlink(missing_ok=True)
+    disk = {"driver": "qcow2", "file": {"driver": "file", "filename": str(machine.disk)}}
+    window = {"driver": "raw", "offset": offset, "size": size, "file": disk}
+    subprocess.run(["qemu-img", "convert", *(["-U"] if running else []), "-O", "raw",
+                    f"json:{json.dumps(window)}", str(raw)], check=True)
+
+
+def esp_check(machine: Machine, work: Path, running: bool = False) -> tuple[bool, str]:
+    """fsck.fat -n (checks, changes nothing) of the VM's ESP, which the firmware, systemd-boot,
+    systemd-sysupdate and systemd-bless-boot all write: (clean, its report)."""
+    raw = work / "esp.raw"
+    copy_partition(machine, "esp", raw, running)
+    done = subprocess.run(["fsck.fat", "-n", "-v", str(raw)], capture_output=True, text=True)
+    raw.unlink()
+    return done.returncode == 0, (done.stdout + done.stderr).strip()
 
 
 def data_digests(machine: Machine, work: Path) -> dict[str, str]:
     """sha256 of every file under KEPT on the (powered off) VM's data partition, read from its
     disk with qemu-img and debugfs: nothing is mounted, nothing in the guest is asked."""
-    offset, size = data_partition(machine.image)
     raw, tree = work / "data.raw", work / "data-tree"
-    raw.unlink(missing_ok=True)
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir()
-    # The partition as a raw image: QEMU's raw driver with an offset and size, over the qcow2.
-    disk = {"driver": "qcow2", "file": {"driver": "file", "filename": str(machine.disk)}}
-    window = {"driver": "raw", "offset": offset, "size": size, "file": disk}
-    subprocess.run(["qemu-img", "convert", "-O", "raw", f"json:{json.dumps(window)}", str(raw)],
-                   check=True)
+    copy_partition(machine, "spoke-data", raw)
     for name in KEPT:
         dest = tree / Path(name).parent
         dest.mkdir(parents=True, exist_ok=True)
@@ -628,6 +694,7 @@ def main() -> int:
 
         # Boot 2: power off and on; it must come back as the same device, without enrolling.
         run.timings["shutdown_s"] = round(machine.power_off(), 1)
+        check_esp(run, machine, work, "a clean shutdown")
         kept = data_digests(machine, work)
         log(f"data partition: {len(kept)} files kept under {', '.join(KEPT)}")
         after_off = {d["id"]: d for d in hub.devices()}
@@ -652,6 +719,8 @@ def main() -> int:
         if args.rollback:
             roll_back_from_v3(run, hub, machine, first["id"], v3, args.update_timeout)
         machine.power_off()
+        if args.update:
+            check_esp(run, machine, work, "the OS updates")
         after = data_digests(machine, work)
         changed = sorted(k for k in kept.keys() | after.keys() if kept.get(k) != after.get(k))
         run.check("identity, model and bundle on the data partition unchanged byte for byte",
@@ -690,19 +759,68 @@ def main() -> int:
     return 1 if run.failed else 0
 
 
+def back_online(hub: Hub, machine: Machine, device: str, what: str,
+                timeout: float) -> dict[str, Any]:
+    """The OS state ``device`` reports once online again: the hub first sees it gone (the
+    broker notices the killed VM's connection close), then back with a new report."""
+    wait_for(f"the hub seeing the device gone {what}",
+             lambda: hub.device(device).get("availability") != "online", 300)
+    wait_for(f"the device online again {what}",
+             lambda: hub.device(device).get("availability") == "online", timeout,
+             alive=machine.dead)
+    return os_state(hub, device)
+
+
+def check_esp(run: Run, machine: Machine, work: Path, after: str) -> None:
+    ok, report = esp_check(machine, work)
+    run.check(f"the ESP's FAT file system is clean after {after}", ok, "" if ok else report[-800:])
+
+
 def update_to_v2(run: Run, hub: Hub, machine: Machine, device: str, v2: Path,
                  timeout: float) -> None:
     """Version 2, published on the hub: staged by systemd-sysupdate into the empty root slot,
-    booted with tries left, committed once its health gate passed."""
+    booted with tries left, committed once its health gate passed. The power fails twice on
+    the way (QEMU killed): while sysupdate writes the new slot, and while the box boots it."""
     t0 = time.monotonic()
     hub.cli("os", "publish", str(v2))
     run.timings["publish_v2_s"] = round(time.monotonic() - t0, 1)
+    start_bytes = machine.allocated()
     hub.apply_policy(MODEL_POLICY + 'os_version = ">=2"\n')
+
+    # Power loss 1: once the disk has grown by the compressed root image (the download, on the
+    # data partition) and a quarter GiB more, sysupdate is inflating it into the empty slot.
+    download = (v2 / "spoke_2.root.raw.gz").stat().st_size
+    t0 = time.monotonic()
+    grown = wait_for("version 2 being written into the empty slot", lambda: (
+        (g := machine.allocated() - start_bytes) > download + 256 * 2**20 and g),
+        timeout, every=2, alive=machine.dead)
+    state = os_state(hub, device)
+    machine.kill()
+    run.timings["v2_publish_to_power_loss_s"] = round(time.monotonic() - t0, 1)
+    run.check("power lost while sysupdate wrote version 2 into the empty slot",
+              state.get("staged") != "2" and state.get("version") == "1",
+              f"disk grew {grown / 2**20:.0f} MiB (download {download / 2**20:.0f} MiB); "
+              f"reported: {json.dumps(state)[:200]}")
+    machine.start("power-loss-staging")
+    back = back_online(hub, machine, device, "after the power loss while staging", timeout)
+    run.check("after the power loss while staging it boots version 1 in slot spoke_1",
+              (back.get("version"), back.get("slot")) == ("1", "spoke_1"),
+              json.dumps(back)[:300])
+
     t0 = time.monotonic()
     wait_for("version 2 staged", lambda: (os_state(hub, device).get("staged") == "2"
                                           or os_state(hub, device).get("version") == "2"),
-             timeout, every=10, alive=machine.dead)
+             timeout, every=5, alive=machine.dead)
     run.timings["v2_download_and_stage_s"] = round(time.monotonic() - t0, 1)
+
+    # Power loss 2: the box rebooted itself into version 2 (this QEMU process goes on) and
+    # version 2's kernel runs, before its health gate: on probation, a try spent.
+    wait_for("version 2's kernel running after the reboot", lambda: re.search(
+        r"reboot: Restarting system.*?\n(?:\x1b\[[0-9;=?]*[A-Za-z])*\[\s*\d+\.\d+\]",
+        machine.console(), re.S),
+        timeout, every=2, alive=machine.dead)
+    machine.kill()
+    machine.start("power-loss-booting")
     state = wait_for("version 2 committed", lambda: (
         (s := os_state(hub, device)).get("version") == "2"
         and s.get("state") == "committed" and s), timeout, every=10,
@@ -710,18 +828,31 @@ def update_to_v2(run: Run, hub: Hub, machine: Machine, device: str, v2: Path,
     run.timings["v2_staged_to_committed_s"] = round(
         time.monotonic() - t0 - run.timings["v2_download_and_stage_s"], 1)
     last = state.get("last_update") or {}
-    run.check("updated to OS version 2 in the other root slot, health gate passed",
+    run.check("power lost while booting version 2: it boots version 2 again and commits it "
+              "(health gate passed)",
               state.get("slot") == "spoke_2" and last.get("outcome") == "committed",
               json.dumps(state)[:400])
 
 
 def roll_back_from_v3(run: Run, hub: Hub, machine: Machine, device: str, v3: Path,
                       timeout: float) -> None:
-    """Version 3, its health check broken: each boot of it fails the gate and reboots, its
-    tries run out, and systemd-boot falls back to version 2 by itself."""
+    """Version 3, broken: its first boot hangs (the kernel crashes; the hardware watchdog
+    resets the box), its other boots fail the health gate and reboot, its tries run out, and
+    systemd-boot falls back to version 2 by itself."""
     t0 = time.monotonic()
     hub.cli("os", "publish", str(v3))
     hub.apply_policy(MODEL_POLICY + 'os_version = ">=3"\n')
+    crashed = wait_for("version 3's first boot crashing", lambda: CRASH in machine.console(),
+                       timeout, every=2, alive=machine.dead)
+    t_crash = time.monotonic()
+    # The watchdog resets within two of its periods (1 min): 10 min means it never will.
+    reset = wait_for("the watchdog's reset of the hung box", lambda: re.search(
+        re.escape(CRASH) + r".*?BdsDxe: loading", machine.console(), re.S),
+        600, every=2, alive=machine.dead)
+    run.timings["v3_crash_to_watchdog_reset_s"] = round(time.monotonic() - t_crash, 1)
+    run.check("a hung box (version 3's kernel crashed) is reset by its hardware watchdog",
+              bool(crashed and reset) and "Rebooting in" not in reset.group(0),
+              f"reset {run.timings['v3_crash_to_watchdog_reset_s']} s after the crash")
     state = wait_for("the rollback from version 3", lambda: (
         (s := os_state(hub, device)).get("version") == "2"
         and (s.get("last_update") or {}).get("outcome") == "rolled-back" and s),
@@ -744,7 +875,7 @@ def dump_logs(work: Path, machine: Machine | None) -> None:
         if not path.exists():
             continue
         text = path.read_text(errors="replace")
-        text = re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", text)
+        text = re.sub(ANSI, "", text)
         print(f"----- {path.name} (last 150 lines) -----")
         print("\n".join(text.splitlines()[-150:]))
     print("----- end of logs -----", flush=True)

@@ -84,6 +84,26 @@ def test_daemon_waits_for_the_data_partition() -> None:
     assert "Label=spoke-data" in repart
 
 
+def _seconds(value: str) -> float:
+    """A systemd time span as this recipe writes them (30s, 1min, 10min)."""
+    m = re.fullmatch(r"(\d+)(s|min)", value)
+    assert m, value
+    return int(m.group(1)) * (60 if m.group(2) == "min" else 1)
+
+
+def test_pid1_keeps_the_hardware_watchdog_running() -> None:
+    # A hung kernel or PID 1 is reset by the box's watchdog (docs/IMAGE.md, "The watchdog"):
+    # on while running, and through a reboot, which may hang too.
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.optionxform = str  # type: ignore[assignment,method-assign]
+    conf.read(EXTRA / "usr/lib/systemd/system.conf.d/50-spoke-watchdog.conf")
+    manager = conf["Manager"]
+    runtime = _seconds(manager["RuntimeWatchdogSec"])
+    reboot = _seconds(manager["RebootWatchdogSec"])
+    assert 0 < runtime <= 120, "a hung box must be reset within minutes"
+    assert reboot >= 5 * runtime, "the reboot watchdog also runs through a slow next boot"
+
+
 def test_factory_reset_runs_on_the_kernel_command_line_flag() -> None:
     u = (UNITS / "spoke-factory-reset.service").read_text()
     assert "ConditionKernelCommandLine=|spoke.factory_reset=1" in u

@@ -741,6 +741,17 @@ def main() -> int:
         run.check("provisioned again after factory reset",
                   fresh["id"] != first["id"] and len(hub.devices()) == 2,
                   f"new id {fresh['id']} in {run.timings['factory_reset_to_online_s']} s")
+        if args.rollback:
+            # The hub still desires 3 (the policy says >=3); the reset box must not try it again.
+            kept_os = wait_for("the reset box told that the hub desires version 3", lambda: (
+                (s := os_state(hub, fresh["id"])).get("desired") == "3" and s),
+                args.online_timeout, alive=machine.dead)
+            last = kept_os.get("last_update") or {}
+            run.check("the reset box remembers that version 3 rolled back and does not stage it",
+                      (last.get("version"), last.get("outcome")) == ("3", "rolled-back")
+                      and kept_os.get("desired") == "3" and kept_os.get("staged") is None
+                      and "kept the record of the OS versions" in console,
+                      json.dumps(kept_os)[:400])
         machine.power_off()
     except (TestFailure, subprocess.CalledProcessError) as exc:
         if not isinstance(exc, TestFailure) or not run.failed:

@@ -164,7 +164,10 @@ def show(job: dict[str, Any]) -> None:
         return
     comparison = result["comparison"]
     cur, cand = comparison["current"], comparison["candidate"]
-    print(f"  {result['method']} on {result['train']} samples, {result['held_out']} held out, "
+    folds = (result.get("details") or {}).get("gate_folds")
+    judged = (f"each judged out of fold ({folds} folds)" if folds
+              else f"{result['held_out']} held out")
+    print(f"  {result['method']} on {result['train']} samples, {judged}, "
           f"{result['steps']} steps in {result['train_seconds']} s"
           + (f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else "")
           + (f"; {len(result['skipped'])} unreadable sample(s) skipped" if result["skipped"]

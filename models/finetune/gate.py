@@ -105,7 +105,7 @@ class Comparison:
 
 
 def collapse_reason(decisions: np.ndarray, targets: np.ndarray, labels: tuple[str, ...] |
-                    list[str]) -> str | None:
+                    list[str], samples: str = "held-out samples") -> str | None:
     """Why ``decisions`` (N, L reported labels) is a collapse, or None: every sample gets the
     same answer although ``targets`` hold at least two different label sets."""
     truths = {tuple(row) for row in (targets >= 0.5).tolist()}
@@ -114,7 +114,7 @@ def collapse_reason(decisions: np.ndarray, targets: np.ndarray, labels: tuple[st
         return None
     said = [labels[j] for j, on in enumerate(next(iter(answers))) if on]
     return (f"collapse: the candidate answers {'+'.join(said) or 'no label'} for all "
-            f"{len(decisions)} held-out samples, which carry {len(truths)} different label "
+            f"{len(decisions)} {samples}, which carry {len(truths)} different label "
             "sets")
 
 

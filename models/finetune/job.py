@@ -36,6 +36,7 @@ from models.decide import decide_many
 from models.finetune.adapt import BATCH as ADAPT_BATCH
 from models.finetune.adapt import Adapted, adapt
 from models.finetune.augment import drone_augment
+from models.finetune.crossval import OutOfFold, head_probs, out_of_fold, shifted
 from models.finetune.gate import Comparison, collapse_reason, compare, label_changes
 from models.finetune.heldout import (
     HeldOut,
@@ -58,6 +59,7 @@ from models.finetune.methods import (
 from models.finetune.probe import (
     MAX_EPOCHS,
     WIDE_POOL,
+    ProbeFit,
     feature_views,
     fit_probe,
     install_head,
@@ -142,12 +144,22 @@ def predict(model: VisionTransformer, images: np.ndarray, pre: Preprocessing, de
     return torch.cat(out).numpy()
 
 
+def task_labels(*targets: np.ndarray) -> np.ndarray:
+    """Indices of the labels the site's samples carry: the site's task."""
+    return np.flatnonzero((np.concatenate(targets) >= 0.5).any(axis=0))
+
+
 def evaluate(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
-             thresholds: dict[str, float], present: np.ndarray) -> tuple[Scores, np.ndarray]:
-    """Scores of the labels a model reports (``models.decide``: each label's own threshold,
-    background only where no defect is), over the labels the held-out split contains; and
-    the reported (N, L) decisions."""
-    decisions = decide_many(probs, labels, thresholds)
+             thresholds: dict[str, float], present: np.ndarray, task: np.ndarray
+             ) -> tuple[Scores, np.ndarray]:
+    """Scores of the labels a model reports for the site's ``task`` (``models.decide`` on
+    those labels only: each its own threshold, background where none of them is), over the
+    labels the held-out split contains; and the (N, L) decisions (other labels off). A
+    parent's label the site never labeled has a threshold no site sample calibrated: on real
+    photos the parent's crack, spallation and exposed bars fired on every photo, so background
+    was never decided and both models scored about 0.33 (docs/FOUNDATION-MODEL.md)."""
+    decisions = np.zeros(probs.shape, dtype=bool)
+    decisions[:, task] = decide_many(probs[:, task], [labels[j] for j in task], thresholds)
     names = [labels[j] for j in present]
     scores = score(decisions[:, present].astype(np.float32), targets[:, present], names)
     return scores, decisions
@@ -167,14 +179,17 @@ class Trained:
     final_loss: float
     resumed_from: int
     details: dict[str, Any] = field(default_factory=dict)
+    #: The probe's out-of-fold decisions when the gate judges every labeled sample.
+    judged: OutOfFold | None = None
 
 
 def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
            pre: Preprocessing, spec: JobSpec, device: str, started: float, report: Report,
-           thresholds: dict[str, float]) -> Trained:
+           thresholds: dict[str, float], cross_validate: bool) -> Trained:
     """The calibrated linear probe (``models.finetune.probe``) on the samples' served tiles:
     feature views for up to ``PROBE_SHARE`` of the time budget, then the pool whose
-    cross-validated loss is lowest."""
+    cross-validated loss is lowest. With ``cross_validate``, the recipe is also re-fit per
+    fold for the gate's out-of-fold judgement (``models.finetune.crossval``)."""
     t0 = time.monotonic()
     deadline = None if spec.budget_s is None else (
         t0 + PROBE_SHARE * max(0.0, spec.budget_s - (t0 - started)))
@@ -184,23 +199,43 @@ def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
                              "elapsed_s": round(time.monotonic() - started, 1)}))
     report({"phase": "train", "step": 0, "steps": len(views), "views": len(views)})
     max_epochs = spec.epochs if spec.epochs is not None else MAX_EPOCHS
-    fits = {pool: fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs,
-                            tiles.owner)
-            for pool in dict.fromkeys((model.cfg.global_pool, WIDE_POOL))}
+    pools = tuple(dict.fromkeys((model.cfg.global_pool, WIDE_POOL)))
+
+    def fit_pools(views: Tensor, targets: np.ndarray, owner: np.ndarray
+                  ) -> dict[str, ProbeFit]:
+        return {pool: fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs,
+                                owner) for pool in pools}
+
+    def best(views: Tensor, targets: np.ndarray, owner: np.ndarray) -> tuple[str, ProbeFit]:
+        fits = fit_pools(views, targets, owner)
+        pool = min(fits, key=lambda k: fits[k].cv_loss)
+        return pool, fits[pool]
+
+    fits = fit_pools(views, targets, tiles.owner)
     pool = min(fits, key=lambda k: fits[k].cv_loss)
     fit = fits[pool]
+    judged = None
+    if cross_validate:
+        report({"phase": "cross-validating", "samples": len(targets)})
+        base = shifted(head_probs(model.head, model.cfg.global_pool, views[0], tiles.owner,
+                                  len(targets)),
+                       np.asarray([thresholds[n] for n in spec.labels], dtype=np.float32))
+        judged = out_of_fold(views, targets, tiles.owner, base, spec.seed, best, (pool, fit))
     install_head(model, fit, pool)
     prepare(model, "linear")
     for j in fit.fitted:
         thresholds[spec.labels[j]] = round(float(fit.thresholds[j]), 6)
     report({"phase": "train", "step": fit.epochs, "steps": fit.epochs,
             "loss": round(fit.cv_loss, 5), "elapsed_s": round(time.monotonic() - started, 1)})
-    return Trained(fit.epochs, time.monotonic() - t0, fit.cv_loss, 0, {
+    details: dict[str, Any] = {
         "views": len(views), "tiles": len(tiles.tiles), "pool": pool,
         "weight_decay": fit.weight_decay,
         "epochs": fit.epochs, "cv_loss": {k: round(f.cv_loss, 5) for k, f in fits.items()},
         "cv_f1": round(fit.cv_f1, 5),
-        "fitted": [spec.labels[j] for j in fit.fitted]})
+        "fitted": [spec.labels[j] for j in fit.fitted]}
+    if judged is not None:
+        details["gate_folds"] = judged.folds
+    return Trained(fit.epochs, time.monotonic() - t0, fit.cv_loss, 0, details, judged)
 
 
 def _train_weights(model: VisionTransformer, method: str, images: np.ndarray,
@@ -254,8 +289,12 @@ class Prepared:
     calibration: HeldOut | None
     method: str
     present: np.ndarray
+    task: np.ndarray
     thresholds: dict[str, float]
     model: VisionTransformer
+    #: The probe on tile samples: it trains on every sample and the gate judges each one out
+    #: of fold (``held_out`` is then every sample).
+    cross_validated: bool = False
 
     def served(self, decisions: HeldOut) -> np.ndarray:
         """(N, L): ``model``'s probabilities for ``decisions``, as the pipeline serves them."""
@@ -303,11 +342,17 @@ def prepare_job(spec: JobSpec, report: Report) -> Prepared:
         held_out = HeldOut(data.tiles.select(val_idx), data.targets[val_idx])
     method = spec.method if spec.method != "auto" else default_method(
         len(train_idx), device.startswith("cuda"))
+    cross_validated = method == "linear" and calibration is None
+    if cross_validated:  # the gate judges every sample out of fold (models.finetune.crossval)
+        train_idx = np.arange(len(data.images))
+        held_out = HeldOut(data.tiles, data.targets)
     present = np.nonzero(held_out.targets.sum(axis=0) > 0)[0]
+    task = task_labels(data.targets, held_out.targets,
+                       *([] if calibration is None else [calibration.targets]))
     thresholds = dict(card.thresholds) | {n: 0.5 for n in spec.labels if n not in card.thresholds}
     model = parent.build_model().to(device)
     return Prepared(spec, device, parent, data, train_idx, held_out, calibration, method,
-                    present, thresholds, model)
+                    present, task, thresholds, model, cross_validated)
 
 
 def baseline(job: Prepared, report: Report) -> Evaluation:
@@ -319,7 +364,7 @@ def baseline(job: Prepared, report: Report) -> Evaluation:
     base = np.concatenate(
         [base, np.zeros((len(base), len(spec.labels) - base.shape[1]), np.float32)], axis=1)
     scores, decisions = evaluate(base, job.held_out.targets, spec.labels, job.thresholds,
-                                 job.present)
+                                 job.present, job.task)
     return Evaluation(scores, decisions)
 
 
@@ -366,7 +411,7 @@ def train_candidate(job: Prepared, started: float, report: Report,
     images, targets = job.data.images[job.train_idx], job.data.targets[job.train_idx]
     if job.method == "linear":
         result = _probe(model, job.data.tiles.select(job.train_idx), targets, pre, spec,
-                        job.device, started, report, job.thresholds)
+                        job.device, started, report, job.thresholds, job.cross_validated)
     else:
         result = _train_weights(model, job.method, images, targets, pre, spec, job.device,
                                 started, report, log)
@@ -395,18 +440,30 @@ def calibrate_for_frames(job: Prepared, frames: HeldOut, result: Trained, report
                                 "calibrated": done}
 
 
-def judge(job: Prepared, parent: Evaluation, report: Report) -> tuple[Evaluation, Comparison]:
-    """The candidate on the same split, as served, and the gate's verdict against the
-    parent."""
+def judge(job: Prepared, parent: Evaluation, report: Report, judged: OutOfFold | None = None
+          ) -> tuple[Evaluation, Comparison]:
+    """The candidate on the same split, as served (or its recipe's out-of-fold decisions,
+    ``judged``), and the gate's verdict against the parent. A collapse is one answer for
+    every judged sample, or for every sample the final candidate was fit on."""
     spec = job.spec
     val_targets = job.held_out.targets
     report({"phase": "evaluating"})
-    cand = Evaluation(*evaluate(job.served(job.held_out), val_targets, spec.labels,
-                                job.thresholds, job.present))
+    if judged is None:
+        cand = Evaluation(*evaluate(job.served(job.held_out), val_targets, spec.labels,
+                                    job.thresholds, job.present, job.task))
+        collapse = collapse_reason(cand.decisions, val_targets, spec.labels)
+    else:
+        cut = dict.fromkeys(spec.labels, 0.5)
+        cand = Evaluation(*evaluate(judged.probs, val_targets, spec.labels, cut,
+                                    job.present, job.task))
+        final = evaluate(judged.final, val_targets, spec.labels, cut, job.present, job.task)[1]
+        collapse = collapse_reason(cand.decisions, val_targets, spec.labels,
+                                   "samples judged out of fold") or \
+            collapse_reason(final, val_targets, spec.labels, "labeled samples")
     present = job.present
     comparison = compare(
         parent.scores, cand.scores, spec.margin, spec.max_label_drop,
-        collapse=collapse_reason(cand.decisions, val_targets, spec.labels),
+        collapse=collapse,
         changes=label_changes(parent.decisions[:, present], cand.decisions[:, present],
                               val_targets[:, present], [spec.labels[j] for j in present]))
     return cand, comparison
@@ -452,7 +509,7 @@ def run_job(spec: JobSpec, report: Report = lambda _: None,
     job = prepare_job(spec, report)
     parent = baseline(job, report)
     trained, weights = train_candidate(job, started, report, log)
-    cand, comparison = judge(job, parent, report)
+    cand, comparison = judge(job, parent, report, trained.judged)
     candidate = trained_weights = None
     if comparison.promote or spec.always_export:
         out_dir, weights_path = export(job, trained, weights, parent.scores, cand.scores, report)

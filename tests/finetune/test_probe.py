@@ -79,7 +79,7 @@ def test_a_collapsed_candidate_is_refused_with_the_reason(tmp_path: Path):
     comparison = result.comparison
     assert comparison.promote is False
     assert comparison.collapse and comparison.reasons[0] == comparison.collapse
-    assert "for all 6 held-out samples, which carry 2 different label sets" in \
+    assert "for all 24 samples judged out of fold, which carry 2 different label sets" in \
         comparison.collapse
     assert result.candidate is None
 

@@ -2,12 +2,15 @@
 
 1. ``prepare_job``: load the parent artifact and the samples (a corrupt image is skipped and
    reported), the stratified held-out split, the method; for a parent that decides per frame,
-   the labeled whole frames are the held-out set instead (``models.finetune.heldout``);
-2. ``baseline``: score the parent on the held-out split;
+   the labeled whole frames are the held-out set instead (``models.finetune.heldout``); for
+   the probe on samples, every sample is trained on and judged out of fold
+   (``models.finetune.crossval``);
+2. ``baseline``: score the parent on the held-out split, over the site's task (the labels
+   its samples carry);
 3. ``train_candidate``: train with the chosen method under a step/epoch and time budget,
    checkpointed (the loop of ``models.training.loop``: atomic checkpoints, resumes where a killed
    run stopped); for a parent that decides per frame, calibrate the thresholds on frames;
-4. ``judge``: score the candidate on the same split and apply the gate;
+4. ``judge``: score the candidate on the same split (or out of fold) and apply the gate;
 5. ``export``: if it passes, write the candidate artifact (parent recorded, metrics on the card)
    and the trained weights (head or adapters) a reviewer at the hub may see. Never an image.
 
@@ -292,8 +295,8 @@ class Prepared:
     task: np.ndarray
     thresholds: dict[str, float]
     model: VisionTransformer
-    #: The probe on tile samples: it trains on every sample and the gate judges each one out
-    #: of fold (``held_out`` is then every sample).
+    #: The probe on tile samples without site adaptation: it trains on every sample and the
+    #: gate judges each one out of fold (``held_out`` is then every sample).
     cross_validated: bool = False
 
     def served(self, decisions: HeldOut) -> np.ndarray:
@@ -342,8 +345,10 @@ def prepare_job(spec: JobSpec, report: Report) -> Prepared:
         held_out = HeldOut(data.tiles.select(val_idx), data.targets[val_idx])
     method = spec.method if spec.method != "auto" else default_method(
         len(train_idx), device.startswith("cuda"))
-    cross_validated = method == "linear" and calibration is None
-    if cross_validated:  # the gate judges every sample out of fold (models.finetune.crossval)
+    # The gate judges every sample out of fold (models.finetune.crossval), unless the site
+    # adaptation would first learn from the images it judges.
+    cross_validated = method == "linear" and calibration is None and spec.adapt_steps <= 0
+    if cross_validated:
         train_idx = np.arange(len(data.images))
         held_out = HeldOut(data.tiles, data.targets)
     present = np.nonzero(held_out.targets.sum(axis=0) > 0)[0]

@@ -16,7 +16,7 @@ from tests.finetune.conftest import make_parent
 from tests.finetune.test_probe import LABELS, crack_set, spec_for
 
 
-def test_the_task_is_the_labels_the_samples_carry():
+def test_the_task_is_the_labels_the_samples_carry() -> None:
     train = np.zeros((4, 6), dtype=np.float32)
     train[:2, 0] = train[2:, 3] = 1
     held = np.zeros((2, 6), dtype=np.float32)
@@ -25,7 +25,7 @@ def test_the_task_is_the_labels_the_samples_carry():
     assert task_labels(train, held).tolist() == [0, 1, 3]
 
 
-def test_background_is_decided_from_the_task_labels_only():
+def test_background_is_decided_from_the_task_labels_only() -> None:
     """A parent label the site never labeled (spallation) fires on every sample: it neither
     hides background nor counts in the scores."""
     probs = np.full((4, 6), 0.1, dtype=np.float32)
@@ -44,7 +44,7 @@ def test_background_is_decided_from_the_task_labels_only():
     assert old.per_label_f1["background"] == 0.0
 
 
-def test_each_sample_is_decided_by_a_fit_that_never_saw_it():
+def test_each_sample_is_decided_by_a_fit_that_never_saw_it() -> None:
     rng = np.random.default_rng(0)
     n, tiles = 24, 2
     targets = np.zeros((n, 2), dtype=np.float32)
@@ -73,7 +73,7 @@ def test_each_sample_is_decided_by_a_fit_that_never_saw_it():
 
 
 def test_a_real_gain_on_the_site_task_is_promoted_whatever_other_labels_say(
-        tmp_path: Path, encoder: Path):
+        tmp_path: Path, encoder: Path) -> None:
     """The parent's spallation fires on every photo (a label the site never labeled, as the
     foundation model's CODEBRIM labels do on real concrete). The gate still sees the
     parent's background, judges all 48 samples out of fold, and promotes the candidate that

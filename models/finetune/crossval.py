@@ -2,11 +2,11 @@
 
 With 50 labeled photos per class, a held-out quarter (24 photos) could not tell a 0.58 model
 from a 0.67 one (docs/FOUNDATION-MODEL.md, session 6). The parent never trained on any labeled
-sample, so it is scored on all of them; the candidate's recipe (the calibrated probe: its pool,
-weight decay, epochs and thresholds) is re-fit once per fold without that fold and decides the
-fold's samples (out-of-fold decisions, as served: the maximum over a sample's tiles). The
-candidate the site gets is then fit on every sample, so the estimate is of the recipe on
-(k-1)/k of the samples: if anything, pessimistic.
+sample, so it is scored on all of them; the candidate's recipe (the calibrated probe: its weight
+decay, epochs and thresholds; the pool stays the one chosen on all samples) is re-fit once per
+fold without that fold and decides the fold's samples (out-of-fold decisions, as served: the
+maximum over a sample's tiles). The candidate the site gets is then fit on every sample, so
+the estimate is of the recipe on (k-1)/k of the samples: if anything, pessimistic.
 
 Probabilities here are *shifted*: ``p - threshold + 0.5``, so that one cut at 0.5 decides
 every label whatever fold calibrated its threshold.

@@ -120,9 +120,13 @@ def _progress_line(progress: dict[str, Any]) -> str | None:
 
 
 def _plan_words(plan: dict[str, Any]) -> str:
-    """What a queued job will do with the samples: a split of them, or, for a model that
-    decides per frame, tiles that train and labeled frames that calibrate or judge."""
+    """What a queued job will do with the samples: train on all and judge each out of fold,
+    a split of them, or, for a model that decides per frame, tiles that train and labeled
+    frames that calibrate or judge."""
     method = plan.get("method")
+    if plan.get("out_of_fold"):
+        return (f"{method} on {plan.get('samples')} samples, each judged out of fold "
+                "(by a fit that never saw it)")
     if "frames" not in plan:
         return f"{method} on {plan.get('samples')} samples ({plan.get('held_out')} held out)"
     return (f"{method} on {plan.get('train')} tiles; {plan.get('frames')} labeled frames: "

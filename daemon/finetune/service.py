@@ -177,7 +177,7 @@ class FinetuneService(TaskGroupService):
     def plan(self, options: dict[str, Any]) -> dict[str, Any]:
         """Everything a job needs, checked now: the parent model, the samples, the label set
         and a split that works. Raises a ``DataError`` naming what is wrong."""
-        from models.finetune.spec import default_method
+        from models.finetune.spec import default_method, judged_out_of_fold
 
         assert self.samples is not None
         model = self.provider.current()
@@ -201,6 +201,8 @@ class FinetuneService(TaskGroupService):
         method = options["method"]
         if method == "auto":
             method = default_method(split["train"], gpu=bool(_gpus()))
+        if judged_out_of_fold(method, "frames" in split, options.get("adapt") or 0):
+            split = {"train": len(rows), "held_out": len(rows), "out_of_fold": True}
         return {
             "parent": card.ref, "parent_path": str(model.artifact.root),
             "name": card.name, "version": next_version(card.version, taken),

@@ -69,7 +69,7 @@ from models.finetune.probe import (
     pool_features,
 )
 from models.finetune.served import Tiles, peak, resized, sample_tiles
-from models.finetune.spec import JobSpec
+from models.finetune.spec import JobSpec, judged_out_of_fold
 from models.finetune.split import TooFewSamples, stratified_split
 from models.images import ImageLimits, decode_image
 from models.preprocess import Preprocessing
@@ -342,9 +342,7 @@ def prepare_job(spec: JobSpec, report: Report) -> Prepared:
         held_out = HeldOut(data.tiles.select(val_idx), data.targets[val_idx])
     method = spec.method if spec.method != "auto" else default_method(
         len(train_idx), device.startswith("cuda"))
-    # The gate judges every sample out of fold (models.finetune.crossval), unless the site
-    # adaptation would first learn from the images it judges.
-    cross_validated = method == "linear" and calibration is None and spec.adapt_steps <= 0
+    cross_validated = judged_out_of_fold(method, calibration is not None, spec.adapt_steps)
     if cross_validated:
         train_idx = np.arange(len(data.images))
         held_out = HeldOut(data.tiles, data.targets)

@@ -21,6 +21,13 @@ def default_method(samples: int, gpu: bool) -> str:
     return "full" if gpu and samples >= FULL_FROM else "linear"
 
 
+def judged_out_of_fold(method: str, per_frame: bool, adapt_steps: int) -> bool:
+    """Whether the probe trains on every sample and the gate judges each one out of fold
+    (``models.finetune.crossval``): not for a parent that decides per frame (its labeled frames
+    are the gate's), nor with site adaptation, which would first learn from what it judges."""
+    return method == "linear" and not per_frame and adapt_steps <= 0
+
+
 @dataclass(frozen=True)
 class JobSpec:
     parent: str

@@ -1,7 +1,9 @@
 """The plan a queued job shows (``spoke finetune start``'s "queued:" line) says what the job will
 really do. For a parent that decides per frame, the tiles train and the labeled frames
 calibrate or judge, so counting frames as samples and showing a split of all of them (session
-6: "linear on 164 samples (42 held out)") was wrong. Real service and routes, a tiny model.
+6: "linear on 164 samples (42 held out)") was wrong; a probe on tiles trains on every sample
+and the gate judges each out of fold, so "(N held out)" was wrong for it too. Real service and
+routes, a tiny model.
 """
 
 from __future__ import annotations
@@ -74,11 +76,37 @@ async def test_a_frame_jobs_plan_says_tiles_train_and_frames_calibrate_and_judge
         f"per frame -> crack-vit@{plan['version']}")
 
 
-async def test_a_tile_jobs_plan_line_is_unchanged(site: Site, tmp_path: Path) -> None:
+async def test_a_probe_on_tiles_plans_to_train_on_every_sample_and_judge_each_out_of_fold(
+        site: Site, tmp_path: Path) -> None:
     await add(site, crack_set(tmp_path / "tiles", per_class=TILES // 2))
     svc = site.service
     plan = await svc.db(svc.plan, check_options({"method": "linear"}))
-    assert "frames" not in plan and plan["train"] + plan["held_out"] == TILES
+    assert plan["out_of_fold"] and plan["train"] == plan["held_out"] == TILES
+
+    # ... which is what the job does with the same samples.
+    spec = JobSpec(parent=plan["parent_path"], samples=tuple(
+        (p, tuple(labels)) for p, labels in plan["sample_list"]), labels=tuple(plan["labels"]),
+        out=str(tmp_path / "cand"), name=plan["name"], version=plan["version"])
+    job = prepare_job(spec, lambda _: None)
+    assert job.cross_validated
+    assert (len(job.train_idx), len(job.held_out)) == (TILES, TILES)
+    assert _progress_line({"phase": "queued", **plan}) == (
+        f"  queued: linear on {TILES} samples, each judged out of fold (by a fit that never "
+        f"saw it) -> crack-vit@{plan['version']}")
+
+
+async def test_with_site_adaptation_the_plan_holds_a_share_out_as_the_job_does(
+        site: Site, tmp_path: Path) -> None:
+    await add(site, crack_set(tmp_path / "tiles", per_class=TILES // 2))
+    svc = site.service
+    plan = await svc.db(svc.plan, check_options({"method": "linear", "adapt": 10}))
+    assert "out_of_fold" not in plan and plan["train"] + plan["held_out"] == TILES
+    spec = JobSpec(parent=plan["parent_path"], samples=tuple(
+        (p, tuple(labels)) for p, labels in plan["sample_list"]), labels=tuple(plan["labels"]),
+        out=str(tmp_path / "cand"), name=plan["name"], version=plan["version"], adapt_steps=10)
+    job = prepare_job(spec, lambda _: None)
+    assert not job.cross_validated
+    assert (len(job.train_idx), len(job.held_out)) == (plan["train"], plan["held_out"])
     assert _progress_line({"phase": "queued", **plan}) == (
         f"  queued: linear on {TILES} samples ({plan['held_out']} held out) -> "
         f"crack-vit@{plan['version']}")

@@ -18,7 +18,7 @@ from appliance.fsutil import write_secret
 from appliance.identity import generate_key, key_to_pem
 from daemon.commands.finetune import _progress_line
 from daemon.finetune.options import check_options
-from models.finetune.job import prepare_job
+from models.finetune.job import Prepared, prepare_job
 from models.finetune.spec import JobSpec
 from tests.finetune.conftest import Site, make_parent, open_site, seed_store
 from tests.finetune.test_frames import crack_frames, per_frame
@@ -41,6 +41,15 @@ async def frame_site(tmp_path: Path, aiohttp_client: Any, encoder: Path
     await site.models.stop()
 
 
+def prepared(plan: dict[str, Any], tmp_path: Path, adapt_steps: int = 0) -> Prepared:
+    """The job the worker would prepare from this plan, for comparing its split with the plan."""
+    spec = JobSpec(parent=plan["parent_path"], samples=tuple(
+        (p, tuple(labels)) for p, labels in plan["sample_list"]), labels=tuple(plan["labels"]),
+        out=str(tmp_path / "cand"), name=plan["name"], version=plan["version"],
+        adapt_steps=adapt_steps)
+    return prepare_job(spec, lambda _: None)
+
+
 async def add(site: Site, samples: list[tuple[str, tuple[str, ...]]]) -> None:
     svc = site.service
     assert svc.samples is not None
@@ -61,10 +70,7 @@ async def test_a_frame_jobs_plan_says_tiles_train_and_frames_calibrate_and_judge
     assert min(plan["calibration"], plan["held_out"]) > 0
 
     # ... which is what the job does with the same samples.
-    spec = JobSpec(parent=plan["parent_path"], samples=tuple(
-        (p, tuple(labels)) for p, labels in plan["sample_list"]), labels=tuple(plan["labels"]),
-        out=str(tmp_path / "cand"), name=plan["name"], version=plan["version"])
-    job = prepare_job(spec, lambda _: None)
+    job = prepared(plan, tmp_path)
     assert job.calibration is not None
     assert (len(job.train_idx), len(job.calibration), len(job.held_out)) == (
         plan["train"], plan["calibration"], plan["held_out"])
@@ -84,10 +90,7 @@ async def test_a_probe_on_tiles_plans_to_train_on_every_sample_and_judge_each_ou
     assert plan["out_of_fold"] and plan["train"] == plan["held_out"] == TILES
 
     # ... which is what the job does with the same samples.
-    spec = JobSpec(parent=plan["parent_path"], samples=tuple(
-        (p, tuple(labels)) for p, labels in plan["sample_list"]), labels=tuple(plan["labels"]),
-        out=str(tmp_path / "cand"), name=plan["name"], version=plan["version"])
-    job = prepare_job(spec, lambda _: None)
+    job = prepared(plan, tmp_path)
     assert job.cross_validated
     assert (len(job.train_idx), len(job.held_out)) == (TILES, TILES)
     assert _progress_line({"phase": "queued", **plan}) == (
@@ -101,10 +104,7 @@ async def test_with_site_adaptation_the_plan_holds_a_share_out_as_the_job_does(
     svc = site.service
     plan = await svc.db(svc.plan, check_options({"method": "linear", "adapt": 10}))
     assert "out_of_fold" not in plan and plan["train"] + plan["held_out"] == TILES
-    spec = JobSpec(parent=plan["parent_path"], samples=tuple(
-        (p, tuple(labels)) for p, labels in plan["sample_list"]), labels=tuple(plan["labels"]),
-        out=str(tmp_path / "cand"), name=plan["name"], version=plan["version"], adapt_steps=10)
-    job = prepare_job(spec, lambda _: None)
+    job = prepared(plan, tmp_path, adapt_steps=10)
     assert not job.cross_validated
     assert (len(job.train_idx), len(job.held_out)) == (plan["train"], plan["held_out"])
     assert _progress_line({"phase": "queued", **plan}) == (

@@ -145,32 +145,31 @@ INSERT INTO health VALUES ('old', 5, 6, '{"t": 5}');
 """
 
 
-def test_a_pilot_registry_from_before_is_brought_forward_with_its_rows(tmp_path: Path) -> None:
+@pytest.fixture
+def pilot_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A registry file made by the first pilot's schema, opened (and so migrated) now."""
     path = tmp_path / "registry.db"
     with sqlite3.connect(path) as conn:
         conn.executescript(FIRST_SQLITE_SCHEMA)
     registry = Registry(path)
-    try:
-        device = registry.device("old")
-        assert device is not None and device.state == {"a": 1}
-        assert registry.health_history("old") == [{"t": 5}]
-        assert registry.set_state("old", {"a": 2}, seq=1) is True
-        assert registry.add_health("old", 5.0, {"t": 5}) is False
-    finally:
-        registry.close()
+    yield registry
+    registry.close()
 
 
-def test_a_registry_from_before_counts_each_claims_uses_from_its_devices(tmp_path: Path) -> None:
+def test_a_pilot_registry_from_before_is_brought_forward_with_its_rows(
+        pilot_registry: Registry) -> None:
+    device = pilot_registry.device("old")
+    assert device is not None and device.state == {"a": 1}
+    assert pilot_registry.health_history("old") == [{"t": 5}]
+    assert pilot_registry.set_state("old", {"a": 2}, seq=1) is True
+    assert pilot_registry.add_health("old", 5.0, {"t": 5}) is False
+
+
+def test_a_registry_from_before_counts_each_claims_uses_from_its_devices(
+        pilot_registry: Registry) -> None:
     """Claims now keep their uses in their row; one made before gets its devices counted."""
-    path = tmp_path / "registry.db"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(FIRST_SQLITE_SCHEMA)
-    registry = Registry(path)
-    try:
-        claim = registry.claim("c")
-        assert claim is not None and claim.uses == 1
-    finally:
-        registry.close()
+    claim = pilot_registry.claim("c")
+    assert claim is not None and claim.uses == 1
 
 
 # --- choosing the registry: [registry] url, SPOKE_HUB_REGISTRY__URL -------------------------------

@@ -114,7 +114,7 @@ def _progress_line(progress: dict[str, Any]) -> str | None:
         return (f"  training: step {progress.get('step')}{of}, loss {progress.get('loss')}, "
                 f"{progress.get('elapsed_s')} s")
     if phase == "queued":
-        return (f"  queued: {_plan_words(progress)} -> "
+        return (f"  queued: {_plan_words(progress)}{_quiet_words(progress)} -> "
                 f"{progress.get('name')}@{progress.get('version')}")
     return f"  {phase}" if phase else None
 
@@ -132,6 +132,28 @@ def _plan_words(plan: dict[str, Any]) -> str:
     return (f"{method} on {plan.get('train')} tiles; {plan.get('frames')} labeled frames: "
             f"{plan.get('calibration')} calibrate its thresholds, {plan.get('held_out')} "
             "judge it against the current model, per frame")
+
+
+def _quiet_words(plan: dict[str, Any]) -> str:
+    """What the plan does with the labels no sample carries (``models.finetune.quiet``)."""
+    names = ", ".join(plan.get("untrained") or [])
+    if not names:
+        return ""
+    if not plan.get("background"):
+        return f"; no background sample, so {names} keep the parent's thresholds"
+    unit = "calibration frames" if "frames" in plan else "samples"
+    return (f"; {names} (no sample carries them) keep the parent's head, their thresholds "
+            f"raised to stay quiet on the {plan['background']} background {unit}")
+
+
+def _rule_line(rule: dict[str, Any]) -> str:
+    """What the background rule did in a finished job."""
+    if not rule["background"]:
+        return "  no background sample: labels no sample carries keep the parent's thresholds"
+    raised = "; ".join(f"{name} {old:.3f} -> {new:.3f}"
+                       for name, (old, new) in rule["raised"].items())
+    return (f"  labels no sample carries, on the {rule['background']} background samples: "
+            + (f"raised {raised}" if raised else "none fired, thresholds kept"))
 
 
 def follow(args: argparse.Namespace, job_id: str, poll_s: float = 0.5) -> int:
@@ -185,6 +207,9 @@ def show(job: dict[str, Any]) -> None:
                  "change": f"{comparison['macro_f1_delta']:+.3f}"})
     rows.append({"label": "exact match", "current": f"{cur['exact_match']:.3f}",
                  "candidate": f"{cand['exact_match']:.3f}", "change": ""})
+    rule = (result.get("details") or {}).get("background_rule")
+    if rule is not None:
+        print(_rule_line(rule))
     frames = (result.get("details") or {}).get("frames")
     if frames:
         print(f"  judged per frame, the decision the current model's thresholds are for: "

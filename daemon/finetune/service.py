@@ -177,6 +177,7 @@ class FinetuneService(TaskGroupService):
     def plan(self, options: dict[str, Any]) -> dict[str, Any]:
         """Everything a job needs, checked now: the parent model, the samples, the label set
         and a split that works. Raises a ``DataError`` naming what is wrong."""
+        from models.finetune.quiet import untrained
         from models.finetune.spec import default_method, judged_out_of_fold
 
         assert self.samples is not None
@@ -189,10 +190,12 @@ class FinetuneService(TaskGroupService):
         split: dict[str, int]
         if card.decision.unit == "frame":
             labels, split = self._frame_split(rows, card, seed)
+            background = split.pop("background")
         else:
             labels, train, held = job_split(rows, card.labels, self.samples.accepted_labels(),
                                             card.ref, self.config.held_out_fraction, seed)
             split = {"train": len(train), "held_out": len(held)}
+            background = _background([rows[i] for i in train])
         taken: list[str] = []
         if self.models is not None:
             taken = [str(m.get("version")) for m in self.models.store.entries()]
@@ -203,10 +206,14 @@ class FinetuneService(TaskGroupService):
             method = default_method(split["train"], gpu=bool(_gpus()))
         if judged_out_of_fold(method, "frames" in split, options.get("adapt") or 0):
             split = {"train": len(rows), "held_out": len(rows), "out_of_fold": True}
+            background = _background(rows)
         return {
             "parent": card.ref, "parent_path": str(model.artifact.root),
             "name": card.name, "version": next_version(card.version, taken),
             "labels": labels, "method": method, "samples": len(rows), **split,
+            # labels no sample carries keep the parent's row, quiet on the background samples
+            "untrained": untrained(labels, {n for row in rows for n in row["labels"]}),
+            "background": background,
             "sample_list": [[str(self.samples.path(r)), r["labels"]] for r in rows],
         }
 
@@ -222,7 +229,7 @@ class FinetuneService(TaskGroupService):
         plan = plan_frames([(r["width"], r["height"]) for r in rows], targets, labels,
                            card.preprocessing, card.decision, seed)
         return labels, {"train": plan.tiles, "held_out": plan.judged, "frames": plan.frames,
-                        "calibration": plan.calibration}
+                        "calibration": plan.calibration, "background": plan.background}
 
     async def start_job(self, raw: dict[str, Any], source: str = "api") -> dict[str, Any]:
         """Validate, plan and queue a job; raises ``DataError`` (``JobConflict`` if busy)."""
@@ -496,6 +503,11 @@ class OverrideRefused(DataError):
 def _stored_outcome(job: dict[str, Any]) -> JobOutcome | None:
     """A job row's result, typed; None when the job has none."""
     return JobOutcome.model_validate(job["result"]) if job["result"] else None
+
+
+def _background(rows: list[dict[str, Any]]) -> int:
+    """How many of these samples are labeled background (what the background rule reads)."""
+    return sum("background" in row["labels"] for row in rows)
 
 
 def _gpus() -> list[Any]:

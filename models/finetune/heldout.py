@@ -20,7 +20,7 @@ import numpy as np
 from appliance.errors import DataError
 from appliance.finetune import Skipped
 from models.data.labels import multi_hot
-from models.decide import Decision
+from models.decide import BACKGROUND, Decision
 from models.finetune.served import Tiles
 from models.finetune.split import TooFewSamples, stratified_split
 from models.pipeline import TileOptions, serving_tiles
@@ -123,12 +123,14 @@ def split_frames(frames: HeldOut, names: tuple[str, ...], seed: int
 class FramePlan:
     """What a job for a parent that decides per frame will do with the samples, known before
     it is queued: the tiles train; of the labeled frames (the first ``MAX_FRAMES``), some
-    calibrate the candidate's thresholds and the rest are the gate's held-out set."""
+    calibrate the candidate's thresholds (``background`` of them labeled background) and the
+    rest are the gate's held-out set."""
 
     tiles: int
     frames: int
     calibration: int
     judged: int
+    background: int
 
 
 def plan_frames(sizes: Sequence[tuple[int, int]], targets: np.ndarray, names: Sequence[str],
@@ -141,7 +143,10 @@ def plan_frames(sizes: Sequence[tuple[int, int]], targets: np.ndarray, names: Se
         raise needs_frames(decision)
     used = frames[:MAX_FRAMES]
     cal, judged = frame_split(targets[used], names, seed)
-    return FramePlan(len(sizes) - len(frames), len(used), len(cal), len(judged))
+    background = 0
+    if BACKGROUND in names:
+        background = int((targets[used][cal, list(names).index(BACKGROUND)] >= 0.5).sum())
+    return FramePlan(len(sizes) - len(frames), len(used), len(cal), len(judged), background)
 
 
 def frame_calibrated(probs: np.ndarray, targets: np.ndarray, names: tuple[str, ...],

@@ -9,7 +9,8 @@
    its samples carry);
 3. ``train_candidate``: train with the chosen method under a step/epoch and time budget,
    checkpointed (the loop of ``models.training.loop``: atomic checkpoints, resumes where a killed
-   run stopped); for a parent that decides per frame, calibrate the thresholds on frames;
+   run stopped); for a parent that decides per frame, calibrate the thresholds on frames; the
+   labels the site did not train stay quiet on its background samples (``models.finetune.quiet``);
 4. ``judge``: score the candidate on the same split (or out of fold) and apply the gate;
 5. ``export``: if it passes, write the candidate artifact (parent recorded, metrics on the card)
    and the trained weights (head or adapters) a reviewer at the hub may see. Never an image.
@@ -35,7 +36,7 @@ from torch import Tensor
 from appliance.errors import DataError
 from appliance.finetune import GateReport, JobResult, Skipped
 from models.artifact import Artifact, load_artifact, write_artifact
-from models.decide import decide_many
+from models.decide import BACKGROUND, decide_many
 from models.finetune.adapt import BATCH as ADAPT_BATCH
 from models.finetune.adapt import Adapted, adapt
 from models.finetune.augment import drone_augment
@@ -68,6 +69,7 @@ from models.finetune.probe import (
     install_head,
     pool_features,
 )
+from models.finetune.quiet import Quieted, quiet, untrained
 from models.finetune.served import Tiles, peak, resized, sample_tiles
 from models.finetune.spec import JobSpec, judged_out_of_fold
 from models.finetune.split import TooFewSamples, stratified_split
@@ -401,8 +403,8 @@ def site_adaptation(job: Prepared, report: Report, log: Callable[[str], None]
 def train_candidate(job: Prepared, started: float, report: Report,
                     log: Callable[[str], None]) -> tuple[Trained, dict[str, Tensor]]:
     """Adapt the encoder to the site, grow the head for new labels, train with the job's
-    method, and merge adapters into the weights; returns how it went and the trained tensors a
-    reviewer may see."""
+    method, merge adapters into the weights, and set the thresholds (frames, background);
+    returns how it went and the trained tensors a reviewer may see."""
     spec, model = job.spec, job.model
     pre = job.parent.card.preprocessing
     adapted = site_adaptation(job, report, log)
@@ -422,7 +424,36 @@ def train_candidate(job: Prepared, started: float, report: Report,
     model.eval()
     if job.calibration is not None:
         calibrate_for_frames(job, job.calibration, result, report)
+    quieted = quiet_background(job, report)
+    if quieted is not None:
+        result.details["background_rule"] = quieted.to_dict()
     return result, trained
+
+
+def background_samples(job: Prepared) -> HeldOut:
+    """The site's background samples, decided as the candidate's thresholds decide: the
+    calibration frames for a parent that decides per frame, else the training samples."""
+    source = job.calibration if job.calibration is not None else HeldOut(
+        job.data.tiles.select(job.train_idx), job.data.targets[job.train_idx])
+    labels = job.spec.labels
+    if BACKGROUND not in labels:
+        return source.select(np.zeros(0, dtype=np.int64))
+    return source.select(np.flatnonzero(source.targets[:, labels.index(BACKGROUND)] >= 0.5))
+
+
+def quiet_background(job: Prepared, report: Report) -> Quieted | None:
+    """The labels the site did not train (parent's rows) raised over the candidate's
+    probabilities on the site's background samples (``models.finetune.quiet``); None when
+    the site trained every label, and nothing raised when it has no background sample."""
+    labels = job.spec.labels
+    names = untrained(labels, {labels[j] for j in job.task})
+    if not names:
+        return None
+    background = background_samples(job)
+    if not len(background):
+        return Quieted(0)
+    report({"phase": "quieting", "background": len(background)})
+    return quiet(job.served(background), labels, names, job.thresholds)
 
 
 def calibrate_for_frames(job: Prepared, frames: HeldOut, result: Trained, report: Report
@@ -475,6 +506,11 @@ def export(job: Prepared, trained: Trained, weights: dict[str, Tensor], parent: 
     the trained tensors; returns both paths."""
     spec, card = job.spec, job.parent.card
     report({"phase": "exporting"})
+    rule = trained.details.get("background_rule")
+    quieted: dict[str, float] = {}
+    if rule is not None:  # what the card's thresholds of untrained labels were before
+        quieted = {"finetune.background_samples": float(rule["background"])} | {
+            f"finetune.raised_from.{name}": old for name, (old, _) in rule["raised"].items()}
     out_dir = Path(spec.out)
     if out_dir.exists():
         import shutil
@@ -492,7 +528,7 @@ def export(job: Prepared, trained: Trained, weights: dict[str, Tensor], parent: 
             "finetune.steps": float(trained.steps),
             "finetune.lora": float(job.method == "lora"),
             "finetune.linear": float(job.method == "linear"),
-        })
+        } | quieted)
     from safetensors.torch import save_file
 
     path = out_dir.parent / TRAINED_WEIGHTS

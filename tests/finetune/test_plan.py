@@ -18,7 +18,7 @@ from appliance.fsutil import write_secret
 from appliance.identity import generate_key, key_to_pem
 from daemon.commands.finetune import _progress_line
 from daemon.finetune.options import check_options
-from models.finetune.job import Prepared, prepare_job
+from models.finetune.job import Prepared, background_samples, prepare_job
 from models.finetune.spec import JobSpec
 from tests.finetune.conftest import Site, make_parent, open_site, seed_store
 from tests.finetune.test_frames import crack_frames, per_frame
@@ -79,7 +79,10 @@ async def test_a_frame_jobs_plan_says_tiles_train_and_frames_calibrate_and_judge
     assert line == (
         f"  queued: linear on {TILES} tiles; {FRAMES} labeled frames: {plan['calibration']} "
         f"calibrate its thresholds, {plan['held_out']} judge it against the current model, "
-        f"per frame -> crack-vit@{plan['version']}")
+        f"per frame; spallation, efflorescence, exposed_bars, corrosion_stain (no sample "
+        f"carries them) keep the parent's head, their thresholds raised to stay quiet on the "
+        f"{plan['background']} background calibration frames -> crack-vit@{plan['version']}")
+    assert plan["background"] == len(background_samples(job))
 
 
 async def test_a_probe_on_tiles_plans_to_train_on_every_sample_and_judge_each_out_of_fold(
@@ -95,7 +98,9 @@ async def test_a_probe_on_tiles_plans_to_train_on_every_sample_and_judge_each_ou
     assert (len(job.train_idx), len(job.held_out)) == (TILES, TILES)
     assert _progress_line({"phase": "queued", **plan}) == (
         f"  queued: linear on {TILES} samples, each judged out of fold (by a fit that never "
-        f"saw it) -> crack-vit@{plan['version']}")
+        f"saw it); spallation, efflorescence, exposed_bars, corrosion_stain (no sample carries "
+        f"them) keep the parent's head, their thresholds raised to stay quiet on the "
+        f"{TILES // 2} background samples -> crack-vit@{plan['version']}")
 
 
 async def test_with_site_adaptation_the_plan_holds_a_share_out_as_the_job_does(
@@ -108,8 +113,11 @@ async def test_with_site_adaptation_the_plan_holds_a_share_out_as_the_job_does(
     assert not job.cross_validated
     assert (len(job.train_idx), len(job.held_out)) == (plan["train"], plan["held_out"])
     assert _progress_line({"phase": "queued", **plan}) == (
-        f"  queued: linear on {TILES} samples ({plan['held_out']} held out) -> "
-        f"crack-vit@{plan['version']}")
+        f"  queued: linear on {TILES} samples ({plan['held_out']} held out); spallation, "
+        f"efflorescence, exposed_bars, corrosion_stain (no sample carries them) keep the "
+        f"parent's head, their thresholds raised to stay quiet on the {plan['background']} "
+        f"background samples -> crack-vit@{plan['version']}")
+    assert plan["background"] == len(background_samples(job))
 
 
 async def test_a_frame_job_without_labeled_frames_is_refused_before_it_is_queued(

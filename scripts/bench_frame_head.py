@@ -4,9 +4,10 @@ The demo's fleet model decides per frame (each label's maximum over a frame's ti
 2), and its default fine-tune trains only the head on frozen features. So every rule is
 compared here on the same cached features of the same frames of ``--site``:
 
-- frames 0-15 are the demo's two flights (reported, never chosen on); 16-79 the survey the demo
-  labels, split as the job splits it (``models.finetune.heldout.frame_split``: calibration /
-  gate); 80 on are validation frames, the ones to choose by;
+- frames 0-15 are the demo's two flights (reported, never chosen on); the next ``--survey``
+  (64, what the demo labels) the survey, split as the job splits it
+  (``models.finetune.heldout.frame_split``: calibration / gate); the rest are validation
+  frames, the ones to choose by (``--frames`` defaults to 128 of them);
 - rules: the parent (the same-run baseline); the parent with thresholds recalibrated on the
   calibration frames; the job's probe on the site's 100 tiles (token pool) with thresholds from
   the calibration frames (the default since session 6); a warm start (L2-SP: the parent's
@@ -16,9 +17,13 @@ compared here on the same cached features of the same frames of ``--site``:
   trained and thresholded on the validation frames themselves.
 
 Each row: macro-F1 as the gate computes it, and precision / recall over frame-label pairs, on
-the validation, gate and flight frames; and its validation macro-F1 over the parent's.
+the validation, gate and flight frames; its validation macro-F1 over the parent's; and the
+paired bootstrap 95 % interval of its validation macro-F1 minus the parent's (the frames
+resampled, both scored on the same resample): a rule beats the parent beyond noise where the
+interval is above 0.
 
-    .venv/bin/python -m scripts.bench_frame_head [--site 41] [--frames 208] [--work DIR]
+    .venv/bin/python -m scripts.bench_frame_head [--site 41] [--survey 64] [--frames N]
+        [--work DIR]
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ from models.groundtruth import compare_frames
 from models.pipeline import TileOptions, serving_tiles
 from models.training.metrics import calibrate_thresholds, score
 
-SURVEY = range(16, 80)
 FLIGHTS = (range(0, 8), range(8, 16))
+VALIDATION = 128
 VIEWS = 8
 FOLDS = 4
+RESAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -132,15 +138,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--site", type=int, default=41, help="the scored site (the demo's)")
-    parser.add_argument("--frames", type=int, default=208, help="frames 0..N-1 (N > 80)")
+    parser.add_argument("--survey", type=int, default=64,
+                        help="labeled survey frames (after the flights' 16)")
+    parser.add_argument("--frames", type=int,
+                        help=f"frames 0..N-1 (default: {VALIDATION} validation frames after "
+                        "the survey)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/spoke-bench-frame-head"))
     parser.add_argument("--parent", type=Path,
                         help="the fleet model packaged as the demo packages it (default: "
                         "build or reuse the foundation model and calibrate it as the demo does)")
     args = parser.parse_args()
-    if args.frames <= SURVEY.stop:
-        raise SystemExit(f"bench_frame_head: --frames must be over {SURVEY.stop} "
-                         "(frames from 80 on choose)")
+    survey_end = FLIGHTS[1].stop + args.survey
+    args.frames = args.frames or survey_end + VALIDATION
+    if args.frames <= survey_end:
+        raise SystemExit(f"bench_frame_head: --frames must be over {survey_end} "
+                         f"(frames from {survey_end} on choose)")
     from scripts.demo import foundation_artifacts
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -153,9 +165,9 @@ def main() -> None:
     torch.set_num_threads(2)
     s = site_features(parent, args.site, args.frames, args.work)
     n = len(s.frame_y)
-    survey = np.arange(SURVEY.start, SURVEY.stop)
+    survey = np.arange(FLIGHTS[1].stop, survey_end)
     cal_i, gate_i = frame_split(s.frame_y[survey], labels, 0)
-    cal, gate, val = survey[cal_i], survey[gate_i], np.arange(SURVEY.stop, n)
+    cal, gate, val = survey[cal_i], survey[gate_i], np.arange(survey_end, n)
     sets = {"validation": val, "gate": gate, "flight 1": np.array(FLIGHTS[0]),
             "flight 2": np.array(FLIGHTS[1])}
     model = parent.build_model()
@@ -190,14 +202,23 @@ def main() -> None:
     ]
     print(f"site {args.site}: {n} frames; calibration {len(cal)}, gate {len(gate)}, "
           f"validation {len(val)}; macro-F1 (precision/recall)")
+    def macro_f1(said: np.ndarray, frames: np.ndarray) -> float:
+        present = np.flatnonzero(s.frame_y[frames].sum(0) > 0)
+        return score(said[:, present].astype(np.float32), s.frame_y[frames][:, present],
+                     [labels[j] for j in present]).macro_f1
+
+    resamples = np.random.default_rng(0).integers(0, len(val), (RESAMPLES, len(val)))
+    said_parent = decide_many(p_parent[val], labels, thresholds)
+    parent_f1 = [macro_f1(said_parent[r], val[r]) for r in resamples]
     base = None
     for name, p, thr in rows:
+        said_val = decide_many(p[val], labels, thr)
+        gain = np.percentile([macro_f1(said_val[r], val[r]) - f
+                              for r, f in zip(resamples, parent_f1, strict=True)], [2.5, 97.5])
         cells = []
         for frames in sets.values():
-            present = np.flatnonzero(s.frame_y[frames].sum(0) > 0)
             said = decide_many(p[frames], labels, thr)
-            f1 = score(said[:, present].astype(np.float32), s.frame_y[frames][:, present],
-                       [labels[j] for j in present]).macro_f1
+            f1 = macro_f1(said, frames)
             named = {str(i): {lab for lab, on_ in zip(labels, r, strict=True) if on_}
                      for i, r in zip(frames, said, strict=True)}
             truth = {str(i): {lab for lab, t in zip(labels, s.frame_y[i], strict=True) if t}
@@ -207,7 +228,8 @@ def main() -> None:
         val_f1 = float(cells[0].split()[0])
         base = base or val_f1
         print(f"{name:<52} " + "  ".join(f"{k} {c}" for k, c in zip(sets, cells, strict=True))
-              + f"  ratio {val_f1 / base:.3f}", flush=True)
+              + f"  ratio {val_f1 / base:.3f}  gain 95% [{gain[0]:+.3f}, {gain[1]:+.3f}]",
+              flush=True)
 
 
 if __name__ == "__main__":

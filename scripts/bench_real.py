@@ -14,7 +14,9 @@ STEPS --wait`` for ``--adapt-steps``; 0 leaves that row out), then scores the mo
 appliance serves afterwards (the candidate if the gate promotes it, else the parent), and the
 candidate itself, on the held-out photos through the serving pipeline (tiles, ONNX Runtime,
 ``models.decide``). A ridge classifier on 32x32 pixels, trained on the same photos, is the
-same-run baseline. Balanced accuracy of the defect label; the seed is printed. To choose
+same-run baseline. Balanced accuracy of the defect label, and how many held-out background
+photos get any defect reported (with and without the background rule of
+``models.finetune.quiet`` where the card says it raised a label); the seed is printed. To choose
 between methods without touching the test photos, score a validation split: ``--skip N``
 with N the test run's ``--held-out`` leaves those photos out.
 
@@ -101,18 +103,36 @@ def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path
     return served, candidate, job, seconds
 
 
-def served_accuracy(artifact_dir: Path, rest: list[tuple[Path, str]], positive: str
-                    ) -> float:
-    """Balanced accuracy of ``positive`` as the serving pipeline reports it."""
+def served(artifact_dir: Path, rest: list[tuple[Path, str]], positive: str
+           ) -> dict[str, Any]:
+    """As the serving pipeline reports ``rest``: the balanced accuracy of ``positive``, and
+    how many background photos get any defect reported (an inspector's false alarms). For a
+    fine-tune whose card raised labels the site did not train (``models.finetune.quiet``), the
+    same two with those labels at the thresholds they had before (the same probabilities)."""
     from models.artifact import load_artifact
     from models.backends.select import create_backend
+    from models.decide import BACKGROUND, decide_many
     from models.pipeline import Pipeline
 
     artifact = load_artifact(artifact_dir)
+    card = artifact.card
     pipeline = Pipeline(artifact, create_backend(artifact, "onnxruntime"))
-    said = np.array([positive in pipeline.run(p.read_bytes()).labels for p, _ in rest])
+    probs = np.array([[pipeline.run(p.read_bytes()).probs[n] for n in card.labels]
+                      for p, _ in rest], dtype=np.float32)
     truth = np.array([lab == positive for _, lab in rest])
-    return balanced(said, truth)
+    defects = [j for j, n in enumerate(card.labels) if n != BACKGROUND]
+
+    def scores(thresholds: dict[str, float], suffix: str = "") -> dict[str, Any]:
+        said = decide_many(probs, card.labels, thresholds)
+        alarms = said[:, defects].any(axis=1) & ~truth
+        return {f"balanced_accuracy{suffix}": round(
+                    balanced(said[:, card.labels.index(positive)], truth), 4),
+                f"background_with_a_defect{suffix}": f"{int(alarms.sum())}/{int((~truth).sum())}"}
+
+    raised = {k.removeprefix("finetune.raised_from."): v for k, v in card.metrics.items()
+              if k.startswith("finetune.raised_from.")}
+    out = scores(card.thresholds)
+    return out | (scores(card.thresholds | raised, "_without_rule") if raised else {})
 
 
 def balanced(said: np.ndarray, truth: np.ndarray) -> float:
@@ -165,6 +185,8 @@ def main() -> None:
                              "(neither trained on nor tested), for choosing a method")
     parser.add_argument("--adapt-steps", type=int, default=150, metavar="N",
                         help="the site-adaptation row's steps (0: no such row)")
+    parser.add_argument("--no-scratch", action="store_true",
+                        help="leave out the row from scratch (a job's time less)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -191,28 +213,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spoke-bench-real-") as tmp:
         root = Path(tmp)
         link_set(list(train.items), root / "train")
-        scratch = scratch_twin(args.parent, root / "scratch-parent", args.seed)
         runs: list[tuple[str, Path, tuple[str, ...]]] = [("foundation", args.parent, ())]
         if args.adapt_steps:
             runs.append((f"foundation, adapt {args.adapt_steps}", args.parent,
                          ("--adapt", str(args.adapt_steps))))
-        runs.append(("scratch", scratch, ()))
+        if not args.no_scratch:
+            runs.append(("scratch", scratch_twin(args.parent, root / "scratch-parent",
+                                                 args.seed), ()))
         for name, parent, options in runs:
             work = root / name.replace(", ", "-").replace(" ", "-")
             work.mkdir()
-            served, candidate, job, seconds = appliance_finetune(
+            served_model, candidate, job, seconds = appliance_finetune(
                 parent, root / "train", args.map, work, options)
             result = job.get("result") or {}
             comparison = result.get("comparison") or {}
+            items = list(rest.items)
             rows.append({
                 "model": name, "parent": str(parent), "options": list(options),
-                "balanced_accuracy_parent": round(served_accuracy(parent, list(rest.items),
-                                                                  positive), 4),
-                "balanced_accuracy": round(served_accuracy(served, list(rest.items),
-                                                           positive), 4),
-                "balanced_accuracy_candidate": None if candidate is None else round(
-                    served_accuracy(candidate, list(rest.items), positive), 4),
-                "promoted": served != parent, "method": result.get("method"),
+                **{f"{k}_parent": v for k, v in served(parent, items, positive).items()},
+                **served(served_model, items, positive),
+                **({} if candidate is None else {
+                    f"{k}_candidate": v for k, v in served(candidate, items, positive).items()}),
+                "promoted": served_model != parent, "method": result.get("method"),
                 "details": result.get("details"), "job_seconds": round(seconds, 1),
                 "gate_reasons": comparison.get("reasons"), "status": job.get("status"),
                 "error": job.get("error"),
@@ -228,12 +250,18 @@ def main() -> None:
           f"training ({len(train.items)}), {len(rest.items)} held out (the first {args.skip} "
           f"of each class skipped), seed {args.seed}")
     print(f"{'model':<26} {'balanced acc':>12} {'(parent)':>9} {'(candidate)':>12} "
-          f"{'promoted':>9} {'job s':>7}")
+          f"{'promoted':>9} {'job s':>7} {'background with a defect (parent)':>34}")
     for r in rows:
         print(f"{r['model']:<26} {r['balanced_accuracy']:>12.3f} "
               f"{r.get('balanced_accuracy_parent', float('nan')):>9.3f} "
               f"{r.get('balanced_accuracy_candidate') or float('nan'):>12.3f} "
-              f"{r.get('promoted', '-')!s:>9} {r.get('job_seconds', float('nan')):>7}")
+              f"{r.get('promoted', '-')!s:>9} {r.get('job_seconds', float('nan')):>7} "
+              f"{r.get('background_with_a_defect', '-'):>9} "
+              f"({r.get('background_with_a_defect_parent', '-')})")
+        if "background_with_a_defect_without_rule" in r:
+            print(f"{'  without the background rule':<26} "
+                  f"{r['balanced_accuracy_without_rule']:>12.3f} {'':>40} "
+                  f"{r['background_with_a_defect_without_rule']:>9}")
     if args.json:
         args.json.write_text(json.dumps({"set": str(args.directory), "seed": args.seed,
                                          "per_class": args.per_class, "positive": positive,

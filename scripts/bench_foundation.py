@@ -136,7 +136,9 @@ def appliance_default(parent: Path, train: TileSet, test: TileSet, seed: int
         probs = predict(candidate.build_model(), test.images)
         scores = score_at(probs, test.targets, LABELS, candidate.card.thresholds)
     return scores, {"promoted": result.comparison.promote, "seconds": result.seconds,
-                    "held_out": result.held_out}
+                    "held_out": result.held_out,
+                    # None where the samples carry every label (models.finetune.quiet)
+                    "background_rule": result.details.get("background_rule")}
 
 
 def bench(

@@ -105,8 +105,9 @@ def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path
 
 def served(artifact_dir: Path, rest: list[tuple[Path, str]], positive: str
            ) -> dict[str, Any]:
-    """As the serving pipeline reports ``rest``: the balanced accuracy of ``positive``, and
-    how many background photos get any defect reported (an inspector's false alarms). For a
+    """As the serving pipeline reports ``rest``: the balanced accuracy of ``positive``, how
+    many background photos get any defect reported (an inspector's false alarms), and how many
+    ``positive`` photos get another defect too (not judged: nobody labeled those). For a
     fine-tune whose card raised labels the site did not train (``models.finetune.quiet``), the
     same two with those labels at the thresholds they had before (the same probabilities)."""
     from models.artifact import load_artifact
@@ -121,13 +122,16 @@ def served(artifact_dir: Path, rest: list[tuple[Path, str]], positive: str
                       for p, _ in rest], dtype=np.float32)
     truth = np.array([lab == positive for _, lab in rest])
     defects = [j for j, n in enumerate(card.labels) if n != BACKGROUND]
+    others = [j for j in defects if card.labels[j] != positive]
 
     def scores(thresholds: dict[str, float], suffix: str = "") -> dict[str, Any]:
         said = decide_many(probs, card.labels, thresholds)
         alarms = said[:, defects].any(axis=1) & ~truth
+        also = said[:, others].any(axis=1) & truth
         return {f"balanced_accuracy{suffix}": round(
                     balanced(said[:, card.labels.index(positive)], truth), 4),
-                f"background_with_a_defect{suffix}": f"{int(alarms.sum())}/{int((~truth).sum())}"}
+                f"background_with_a_defect{suffix}": f"{int(alarms.sum())}/{int((~truth).sum())}",
+                f"{positive}_with_another_defect{suffix}": f"{int(also.sum())}/{int(truth.sum())}"}
 
     raised = {k.removeprefix("finetune.raised_from."): v for k, v in card.metrics.items()
               if k.startswith("finetune.raised_from.")}

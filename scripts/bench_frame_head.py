@@ -5,9 +5,9 @@ The demo's fleet model decides per frame (each label's maximum over a frame's ti
 compared here on the same cached features of the same frames of ``--site``:
 
 - frames 0-15 are the demo's two flights (reported, never chosen on); the next ``--survey``
-  (64, what the demo labels) the survey, split as the job splits it
-  (``models.finetune.heldout.frame_split``: calibration / gate); the rest are validation
-  frames, the ones to choose by (``--frames`` defaults to 128 of them);
+  (64, what the demo labels; repeat it to compare sizes on the same frames) the labeled survey,
+  split as the job splits it (``models.finetune.heldout.frame_split``: calibration / gate);
+  the last 128 are validation frames, the ones to choose by;
 - rules: the parent (the same-run baseline); the parent with thresholds recalibrated on the
   calibration frames; the job's probe on the site's 100 tiles (token pool) with thresholds from
   the calibration frames (the default since session 6); a warm start (L2-SP: the parent's
@@ -22,8 +22,8 @@ paired bootstrap 95 % interval of its validation macro-F1 minus the parent's (th
 resampled, both scored on the same resample): a rule beats the parent beyond noise where the
 interval is above 0.
 
-    .venv/bin/python -m scripts.bench_frame_head [--site 41] [--survey 64] [--frames N]
-        [--work DIR]
+    .venv/bin/python -m scripts.bench_frame_head [--site 41] [--survey 64 [--survey 128]]
+        [--frames N] [--work DIR]
 """
 
 from __future__ import annotations
@@ -134,40 +134,14 @@ def warm_start(s: Site, frames: np.ndarray, w0: Tensor, b0: Tensor, penalty: flo
     return w.detach(), b.detach()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--site", type=int, default=41, help="the scored site (the demo's)")
-    parser.add_argument("--survey", type=int, default=64,
-                        help="labeled survey frames (after the flights' 16)")
-    parser.add_argument("--frames", type=int,
-                        help=f"frames 0..N-1 (default: {VALIDATION} validation frames after "
-                        "the survey)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/spoke-bench-frame-head"))
-    parser.add_argument("--parent", type=Path,
-                        help="the fleet model packaged as the demo packages it (default: "
-                        "build or reuse the foundation model and calibrate it as the demo does)")
-    args = parser.parse_args()
-    survey_end = FLIGHTS[1].stop + args.survey
-    args.frames = args.frames or survey_end + VALIDATION
-    if args.frames <= survey_end:
-        raise SystemExit(f"bench_frame_head: --frames must be over {survey_end} "
-                         f"(frames from {survey_end} on choose)")
-    from scripts.demo import foundation_artifacts
-
-    args.work.mkdir(parents=True, exist_ok=True)
-    if args.parent is None:
-        args.parent = args.work / "fleet" / "1.1.0"
-        if not args.parent.is_dir():
-            foundation_artifacts(args.work / "fleet", args.work / "calibration")
-    parent = load_artifact(args.parent)
+def compare(s: Site, parent: Artifact, surveyed: int) -> None:
+    """Print every rule's row when the first ``surveyed`` frames after the flights are
+    labeled (split as the job splits them) and the last ``VALIDATION`` frames choose."""
     labels, thresholds = parent.card.labels, dict(parent.card.thresholds)
-    torch.set_num_threads(2)
-    s = site_features(parent, args.site, args.frames, args.work)
     n = len(s.frame_y)
-    survey = np.arange(FLIGHTS[1].stop, survey_end)
+    survey = np.arange(FLIGHTS[1].stop, FLIGHTS[1].stop + surveyed)
     cal_i, gate_i = frame_split(s.frame_y[survey], labels, 0)
-    cal, gate, val = survey[cal_i], survey[gate_i], np.arange(survey_end, n)
+    cal, gate, val = survey[cal_i], survey[gate_i], np.arange(n - VALIDATION, n)
     sets = {"validation": val, "gate": gate, "flight 1": np.array(FLIGHTS[0]),
             "flight 2": np.array(FLIGHTS[1])}
     model = parent.build_model()
@@ -186,6 +160,11 @@ def main() -> None:
             p[fold == f] = probs(*warm_start(s, frames[fold != f], w0, b0))[frames[fold == f]]
         return calibrate_thresholds(p, s.frame_y[frames], labels)
 
+    def macro_f1(said: np.ndarray, frames: np.ndarray) -> float:
+        present = np.flatnonzero(s.frame_y[frames].sum(0) > 0)
+        return score(said[:, present].astype(np.float32), s.frame_y[frames][:, present],
+                     [labels[j] for j in present]).macro_f1
+
     fit = fit_probe(s.tile_x, s.tile_y.numpy(), 0)
     wp, bp = w0.clone(), b0.clone()
     wp[list(fit.fitted)], bp[list(fit.fitted)] = fit.weight, fit.bias
@@ -200,13 +179,8 @@ def main() -> None:
         ("warm start + frames, out-of-fold thresholds", p_warm, out_of_fold(cal)),
         ("upper bound: head and thresholds on validation", p_bound, on(val, p_bound)),
     ]
-    print(f"site {args.site}: {n} frames; calibration {len(cal)}, gate {len(gate)}, "
-          f"validation {len(val)}; macro-F1 (precision/recall)")
-    def macro_f1(said: np.ndarray, frames: np.ndarray) -> float:
-        present = np.flatnonzero(s.frame_y[frames].sum(0) > 0)
-        return score(said[:, present].astype(np.float32), s.frame_y[frames][:, present],
-                     [labels[j] for j in present]).macro_f1
-
+    print(f"{surveyed} labeled frames: calibration {len(cal)}, gate {len(gate)}, validation "
+          f"{len(val)} (frames {val[0]}-{val[-1]}); macro-F1 (precision/recall)")
     resamples = np.random.default_rng(0).integers(0, len(val), (RESAMPLES, len(val)))
     said_parent = decide_many(p_parent[val], labels, thresholds)
     parent_f1 = [macro_f1(said_parent[r], val[r]) for r in resamples]
@@ -218,18 +192,53 @@ def main() -> None:
         cells = []
         for frames in sets.values():
             said = decide_many(p[frames], labels, thr)
-            f1 = macro_f1(said, frames)
             named = {str(i): {lab for lab, on_ in zip(labels, r, strict=True) if on_}
                      for i, r in zip(frames, said, strict=True)}
             truth = {str(i): {lab for lab, t in zip(labels, s.frame_y[i], strict=True) if t}
                      for i in frames}
             gt = compare_frames(named, truth)
-            cells.append(f"{f1:.3f} ({gt.precision:.2f}/{gt.recall:.2f})")
+            cells.append(f"{macro_f1(said, frames):.3f} ({gt.precision:.2f}/{gt.recall:.2f})")
         val_f1 = float(cells[0].split()[0])
         base = base or val_f1
         print(f"{name:<52} " + "  ".join(f"{k} {c}" for k, c in zip(sets, cells, strict=True))
               + f"  ratio {val_f1 / base:.3f}  gain 95% [{gain[0]:+.3f}, {gain[1]:+.3f}]",
               flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--site", type=int, default=41, help="the scored site (the demo's)")
+    parser.add_argument("--survey", type=int, action="append",
+                        help="labeled survey frames after the flights' 16 (repeat to compare; "
+                        "default 64, what the demo labels)")
+    parser.add_argument("--frames", type=int,
+                        help=f"frames 0..N-1 (default: the largest survey, then {VALIDATION} "
+                        "validation frames)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/spoke-bench-frame-head"))
+    parser.add_argument("--parent", type=Path,
+                        help="the fleet model packaged as the demo packages it (default: "
+                        "build or reuse the foundation model and calibrate it as the demo does)")
+    args = parser.parse_args()
+    surveys = sorted(set(args.survey or [64]))
+    need = FLIGHTS[1].stop + surveys[-1] + VALIDATION
+    args.frames = args.frames or need
+    if args.frames < need:
+        raise SystemExit(f"bench_frame_head: --frames must be at least {need} (the flights, "
+                         f"the survey and {VALIDATION} validation frames)")
+    from scripts.demo import foundation_artifacts
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.parent is None:
+        args.parent = args.work / "fleet" / "1.1.0"
+        if not args.parent.is_dir():
+            foundation_artifacts(args.work / "fleet", args.work / "calibration")
+    parent = load_artifact(args.parent)
+    torch.set_num_threads(2)
+    s = site_features(parent, args.site, args.frames, args.work)
+    print(f"site {args.site}: {len(s.frame_y)} frames")
+    for surveyed in surveys:
+        compare(s, parent, surveyed)
 
 
 if __name__ == "__main__":

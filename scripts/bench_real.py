@@ -105,11 +105,12 @@ def appliance_finetune(parent: Path, train: Path, mapping: list[str], work: Path
 
 def served(artifact_dir: Path, rest: list[tuple[Path, str]], positive: str
            ) -> dict[str, Any]:
-    """As the serving pipeline reports ``rest``: the balanced accuracy of ``positive``, how
+    """As the serving pipeline reports ``rest``: the balanced accuracy of ``positive``; how
     many background photos get any defect reported (an inspector's false alarms), and how many
-    ``positive`` photos get another defect too (not judged: nobody labeled those). For a
-    fine-tune whose card raised labels the site did not train (``models.finetune.quiet``), the
-    same two with those labels at the thresholds they had before (the same probabilities)."""
+    a defect other than ``positive`` (a label the site did not train); how many ``positive``
+    photos get another defect too (not judged: nobody labeled those). For a fine-tune whose
+    card raised labels the site did not train (``models.finetune.quiet``), the same with those
+    labels at the thresholds they had before (the same probabilities)."""
     from models.artifact import load_artifact
     from models.backends.select import create_backend
     from models.decide import BACKGROUND, decide_many
@@ -126,12 +127,16 @@ def served(artifact_dir: Path, rest: list[tuple[Path, str]], positive: str
 
     def scores(thresholds: dict[str, float], suffix: str = "") -> dict[str, Any]:
         said = decide_many(probs, card.labels, thresholds)
-        alarms = said[:, defects].any(axis=1) & ~truth
-        also = said[:, others].any(axis=1) & truth
+        def share(rows: np.ndarray, among: np.ndarray) -> str:
+            return f"{int((rows & among).sum())}/{int(among.sum())}"
+
         return {f"balanced_accuracy{suffix}": round(
                     balanced(said[:, card.labels.index(positive)], truth), 4),
-                f"background_with_a_defect{suffix}": f"{int(alarms.sum())}/{int((~truth).sum())}",
-                f"{positive}_with_another_defect{suffix}": f"{int(also.sum())}/{int(truth.sum())}"}
+                f"background_with_a_defect{suffix}": share(said[:, defects].any(axis=1), ~truth),
+                f"background_with_another_defect{suffix}": share(said[:, others].any(axis=1),
+                                                                 ~truth),
+                f"{positive}_with_another_defect{suffix}": share(said[:, others].any(axis=1),
+                                                                 truth)}
 
     raised = {k.removeprefix("finetune.raised_from."): v for k, v in card.metrics.items()
               if k.startswith("finetune.raised_from.")}

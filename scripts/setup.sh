@@ -28,6 +28,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
         "${need_apt[@]}" >/dev/null
 fi
+# The OS-update and image tests (tests/delivery/test_os_staging.py, tests/image) run the real
+# systemd-sysupdate and systemd-repart (systemd >= 254), ukify, debugfs, mtools and QEMU: the
+# image's host tools. Without them those tests skip, so `make test` installs them first, on
+# Debian 12 (they come from bookworm-backports there); elsewhere it says what is skipped.
+if grep -qs '^VERSION_CODENAME=bookworm' /etc/os-release; then
+    bash "$(dirname "$0")/../image/host-setup.sh"
+else
+    echo "setup: not Debian 12: the OS-update and image tests skip (image/host-setup.sh is for bookworm)"
+fi
 # TPM-sealed device keys (appliance/tpm.py): tpm2-tools seals and unseals; the tests run a
 # software TPM per simulated box (swtpm). Optional: without them the TPM tests skip and say why.
 need_tpm=()

@@ -53,6 +53,8 @@ LABELS = "site=qemu-boot-test,region=ci"
 #: A console silent this long right after the firmware's boot-option line is a hung boot: the
 #: image's RebootWatchdogSec (10 min), the watchdog systemd arms for every reboot.
 FIRMWARE_STALL_S = 600
+#: What systemd prints when a boot gives up (e.g. the root device never came) for a shell.
+EMERGENCY = "You are in emergency mode"
 #: How many such hangs per run the harness resets as that watchdog would (then counted in
 #: results.json and the last line); one more fails the run. Why the harness does it: QEMU 7.2
 #: sets the ICH9 "No Reboot" bit (GCS) on every reset, whatever the pin strap says (the
@@ -300,6 +302,10 @@ class Machine:
     def dead(self) -> str | None:
         if self.proc is not None and self.proc.poll() is not None:
             return f"QEMU exited with {self.proc.returncode}"
+        if EMERGENCY in (console := self.console()[self.reset_at:]):
+            # Nothing ends it: the shell waits for a root password that nobody types.
+            tail = re.sub(ANSI, "", console).strip().splitlines()[-12:]
+            return "the boot dropped to the emergency shell: " + " | ".join(tail)
         return self.stuck_in_firmware()
 
     def stuck_in_firmware(self) -> str | None:

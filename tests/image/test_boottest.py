@@ -193,3 +193,17 @@ def test_a_firmware_hang_is_reset_once_recorded_and_fails_the_second_time(
         assert machine.console().count("BdsDxe: starting Boot0001") == 2
     finally:
         machine.kill()
+
+
+def test_a_boot_in_the_emergency_shell_fails_at_once(tmp_path: Path) -> None:
+    """The console of a boot whose initrd gave up on the root device (the boot test's v2, once)."""
+    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
+    machine = boottest.Machine(tmp_path / "disk.raw", tmp_path, tmp_path / "stick", hub, "tcg")
+    machine.serial = tmp_path / "serial.log"
+    machine.serial.write_text(
+        BDS + "[ TIME ] Timed out waiting for device /dev/disk/by-partlabel/spoke_2.\r\n"
+        "You are in emergency mode. After logging in, type \"journalctl -xb\" to view\r\n"
+        "Give root password for maintenance\r\n")
+    why = machine.dead()
+    assert why is not None and why.startswith("the boot dropped to the emergency shell")
+    assert "by-partlabel/spoke_2" in why

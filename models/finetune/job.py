@@ -69,7 +69,7 @@ from models.finetune.probe import (
     install_head,
     pool_features,
 )
-from models.finetune.quiet import Quieted, quiet, untrained
+from models.finetune.quiet import Quieted, card_metrics, quiet, untrained
 from models.finetune.served import Tiles, peak, resized, sample_tiles
 from models.finetune.spec import JobSpec, judged_out_of_fold
 from models.finetune.split import TooFewSamples, stratified_split
@@ -506,11 +506,7 @@ def export(job: Prepared, trained: Trained, weights: dict[str, Tensor], parent: 
     the trained tensors; returns both paths."""
     spec, card = job.spec, job.parent.card
     report({"phase": "exporting"})
-    rule = trained.details.get("background_rule")
-    quieted: dict[str, float] = {}
-    if rule is not None:  # what the card's thresholds of untrained labels were before
-        quieted = {"finetune.background_samples": float(rule["background"])} | {
-            f"finetune.raised_from.{name}": old for name, (old, _) in rule["raised"].items()}
+    quieted = card_metrics(trained.details.get("background_rule"))
     out_dir = Path(spec.out)
     if out_dir.exists():
         import shutil

@@ -62,3 +62,13 @@ def quiet(probs: np.ndarray, labels: Sequence[str], names: Sequence[str],
             raised[name] = (thresholds[name], new)
             thresholds[name] = new
     return Quieted(len(probs), raised)
+
+
+def card_metrics(rule: dict[str, Any] | None) -> dict[str, float]:
+    """The card's record of a job's rule (``Quieted.to_dict``, as the job's result keeps it):
+    how many background samples it read and each raised label's threshold before; nothing
+    where the site trained every label (``None``)."""
+    if rule is None:
+        return {}
+    return {"finetune.background_samples": float(rule["background"])} | {
+        f"finetune.raised_from.{name}": old for name, (old, _) in rule["raised"].items()}

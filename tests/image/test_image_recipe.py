@@ -1,5 +1,6 @@
 """The image recipe, checked on the build host without building or booting (that is
-`make image-test`): the daemon unit's hardening, and the first-boot bundle import's rules."""
+`make image-test`): the daemon unit's hardening, the first-boot bundle import's rules, and
+emergency and rescue mode rebooting (in the root file system and the initrd) instead of a shell."""
 
 import configparser
 import os
@@ -110,7 +111,30 @@ def test_factory_reset_runs_on_the_kernel_command_line_flag() -> None:
     assert "Before=var-lib-spoke.mount" in u
 
 
-@pytest.mark.parametrize("script", ["import-bundle", "factory-reset", "os-stage"])
+@pytest.mark.parametrize("mode", ["emergency", "rescue"])
+def test_emergency_and_rescue_mode_reboot_instead_of_a_shell(mode: str) -> None:
+    dropin = UNITS / f"{mode}.service.d" / "spoke-reboot.conf"
+    lines = [x for x in dropin.read_text().splitlines() if x and not x.startswith("#")]
+    assert lines == ["[Unit]", "SuccessAction=reboot", "[Service]", "ExecStartPre=",
+                     "ExecStart=", f"ExecStart=/bin/sh /usr/lib/spoke/boot-failed {mode}"]
+
+
+def test_the_initrd_gets_the_same_drop_ins_and_script() -> None:
+    """mkosi's default initrd does not take mkosi.extra: InitrdInclude= adds them to it."""
+    assert re.search(r"^InitrdInclude=initrd$", (MKOSI / "mkosi.conf").read_text(), re.M)
+    text = (MKOSI / "initrd" / "mkosi.conf").read_text()
+    trees = re.findall(r"^(?:ExtraTrees=|\s+)(\S+):(\S+)$", text, re.M)
+    for source, target in trees:
+        assert (MKOSI / "initrd" / source).resolve() == (EXTRA / target.lstrip("/")).resolve()
+        assert (EXTRA / target.lstrip("/")).is_file(), target
+    assert sorted(target for _, target in trees) == [
+        "/usr/lib/spoke/boot-failed",
+        "/usr/lib/systemd/system/emergency.service.d/spoke-reboot.conf",
+        "/usr/lib/systemd/system/rescue.service.d/spoke-reboot.conf"]
+
+
+@pytest.mark.parametrize("script", ["import-bundle", "factory-reset", "os-stage",
+                                    "boot-failed"])
 def test_shell_scripts_parse(script: str) -> None:
     subprocess.run(["sh", "-n", str(EXTRA / "usr/lib/spoke" / script)], check=True)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Derive another OS version from a built image, without building it again.
 
-    image/derive.py --from OUT_DIR --version V [--extra-tree DIR]... --output-dir DIR
+    image/derive.py --from OUT_DIR --version V [--extra-tree DIR]... [--kernel-arg ARG]...
+                    --output-dir DIR
 
 A full mkosi build of a version takes 2 min on an idle 2-core machine and about 25 on a loaded
 one; a version that differs from a built one only by its version stamp and a few files (the
@@ -16,7 +17,9 @@ spoke_V.root.raw.gz), plus spoke-PROFILE.{efi,vmlinuz,initrd} for a direct kerne
   new file-system UUID and the label spoke_V, checked with e2fsck, compressed with gzip -1;
 - the UKI: ukify over the source UKI's own kernel, initrd and uname, with the stub from the
   root file system (the one mkosi used), the derived os-release, and the command line with
-  root=PARTLABEL=spoke_V (each boot entry names its own root slot).
+  root=PARTLABEL=spoke_V (each boot entry names its own root slot) and each --kernel-arg,
+  which replaces the argument of the same name (e.g. systemd.default_device_timeout_sec=20,
+  for a test whose planted fault is a root that never appears).
 
 Nothing here signs anything: `spoke-hub os publish` checks the checksums and signs the result as
 TUF targets, and the appliance checks it with TUF and systemd-sysupdate, as for a built version.
@@ -179,8 +182,23 @@ def cpu_seconds() -> float:
     return round(sum(u.ru_utime + u.ru_stime for u in usage), 1)
 
 
+def with_args(cmdline: str, args: list[str]) -> str:
+    """``cmdline`` with each of ``args`` in place of the argument of the same name (the part
+    before "="), or added at the end."""
+    words = cmdline.split()
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        at = [i for i, word in enumerate(words) if word.split("=", 1)[0] == name]
+        words = [word for i, word in enumerate(words) if i not in at[1:]]
+        if at:
+            words[at[0]] = arg
+        else:
+            words.append(arg)
+    return " ".join(words)
+
+
 def derive(source: Path, version: str, trees: list[Path], out_dir: Path,
-           profile: str = "cpu") -> Path:
+           profile: str = "cpu", kernel_args: list[str] | None = None) -> Path:
     """Write version ``version`` derived from the build in ``source``; returns its update
     directory (what `spoke-hub os publish` takes)."""
     if not VERSION.fullmatch(version):
@@ -252,9 +270,8 @@ def derive(source: Path, version: str, trees: list[Path], out_dir: Path,
         kernel, initrd = out_dir / f"spoke-{profile}.vmlinuz", out_dir / f"spoke-{profile}.initrd"
         kernel.write_bytes(sections[".linux"])
         initrd.write_bytes(sections[".initrd"])
-        new_cmdline = " ".join(f"root=PARTLABEL=spoke_{version}"
-                               if arg == f"root=PARTLABEL=spoke_{old}" else arg
-                               for arg in cmdline.split())
+        new_cmdline = with_args(cmdline, [f"root=PARTLABEL=spoke_{version}",
+                                          *(kernel_args or [])])
         new_uki = out_dir / f"spoke-{profile}.efi"
         new_uki.unlink(missing_ok=True)
         subprocess.run([*UKIFY, "build", f"--linux={kernel}", f"--initrd={initrd}",
@@ -283,13 +300,15 @@ def main() -> int:
                     help="the output directory of image/build.sh")
     ap.add_argument("--version", required=True)
     ap.add_argument("--extra-tree", type=Path, action="append", default=[])
+    ap.add_argument("--kernel-arg", action="append", default=[],
+                    help="an argument for the UKI's command line, replacing one of its name")
     ap.add_argument("--output-dir", type=Path, required=True)
     ap.add_argument("--profile", default="cpu")
     args = ap.parse_args()
     t0 = time.monotonic()
     try:
         update = derive(args.source, args.version, args.extra_tree, args.output_dir,
-                        args.profile)
+                        args.profile, args.kernel_arg)
     except (DeriveError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else ""
         print(f"derive.py: {exc}{(': ' + str(detail).strip()[-500:]) if detail else ''}",

@@ -81,11 +81,14 @@ def built(tmp_path: Path, label: str = "spoke_1") -> Path:
     return out
 
 
-def run_derive(out: Path, version: str, *trees: Path) -> subprocess.CompletedProcess[str]:
+def run_derive(out: Path, version: str, *trees: Path,
+               kernel_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, str(DERIVE), "--from", str(out), "--version", version,
            "--output-dir", str(out.parent / f"out-{version}")]
     for tree in trees:
         cmd += ["--extra-tree", str(tree)]
+    for arg in kernel_args:
+        cmd += ["--kernel-arg", arg]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -156,6 +159,17 @@ def test_a_derived_version_carries_its_stamp_and_overlay_and_nothing_else(tmp_pa
         assert new_uki[name] == old_uki[name], name
     # The direct-boot files beside it (the boot test's factory-reset boot uses them).
     assert (tmp_path / "out-3" / "spoke-cpu.vmlinuz").read_bytes() == old_uki[".linux"]
+
+
+def test_a_kernel_arg_replaces_the_argument_of_its_name_or_is_added(tmp_path: Path):
+    """How the boot test plants "the root never appears" quickly: a short device timeout."""
+    out = built(tmp_path)
+    proc = run_derive(out, "2", kernel_args=("quiet=no", "systemd.default_device_timeout_sec=20"))
+    assert proc.returncode == 0, proc.stderr
+    uki = derive.pe_sections(tmp_path / "out-2" / "spoke-cpu_2.os" / "spoke_2.efi")
+    assert derive.text_of(uki, ".cmdline") == (
+        "root=PARTLABEL=spoke_2 rw console=ttyS0,115200 quiet=no "
+        "systemd.default_device_timeout_sec=20")
 
 
 def test_a_derived_version_publishes_as_signed_os_targets(tmp_path: Path, home: Path):  # noqa: F811

@@ -22,7 +22,8 @@
 
 Each boot's serial console goes to a log file; on failure the logs are printed. Timings go to
 the results file (and docs/BENCHMARKS.md by hand). The last line is "N passed, N failed", and
-says so when a boot that hung in the firmware was reset by the harness (WATCHDOG_RESETS).
+says so when a boot that hung in the firmware was reset by the harness (WATCHDOG_RESETS) and
+when a boot failed and rebooted itself from emergency mode (EMERGENCY_REBOOT).
 """
 
 from __future__ import annotations
@@ -53,8 +54,14 @@ LABELS = "site=qemu-boot-test,region=ci"
 #: A console silent this long right after the firmware's boot-option line is a hung boot: the
 #: image's RebootWatchdogSec (10 min), the watchdog systemd arms for every reboot.
 FIRMWARE_STALL_S = 600
-#: What systemd prints when a boot gives up (e.g. the root device never came) for a shell.
-EMERGENCY = "You are in emergency mode"
+#: What the image prints when a boot gives up (e.g. the root device never came) and enters
+#: emergency or rescue mode: its drop-ins (image/mkosi/initrd/) reboot after 10 s, which spends
+#: a boot try. Counted (results.json, the last line); the boot goes on.
+EMERGENCY_REBOOT = re.compile(r"spoke: boot failed in (the initrd|the root file system) "
+                              r"\(([^)\n]*)\); rebooting")
+#: What systemd's own emergency shell prints: an image without those drop-ins, which would wait
+#: there forever.
+EMERGENCY_SHELL = "You are in emergency mode"
 #: How many such hangs per run the harness resets as that watchdog would (then counted in
 #: results.json and the last line); one more fails the run. Why the harness does it: QEMU 7.2
 #: sets the ICH9 "No Reboot" bit (GCS) on every reset, whatever the pin strap says (the
@@ -206,6 +213,8 @@ class Machine:
         # and where in this boot's console and when the last such reset happened.
         self.watchdog_resets: list[dict[str, Any]] = []
         self.reset_at, self.reset_time = 0, 0.0
+        # The boots that failed and rebooted themselves from emergency or rescue mode.
+        self.emergency_reboots: list[dict[str, Any]] = []
         # The machine's TPM: its state (seeds) lives as long as the machine, across boots.
         self.tpm_state = work / "tpm"
         self.tpm: subprocess.Popen[bytes] | None = None
@@ -258,6 +267,7 @@ class Machine:
         """Boot through OVMF, systemd-boot and the UKI; or, given extra kernel command-line
         arguments, boot the same kernel and initrd directly with them added (what a technician
         does by editing the boot entry once)."""
+        self.count_emergency_reboots()  # the last boot's console, before the next one's
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}-{name}.log"
         self.serial.unlink(missing_ok=True)
@@ -302,11 +312,26 @@ class Machine:
     def dead(self) -> str | None:
         if self.proc is not None and self.proc.poll() is not None:
             return f"QEMU exited with {self.proc.returncode}"
-        if EMERGENCY in (console := self.console()[self.reset_at:]):
+        self.count_emergency_reboots()
+        if EMERGENCY_SHELL in (console := self.console()[self.reset_at:]):
             # Nothing ends it: the shell waits for a root password that nobody types.
             tail = re.sub(ANSI, "", console).strip().splitlines()[-12:]
             return "the boot dropped to the emergency shell: " + " | ".join(tail)
         return self.stuck_in_firmware()
+
+    def count_emergency_reboots(self) -> None:
+        """Records (once each) and logs the console's emergency reboots: the boot goes on."""
+        if self.serial is None:
+            return
+        seen = {r["at"] for r in self.emergency_reboots if r["serial"] == self.serial.name}
+        for found in EMERGENCY_REBOOT.finditer(self.console()):
+            if found.start() in seen:
+                continue
+            self.emergency_reboots.append({"boot": self.boots, "serial": self.serial.name,
+                                           "at": found.start(), "where": found.group(1),
+                                           "why": found.group(2)})
+            log(f"EMERGENCY REBOOT: boot {self.boots} failed in {found.group(1)} "
+                f"({found.group(2)}) and reboots itself; the boot goes on")
 
     def stuck_in_firmware(self) -> str | None:
         """A boot whose console stopped at the firmware's "BdsDxe: loading/starting" line for
@@ -844,13 +869,19 @@ def main() -> int:
         hub.stop()
     run.timings["total_s"] = round(time.monotonic() - t_all, 1)
     resets = machine.watchdog_resets if machine is not None else []
+    if machine is not None:
+        machine.count_emergency_reboots()
+    emergencies = machine.emergency_reboots if machine is not None else []
     (work / "results.json").write_text(json.dumps(
         {"passed": run.passed, "failed": run.failed, "timings": run.timings,
-         "emulated_watchdog_resets": resets}, indent=2))
+         "emulated_watchdog_resets": resets, "emergency_reboots": emergencies}, indent=2))
     log("timings: " + json.dumps(run.timings))
     note = "" if not resets else (
         f"; {len(resets)} boot(s) hung in the firmware and were reset by the harness's "
         f"emulated reboot watchdog (evidence: {', '.join(r['evidence'] for r in resets)})")
+    if emergencies:
+        note += (f"; {len(emergencies)} boot(s) failed and rebooted themselves from emergency "
+                 f"mode ({', '.join(r['serial'] for r in emergencies)})")
     print(f"image-test: {len(run.passed)} passed, {len(run.failed)} failed{note}", flush=True)
     return 1 if run.failed else 0
 

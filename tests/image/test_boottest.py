@@ -1,4 +1,4 @@
-"""Two parts of the boot test's harness (image/boottest.py) with rules of their own.
+"""Parts of the boot test's harness (image/boottest.py) with rules of their own.
 
 - The ESP check (`fat_check`), on real FAT images made with mkfs.vfat and mcopy and checked
   with the real fsck.fat: after a power cut the "mounted" flag Linux leaves in the boot sector
@@ -7,11 +7,16 @@
 - The emulated reboot watchdog (`Machine.stuck_in_firmware`), on a real QEMU with OVMF booting
   an EFI application that hangs: a console silent after the firmware's boot line is reset once,
   recorded with its evidence, and a second such hang fails.
+- Emergency mode (`Machine.count_emergency_reboots`): the image's emergency mode reboots, which
+  the harness counts and lets go on; systemd's own emergency shell still fails at once. On a
+  built image (slow): a version whose root never appears spends its tries through those
+  reboots and systemd-boot falls back to the previous version by itself.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import struct
 import subprocess
@@ -19,10 +24,12 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-BOOTTEST = Path(__file__).resolve().parents[2] / "image" / "boottest.py"
+REPO = Path(__file__).resolve().parents[2]
+BOOTTEST = REPO / "image" / "boottest.py"
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("mkfs.vfat", "mcopy", "mmd", "fsck.fat", "sfdisk")),
@@ -195,15 +202,91 @@ def test_a_firmware_hang_is_reset_once_recorded_and_fails_the_second_time(
         machine.kill()
 
 
-def test_a_boot_in_the_emergency_shell_fails_at_once(tmp_path: Path) -> None:
-    """The console of a boot whose initrd gave up on the root device (the boot test's v2, once)."""
+def console_machine(tmp_path: Path, text: str) -> Any:
+    """A Machine (never started) whose boot console says ``text``."""
     hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
     machine = boottest.Machine(tmp_path / "disk.raw", tmp_path, tmp_path / "stick", hub, "tcg")
-    machine.serial = tmp_path / "serial.log"
-    machine.serial.write_text(
-        BDS + "[ TIME ] Timed out waiting for device /dev/disk/by-partlabel/spoke_2.\r\n"
-        "You are in emergency mode. After logging in, type \"journalctl -xb\" to view\r\n"
+    machine.serial = tmp_path / "serial-1-boot.log"
+    machine.serial.write_text(text)
+    return machine
+
+
+TIMED_OUT = "[ TIME ] Timed out waiting for device /dev/disk/by-partlabel/spoke_2.\r\n"
+REBOOT = ("spoke: boot failed in the initrd (emergency mode, failed units: none); rebooting in "
+          "10 s, boot counting falls back to the previous slot after its tries\r\n")
+
+
+def test_an_emergency_reboot_is_counted_once_and_the_boot_goes_on(tmp_path: Path) -> None:
+    """The image's emergency mode reboots (its drop-ins): the boot test counts it, once."""
+    machine = console_machine(tmp_path, BDS + TIMED_OUT + REBOOT + BDS)
+    assert machine.dead() is None and machine.dead() is None
+    (reboot,) = machine.emergency_reboots
+    assert (reboot["where"], reboot["why"], reboot["serial"]) == (
+        "the initrd", "emergency mode, failed units: none", "serial-1-boot.log")
+    with machine.serial.open("a") as console:  # the next try fails the same way
+        console.write(TIMED_OUT + REBOOT)
+    assert machine.dead() is None and len(machine.emergency_reboots) == 2
+
+
+def test_a_boot_in_systemds_emergency_shell_fails_at_once(tmp_path: Path) -> None:
+    """An image without the reboot drop-ins: its shell would wait forever."""
+    machine = console_machine(tmp_path, BDS + TIMED_OUT
+        + "You are in emergency mode. After logging in, type \"journalctl -xb\" to view\r\n"
         "Give root password for maintenance\r\n")
     why = machine.dead()
     assert why is not None and why.startswith("the boot dropped to the emergency shell")
-    assert "by-partlabel/spoke_2" in why
+    assert "by-partlabel/spoke_2" in why and not machine.emergency_reboots
+
+
+#: A built image (what `make image-test` or image/build.sh leaves), for the boots of a real one.
+IMAGE_OUT = Path(os.environ.get("SPOKE_IMAGE_OUT", REPO / "image" / "build" / "boottest" / "out"))
+DERIVE = REPO / "image" / "derive.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ((IMAGE_OUT / "spoke-cpu.raw").exists()
+                         and shutil.which("qemu-system-x86_64") and boottest.OVMF_CODE.exists()),
+                    reason="needs a built image in SPOKE_IMAGE_OUT (image/build.sh's output "
+                           "directory; default: what make image-test leaves), QEMU and OVMF")
+def test_a_version_whose_root_never_appears_falls_back_by_itself(tmp_path: Path) -> None:
+    """Version 2's UKI staged on version 1's ESP as systemd-sysupdate stages it, with 2 tries,
+    but its root slot never written: its initrd waits for root=PARTLABEL=spoke_2 (20 s here,
+    not the image's 300), enters emergency mode, which reboots (the image's drop-ins); each
+    boot spends a try, and then systemd-boot boots version 1 by itself."""
+    v2 = tmp_path / "v2"
+    subprocess.run([sys.executable, str(DERIVE), "--from", str(IMAGE_OUT), "--version", "2",
+                    "--kernel-arg", "systemd.default_device_timeout_sec=20",
+                    "--output-dir", str(v2)], check=True, capture_output=True)
+    disk = tmp_path / "disk.raw"
+    subprocess.run(["cp", "--sparse=always", str(IMAGE_OUT / "spoke-cpu.raw"), str(disk)],
+                   check=True)
+    offset = boottest.partition(disk, "esp")[0]
+    subprocess.run(["mcopy", "-i", f"{disk}@@{offset}", str(v2 / "spoke-cpu_2.os/spoke_2.efi"),
+                    "::/EFI/Linux/spoke_2+2-0.efi"], check=True)
+    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
+    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
+    stick = tmp_path / "stick.img"
+    stick.write_bytes(bytes(2**20))
+    machine = boottest.Machine(disk, tmp_path, stick, hub, "tcg")
+    machine.create()
+    machine.start("root-never-appears")
+    t0 = time.monotonic()
+    try:
+        # version 1's first userspace line (its bundle import, which finds no bundle)
+        boottest.wait_for("version 1 booted", lambda: "spoke-import:" in machine.console(),
+                          2400, every=2, alive=machine.dead)
+        took = time.monotonic() - t0
+    finally:
+        machine.kill()
+    console = machine.console()
+    assert [(r["where"], r["boot"]) for r in machine.emergency_reboots] == [
+        ("the initrd", 1), ("the initrd", 1)], machine.emergency_reboots
+    assert console.count("Timed out waiting for device") >= 2
+    assert console.rindex("spoke: boot failed in the initrd") < console.index("spoke-import:")
+    esp = tmp_path / "esp.raw"
+    boottest.copy_partition(machine, "esp", esp)
+    entries = subprocess.run(["mdir", "-b", "-i", str(esp), "::/EFI/Linux"], check=True,
+                             capture_output=True, text=True).stdout.split()
+    # both tries spent; version 1's entry blessed as it was
+    assert sorted(Path(e).name for e in entries) == ["spoke_1.efi", "spoke_2+0-2.efi"], entries
+    print(f"root never appears: 2 emergency reboots, version 1 booted after {took:.0f} s")

@@ -59,9 +59,9 @@ FIRMWARE_STALL_S = 600
 #: a boot try. Counted (results.json, the last line); the boot goes on.
 EMERGENCY_REBOOT = re.compile(r"spoke: boot failed in (the initrd|the root file system) "
                               r"\(([^)\n]*)\); rebooting")
-#: What systemd's own emergency shell prints: an image without those drop-ins, which would wait
-#: there forever.
-EMERGENCY_SHELL = "You are in emergency mode"
+#: What systemd's own emergency or rescue shell prints: an image without those drop-ins, which
+#: would wait there forever.
+EMERGENCY_SHELL = re.compile(r"You are in (emergency|rescue) mode")
 #: How many such hangs per run the harness resets as that watchdog would (then counted in
 #: results.json and the last line); one more fails the run. Why the harness does it: QEMU 7.2
 #: sets the ICH9 "No Reboot" bit (GCS) on every reset, whatever the pin strap says (the
@@ -313,10 +313,10 @@ class Machine:
         if self.proc is not None and self.proc.poll() is not None:
             return f"QEMU exited with {self.proc.returncode}"
         self.count_emergency_reboots()
-        if EMERGENCY_SHELL in (console := self.console()[self.reset_at:]):
+        if shell := EMERGENCY_SHELL.search(console := self.console()[self.reset_at:]):
             # Nothing ends it: the shell waits for a root password that nobody types.
             tail = re.sub(ANSI, "", console).strip().splitlines()[-12:]
-            return "the boot dropped to the emergency shell: " + " | ".join(tail)
+            return f"the boot dropped to the {shell.group(1)} shell: " + " | ".join(tail)
         return self.stuck_in_firmware()
 
     def count_emergency_reboots(self) -> None:

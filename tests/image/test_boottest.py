@@ -228,13 +228,15 @@ def test_an_emergency_reboot_is_counted_once_and_the_boot_goes_on(tmp_path: Path
     assert machine.dead() is None and len(machine.emergency_reboots) == 2
 
 
-def test_a_boot_in_systemds_emergency_shell_fails_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["emergency", "rescue"])
+def test_a_boot_in_systemds_emergency_or_rescue_shell_fails_at_once(tmp_path: Path,
+                                                                   mode: str) -> None:
     """An image without the reboot drop-ins: its shell would wait forever."""
     machine = console_machine(tmp_path, BDS + TIMED_OUT
-        + "You are in emergency mode. After logging in, type \"journalctl -xb\" to view\r\n"
+        + f"You are in {mode} mode. After logging in, type \"journalctl -xb\" to view\r\n"
         "Give root password for maintenance\r\n")
     why = machine.dead()
-    assert why is not None and why.startswith("the boot dropped to the emergency shell")
+    assert why is not None and why.startswith(f"the boot dropped to the {mode} shell")
     assert "by-partlabel/spoke_2" in why and not machine.emergency_reboots
 
 
@@ -290,3 +292,33 @@ def test_a_version_whose_root_never_appears_falls_back_by_itself(tmp_path: Path)
     # both tries spent; version 1's entry blessed as it was
     assert sorted(Path(e).name for e in entries) == ["spoke_1.efi", "spoke_2+0-2.efi"], entries
     print(f"root never appears: 2 emergency reboots, version 1 booted after {took:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ((IMAGE_OUT / "spoke-cpu.raw").exists()
+                         and shutil.which("qemu-system-x86_64") and boottest.OVMF_CODE.exists()),
+                    reason="needs a built image in SPOKE_IMAGE_OUT (image/build.sh's output "
+                           "directory; default: what make image-test leaves), QEMU and OVMF")
+@pytest.mark.parametrize("mode", ["emergency", "rescue"])
+def test_emergency_and_rescue_mode_in_the_root_file_system_reboot(tmp_path: Path,
+                                                                   mode: str) -> None:
+    """The built image's kernel booted straight into emergency or rescue mode (systemd.unit=,
+    which the root file system's systemd reads): it says so on the console and reboots."""
+    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
+    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
+    stick = tmp_path / "stick.img"
+    stick.write_bytes(bytes(2**20))
+    machine = boottest.Machine(IMAGE_OUT / "spoke-cpu.raw", tmp_path, stick, hub, "tcg")
+    machine.create()
+    machine.start(mode, extra_cmdline=f"systemd.unit={mode}.target")
+    line = f"spoke: boot failed in the root file system ({mode} mode"
+
+    def rebooted() -> bool:
+        console = machine.console()
+        return line in console and "reboot: Restarting system" in console[console.index(line):]
+
+    try:
+        boottest.wait_for(f"the {mode} reboot", rebooted, 900, every=2, alive=machine.dead)
+    finally:
+        machine.kill()
+    assert [r["where"] for r in machine.emergency_reboots] == ["the root file system"]

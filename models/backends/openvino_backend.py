@@ -16,6 +16,7 @@ import numpy as np
 from models.artifact import Artifact
 from models.backends.base import DEFAULT_BATCH_SIZE, Backend
 from models.backends.quantize import int8_graph
+from models.backends.signal_stack import kept_signal_stack
 from models.cache import default_cache_dir
 from models.errors import BackendUnavailable
 from models.signature import INPUT_NAME
@@ -48,7 +49,20 @@ class OpenVINOBackend(Backend):
             raise BackendUnavailable(
                 f"openvino: unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
-        core = ov.Core()
+        # The CPU plugin swaps this thread's signal stack when it loads and frees it with the
+        # Core (models.backends.signal_stack): without this, a signal can kill the process.
+        with kept_signal_stack():
+            self._load(ov.Core(), artifact, precision, batch_size, cache_dir)
+
+    def _load(
+        self,
+        core: Any,
+        artifact: Artifact,
+        precision: str,
+        batch_size: int,
+        cache_dir: Path | None,
+    ) -> None:
+        """Resolve ``precision`` against this CPU, then compile the graph on ``core``."""
         capabilities = set(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         if precision == "bf16" and "BF16" not in capabilities:
             raise BackendUnavailable("openvino: this CPU has no native bf16 instructions")

@@ -1,6 +1,8 @@
 """Backends: the template-method contract, parity between engines, and ``auto``."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +204,42 @@ def test_openvino_caches_compiled_blobs(tiny_artifact: Artifact, tmp_path: Path)
 def test_openvino_refuses_a_precision_it_does_not_offer(tiny_artifact: Artifact) -> None:
     with pytest.raises(BackendUnavailable, match="openvino"):
         create_backend(tiny_artifact, "openvino", "fp16")
+
+
+#: Two OpenVINO models compiled on this thread and freed first-in first-out, then a signal
+#: handled by Python on it (models.backends.signal_stack). Printed: the thread's signal stack
+#: before and after, and whether the handler ran.
+_SIGNAL_AFTER_TWO_MODELS = """
+import gc, os, signal, sys
+from pathlib import Path
+from models.artifact import load_artifact
+from models.backends.openvino_backend import OpenVINOBackend
+from models.backends.signal_stack import current_signal_stack
+import faulthandler
+faulthandler.enable()
+artifact, cache = load_artifact(Path(sys.argv[1])), Path(sys.argv[2])
+before = current_signal_stack()
+first = OpenVINOBackend(artifact, "fp32", cache_dir=cache)
+second = OpenVINOBackend(artifact, "fp32", cache_dir=cache)
+first.close(); del first; gc.collect()
+second.close(); del second; gc.collect()
+print("stack kept", current_signal_stack() == before, flush=True)
+got = []
+signal.signal(signal.SIGUSR1, lambda sig, frame: got.append(sig))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("handled", got == [signal.SIGUSR1], flush=True)
+"""
+
+
+@pytest.mark.skipif(_openvino_skip_reason() is not None, reason=str(_openvino_skip_reason()))
+def test_openvino_models_freed_in_any_order_leave_signals_working(
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
+    # Its own process: before the fix this signal ended the process with SIGSEGV (it ended the
+    # whole test run once, in CI).
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AFTER_TWO_MODELS, str(tiny_artifact.root), str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.split("\n")[:2] == ["stack kept True", "handled True"]

@@ -243,13 +243,26 @@ def test_a_boot_in_systemds_emergency_or_rescue_shell_fails_at_once(tmp_path: Pa
 #: A built image (what `make image-test` or image/build.sh leaves), for the boots of a real one.
 IMAGE_OUT = Path(os.environ.get("SPOKE_IMAGE_OUT", REPO / "image" / "build" / "boottest" / "out"))
 DERIVE = REPO / "image" / "derive.py"
+needs_a_built_image = pytest.mark.skipif(
+    not ((IMAGE_OUT / "spoke-cpu.raw").exists()
+         and shutil.which("qemu-system-x86_64") and boottest.OVMF_CODE.exists()),
+    reason="needs a built image in SPOKE_IMAGE_OUT (image/build.sh's output directory; "
+           "default: what make image-test leaves), QEMU and OVMF")
+
+
+def image_machine(tmp_path: Path, disk: Path) -> Any:
+    """A created (not started) Machine on ``disk``, with an empty stick and a hub nobody runs."""
+    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
+    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
+    stick = tmp_path / "stick.img"
+    stick.write_bytes(bytes(2**20))
+    machine = boottest.Machine(disk, tmp_path, stick, hub, "tcg")
+    machine.create()
+    return machine
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ((IMAGE_OUT / "spoke-cpu.raw").exists()
-                         and shutil.which("qemu-system-x86_64") and boottest.OVMF_CODE.exists()),
-                    reason="needs a built image in SPOKE_IMAGE_OUT (image/build.sh's output "
-                           "directory; default: what make image-test leaves), QEMU and OVMF")
+@needs_a_built_image
 def test_a_version_whose_root_never_appears_falls_back_by_itself(tmp_path: Path) -> None:
     """Version 2's UKI staged on version 1's ESP as systemd-sysupdate stages it, with 2 tries,
     but its root slot never written: its initrd waits for root=PARTLABEL=spoke_2 (20 s here,
@@ -265,12 +278,7 @@ def test_a_version_whose_root_never_appears_falls_back_by_itself(tmp_path: Path)
     offset = boottest.partition(disk, "esp")[0]
     subprocess.run(["mcopy", "-i", f"{disk}@@{offset}", str(v2 / "spoke-cpu_2.os/spoke_2.efi"),
                     "::/EFI/Linux/spoke_2+2-0.efi"], check=True)
-    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
-    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
-    stick = tmp_path / "stick.img"
-    stick.write_bytes(bytes(2**20))
-    machine = boottest.Machine(disk, tmp_path, stick, hub, "tcg")
-    machine.create()
+    machine = image_machine(tmp_path, disk)
     machine.start("root-never-appears")
     t0 = time.monotonic()
     try:
@@ -295,21 +303,13 @@ def test_a_version_whose_root_never_appears_falls_back_by_itself(tmp_path: Path)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ((IMAGE_OUT / "spoke-cpu.raw").exists()
-                         and shutil.which("qemu-system-x86_64") and boottest.OVMF_CODE.exists()),
-                    reason="needs a built image in SPOKE_IMAGE_OUT (image/build.sh's output "
-                           "directory; default: what make image-test leaves), QEMU and OVMF")
+@needs_a_built_image
 @pytest.mark.parametrize("mode", ["emergency", "rescue"])
 def test_emergency_and_rescue_mode_in_the_root_file_system_reboot(tmp_path: Path,
                                                                    mode: str) -> None:
     """The built image's kernel booted straight into emergency or rescue mode (systemd.unit=,
     which the root file system's systemd reads): it says so on the console and reboots."""
-    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
-    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
-    stick = tmp_path / "stick.img"
-    stick.write_bytes(bytes(2**20))
-    machine = boottest.Machine(IMAGE_OUT / "spoke-cpu.raw", tmp_path, stick, hub, "tcg")
-    machine.create()
+    machine = image_machine(tmp_path, IMAGE_OUT / "spoke-cpu.raw")
     machine.start(mode, extra_cmdline=f"systemd.unit={mode}.target")
     line = f"spoke: boot failed in the root file system ({mode} mode"
 

@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 
 from pydantic import ValidationError
+from tuf.api import exceptions
+from tuf.api.metadata import TargetFile
 
 from appliance.fsutil import atomic_write, fsync_dir
 from appliance.osupdate import UNAME_ARCH, DesiredOs, OsManifest, pe_architecture
@@ -67,8 +69,10 @@ def fetch_os(
         if (target.sha256, target.info.length) != (file.sha256, file.length):
             raise ModelRefused("target-mismatch", f"{target.info.path}: the signed target and "
                                "the signed manifest disagree")
-        fetched[file.name] = download_target(fetcher, target.url, target.info,
-                                             work / f"{file.name}.partial", deadline)
+        partial = work / f"{file.name}.partial"
+        _take_back_verified(source / file.name, partial, target.info)
+        fetched[file.name] = download_target(fetcher, target.url, target.info, partial,
+                                             deadline)
         if file.role == "uki":
             with fetched[file.name].open("rb") as f:
                 uki_arch = pe_architecture(f.read(4096))
@@ -79,6 +83,24 @@ def fetch_os(
                                    f"is {arch}")
     _install_source(source, fetched, manifest)
     return manifest
+
+
+def _take_back_verified(kept: Path, partial: Path, info: TargetFile) -> None:
+    """A file the source still holds was verified and then never staged (the power failed
+    while sysupdate wrote it: the source goes once sysupdate ran). If it is exactly the signed
+    target, it becomes the complete partial download, so a box on a metered link does not
+    fetch a root image of hundreds of megabytes again; anything else there is dropped, never
+    trusted and never a reason to refuse the version."""
+    if partial.exists() or not kept.is_file():
+        return
+    try:
+        with kept.open("rb") as f:
+            info.verify_length_and_hashes(f)
+    except exceptions.LengthOrHashMismatchError:
+        kept.unlink()
+        return
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(kept, partial)
 
 
 def _drop_other_partials(work: Path, version: str) -> None:

@@ -26,7 +26,7 @@ from daemon.delivery.errors import DeliveryInterrupted, ModelRefused
 from daemon.delivery.tufclient import TufClient
 from daemon.osupdate.fetch import fetch_os
 from daemon.osupdate.service import OsUpdateService
-from daemon.osupdate.stage import SYSUPDATE, stage, sysupdate_command
+from daemon.osupdate.stage import SYSUPDATE, sysupdate_command
 from daemon.osupdate.update import fetch_and_stage, source_dir
 from provisioning import osupdates
 from tests.delivery.simulator import SimulatedRepository
@@ -209,6 +209,21 @@ def test_a_truncated_download_stages_nothing_then_resumes(
     del sim.cut_after[rel]
     update(sim, tmp_path, state, disk)
     assert (rel, half) in sim.requests  # the second try asked for the rest only
+    assert read_partition(disk, partitions(disk)[1], len(ROOT_V2)) == ROOT_V2
+
+
+def test_a_corrupt_file_left_in_the_source_is_downloaded_again_not_refused(
+        sim: SimulatedRepository, tmp_path: Path, state: Path, disk: Path):
+    """What a power cut left in the source is only reused when it is exactly the signed bytes."""
+    fetch_os(client(sim, tmp_path), sim, V2, state / "os" / "partial", source_dir(state),
+             time.monotonic() + 120, "x86-64")
+    kept = source_dir(state) / "spoke_2.root.raw.gz"
+    good = kept.read_bytes()
+    kept.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    sim.requests.clear()
+    update(sim, tmp_path, state, disk)
+    assert [rel for rel, _ in sim.requests if rel.startswith("targets/")] == [
+        rel_of(sim, "os/2/spoke_2.root.raw.gz")]
     assert read_partition(disk, partitions(disk)[1], len(ROOT_V2)) == ROOT_V2
 
 
@@ -496,7 +511,11 @@ def test_power_loss_while_staging_keeps_the_running_slot_and_the_retry_completes
     a2, _ = partitions(disk)
     assert a2["name"] == "spoke_1"
     assert files_of(disk, a2, tmp_path / "after-kill") == running
-    stage("2", image=disk)
+    # The box comes back and the reconciler tries again: the verified files the source still
+    # holds are staged without a second download.
+    sim.requests.clear()
+    update(sim, tmp_path, state, disk)
+    assert not [rel for rel, _ in sim.requests if rel.startswith("targets/")]
     a3, b3 = partitions(disk)
     assert (a3["name"], b3["name"]) == ("spoke_1", "spoke_2")
     # By files, not bytes: had the kill come after the write, the retry's --image mount of the

@@ -8,6 +8,7 @@ previous contents and the slots as they were.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -23,6 +24,8 @@ from daemon.delivery.download import download_target
 from daemon.delivery.errors import ModelRefused
 from daemon.delivery.fetch import RangeFetcher
 from daemon.delivery.tufclient import TufClient
+
+log = logging.getLogger(__name__)
 
 
 def machine_architecture() -> str:
@@ -97,10 +100,14 @@ def _take_back_verified(kept: Path, partial: Path, info: TargetFile) -> None:
         with kept.open("rb") as f:
             info.verify_length_and_hashes(f)
     except exceptions.LengthOrHashMismatchError:
+        log.info("dropped a file an interrupted staging left that is not its signed target",
+                 extra={"file": kept.name})
         kept.unlink()
         return
     partial.parent.mkdir(parents=True, exist_ok=True)
     os.replace(kept, partial)
+    log.info("reusing a verified file an interrupted staging left, not downloading it again",
+             extra={"file": kept.name, "bytes": info.length})
 
 
 def _drop_other_partials(work: Path, version: str) -> None:

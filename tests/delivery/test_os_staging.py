@@ -484,7 +484,7 @@ def test_a_full_data_partition_during_the_download_stages_nothing(
 
 
 def test_power_loss_while_staging_keeps_the_running_slot_and_the_retry_completes(
-        tmp_path: Path, state: Path, disk: Path):
+        tmp_path: Path, state: Path, disk: Path, caplog: pytest.LogCaptureFixture):
     """sysupdate and its download helper are killed (SIGKILL, the whole group) once bytes
     reach slot B; wherever that lands, slot A keeps its files and staging again completes."""
     # Version 2's root: a real 12 MiB ext4 (a later sysupdate --image mounts the newest slot).
@@ -514,8 +514,10 @@ def test_power_loss_while_staging_keeps_the_running_slot_and_the_retry_completes
     # The box comes back and the reconciler tries again: the verified files the source still
     # holds are staged without a second download.
     sim.requests.clear()
-    update(sim, tmp_path, state, disk)
+    with caplog.at_level("INFO", logger="daemon.osupdate.fetch"):
+        update(sim, tmp_path, state, disk)
     assert not [rel for rel, _ in sim.requests if rel.startswith("targets/")]
+    assert "not downloading it again" in caplog.text
     a3, b3 = partitions(disk)
     assert (a3["name"], b3["name"]) == ("spoke_1", "spoke_2")
     # By files, not bytes: had the kill come after the write, the retry's --image mount of the

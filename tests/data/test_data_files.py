@@ -162,6 +162,9 @@ def _generate_tiles(out: Path, *, terminal: bool) -> bytes:
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
-    """CI logs and redirected output get no carriage-return bar spam; a terminal does."""
-    assert b"\r" not in _generate_tiles(tmp_path / "piped", terminal=False)
+    """CI logs and redirected output get plain status lines, no carriage-return bar spam; a
+    terminal gets the bar."""
+    piped = _generate_tiles(tmp_path / "piped", terminal=False)
+    assert b"\r" not in piped
+    assert b"tiles (domain 2): 5/5 tile (100 %)" in piped
     assert b"tiles (domain 2)" in _generate_tiles(tmp_path / "tty", terminal=True)

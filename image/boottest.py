@@ -548,8 +548,8 @@ def build(venv: Path, hub: Hub, out_dir: Path, version: str, *trees: Path) -> Pa
 def derive(source: Path, versions: dict[str, tuple[Path, list[Path]]]) -> dict[str, float]:
     """image/derive.py for each version (its output directory and the trees it overlays), all
     at once: each is mostly one gzip on one core. Returns each version's wall seconds."""
-    started, seconds = time.monotonic(), {}
-    jobs = {}
+    started = time.monotonic()
+    jobs, seconds = {}, {}
     for version, (out_dir, trees) in versions.items():
         cmd = ["/usr/bin/python3", str(HERE / "derive.py"), "--from", str(source),
                "--version", version, "--output-dir", str(out_dir)]
@@ -750,11 +750,11 @@ def main() -> int:
         # Versions 2 and 3: derived from version 1's build (image/derive.py: another version
         # stamp, and for 3 a planted fault in its health check), not built again.
         v2, v3 = (work / f"out-{v}" / f"spoke-cpu_{v}.os" for v in ("2", "3"))
-        wanted = {"2": (v2, []), "3": (v3, [fault_tree(work)])} if args.rollback else \
-            {"2": (v2, [])} if args.update else {}
+        updates = {"2": (v2, []), "3": (v3, [fault_tree(work)])}
         seconds = derive(out_dir, {version: (out.parent, trees)
-                                   for version, (out, trees) in wanted.items()
-                                   if not (args.reuse_image and out.exists())})
+                                   for version, (out, trees) in updates.items()
+                                   if int(version) <= args.versions
+                                   and not (args.reuse_image and out.exists())})
         for version, took in seconds.items():
             run.timings[f"derive_v{version}_s"] = took
         if args.update:

@@ -14,11 +14,14 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: $(STAMP)
 	$(PY) -m scripts.demo $(DEMO_ARGS)
 
+# One pytest worker per core (pytest-xdist): most tests wait on brokers, daemons and
+# subprocesses, so two workers on 2 cores took 20 min where one took 33. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 # Longer fuzzing than `make test` gives it (tests/faults/test_fuzz.py): seconds per byte-level
 # target and stateful API sequences; the hostile-MQTT scenario runs with its own seed.

@@ -11,6 +11,8 @@
   the harness counts and lets go on; systemd's own emergency shell still fails at once. On a
   built image (slow): a version whose root never appears spends its tries through those
   reboots and systemd-boot falls back to the previous version by itself.
+- The deadline (`--finish-by`): the OS updates run only where version 1's boots say they end
+  before it.
 """
 
 from __future__ import annotations
@@ -119,6 +121,23 @@ def test_damage_is_found_without_the_flag(tmp_path: Path) -> None:
     raw = esp(tmp_path)
     break_the_file(raw)
     assert not boottest.fat_check(raw, power_cut=True).clean
+
+
+V1_BOOTS = {"first_boot_to_online_s": 100.0, "reboot_to_online_s": 80.0}
+
+
+def test_updates_that_end_before_the_deadline_run() -> None:
+    need = boottest.UPDATES_PER_V1_BOOTS * 180
+    assert boottest.updates_past_deadline(V1_BOOTS, time.time() + need + 60) is None
+
+
+def test_updates_that_would_end_past_the_deadline_are_skipped_with_the_reason() -> None:
+    need = boottest.UPDATES_PER_V1_BOOTS * 180
+    why = boottest.updates_past_deadline(V1_BOOTS, time.time() + need - 60)
+    assert why is not None and why.startswith("OS updates not run: about 33 min here")
+    assert "two boots, 180 s), 32 min left before --finish-by" in why
+    late = boottest.updates_past_deadline(V1_BOOTS, time.time() - 600)
+    assert late is not None and ", 0 min left" in late
 
 
 BDS = "\x1b[0mBdsDxe: starting Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0)\r\n"
@@ -248,6 +267,9 @@ needs_a_built_image = pytest.mark.skipif(
          and shutil.which("qemu-system-x86_64") and boottest.OVMF_CODE.exists()),
     reason="needs a built image in SPOKE_IMAGE_OUT (image/build.sh's output directory; "
            "default: what make image-test leaves), QEMU and OVMF")
+#: A TCG boot of the built image takes 1.5 to 5 min, longer beside other tests: more than
+#: pytest's default 300 s (pyproject.toml) for the tests that boot it.
+boots_the_image = pytest.mark.timeout(1800)
 
 
 def image_machine(tmp_path: Path, disk: Path) -> Any:
@@ -263,6 +285,7 @@ def image_machine(tmp_path: Path, disk: Path) -> Any:
 
 @pytest.mark.slow
 @needs_a_built_image
+@boots_the_image
 def test_a_version_whose_root_never_appears_falls_back_by_itself(tmp_path: Path) -> None:
     """Version 2's UKI staged on version 1's ESP as systemd-sysupdate stages it, with 2 tries,
     but its root slot never written: its initrd waits for root=PARTLABEL=spoke_2 (20 s here,
@@ -304,6 +327,7 @@ def test_a_version_whose_root_never_appears_falls_back_by_itself(tmp_path: Path)
 
 @pytest.mark.slow
 @needs_a_built_image
+@boots_the_image
 @pytest.mark.parametrize("mode", ["emergency", "rescue"])
 def test_emergency_and_rescue_mode_in_the_root_file_system_reboot(tmp_path: Path,
                                                                    mode: str) -> None:

@@ -13,7 +13,13 @@ import torch
 from appliance.errors import DataError
 from models.artifact import WEIGHTS_FILE, load_artifact
 from models.data import LABELS
-from models.training.foundation import RECIPES, build_foundation_model, cache_dir
+from models.training.foundation import (
+    DEFAULT_CONFIG,
+    RECIPES,
+    build_foundation_model,
+    cache_dir,
+    native_precision,
+)
 from models.training.pretrain import fresh_head
 from models.vit import build_model
 
@@ -75,6 +81,25 @@ def test_another_seed_is_another_cache_entry(tmp_path: Path) -> None:
 def test_refuses_settings_that_cannot_repeat(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="reproducible"):
         build_foundation_model(0, dataclasses.replace(TINY, precision="auto"), tmp_path)
+
+
+@pytest.mark.parametrize(("flags", "precision"), [
+    ("fpu sse2 avx512f avx512_bf16 avx512_vnni", "bf16"),  # AMD Zen 4
+    ("fpu sse2 avx512f amx_bf16 amx_tile", "bf16"),  # Intel with AMX
+    ("fpu sse2 avx2 avx512f", "fp32"),  # bf16 would be emulated: slower
+])
+def test_the_default_precision_is_bf16_only_where_the_cpu_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, precision: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("".join(f"processor\t: {n}\nflags\t\t: {flags}\n\n" for n in (0, 1)))
+    assert native_precision(cpuinfo) == precision
+
+
+def test_without_cpuinfo_the_default_precision_is_fp32(tmp_path: Path) -> None:
+    assert native_precision(tmp_path / "missing") == "fp32"
+    assert DEFAULT_CONFIG.precision == native_precision()
 
 
 def hub(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:

@@ -43,5 +43,7 @@ def progress_bar(*, enabled: bool = True, **kwargs: Any) -> tqdm:
     if sys.stderr.isatty():
         return tqdm(**kwargs)
     kwargs.pop("dynamic_ncols", None)
+    # miniters=1 turns off tqdm's adaptive miniters, and with it the monitor thread's redraw of
+    # a display that lags maxinterval (10 s): that made a second line a minute in CI's log.
     return tqdm(file=_Lines(sys.stderr), mininterval=kwargs.pop("mininterval", LOG_EVERY_S),
-                bar_format=LOG_LINE, **kwargs)
+                miniters=1, bar_format=LOG_LINE, **kwargs)

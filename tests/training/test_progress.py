@@ -3,7 +3,10 @@ rate-limited, never carriage-return redraws; and nothing at all when the caller 
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from tqdm import tqdm
 
 from models.progress import progress_bar
 
@@ -37,3 +40,19 @@ def test_disabled_progress_writes_nothing(capsys: pytest.CaptureFixture[str]) ->
     bar.update(3)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_tqdms_monitor_thread_adds_no_lines_between_the_minutes(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """tqdm's monitor thread redraws a bar whose display lags ``maxinterval`` (10 s); in a log
+    that was a second line a minute (seen in CI). Time scaled down: lines every 1 s asked for,
+    the monitor looking every 0.05 s for a lag of 0.2 s, 3 s of steady updates."""
+    monkeypatch.setattr(tqdm, "monitor_interval", 0.05)
+    bar = progress_bar(total=10**6, desc="pretrain", unit="step", mininterval=1, maxinterval=0.2)
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        bar.update(1)
+        time.sleep(0.005)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert 2 <= len(lines) <= 5, lines  # the first, at most one a second, the last

@@ -8,6 +8,8 @@ from typing import Any
 
 import psutil
 
+from models.cpu import cpu_flags
+
 
 def _read(path: str) -> str | None:
     try:
@@ -22,13 +24,6 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def nvidia_gpus() -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.fsutil import atomic_write
+from models.cpu import CPUINFO, cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,17 @@ def engine_versions() -> dict[str, str]:
 
 def cpu_identity() -> str:
     """CPU model name, the matrix-unit flags present and the usable core count."""
-    name, flags = "unknown CPU", set()
+    name = "unknown CPU"
     try:
-        with open("/proc/cpuinfo") as f:
+        with CPUINFO.open() as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
                     name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
                     break
     except OSError:
         pass
+    flags = cpu_flags()
     cores = len(os.sched_getaffinity(0))
     return f"{name} [{' '.join(sorted(flags & _MATRIX_FLAGS)) or 'no matrix flags'}] x{cores}"
 

@@ -19,11 +19,12 @@ import torch
 
 from appliance.errors import DataError
 from models.artifact import load_artifact
+from models.cpu import CPUINFO, cpu_flags
 from models.training import distributed
 from models.training.pretrain import PretrainConfig, pretrain
 
 
-def native_precision(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+def native_precision(cpuinfo: Path = CPUINFO) -> str:
     """``bf16`` where this CPU does bf16 arithmetic itself (the ``avx512_bf16`` or ``amx_bf16``
     flag), else ``fp32``, and ``fp32`` on a GPU node (autocast here is the CPU's). A fact of the
     machine, not a timing, so a machine builds the same weights from the same seed every time;
@@ -31,11 +32,7 @@ def native_precision(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     Without those flags bf16 is emulated, and slower than fp32."""
     if torch.cuda.is_available():
         return "fp32"
-    try:
-        flags = set(cpuinfo.read_text().split())
-    except OSError:
-        return "fp32"
-    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
+    return "bf16" if cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"} else "fp32"
 
 
 #: Supervised on the generated labels of many sites (it beat MAE-then-supervised on the same

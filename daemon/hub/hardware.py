@@ -8,8 +8,6 @@ from typing import Any
 
 import psutil
 
-from models.cpu import cpu_flags
-
 
 def _read(path: str) -> str | None:
     try:
@@ -57,6 +55,9 @@ def nvidia_gpus() -> list[dict[str, Any]]:
 
 
 def facts() -> dict[str, Any]:
+    # Imported here: status-like commands import this module and must not load ``models``.
+    from models.cpu import cpu_flags
+
     flags = cpu_flags()
     return {
         "machine_id": _read("/etc/machine-id"),

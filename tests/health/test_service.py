@@ -102,7 +102,8 @@ async def test_a_restart_does_not_raise_again_an_alert_still_active(tmp_path: Pa
     assert b'spoke_health_alert_active{alert="no_active_model"' in restarted.metrics.exposition()[0]
     assert await _first_cycle(restarted, again) == []
 
-    serving = DaemonFacts(active_model=ActiveModel(name="vit", version="1"))
+    serving = DaemonFacts(active_model=ActiveModel(name="vit", version="1"),
+                          last_hub_contact_s=time.time())
     later = Recorder()
     events = await _first_cycle(service(later, facts=lambda: serving, alerts_path=path), later)
     assert [(e.alert, e.state) for e in events] == [("no_active_model", "cleared")]

@@ -339,7 +339,8 @@ class Machine:
                 f"({found.group(2)}) and reboots itself; the boot goes on")
 
     def stuck_in_firmware(self) -> str | None:
-        """A boot whose console stopped at the firmware's "BdsDxe: loading/starting" line for
+        """A boot whose console stopped at the firmware's "BdsDxe: loading/starting" line (or
+        at the kernel's last line of a reboot, before the firmware printed anything) for
         FIRMWARE_STALL_S (the kernel's first line comes within about 90 s of it, 4-5 min on a
         loaded host; OVMF prints a CPU exception on the serial console, this is silence).
         Keeps what there is to see (the registers, the variable store, the ESP's file system
@@ -421,11 +422,22 @@ class Machine:
                 proc.wait()
 
 
+#: The last line a boot can print before the firmware has the machine: the firmware's own
+#: boot-option line, or the kernel's last line of a reboot (the reset, then the firmware, which
+#: prints nothing on this console before its boot-option line: a reset that never gets that far
+#: is silent after it, as in session 13's CI run, 19 min, the vCPU busy in the firmware).
+FIRMWARE_LINES = ("BdsDxe: ", "reboot: Restarting system")
+
+
 def firmware_stall(console: str, silent_s: float) -> str | None:
-    """The firmware's boot-option line ("BdsDxe: loading/starting ...") if it is the last
-    thing on ``console`` and the console has been silent ``FIRMWARE_STALL_S`` since."""
+    """The firmware's boot-option line ("BdsDxe: loading/starting ...") or the kernel's
+    "reboot: Restarting system" if it is the last thing on ``console`` and the console has been
+    silent ``FIRMWARE_STALL_S`` since: either way the reboot watchdog that systemd armed is the
+    only thing still running, and it would have reset the machine."""
     lines = re.sub(ANSI, "", console).strip().splitlines()
-    if not lines or "BdsDxe: " not in lines[-1] or silent_s < FIRMWARE_STALL_S:
+    if not lines or silent_s < FIRMWARE_STALL_S:
+        return None
+    if not any(mark in lines[-1] for mark in FIRMWARE_LINES):
         return None
     return lines[-1].strip()
 

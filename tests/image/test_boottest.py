@@ -156,6 +156,23 @@ def test_a_silent_kernel_is_no_firmware_stall() -> None:
     assert boottest.firmware_stall(BDS + "[    0.000000] Linux version 6.1\n", 3600) is None
 
 
+#: The end of session 13's console: a reboot into a staged version whose reset never reached
+#: the firmware's boot-option line (19 min silent, the vCPU busy in the firmware).
+REBOOTED = ("[   98.723695] banner[424]: spoke: device=dev-ff36 provisioning=enrolled\r\n"
+            "[  388.520517] watchdog: watchdog0: watchdog did not stop!\r\n"
+            "[  388.831385] reboot: Restarting system\r\n")
+
+
+def test_a_console_silent_after_the_kernel_restarts_the_machine_is_a_stall() -> None:
+    line = boottest.firmware_stall(BDS + REBOOTED, boottest.FIRMWARE_STALL_S)
+    assert line == "[  388.831385] reboot: Restarting system"
+    assert boottest.firmware_stall(BDS + REBOOTED, boottest.FIRMWARE_STALL_S - 1) is None
+
+
+def test_a_kernel_silent_before_its_reboot_line_is_no_firmware_stall() -> None:
+    assert boottest.firmware_stall(BDS + REBOOTED.rsplit("[  388.83", 1)[0], 3600) is None
+
+
 def hang_efi() -> bytes:
     """A PE32+ EFI application whose code is one jump to itself: it hangs, printing nothing,
     right after the firmware's "BdsDxe: starting" line."""

@@ -215,10 +215,8 @@ class Machine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.serial: Path | None = None
         self.boots = 0
-        # The firmware stalls the harness's emulated reboot watchdog reset (stuck_in_firmware),
-        # and where in this boot's console and when the last such reset happened.
+        # The firmware stalls the harness's emulated reboot watchdog reset (stuck_in_firmware).
         self.watchdog_resets: list[dict[str, Any]] = []
-        self.reset_at, self.reset_time = 0, 0.0
         # The boots that failed and rebooted themselves from emergency or rescue mode.
         self.emergency_reboots: list[dict[str, Any]] = []
         # The machine's TPM: its state (seeds) lives as long as the machine, across boots.
@@ -277,7 +275,6 @@ class Machine:
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}-{name}.log"
         self.serial.unlink(missing_ok=True)
-        self.reset_at, self.reset_time = 0, 0.0
         cmd = [
             "qemu-system-x86_64", "-machine", "q35", "-smp", "2", "-m", "2048",
             "-display", "none", "-monitor", "none", "-nodefaults",
@@ -319,7 +316,7 @@ class Machine:
         if self.proc is not None and self.proc.poll() is not None:
             return f"QEMU exited with {self.proc.returncode}"
         self.count_emergency_reboots()
-        if shell := EMERGENCY_SHELL.search(console := self.console()[self.reset_at:]):
+        if shell := EMERGENCY_SHELL.search(console := self.console()):
             # Nothing ends it: the shell waits for a root password that nobody types.
             tail = re.sub(ANSI, "", console).strip().splitlines()[-12:]
             return f"the boot dropped to the {shell.group(1)} shell: " + " | ".join(tail)
@@ -350,8 +347,8 @@ class Machine:
         records it. A second stall fails the run."""
         if self.serial is None or not self.serial.exists():
             return None
-        silent = time.time() - max(self.serial.stat().st_mtime, self.reset_time)
-        line = firmware_stall(self.console()[self.reset_at:], silent)
+        silent = time.time() - self.serial.stat().st_mtime
+        line = firmware_stall(self.console(), silent)
         if line is None:
             return None
         evidence = self.work / f"stuck-{self.boots}-{len(self.watchdog_resets) + 1}"

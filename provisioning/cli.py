@@ -24,12 +24,23 @@ COMMANDS = {
 }
 
 
+#: The `hub` extra's packages, which an appliance's image does not carry (pyproject.toml).
+HUB_PACKAGES = frozenset({"sqlalchemy", "psycopg", "boto3", "botocore"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(
-        "spoke-hub", "The Spoke hub: enrollment, fleet and models.", COMMANDS, args
-    )
-    return run_cli(parser, args)
+    try:
+        parser = build_parser(
+            "spoke-hub", "The Spoke hub: enrollment, fleet and models.", COMMANDS, args
+        )
+        return run_cli(parser, args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in HUB_PACKAGES:
+            raise
+        print(f"spoke-hub: error: {exc.name} is not installed: the hub's packages are the "
+              "'hub' extra (pip install 'spoke[hub]')", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

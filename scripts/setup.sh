@@ -69,6 +69,6 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating the virtual environment in $venv"
     python3 -m venv "$venv"
 fi
-echo "setup: installing the project and its test tools (torch is pinned to 2.13.0, CPU)"
+echo "setup: installing the project, the hub's packages and the test tools (torch is pinned to 2.13.0, CPU)"
 "$venv/bin/pip" install -q --upgrade pip >/dev/null
-"$venv/bin/pip" install -q -e ".[dev]"
+"$venv/bin/pip" install -q -e ".[hub,dev]"

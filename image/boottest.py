@@ -77,6 +77,8 @@ EMERGENCY_SHELL = re.compile(r"You are in (emergency|rescue) mode")
 #: where on the chipset it emulates it would. The harness's reset is a new QEMU process on the
 #: same disk, UEFI variables and TPM state (its boot goes on in the next serial log).
 WATCHDOG_RESETS = 1
+#: The end of the boot name (and serial log) of such a restart.
+WATCHDOG_RESTART = "-watchdog"
 #: What the OS updates after version 1's first two boots (to 2, the rollback from 3, the factory
 #: reset) take, in units of those two boots: 10.6 and 9.4 in sessions 10 and 11
 #: (docs/BENCHMARKS.md), rounded up. The same TCG guest moves and writes the images, so its own
@@ -221,10 +223,8 @@ class Machine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.serial: Path | None = None
         self.boots = 0
-        # The firmware stalls the harness's emulated reboot watchdog reset (stuck_in_firmware),
-        # and whether the running QEMU is its restart.
+        # The firmware stalls the harness's emulated reboot watchdog reset (stuck_in_firmware).
         self.watchdog_resets: list[dict[str, Any]] = []
-        self.restarted_by_watchdog = False
         # The boots that failed and rebooted themselves from emergency or rescue mode.
         self.emergency_reboots: list[dict[str, Any]] = []
         # The machine's TPM: its state (seeds) lives as long as the machine, across boots.
@@ -280,7 +280,6 @@ class Machine:
         arguments, boot the same kernel and initrd directly with them added (what a technician
         does by editing the boot entry once)."""
         self.count_emergency_reboots()  # the last boot's console, before the next one's
-        self.restarted_by_watchdog = False
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}-{name}.log"
         self.serial.unlink(missing_ok=True)
@@ -383,9 +382,13 @@ class Machine:
         # hang where a new QEMU on the same disk, variables and TPM state did (docs/IMAGE.md).
         name = self.serial.stem.split("-", 2)[-1]
         self.kill()
-        self.start(f"{name}-watchdog")
-        self.restarted_by_watchdog = True
+        self.start(f"{name}{WATCHDOG_RESTART}")
         return None
+
+    @property
+    def restarted_by_watchdog(self) -> bool:
+        """Whether the running QEMU is the emulated watchdog's restart of a hung boot."""
+        return self.serial is not None and self.serial.stem.endswith(WATCHDOG_RESTART)
 
     def console(self) -> str:
         try:
@@ -448,9 +451,9 @@ def firmware_stall(console: str, silent_s: float) -> str | None:
     lines = re.sub(ANSI, "", console).strip().splitlines()
     if not lines:
         return None
-    if any(mark in lines[-1] and silent_s >= limit for mark, limit in firmware_lines().items()):
-        return lines[-1].strip()
-    return None
+    stalled = any(mark in lines[-1] and silent_s >= limit
+                  for mark, limit in firmware_lines().items())
+    return lines[-1].strip() if stalled else None
 
 
 #: A kernel's line after the kernel's reboot line: the box came back up from a reboot.

@@ -6,6 +6,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 from provisioning.cli import HUB_PACKAGES
 from tests.support.fleet import REPO
 
@@ -60,7 +62,7 @@ def test_spoke_hub_without_its_packages_names_the_extra(tmp_path: Path) -> None:
 def test_the_hub_packages_are_not_core_dependencies() -> None:
     """What the appliance image installs is the project without extras."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    core = {dep.split("[")[0].split(">")[0].split("=")[0] for dep in project["dependencies"]}
-    hub = {dep.split("[")[0].split(">")[0] for dep in project["optional-dependencies"]["hub"]}
+    core = {Requirement(dep).name for dep in project["dependencies"]}
+    hub = {Requirement(dep).name for dep in project["optional-dependencies"]["hub"]}
     assert hub == {"sqlalchemy", "psycopg", "boto3"}
     assert not core & hub

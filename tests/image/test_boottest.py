@@ -259,6 +259,7 @@ def test_a_firmware_hang_is_reset_once_recorded_and_fails_the_second_time(
         assert first_qemu is not None and first_qemu.poll() is not None
         assert reset["serial"] == "serial-1-hang.log"
         assert machine.serial is not None and machine.serial.name == "serial-2-hang-watchdog.log"
+        assert machine.restarted_by_watchdog
         assert machine.console().count("BdsDxe: starting Boot0001") == 1
     finally:
         machine.kill()

@@ -100,6 +100,10 @@ class HealthService(TaskGroupService):
             )
         try:
             await asyncio.wait_for(self._publish(snapshot, events), self.config.interval_s)
+        except TimeoutError:
+            # A slow or lossy link, not a fault of ours: one line, not a traceback a second.
+            log.warning("health snapshot not published within the interval; the next one "
+                        "replaces it", extra={"interval_s": self.config.interval_s})
         except Exception:
             log.exception("publishing health failed")
         return events

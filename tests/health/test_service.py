@@ -1,11 +1,13 @@
 """HealthService: real psutil, the FAKE NVML, a publish callback that records what it gets."""
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
 
 import pynvml
+import pytest
 
 from appliance.config import HealthSection
 from appliance.health import ActiveModel, AlertEvent, DaemonFacts, HealthSnapshot
@@ -149,6 +151,32 @@ async def test_a_failing_publish_does_not_stop_collection() -> None:
         await asyncio.wait_for(done.wait(), 5)
     finally:
         await health.stop()
+
+
+async def test_a_publish_slower_than_the_interval_is_one_warning_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lossy link makes a publish outlast its interval: the cycle moves on, and the log says
+    so in one line per cycle instead of a traceback (seen every second in the fault suite)."""
+    started = asyncio.Event()
+
+    async def stuck(snapshot: HealthSnapshot, events: list[AlertEvent]) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    health = HealthService(FAST, stuck, sampler=Sampler(gpu=NvmlReader(FakeNvml())))
+    with caplog.at_level(logging.WARNING, logger="daemon.health.service"):
+        await health.start()
+        try:
+            await asyncio.wait_for(started.wait(), 5)
+            await health.run_cycle()
+        finally:
+            await health.stop()
+    slow = [r for r in caplog.records if "not published within the interval" in r.getMessage()]
+    assert slow, caplog.text
+    assert all(r.exc_info is None and r.levelno == logging.WARNING for r in slow)
+    assert "publishing health failed" not in caplog.text
+    assert health.crash is None
 
 
 async def test_a_failing_collection_is_skipped_not_fatal() -> None:

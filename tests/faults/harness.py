@@ -186,6 +186,15 @@ class Box:
     def healthy(self) -> bool:
         return self.appliance.api("/healthz", timeout=3)[0] == 200
 
+    def log_lines(self, words: tuple[str, ...], last: int = 25) -> str:
+        """The daemon log's last ``last`` lines that name one of ``words``: what a scenario
+        that timed out shows of the box's side."""
+        process = self.appliance.process
+        if process is None:
+            return "(the daemon is not running)"
+        lines = [line for line in process.output().splitlines() if any(w in line for w in words)]
+        return "\n".join(lines[-last:]) or "(no such line in the daemon log)"
+
 
 class Uplink:
     """A steady drone: one image every ``period_s`` until stopped."""

@@ -460,6 +460,9 @@ def _validate_card(card: ModelCard) -> None:
     _check_description(
         card.name, card.version, card.config, card.labels, card.thresholds, card.preprocessing
     )
+    unknown = sorted(set(card.decision.mean) - set(card.labels))
+    if unknown:
+        raise ArtifactError(f"the decision averages labels the card does not have: {unknown}")
     if set(card.files) - {ONNX_FILE, WEIGHTS_FILE}:
         raise ArtifactError(f"unexpected files listed: {sorted(set(card.files))}")
     g = card.golden

@@ -28,7 +28,7 @@ from PIL import Image
 
 from models.artifact import Artifact
 from models.backends.base import Backend
-from models.decide import decide
+from models.decide import decide, image_probs
 from models.errors import ImageError, ModelError
 from models.images import DEFAULT_LIMITS, DecodedImage, ImageLimits, ImageMeta, decode_image
 from models.preprocess import Preprocessing
@@ -131,8 +131,9 @@ class Pipeline:
         return serving_tiles(image.pixels, self.card.preprocessing, self.options)
 
     def aggregate(self, image: DecodedImage, tiled: TiledImage, probs: np.ndarray) -> ImageResult:
-        """Per-image probability = max over tiles; a defect is reported at or over its
-        threshold, background only where no defect is (``models.decide``)."""
+        """Per-image probability = max over tiles (or, for the labels the card's decision
+        averages, the mean of their logits); a defect is reported at or over its threshold,
+        background only where no defect is (``models.decide``)."""
         labels = self.card.labels
         if probs.shape != (len(tiled.boxes), len(labels)):
             raise ModelError(
@@ -144,9 +145,9 @@ class Pipeline:
             TileFinding((x0, y0, x1, y1), dict(zip(labels, row, strict=True)))
             for (x0, y0, x1, y1), row in zip(tiled.boxes.tolist(), rounded, strict=True)
         ]
-        peak = dict(
-            zip(labels, np.round(probs.max(axis=0).astype(np.float64), 5).tolist(), strict=True)
-        )
+        combined = image_probs(probs, np.zeros(len(probs), dtype=np.int64), 1, labels,
+                               self.card.decision)[0]
+        peak = dict(zip(labels, np.round(combined.astype(np.float64), 5).tolist(), strict=True))
         found = decide([peak[lab] for lab in labels], labels, self.card.thresholds)
         return ImageResult(image.meta, findings, peak, found)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,18 @@ from torch import Tensor
 from appliance.errors import DataError
 from appliance.finetune import GateReport, JobResult, Skipped
 from models.artifact import Artifact, load_artifact, write_artifact
-from models.decide import BACKGROUND, decide_many
+from models.decide import BACKGROUND, PER_TILE, Decision, decide_many, image_probs
 from models.finetune.adapt import BATCH as ADAPT_BATCH
 from models.finetune.adapt import Adapted, adapt
 from models.finetune.augment import drone_augment
-from models.finetune.crossval import OutOfFold, head_probs, out_of_fold, shifted
+from models.finetune.crossval import (
+    OutOfFold,
+    averaged_labels,
+    head_probs,
+    merged,
+    out_of_fold,
+    shifted,
+)
 from models.finetune.gate import Comparison, collapse_reason, compare, label_changes
 from models.finetune.heldout import (
     HeldOut,
@@ -70,7 +77,7 @@ from models.finetune.probe import (
     pool_features,
 )
 from models.finetune.quiet import Quieted, card_metrics, quiet, untrained
-from models.finetune.served import Tiles, peak, resized, sample_tiles
+from models.finetune.served import Tiles, resized, sample_tiles
 from models.finetune.spec import JobSpec, judged_out_of_fold
 from models.finetune.split import TooFewSamples, stratified_split
 from models.images import ImageLimits, decode_image
@@ -133,9 +140,11 @@ def load_samples(spec: JobSpec, pre: Preprocessing) -> Samples:
 
 
 def predict_served(model: VisionTransformer, tiles: Tiles, samples: int, pre: Preprocessing,
-                   device: str) -> np.ndarray:
-    """(N, L): each sample's probabilities as the pipeline reports them (max over its tiles)."""
-    return peak(predict(model, tiles.tiles, pre, device), tiles.owner, samples)
+                   device: str, labels: Sequence[str], decision: Decision) -> np.ndarray:
+    """(N, L): each sample's probabilities as the pipeline reports them (its tiles combined
+    as ``decision`` says)."""
+    return image_probs(predict(model, tiles.tiles, pre, device), tiles.owner, samples,
+                       labels, decision)
 
 
 @torch.inference_mode()
@@ -190,11 +199,16 @@ class Trained:
 
 def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
            pre: Preprocessing, spec: JobSpec, device: str, started: float, report: Report,
-           thresholds: dict[str, float], cross_validate: bool) -> Trained:
+           thresholds: dict[str, float], cross_validate: bool, decision: Decision
+           ) -> tuple[Trained, Decision]:
     """The calibrated linear probe (``models.finetune.probe``) on the samples' served tiles:
     feature views for up to ``PROBE_SHARE`` of the time budget, then the pool whose
     cross-validated loss is lowest. With ``cross_validate``, the recipe is also re-fit per
-    fold for the gate's out-of-fold judgement (``models.finetune.crossval``)."""
+    fold for the gate's out-of-fold judgement (``models.finetune.crossval``), and where
+    samples span several tiles, each label is decided on its samples' maximum over tiles or
+    on their mean, whichever decides the samples better out of fold
+    (``crossval.averaged_labels``). Returns how it went and the candidate's decision
+    (``decision``, the parent's, with its averaged labels chosen again)."""
     t0 = time.monotonic()
     deadline = None if spec.budget_s is None else (
         t0 + PROBE_SHARE * max(0.0, spec.budget_s - (t0 - started)))
@@ -210,19 +224,38 @@ def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
     pool = min(fits, key=lambda k: fits[k].cv_loss)
     fit = fits[pool]
     judged = None
+    averaged: tuple[int, ...] = ()
     if cross_validate:
-        # The folds re-fit everything but the pool, chosen once on all samples: half the
-        # cost of re-choosing it (2 pools x 4 folds), for a choice between two.
+        def fit_recipe(views: Tensor, targets: np.ndarray, owner: np.ndarray, on_means: bool
+                       ) -> ProbeFit:
+            return fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs,
+                             owner, averaged=on_means)
+
+        # The folds re-fit everything but the pool and the averaged labels, chosen once on
+        # all samples: half the cost of re-choosing them, for choices between two.
         def refit(views: Tensor, targets: np.ndarray, owner: np.ndarray
                   ) -> tuple[str, ProbeFit]:
-            return pool, fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs,
-                                   owner)
+            over_tiles = fit_recipe(views, targets, owner, False)
+            if not averaged:
+                return pool, over_tiles
+            return pool, merged(over_tiles, fit_recipe(views, targets, owner, True), averaged)
 
         report({"phase": "cross-validating", "samples": len(targets)})
-        base = shifted(head_probs(model.head, model.cfg.global_pool, views[0], tiles.owner,
-                                  len(targets)),
-                       np.asarray([thresholds[n] for n in spec.labels], dtype=np.float32))
-        judged = out_of_fold(views, targets, tiles.owner, base, spec.seed, refit, (pool, fit))
+        parent_probs = head_probs(model.head, model.cfg.global_pool, views[0], tiles.owner,
+                                  len(targets), spec.labels[: model.head.out_features],
+                                  decision)
+        base = shifted(parent_probs, np.asarray(
+            [thresholds[n] for n in spec.labels], dtype=np.float32))
+        if len(tiles.tiles) > len(targets):
+            mean_fit = fit_recipe(views, targets, tiles.owner, True)
+            averaged = averaged_labels(views, targets, tiles.owner, base, spec.seed, fit_recipe,
+                                       pool, (fit, mean_fit), spec.labels, decision)
+            fit = merged(fit, mean_fit, averaged)
+        decision = replace(decision, mean=tuple(
+            n for j, n in enumerate(spec.labels)
+            if j in averaged or (n in decision.mean and j not in fit.fitted)))
+        judged = out_of_fold(views, targets, tiles.owner, base, spec.seed, refit, (pool, fit),
+                             spec.labels, decision)
     install_head(model, fit, pool)
     prepare(model, "linear")
     for j in fit.fitted:
@@ -234,10 +267,11 @@ def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
         "weight_decay": fit.weight_decay,
         "epochs": fit.epochs, "cv_loss": {k: round(f.cv_loss, 5) for k, f in fits.items()},
         "cv_f1": round(fit.cv_f1, 5),
-        "fitted": [spec.labels[j] for j in fit.fitted]}
+        "fitted": [spec.labels[j] for j in fit.fitted],
+        "averaged": [spec.labels[j] for j in averaged]}
     if judged is not None:
         details["gate_folds"] = judged.folds
-    return Trained(fit.epochs, time.monotonic() - t0, fit.cv_loss, 0, details, judged)
+    return Trained(fit.epochs, time.monotonic() - t0, fit.cv_loss, 0, details, judged), decision
 
 
 def _train_weights(model: VisionTransformer, method: str, images: np.ndarray,
@@ -294,14 +328,19 @@ class Prepared:
     task: np.ndarray
     thresholds: dict[str, float]
     model: VisionTransformer
+    #: How the model being tuned combines a sample's tiles: the parent's until the probe
+    #: chooses the candidate's (``_probe``).
+    decision: Decision = PER_TILE
     #: The probe on tile samples without site adaptation: it trains on every sample and the
     #: gate judges each one out of fold (``held_out`` is then every sample).
     cross_validated: bool = False
 
     def served(self, decisions: HeldOut) -> np.ndarray:
         """(N, L): ``model``'s probabilities for ``decisions``, as the pipeline serves them."""
+        labels = self.spec.labels[: self.model.head.out_features]
         return predict_served(self.model, decisions.tiles, len(decisions),
-                              self.parent.card.preprocessing, self.device)
+                              self.parent.card.preprocessing, self.device, labels,
+                              self.decision)
 
 
 @dataclass(frozen=True)
@@ -354,7 +393,7 @@ def prepare_job(spec: JobSpec, report: Report) -> Prepared:
     thresholds = dict(card.thresholds) | {n: 0.5 for n in spec.labels if n not in card.thresholds}
     model = parent.build_model().to(device)
     return Prepared(spec, device, parent, data, train_idx, held_out, calibration, method,
-                    present, task, thresholds, model, cross_validated)
+                    present, task, thresholds, model, decision, cross_validated)
 
 
 def baseline(job: Prepared, report: Report) -> Evaluation:
@@ -412,8 +451,9 @@ def train_candidate(job: Prepared, started: float, report: Report,
     model.to(job.device)
     images, targets = job.data.images[job.train_idx], job.data.targets[job.train_idx]
     if job.method == "linear":
-        result = _probe(model, job.data.tiles.select(job.train_idx), targets, pre, spec,
-                        job.device, started, report, job.thresholds, job.cross_validated)
+        result, job.decision = _probe(model, job.data.tiles.select(job.train_idx), targets, pre,
+                                      spec, job.device, started, report, job.thresholds,
+                                      job.cross_validated, job.decision)
     else:
         result = _train_weights(model, job.method, images, targets, pre, spec, job.device,
                                 started, report, log)
@@ -515,7 +555,7 @@ def export(job: Prepared, trained: Trained, weights: dict[str, Tensor], parent: 
     write_artifact(
         job.model.cpu(), out_dir, name=spec.name, version=spec.version, labels=spec.labels,
         thresholds=job.thresholds, preprocessing=card.preprocessing, parent=card.ref,
-        decision=card.decision, metrics={
+        decision=job.decision, metrics={
             "finetune.macro_f1": round(cand.macro_f1, 6),
             "finetune.parent_macro_f1": round(parent.macro_f1, 6),
             "finetune.exact_match": round(cand.exact_match, 6),

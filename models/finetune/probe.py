@@ -54,6 +54,8 @@ class ProbeFit:
     epochs: int
     cv_loss: float
     cv_f1: float  # out-of-fold macro-F1 over fitted labels at the calibrated thresholds
+    #: Fit on each sample's mean tile features, thresholds 0.5 (``fit_probe(averaged=True)``).
+    averaged: bool = False
 
 
 def folds(targets: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -114,6 +116,12 @@ def _adam(p: Tensor, g: Tensor, m1: Tensor, m2: Tensor, step: int,
     p.sub_(LR * m_hat / (v_hat.sqrt() + eps))
 
 
+def f1_at(on: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(L,) F1 of (N, L) boolean decisions ``on`` against (N, L) boolean ``truth``."""
+    tp = (on & truth).sum(axis=0)
+    return 2 * tp / np.maximum(on.sum(axis=0) + truth.sum(axis=0), 1)
+
+
 def best_thresholds(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(threshold, F1) per label: the cut between sorted probabilities with the best F1."""
     thr = np.full(probs.shape[1], 0.5, dtype=np.float32)
@@ -134,14 +142,29 @@ def best_thresholds(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
     return thr, f1
 
 
+def sample_means(views: Tensor, owner: np.ndarray, samples: int) -> Tensor:
+    """(V, N, F): each sample's mean over its tiles' (V, M, F) features."""
+    index = torch.from_numpy(owner)
+    sums = torch.zeros(views.shape[0], samples, views.shape[2]).index_add_(1, index, views)
+    return sums / torch.bincount(index, minlength=samples).clamp(min=1)[None, :, None]
+
+
 def fit_probe(views: Tensor, targets: np.ndarray, seed: int = 0,
-              max_epochs: int = MAX_EPOCHS, owner: np.ndarray | None = None) -> ProbeFit:
+              max_epochs: int = MAX_EPOCHS, owner: np.ndarray | None = None,
+              averaged: bool = False) -> ProbeFit:
     """``views`` (V, M, F): V feature views of M rows (view 0 unaugmented); row i is a tile of
     training sample ``owner[i]`` (default: one row per sample); ``targets`` (N, L) multi-hot
     per sample. Every tile of a sample carries its labels and stays in its fold; early
     stopping and the thresholds read a sample's maximum over its unaugmented tiles, which is
     what the serving pipeline reports for an image. Early stopping looks at most
-    ``max_epochs`` far."""
+    ``max_epochs`` far.
+
+    With ``averaged``, a sample is one row per view, the mean of its tiles' features: the head on
+    it is the mean of the tiles' logits, what a decision's ``mean`` labels serve. Its
+    thresholds stay 0.5, the class-balanced fit's own cut (on real photos an F1-calibrated
+    cut on photo means cost 0.06 of balanced accuracy, docs/FOUNDATION-MODEL.md)."""
+    if averaged and owner is not None:
+        views, owner = sample_means(views, np.asarray(owner), len(targets)), None
     v, m, _ = views.shape
     n = len(targets)
     owner = np.arange(m) if owner is None else np.asarray(owner)
@@ -180,7 +203,11 @@ def fit_probe(views: Tensor, targets: np.ndarray, seed: int = 0,
                 best = (loss, wd, (c + 1) * every, torch.sigmoid(oof).numpy())
     assert best is not None
     loss, wd, epochs, oof_probs = best
-    thr_fitted, f1 = best_thresholds(oof_probs, y_np[:, fitted])
+    if averaged:
+        thr_fitted = np.full(len(fitted), 0.5, dtype=np.float32)
+        f1 = f1_at(oof_probs >= 0.5, y_np[:, fitted] >= 0.5)
+    else:
+        thr_fitted, f1 = best_thresholds(oof_probs, y_np[:, fitted])
     w_all, b_all, _ = _train(x, rows_y, torch.ones(1, len(x)), torch.tensor([wd]),
                              epochs, seed, epochs, z[0])
     w, b = w_all[0], b_all[0]
@@ -188,7 +215,7 @@ def fit_probe(views: Tensor, targets: np.ndarray, seed: int = 0,
     b_raw = b - w_raw @ mean
     thresholds = np.full(y_np.shape[1], 0.5, dtype=np.float32)
     thresholds[list(fitted)] = thr_fitted
-    return ProbeFit(w_raw, b_raw, fitted, thresholds, wd, epochs, loss, float(f1.mean()))
+    return ProbeFit(w_raw, b_raw, fitted, thresholds, wd, epochs, loss, float(f1.mean()), averaged)
 
 
 #: Pools a candidate may read: the parent's own, or class token and mean patch token together

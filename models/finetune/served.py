@@ -1,4 +1,5 @@
-"""Labeled samples as the serving pipeline sees them: the tiles it cuts and the maximum over them.
+"""Labeled samples as the serving pipeline sees them: the tiles it cuts (which it combines into
+one image's probabilities by ``models.decide.image_probs``).
 
 The pipeline infers an image as tiles of the model's input at native resolution and reports
 a label when the maximum over the tiles reaches its threshold. A labeled photo larger than the
@@ -64,10 +65,3 @@ class Tiles:
         order = keep[np.argsort(where[self.owner[keep]], kind="stable")]
         return Tiles(self.tiles[order], where[self.owner[order]])
 
-
-def peak(probs: np.ndarray, owner: np.ndarray, samples: int) -> np.ndarray:
-    """(N, L): each sample's maximum over its tiles' (M, L) ``probs``, as the pipeline
-    aggregates an image."""
-    out = np.full((samples, probs.shape[1]), -np.inf)
-    np.maximum.at(out, owner, probs)
-    return out.astype(probs.dtype)

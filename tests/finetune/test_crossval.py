@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from models.artifact import load_artifact, write_artifact
-from models.finetune.crossval import out_of_fold, outer_folds, shifted
+from models.decide import PER_TILE
+from models.finetune.crossval import averaged_labels, merged, out_of_fold, outer_folds, shifted
 from models.finetune.job import evaluate, run_job, task_labels
 from models.finetune.probe import WIDE_POOL, ProbeFit, fit_probe
 from tests.finetune.conftest import make_parent
@@ -62,7 +63,7 @@ def test_each_sample_is_decided_by_a_fit_that_never_saw_it() -> None:
 
     base = shifted(np.full((n, 2), 0.2, dtype=np.float32), np.full(2, 0.5, np.float32))
     final = fit(views, targets, owner)
-    judged = out_of_fold(views, targets, owner, base, 0, fit, final)
+    judged = out_of_fold(views, targets, owner, base, 0, fit, final, ("a", "b"), PER_TILE)
     fold = outer_folds(targets, 0)
     assert judged.folds == fold.max() + 1 >= 2
     for f, samples in enumerate(seen[1:]):
@@ -97,3 +98,35 @@ def test_a_real_gain_on_the_site_task_is_promoted_whatever_other_labels_say(
     gain = comparison.candidate.macro_f1 - comparison.current.macro_f1
     assert gain >= 0.1, comparison
     assert comparison.promote is True and result.candidate is not None
+
+
+def test_a_label_spread_over_the_tiles_is_averaged_and_a_spot_is_not() -> None:
+    """Label 0 shows weakly in every tile of its samples (damage spread over the surface),
+    label 1 strongly in one tile (a spot): out of fold, the mean over the tiles decides the
+    first better and the maximum the second, and the job's choice says so."""
+    rng = np.random.default_rng(4)
+    n, tiles = 64, 4
+    targets = np.zeros((n, 2), dtype=np.float32)
+    targets[rng.permutation(n)[: n // 2], 0] = 1
+    targets[rng.permutation(n)[: n // 2], 1] = 1
+    owner = np.repeat(np.arange(n), tiles)
+    feats = rng.normal(size=(2, n * tiles, 6)).astype(np.float32)
+    feats[..., 0] += 0.8 * targets[owner, 0]
+    spot = np.arange(n) * tiles + rng.integers(0, tiles, n)
+    feats[:, spot, 1] += 5.0 * targets[:, 1]
+    views = torch.from_numpy(feats)
+
+    def fit(v: torch.Tensor, y: np.ndarray, own: np.ndarray, on_means: bool) -> ProbeFit:
+        return fit_probe(v, y, 0, 100, own, averaged=on_means)
+
+    labels = ("spread", "spot")
+    base = shifted(np.full((n, 2), 0.2, dtype=np.float32), np.full(2, 0.5, np.float32))
+    finals = (fit(views, targets, owner, False), fit(views, targets, owner, True))
+    assert finals[1].averaged and (finals[1].thresholds == 0.5).all()
+    chosen = averaged_labels(views, targets, owner, base, 0, fit, WIDE_POOL, finals, labels,
+                             PER_TILE)
+    assert chosen == (0,)
+    both = merged(finals[0], finals[1], chosen)
+    assert torch.equal(both.weight[0], finals[1].weight[0])
+    assert torch.equal(both.weight[1], finals[0].weight[1])
+    assert both.thresholds.tolist() == [0.5, float(finals[0].thresholds[1])]

@@ -56,7 +56,8 @@ def test_frame_decisions_are_the_serving_pipelines_maxima(tmp_path: Path, encode
     held, skipped = load_frames(frames, art.card.labels, art.card.preprocessing,
                                 Decision("frame", 2), load_pixels)
     assert skipped == [] and len(held) == 4
-    ours = predict_served(art.build_model(), held.tiles, 4, art.card.preprocessing, "cpu")
+    ours = predict_served(art.build_model(), held.tiles, 4, art.card.preprocessing, "cpu",
+                          art.card.labels, Decision("frame", 2))
     pipeline = Pipeline(art, create_backend(art, "onnxruntime"), TileOptions(downscale=2))
     for row, (path, _) in zip(ours, frames, strict=True):
         served = pipeline.run(Path(path).read_bytes()).probs

@@ -12,9 +12,10 @@ from PIL import Image, ImageDraw
 
 from models.artifact import load_artifact
 from models.backends import create_backend
+from models.decide import PER_TILE, image_probs
 from models.finetune.job import load_samples, predict_served, run_job
 from models.finetune.probe import fit_probe
-from models.finetune.served import MAX_TILES, Tiles, peak, sample_tiles
+from models.finetune.served import MAX_TILES, Tiles, sample_tiles
 from models.images import decode_image
 from models.pipeline import Pipeline
 from tests.finetune.conftest import make_parent
@@ -78,7 +79,7 @@ def test_a_sample_smaller_than_the_input_or_with_too_many_tiles_is_resized(tmp_p
         np.testing.assert_array_equal(tiles[0], np.asarray(expected))
 
 
-def test_selected_tiles_keep_their_samples_and_peak_is_the_max_per_sample():
+def test_selected_tiles_keep_their_samples_and_an_image_is_the_max_over_its_tiles():
     per_sample = [np.full((count, 2, 2, 3), value, np.uint8)
                   for count, value in ((1, 10), (4, 20), (2, 30))]
     tiles = Tiles.of(per_sample)
@@ -87,7 +88,8 @@ def test_selected_tiles_keep_their_samples_and_peak_is_the_max_per_sample():
     assert chosen.tiles[:, 0, 0, 0].tolist() == [30, 30, 10]
     probs = np.random.default_rng(2).random((len(tiles.tiles), 3)).astype(np.float32)
     expected = np.stack([probs[tiles.owner == i].max(axis=0) for i in range(3)])
-    np.testing.assert_array_equal(peak(probs, tiles.owner, 3), expected)
+    labels = ("a", "b", "c")
+    np.testing.assert_array_equal(image_probs(probs, tiles.owner, 3, labels, PER_TILE), expected)
 
 
 def test_one_tile_per_sample_fits_exactly_as_without_owners():
@@ -114,6 +116,19 @@ def test_the_probe_learns_a_defect_in_one_tile_of_a_photo(tmp_path: Path, encode
     gain = comparison.candidate.macro_f1 - comparison.current.macro_f1
     assert gain >= 0.1, comparison
     assert comparison.promote is True and comparison.collapse is None
+    # The labels the probe chose to decide on the mean over tiles are on the card, and the
+    # pipeline serves the candidate exactly as the job judged it.
+    assert result.candidate is not None
+    candidate = load_artifact(Path(result.candidate))
+    assert candidate.card.decision.mean == tuple(result.details["averaged"])
+    data = load_samples(spec, pre)
+    ours = predict_served(candidate.build_model(), data.tiles, len(samples), pre, "cpu",
+                          candidate.card.labels, candidate.card.decision)
+    pipeline = pipeline_of(Path(result.candidate))
+    for i, (path, _) in enumerate(samples[:6]):
+        served = pipeline.run(Path(path).read_bytes()).probs
+        np.testing.assert_allclose(ours[i], [served[n] for n in candidate.card.labels],
+                                   atol=1e-4)
 
 
 def test_the_gate_scores_samples_as_the_pipeline_serves_them(tmp_path: Path,
@@ -124,7 +139,8 @@ def test_the_gate_scores_samples_as_the_pipeline_serves_them(tmp_path: Path,
     pre = artifact.card.preprocessing
     data = load_samples(spec_for(parent, samples, tmp_path / "cand"), pre)
     model = artifact.build_model()
-    ours = predict_served(model, data.tiles, len(samples), pre, "cpu")
+    ours = predict_served(model, data.tiles, len(samples), pre, "cpu", artifact.card.labels,
+                          artifact.card.decision)
     pipeline = pipeline_of(parent)
     for i, (path, _) in enumerate(samples):
         result = pipeline.run(Path(path).read_bytes())

@@ -2,13 +2,15 @@
 
 import io
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from models.artifact import Artifact
+from models.artifact import Artifact, write_artifact
 from models.backends import create_backend
+from models.decide import Decision
 from models.errors import ModelError, TruncatedImage
 from models.images import ImageLimits
 from models.pipeline import Pipeline, TileOptions, render_overlay
@@ -35,6 +37,23 @@ def test_image_probability_is_the_max_over_tiles(pipeline: Pipeline) -> None:
     result = pipeline.run(encode(noise_image(70, 100), "PNG"))
     for label in pipeline.card.labels:
         assert result.probs[label] == max(t.probs[label] for t in result.tiles)
+
+
+def test_a_label_the_card_averages_is_the_mean_of_its_tiles_logits(
+    tiny_artifact: Artifact, tmp_path: Path
+) -> None:
+    label = tiny_artifact.card.labels[1]
+    spread = write_artifact(tiny_artifact.build_model(), tmp_path / "spread", name="tiny",
+                            version="0.1.1", labels=tiny_artifact.card.labels,
+                            decision=Decision(mean=(label,)))
+    pipeline = Pipeline(spread, create_backend(spread, "onnxruntime"), TileOptions(overlap=8))
+    result = pipeline.run(encode(noise_image(70, 100), "PNG"))
+    tiles = np.array([t.probs[label] for t in result.tiles], dtype=np.float64)
+    logits = np.log(tiles) - np.log1p(-tiles)
+    assert result.probs[label] == pytest.approx(1 / (1 + np.exp(-logits.mean())), abs=1e-4)
+    assert result.probs[label] < max(tiles)
+    other = tiny_artifact.card.labels[0]
+    assert result.probs[other] == max(t.probs[other] for t in result.tiles)
 
 
 def test_steps_compose_like_run(pipeline: Pipeline) -> None:

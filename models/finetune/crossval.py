@@ -118,7 +118,9 @@ def balanced_accuracy(on: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def merged(over_tiles: ProbeFit, averaged: ProbeFit, rows: Sequence[int]) -> ProbeFit:
     """``over_tiles`` with the label rows ``rows`` (indices into the labels) taken from
-    ``averaged`` (fit on the same labels, on sample means)."""
+    ``averaged`` (fit on the same samples, on their means); a label neither fit (a fold
+    without both classes of it) is left out."""
+    rows = [j for j in rows if j in over_tiles.fitted]
     if not rows:
         return over_tiles
     where = [over_tiles.fitted.index(j) for j in rows]

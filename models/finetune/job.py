@@ -251,9 +251,11 @@ def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
             averaged = averaged_labels(views, targets, tiles.owner, base, spec.seed, fit_recipe,
                                        pool, (fit, mean_fit), spec.labels, decision)
             fit = merged(fit, mean_fit, averaged)
-        decision = replace(decision, mean=tuple(
-            n for j, n in enumerate(spec.labels)
-            if j in averaged or (n in decision.mean and j not in fit.fitted)))
+    # A label this probe fit is averaged only if it chose to; the others keep the parent's way.
+    decision = replace(decision, mean=tuple(
+        n for j, n in enumerate(spec.labels)
+        if j in averaged or (n in decision.mean and j not in fit.fitted)))
+    if cross_validate:
         judged = out_of_fold(views, targets, tiles.owner, base, spec.seed, refit, (pool, fit),
                              spec.labels, decision)
     install_head(model, fit, pool)

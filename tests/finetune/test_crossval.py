@@ -130,3 +130,6 @@ def test_a_label_spread_over_the_tiles_is_averaged_and_a_spot_is_not() -> None:
     assert torch.equal(both.weight[0], finals[1].weight[0])
     assert torch.equal(both.weight[1], finals[0].weight[1])
     assert both.thresholds.tolist() == [0.5, float(finals[0].thresholds[1])]
+    # A label a fold could not fit (one class only) is not taken from either fit.
+    only_spot = fit(views, targets * np.array([0, 1], np.float32), owner, False)
+    assert merged(only_spot, finals[1], chosen) is only_spot

@@ -225,21 +225,13 @@ def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
     fit = fits[pool]
     judged = None
     averaged: tuple[int, ...] = ()
+
+    def fit_recipe(views: Tensor, targets: np.ndarray, owner: np.ndarray, on_means: bool
+                   ) -> ProbeFit:
+        return fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs,
+                         owner, averaged=on_means)
+
     if cross_validate:
-        def fit_recipe(views: Tensor, targets: np.ndarray, owner: np.ndarray, on_means: bool
-                       ) -> ProbeFit:
-            return fit_probe(pool_features(views, pool), targets, spec.seed, max_epochs,
-                             owner, averaged=on_means)
-
-        # The folds re-fit everything but the pool and the averaged labels, chosen once on
-        # all samples: half the cost of re-choosing them, for choices between two.
-        def refit(views: Tensor, targets: np.ndarray, owner: np.ndarray
-                  ) -> tuple[str, ProbeFit]:
-            over_tiles = fit_recipe(views, targets, owner, False)
-            if not averaged:
-                return pool, over_tiles
-            return pool, merged(over_tiles, fit_recipe(views, targets, owner, True), averaged)
-
         report({"phase": "cross-validating", "samples": len(targets)})
         parent_probs = head_probs(model.head, model.cfg.global_pool, views[0], tiles.owner,
                                   len(targets), spec.labels[: model.head.out_features],
@@ -256,6 +248,15 @@ def _probe(model: VisionTransformer, tiles: Tiles, targets: np.ndarray,
         n for j, n in enumerate(spec.labels)
         if j in averaged or (n in decision.mean and j not in fit.fitted)))
     if cross_validate:
+        # The folds re-fit everything but the pool and the averaged labels, chosen once on
+        # all samples: half the cost of re-choosing them, for choices between two.
+        def refit(views: Tensor, targets: np.ndarray, owner: np.ndarray
+                  ) -> tuple[str, ProbeFit]:
+            over_tiles = fit_recipe(views, targets, owner, False)
+            if not averaged:
+                return pool, over_tiles
+            return pool, merged(over_tiles, fit_recipe(views, targets, owner, True), averaged)
+
         judged = out_of_fold(views, targets, tiles.owner, base, spec.seed, refit, (pool, fit),
                              spec.labels, decision)
     install_head(model, fit, pool)

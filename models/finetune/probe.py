@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from models.finetune.augment import drone_augment
 from models.preprocess import Preprocessing
+from models.training.metrics import f1_per_label
 from models.vit import VisionTransformer
 
 FOLDS = 4
@@ -114,12 +115,6 @@ def _adam(p: Tensor, g: Tensor, m1: Tensor, m2: Tensor, step: int,
     m_hat = m1 / (1 - betas[0] ** step)
     v_hat = m2 / (1 - betas[1] ** step)
     p.sub_(LR * m_hat / (v_hat.sqrt() + eps))
-
-
-def f1_at(on: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(L,) F1 of (N, L) boolean decisions ``on`` against (N, L) boolean ``truth``."""
-    tp = (on & truth).sum(axis=0)
-    return 2 * tp / np.maximum(on.sum(axis=0) + truth.sum(axis=0), 1)
 
 
 def best_thresholds(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -205,7 +200,7 @@ def fit_probe(views: Tensor, targets: np.ndarray, seed: int = 0,
     loss, wd, epochs, oof_probs = best
     if averaged:
         thr_fitted = np.full(len(fitted), 0.5, dtype=np.float32)
-        f1 = f1_at(oof_probs >= 0.5, y_np[:, fitted] >= 0.5)
+        f1 = f1_per_label(oof_probs >= 0.5, y_np[:, fitted] >= 0.5)
     else:
         thr_fitted, f1 = best_thresholds(oof_probs, y_np[:, fitted])
     w_all, b_all, _ = _train(x, rows_y, torch.ones(1, len(x)), torch.tensor([wd]),

@@ -13,6 +13,13 @@ class Scores:
     exact_match: float  # fraction of images whose whole label set is right
 
 
+def f1_per_label(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """(L,) F1 of (N, L) boolean decisions against (N, L) boolean truth (0 when a label is
+    neither predicted nor present: no free points)."""
+    tp = (pred & true).sum(axis=0)
+    return 2 * tp / np.maximum(pred.sum(axis=0) + true.sum(axis=0), 1)
+
+
 def score(
     probs: np.ndarray, targets: np.ndarray, labels: Sequence[str], threshold: float = 0.5
 ) -> Scores:
@@ -20,11 +27,7 @@ def score(
     their unweighted mean, and the exact-match ratio."""
     pred = probs >= threshold
     true = targets >= 0.5
-    tp = (pred & true).sum(axis=0)
-    fp = (pred & ~true).sum(axis=0)
-    fn = (~pred & true).sum(axis=0)
-    denom = 2 * tp + fp + fn
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    f1 = f1_per_label(pred, true)
     return Scores(
         {name: float(v) for name, v in zip(labels, f1, strict=True)},
         float(f1.mean()),

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from models.artifact import load_artifact
+from models.artifact import load_artifact, write_artifact
 from models.backends import create_backend
-from models.decide import PER_TILE, image_probs
+from models.decide import PER_TILE, Decision, image_probs
 from models.finetune.job import load_samples, predict_served, run_job
 from models.finetune.probe import fit_probe
 from models.finetune.served import MAX_TILES, Tiles, sample_tiles
@@ -129,6 +129,24 @@ def test_the_probe_learns_a_defect_in_one_tile_of_a_photo(tmp_path: Path, encode
         served = pipeline.run(Path(path).read_bytes()).probs
         np.testing.assert_allclose(ours[i], [served[n] for n in candidate.card.labels],
                                    atol=1e-4)
+
+
+def test_without_cross_validation_a_label_the_probe_fits_stops_being_averaged(
+        tmp_path: Path, encoder: Path):
+    """Site adaptation turns the gate's out-of-fold judgement off, so the probe does not
+    choose averaged labels: the labels it fits are decided on the maximum over tiles, and only
+    those it could not fit keep the parent's way (their head rows are the parent's)."""
+    plain = make_parent(tmp_path / "plain", encoder=encoder)
+    parent = tmp_path / "parent"
+    write_artifact(load_artifact(plain).build_model(), parent, name="crack-vit",
+                   version="1.0.0", decision=Decision(mean=("crack", "spallation")))
+    samples = photo_set(tmp_path / "photos", per_class=8)
+    result = run_job(spec_for(parent, samples, tmp_path / "cand", seed=1, epochs=20,
+                              adapt_steps=1, always_export=True))
+    assert "gate_folds" not in result.details and result.details["averaged"] == []
+    assert "crack" in result.details["fitted"]
+    assert result.candidate is not None
+    assert load_artifact(Path(result.candidate)).card.decision.mean == ("spallation",)
 
 
 def test_the_gate_scores_samples_as_the_pipeline_serves_them(tmp_path: Path,

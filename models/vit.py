@@ -86,11 +86,15 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(cfg.pooled_dim, cfg.num_classes)
         init_weights(self, cfg.weight_init)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Normalised token sequence, class token first: (B, 1 + patches, D)."""
-        x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.norm(self.blocks(x))
+    def forward_features(self, x: Tensor, kept: Tensor | None = None) -> Tensor:
+        """Normalised token sequence, class token first: (B, 1 + patches, D). With ``kept``
+        (B, K) patch indices, only those patches go through the blocks (B, 1 + K, D): MAE's
+        visible quarter, or the patches a supervised training step keeps (PatchDropout)."""
+        x = self.patch_embed(x) + self.pos_embed[:, 1:]
+        if kept is not None:
+            x = torch.gather(x, 1, kept.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return self.norm(self.blocks(torch.cat([cls, x], dim=1)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pooling (``cfg.global_pool``), then the head; ``pre_logits`` returns the pooled
@@ -103,8 +107,8 @@ class VisionTransformer(nn.Module):
             x = torch.cat([x[:, 0], x[:, 1:].mean(dim=1)], dim=-1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: Tensor, kept: Tensor | None = None) -> Tensor:
+        return self.forward_head(self.forward_features(x, kept))
 
 
 class Probabilities(nn.Module):

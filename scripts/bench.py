@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "uplink": ["-m", "scripts.bench_uplink"],
     "delivery": ["-m", "scripts.bench_delivery"],
     "finetune": ["-m", "scripts.bench_finetune"],
+    "pretrain": ["-m", "scripts.bench_pretrain"],
     "foundation": ["-m", "scripts.bench_foundation", "--default", "--scratch"],
 }
 

@@ -39,13 +39,16 @@ def native_precision(cpuinfo: Path = CPUINFO) -> str:
 #: budget: docs/FOUNDATION-MODEL.md), at 128 px (a 1 to 3 mm crack is a visible line, not a
 #: sub-pixel one); the head stays trained and its thresholds are calibrated on a site outside
 #: the training set; bf16 where the CPU has it (the same scores, 0.74x the time a step on Zen 4:
-#: docs/FOUNDATION-MODEL.md, session 12).
+#: docs/FOUNDATION-MODEL.md, session 12). Each training image keeps half its patches
+#: (PatchDropout), which halves a step: 2,000 such steps cost about what 900 whole ones did
+#: and read better on real photos (session 16).
 DEFAULT_CONFIG = PretrainConfig(
     method="supervised",
     preset="vit-tiny-p16-128",
     domains=tuple(range(1, 25)),
     tiles_per_domain=200,
-    steps=900,
+    steps=2000,
+    patch_keep=0.5,
     batch_size=64,
     precision=native_precision(),
     threads=2,

@@ -69,19 +69,13 @@ class MaskedAutoencoder(nn.Module):
     ) -> Tensor:
         """The reconstruction loss for one batch; ``generator`` makes the masks reproducible,
         or ``noise`` (B, patches) gives them (a DDP rank's share of the global batch's)."""
-        enc = self.encoder
-        x = enc.patch_embed(imgs) + enc.pos_embed[:, 1:]
-        b, n, d = x.shape
+        b, n = imgs.shape[0], self.encoder.cfg.num_patches
         keep = max(1, round(n * (1.0 - self.mask_ratio)))
         if noise is None:
             noise = torch.rand(b, n, generator=generator)
-        noise = noise.to(x.device)
-        order = noise.argsort(dim=1)
+        order = noise.to(imgs.device).argsort(dim=1)
         restore = order.argsort(dim=1)
-        kept = order[:, :keep]
-        x = torch.gather(x, 1, kept.unsqueeze(-1).expand(-1, -1, d))
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(b, -1, -1)
-        latent = enc.norm(enc.blocks(torch.cat([cls, x], dim=1)))
+        latent = self.encoder.forward_features(imgs, order[:, :keep])
 
         y = self.decoder_embed(latent)
         masks = self.mask_token.expand(b, n - keep, -1).to(y.dtype)
@@ -93,7 +87,7 @@ class MaskedAutoencoder(nn.Module):
         target = self.patchify(self.smooth(imgs)).float()
         mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + 1e-6).sqrt()
-        masked = torch.ones(b, n, device=x.device)
+        masked = torch.ones(b, n, device=imgs.device)
         masked[:, :keep] = 0
         masked = torch.gather(masked, 1, restore)
         per_patch = ((pred - target) ** 2).mean(dim=-1)

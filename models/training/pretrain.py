@@ -32,7 +32,13 @@ from models.data import LABELS, tile_arrays
 from models.data.dataset import GENERATOR_VERSION
 from models.preprocess import Preprocessing
 from models.training import distributed
-from models.training.batches import TileSet, make_batch, supervised_loss
+from models.training.batches import (
+    PatchDropout,
+    TileSet,
+    make_batch,
+    patch_noise,
+    supervised_loss,
+)
 from models.training.distributed import CPU, ONE, Shard
 from models.training.loop import Budget, LoopResult, autocast, train
 from models.training.mae import MaskedAutoencoder
@@ -69,6 +75,8 @@ class PretrainConfig:
     weight_decay: float = 0.05
     mask_ratio: float = 0.75
     target_blur: int = 0
+    #: Supervised steps: the share of patch tokens each training image keeps (PatchDropout).
+    patch_keep: float = 1.0
     seed: int = 0
     precision: str = "auto"
     threads: int | None = None
@@ -98,6 +106,10 @@ class PretrainConfig:
             raise DataError("pre-training needs domains, tiles per domain and a batch size")
         if not 0.0 < self.mask_ratio < 1.0:
             raise DataError("the mask ratio must be between 0 and 1")
+        if not 0.0 < self.patch_keep <= 1.0:
+            raise DataError(
+                f"the share of patches kept, {self.patch_keep}, must be over 0 and at most 1"
+            )
 
     @property
     def budget(self) -> Budget:
@@ -157,15 +169,19 @@ def make_task(
 
         def mae_loss(step: int) -> Tensor:
             x, _ = make_batch(tiles, pre, cfg.batch_size, cfg.seed, step, shard=shard)
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            noise = shard.take(torch.rand(cfg.batch_size, patches, generator=gen))
+            noise = patch_noise(cfg.batch_size, patches, cfg.seed, step, shard)
             return net(x.to(device), noise=noise)
 
         return net, mae_loss
 
     model.head.requires_grad_(True)
     net = distributed.wrap(model)
-    return net, supervised_loss(net, tiles, pre, cfg.batch_size, cfg.seed, shard, device)
+    dropout = None
+    if cfg.patch_keep < 1.0:
+        patches = cfg.vit.num_patches
+        dropout = PatchDropout(patches, max(1, round(patches * cfg.patch_keep)))
+    return net, supervised_loss(net, tiles, pre, cfg.batch_size, cfg.seed, shard, device,
+                                dropout)
 
 
 def fresh_head(model: VisionTransformer, seed: int) -> None:
@@ -225,6 +241,7 @@ def card_metrics(cfg: PretrainConfig, results: list[tuple[str, LoopResult]]) -> 
         "pretrain.processes": float(distributed.current().world),
         "pretrain.mask_ratio": cfg.mask_ratio if "mae" in steps else 0.0,
         "pretrain.target_blur": float(cfg.target_blur) if "mae" in steps else 0.0,
+        "pretrain.patch_keep": cfg.patch_keep if "supervised" in steps else 1.0,
         "pretrain.trained_head": float(cfg.head == "trained"),
         "pretrain.finished_unix": float(int(time.time())),
         "data.generator_version": float(GENERATOR_VERSION),

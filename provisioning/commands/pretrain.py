@@ -33,6 +33,12 @@ def _add_pretrain_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="MAE: reconstruct a KxK box-blurred image (drops unpredictable noise); 0: off",
     )
+    p.add_argument(
+        "--patch-keep",
+        type=float,
+        default=1.0,
+        help="supervised: share of patches each training image keeps (PatchDropout); 1: all",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--precision",
@@ -118,6 +124,7 @@ def _config(args: argparse.Namespace, method: str) -> PretrainConfig:
         lr=args.lr,
         mask_ratio=args.mask_ratio,
         target_blur=args.target_blur,
+        patch_keep=args.patch_keep,
         seed=args.seed,
         precision=args.precision,
         threads=args.threads,

@@ -32,6 +32,7 @@ def pretrain_args(out: Path, steps: int, method: str = "mae+supervised") -> list
         "--domains", "1,2",
         "--tiles-per-domain", "16",
         "--batch-size", "8",
+        "--patch-keep", "0.5",  # each process drops its rows' share of the global batch's patches
         "--steps", str(steps),
         "--precision", "fp32",
         "--threads", "1",

@@ -1,5 +1,6 @@
 """Pre-training: the MAE task, the artifact it writes, budgets, and resuming after kill -9."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -74,6 +75,40 @@ def test_artifact_card_records_training_and_data_seeds(tmp_path: Path) -> None:
     assert card.metrics["pretrain.steps"] == 4 and card.metrics["pretrain.supervised"] == 1
     assert (card.metrics["data.domain.0"], card.metrics["data.domain.1"]) == (1, 2)
     assert card.metrics["pretrain.seed"] == 7
+
+
+def test_kept_patches_are_the_only_ones_the_blocks_see() -> None:
+    model = build_model(tiny_config(), seed=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    every = torch.arange(16).expand(2, -1)
+    assert torch.equal(model.forward_features(x, every), model.forward_features(x))
+    kept = torch.tensor([[0, 5, 9], [15, 2, 7]])
+    assert model.forward_features(x, kept).shape == (2, 4, model.cfg.embed_dim)
+    # A kept patch's token depends on the patches kept with it, not on the dropped ones.
+    other = x.clone()
+    other[:, :, :8, 8:16] = 0  # patch 1, kept by neither image
+    assert torch.equal(model.forward_features(other, kept), model.forward_features(x, kept))
+
+
+def test_patch_dropout_is_reproducible_and_recorded(tmp_path: Path) -> None:
+    cfg = PretrainConfig(method="supervised", steps=6, patch_keep=0.5, **TINY)  # type: ignore[arg-type]
+    first = pretrain(cfg, tmp_path / "a", progress=False, log=quiet)
+    second = pretrain(cfg, tmp_path / "b", progress=False, log=quiet)
+    every = pretrain(dataclasses.replace(cfg, patch_keep=1.0), tmp_path / "c", progress=False,
+                     log=quiet)
+    weights = [load_file(tmp_path / name / WEIGHTS_FILE) for name in "abc"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(weights[0]["blocks.0.attn.qkv.weight"],
+                           weights[2]["blocks.0.attn.qkv.weight"])
+    assert first.card.metrics["pretrain.patch_keep"] == 0.5 == second.card.metrics[
+        "pretrain.patch_keep"]
+    assert every.card.metrics["pretrain.patch_keep"] == 1.0
+
+
+@pytest.mark.parametrize("keep", [0.0, -0.5, 1.5])
+def test_a_share_of_patches_kept_outside_0_to_1_is_refused(keep: float) -> None:
+    with pytest.raises(DataError, match=f"the share of patches kept, {keep}, must be over 0"):
+        PretrainConfig(method="supervised", steps=1, patch_keep=keep, **TINY)  # type: ignore[arg-type]
 
 
 def test_the_head_is_fresh(tmp_path: Path) -> None:

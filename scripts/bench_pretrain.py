@@ -22,6 +22,7 @@ import torch
 from models.data import tile_arrays
 from models.training.batches import TileSet
 from models.training.foundation import DEFAULT_CONFIG
+from models.training.loop import autocast
 from models.training.pretrain import PretrainConfig, make_task
 from models.vit import build_model
 
@@ -31,11 +32,10 @@ def stepper(cfg: PretrainConfig, tiles: TileSet) -> Callable[[int], float]:
     model = build_model(cfg.vit, seed=0)
     net, loss_of = make_task(cfg, "supervised", model, tiles)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    bf16 = cfg.precision == "bf16"
 
     def step(s: int) -> float:
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(cfg.precision):
             loss = loss_of(s)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -60,6 +60,12 @@ FIRMWARE_STALL_S = 600
 #: instead, each cured by a new QEMU process (docs/IMAGE.md). Waiting the reboot watchdog's
 #: 10 min for what a real chipset never shows cost those runs 10 min each.
 RESTART_STALL_S = 120
+#: The kernel's last line of a panic (Debian's panic timeout is 0: it never reboots itself), after
+#: which only the chipset's watchdog resets the box, within two of its 1-min periods (128 to 132
+#: s measured from version 3's crash under TCG). A console silent this long after it, with the
+#: vCPU in the firmware, is a reset that hung there, as after a reboot (session 16's CI: 10 min).
+PANIC_END = "---[ end Kernel panic"
+PANIC_STALL_S = 300
 #: What the image prints when a boot gives up (e.g. the root device never came) and enters
 #: emergency or rescue mode: its drop-ins (image/mkosi/initrd/) reboot after 10 s, which spends
 #: a boot try. Counted (results.json, the last line); the boot goes on.
@@ -360,12 +366,13 @@ class Machine:
         line = firmware_stall(self.console(), silent)
         if line is None:
             return None
+        regs = self.registers()
+        if PANIC_END in line and not in_firmware(regs):
+            return None  # the watchdog never reset the crashed kernel: the boot test's to judge
         evidence = self.work / f"stuck-{self.boots}-{len(self.watchdog_resets) + 1}"
         evidence.mkdir(exist_ok=True)
-        with contextlib.suppress(OSError, ValueError):
-            regs = str(self.qmp("human-monitor-command", **{"command-line": "info registers"}))
-            (evidence / "registers.txt").write_text(regs)
-            log("registers: " + " ".join(regs.split()[:12]))
+        (evidence / "registers.txt").write_text(regs)
+        log("registers: " + " ".join(regs.split()[:12]))
         shutil.copyfile(self.vars, evidence / "OVMF_VARS.fd")
         fat = esp_check(self, evidence, running=True)
         log(f"ESP while stuck: {'clean' if fat.clean else 'NOT clean'}: {fat.report[-600:]}")
@@ -384,6 +391,12 @@ class Machine:
         self.kill()
         self.start(f"{name}{WATCHDOG_RESTART}")
         return None
+
+    def registers(self) -> str:
+        """The vCPU's registers (QEMU's "info registers"), or "" if QEMU does not answer."""
+        with contextlib.suppress(OSError, ValueError):
+            return str(self.qmp("human-monitor-command", **{"command-line": "info registers"}))
+        return ""
 
     @property
     def restarted_by_watchdog(self) -> bool:
@@ -437,17 +450,27 @@ class Machine:
 def firmware_lines() -> dict[str, float]:
     """The last line a boot can print before the firmware has the machine, and how long the
     console may stay silent after it: the firmware's own boot-option line, or the kernel's last
-    line of a reboot (the reset, then the firmware, which prints nothing on this console before
-    its boot-option line: a reset that never gets that far is silent after it, as in session
-    13's CI run, 19 min, the vCPU busy in the firmware)."""
-    return {"BdsDxe: ": FIRMWARE_STALL_S, "reboot: Restarting system": RESTART_STALL_S}
+    line of a reboot or of a panic (the reset, then the firmware, which prints nothing on this
+    console before its boot-option line: a reset that never gets that far is silent after it,
+    as in session 13's CI run, 19 min, the vCPU busy in the firmware)."""
+    return {"BdsDxe: ": FIRMWARE_STALL_S, "reboot: Restarting system": RESTART_STALL_S,
+            PANIC_END: PANIC_STALL_S}
+
+
+def in_firmware(registers: str) -> bool:
+    """Whether the vCPU runs below 4 GiB, where OVMF lives, not in the kernel's upper half: a
+    crashed kernel that a reset took away."""
+    rip = re.search(r"RIP=([0-9a-f]{16})", registers)
+    return rip is not None and int(rip.group(1), 16) < 2**32
 
 
 def firmware_stall(console: str, silent_s: float) -> str | None:
     """The firmware's boot-option line ("BdsDxe: loading/starting ...") if it is the last thing
     on ``console`` and the console has been silent ``FIRMWARE_STALL_S`` since, or the kernel's
     "reboot: Restarting system" silent ``RESTART_STALL_S``: either way the reboot watchdog that
-    systemd armed is the only thing still running, and it would reset the machine."""
+    systemd armed is the only thing still running, and it would reset the machine. Or the
+    kernel's panic line silent ``PANIC_STALL_S``: a stall only once the vCPU has left the kernel
+    (the caller asks), the chipset's watchdog having reset it into a firmware that hung."""
     lines = re.sub(ANSI, "", console).strip().splitlines()
     if not lines:
         return None
@@ -945,7 +968,11 @@ def main() -> int:
         note += (f"; {len(emergencies)} boot(s) failed and rebooted themselves from emergency "
                  f"mode ({', '.join(r['serial'] for r in emergencies)})")
     note += "".join(f"; {why}" for why in run.skipped)
-    print(f"image-test: {len(run.passed)} passed, {len(run.failed)} failed{note}", flush=True)
+    # The reason again on the last line: a CI that keeps only the output's tail loses the FAILED
+    # line above the logs (session 16's did).
+    failed = f" ({run.failed[-1][:300]})" if run.failed else ""
+    print(f"image-test: {len(run.passed)} passed, {len(run.failed)} failed{failed}{note}",
+          flush=True)
     return 1 if run.failed else 0
 
 
@@ -1051,12 +1078,16 @@ def roll_back_from_v3(run: Run, hub: Hub, machine: Machine, device: str, v3: Pat
                        timeout, every=2, alive=machine.dead)
     t_crash = time.monotonic()
     # The watchdog resets within two of its periods (1 min): 10 min means it never will.
-    reset = wait_for("the watchdog's reset of the hung box", lambda: re.search(
-        re.escape(CRASH) + r".*?BdsDxe: loading", machine.console(), re.S),
-        600, every=2, alive=machine.dead)
+    try:
+        reset = wait_for("the watchdog's reset of the hung box",
+                         lambda: reset_after_crash(machine), 600, every=2, alive=machine.dead)
+    except TestFailure as exc:
+        where = "the firmware" if in_firmware(regs := machine.registers()) else "the kernel"
+        rip = re.search(r"RIP=\w+", regs)
+        raise TestFailure(f"{exc}; the vCPU is in {where} ({rip and rip.group(0)})") from exc
     run.timings["v3_crash_to_watchdog_reset_s"] = round(time.monotonic() - t_crash, 1)
     run.check("a hung box (version 3's kernel crashed) is reset by its hardware watchdog",
-              bool(crashed and reset) and "Rebooting in" not in reset.group(0),
+              bool(crashed and reset) and "Rebooting in" not in reset,
               f"reset {run.timings['v3_crash_to_watchdog_reset_s']} s after the crash")
     state = wait_for("the rollback from version 3", lambda: (
         (s := os_state(hub, device)).get("version") == "2"
@@ -1072,6 +1103,18 @@ def roll_back_from_v3(run: Run, hub: Hub, machine: Machine, device: str, v3: Pat
     run.check("spoke-hub devices shows version 2 with the rollback and its reason",
               shown.startswith("2 ") and "3 rolled-back" in shown
               and "hub not reached since the daemon started" in shown, shown)
+
+
+def reset_after_crash(machine: Machine) -> str | None:
+    """The console from the kernel's crash to the firmware's next boot-option line, once a
+    reset has come between them; or, when that reset hung in the firmware and the harness
+    started the machine again (stuck_in_firmware), the crashed boot's console up to its end."""
+    if found := re.search(re.escape(CRASH) + r".*?BdsDxe: loading", machine.console(), re.S):
+        return found.group(0)
+    if machine.restarted_by_watchdog and PANIC_END in machine.watchdog_resets[-1]["line"]:
+        crashed = (machine.work / machine.watchdog_resets[-1]["serial"]).read_text(errors="replace")
+        return crashed[crashed.find(CRASH):]
+    return None
 
 
 def dump_logs(work: Path, machine: Machine | None) -> None:

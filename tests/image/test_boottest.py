@@ -195,6 +195,40 @@ def test_a_kernel_silent_before_its_reboot_line_is_no_firmware_stall() -> None:
     assert boottest.firmware_stall(BDS + REBOOTED.rsplit("[  388.83", 1)[0], 3600) is None
 
 
+#: The end of version 3's crashed first boot (Debian's panic timeout is 0: no "Rebooting in").
+PANICKED = ("[   61.402117] sysrq: Trigger a crash\r\n"
+            "[   61.402530] Kernel panic - not syncing: sysrq triggered crash\r\n"
+            "[   61.410962] Kernel Offset: disabled\r\n"
+            "[   61.411402] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---\r\n")
+
+
+def test_a_console_silent_after_a_kernel_panic_longer_than_the_watchdog_takes_is_a_stall() -> None:
+    line = boottest.firmware_stall(BDS + PANICKED, boottest.PANIC_STALL_S)
+    assert line is not None and line.endswith("sysrq triggered crash ]---")
+    # the chipset's watchdog resets a crashed kernel within two 1-min periods
+    assert boottest.firmware_stall(BDS + PANICKED, boottest.PANIC_STALL_S - 1) is None
+    assert boottest.PANIC_STALL_S > 2 * 60 + 12
+
+
+def test_the_vcpu_is_in_the_firmware_below_4_gib_and_in_the_kernel_above() -> None:
+    firmware = "CPU#0\nRAX=000000007fe9dd18\nRIP=000000007fe91a6d RFL=00000206 [-----P-] CPL=0"
+    kernel = "CPU#0\nRIP=ffffffff81c3b5d4 RFL=00000246 [---Z-P-] CPL=0"
+    assert boottest.in_firmware(firmware)
+    assert not boottest.in_firmware(kernel)
+    assert not boottest.in_firmware("")  # QEMU did not answer: nothing to judge by
+
+
+def test_a_crashed_kernel_that_no_reset_took_away_is_left_to_the_boot_test(
+        tmp_path: Path) -> None:
+    """No QEMU answers, so nothing shows the vCPU left the kernel: the harness does not reset
+    the box for the watchdog it is testing, and keeps no evidence."""
+    machine = console_machine(tmp_path, BDS + PANICKED)
+    os.utime(machine.serial, (0, 0))
+    assert machine.dead() is None
+    assert machine.watchdog_resets == [] and not list(tmp_path.glob("stuck-*"))
+    assert boottest.reset_after_crash(machine) is None
+
+
 def hang_efi() -> bytes:
     """A PE32+ EFI application whose code is one jump to itself: it hangs, printing nothing,
     right after the firmware's "BdsDxe: starting" line."""
@@ -261,6 +295,40 @@ def test_a_firmware_hang_is_reset_once_recorded_and_fails_the_second_time(
         assert machine.serial is not None and machine.serial.name == "serial-2-hang-watchdog.log"
         assert machine.restarted_by_watchdog
         assert machine.console().count("BdsDxe: starting Boot0001") == 1
+    finally:
+        machine.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("qemu-system-x86_64") and boottest.OVMF_CODE.exists()),
+                    reason="needs QEMU and OVMF")
+def test_a_panic_whose_reset_hung_in_the_firmware_is_reset_once_and_counts_as_the_reset(
+    tmp_path: Path
+) -> None:
+    """A real QEMU whose vCPU is in the firmware (the hanging application) behind a console
+    that ended with a kernel panic long ago: the watchdog reset the box, the firmware hung."""
+    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
+    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
+    stick = tmp_path / "stick.img"
+    stick.write_bytes(bytes(2**20))
+    machine = boottest.Machine(hanging_disk(tmp_path), tmp_path, stick, hub, "tcg")
+    machine.create()
+    machine.start("crash")
+    try:
+        boottest.wait_for("the firmware's boot line", lambda: "BdsDxe: starting" in
+                          machine.console(), 120, every=1)
+        crashed = tmp_path / "serial-1-crash.log"
+        crashed.write_text(BDS + PANICKED)  # the crashed boot's console, silent since
+        os.utime(crashed, (0, 0))
+        assert machine.dead() is None
+        (reset,) = machine.watchdog_resets
+        assert reset["line"].startswith("[   61.411402] ---[ end Kernel panic")
+        assert boottest.in_firmware(
+            (Path(reset["evidence"]) / "registers.txt").read_text())
+        assert machine.restarted_by_watchdog
+        after = boottest.reset_after_crash(machine)
+        assert after is not None and after.startswith(boottest.CRASH)
+        assert "Rebooting in" not in after
     finally:
         machine.kill()
 

@@ -261,6 +261,17 @@ def hanging_disk(tmp_path: Path) -> Path:
     return disk
 
 
+def hanging_machine(tmp_path: Path) -> Any:
+    """A Machine, not yet started, on the hanging disk (its hub never runs)."""
+    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
+    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
+    stick = tmp_path / "stick.img"
+    stick.write_bytes(bytes(2**20))
+    machine = boottest.Machine(hanging_disk(tmp_path), tmp_path, stick, hub, "tcg")
+    machine.create()
+    return machine
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("qemu-system-x86_64") and boottest.OVMF_CODE.exists()),
                     reason="needs QEMU and OVMF")
@@ -268,12 +279,7 @@ def test_a_firmware_hang_is_reset_once_recorded_and_fails_the_second_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(boottest, "FIRMWARE_STALL_S", 5)
-    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
-    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
-    stick = tmp_path / "stick.img"
-    stick.write_bytes(bytes(2**20))
-    machine = boottest.Machine(hanging_disk(tmp_path), tmp_path, stick, hub, "tcg")
-    machine.create()
+    machine = hanging_machine(tmp_path)
     machine.start("hang")
     first_qemu = machine.proc
     try:
@@ -307,12 +313,7 @@ def test_a_panic_whose_reset_hung_in_the_firmware_is_reset_once_and_counts_as_th
 ) -> None:
     """A real QEMU whose vCPU is in the firmware (the hanging application) behind a console
     that ended with a kernel panic long ago: the watchdog reset the box, the firmware hung."""
-    hub = boottest.Hub(tmp_path / "hub", Path(sys.executable).parent.parent, tmp_path / "hub.log")
-    hub.mqtt_port, hub.http_port = boottest.free_port(), boottest.free_port()
-    stick = tmp_path / "stick.img"
-    stick.write_bytes(bytes(2**20))
-    machine = boottest.Machine(hanging_disk(tmp_path), tmp_path, stick, hub, "tcg")
-    machine.create()
+    machine = hanging_machine(tmp_path)
     machine.start("crash")
     try:
         boottest.wait_for("the firmware's boot line", lambda: "BdsDxe: starting" in

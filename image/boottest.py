@@ -457,11 +457,20 @@ def firmware_lines() -> dict[str, float]:
             PANIC_END: PANIC_STALL_S}
 
 
+RIP = re.compile(r"RIP=([0-9a-f]{16})")
+
+
+def instruction_pointer(registers: str) -> int | None:
+    """The vCPU's RIP in QEMU's ``info registers`` (None: QEMU did not answer)."""
+    found = RIP.search(registers)
+    return None if found is None else int(found.group(1), 16)
+
+
 def in_firmware(registers: str) -> bool:
     """Whether the vCPU runs below 4 GiB, where OVMF lives, not in the kernel's upper half: a
     crashed kernel that a reset took away."""
-    rip = re.search(r"RIP=([0-9a-f]{16})", registers)
-    return rip is not None and int(rip.group(1), 16) < 2**32
+    rip = instruction_pointer(registers)
+    return rip is not None and rip < 2**32
 
 
 def firmware_stall(console: str, silent_s: float) -> str | None:
@@ -1082,9 +1091,12 @@ def roll_back_from_v3(run: Run, hub: Hub, machine: Machine, device: str, v3: Pat
         reset = wait_for("the watchdog's reset of the hung box",
                          lambda: reset_after_crash(machine), 600, every=2, alive=machine.dead)
     except TestFailure as exc:
-        where = "the firmware" if in_firmware(regs := machine.registers()) else "the kernel"
-        rip = re.search(r"RIP=\w+", regs)
-        raise TestFailure(f"{exc}; the vCPU is in {where} ({rip and rip.group(0)})") from exc
+        regs = machine.registers()
+        rip = instruction_pointer(regs)
+        where = ("QEMU did not say where the vCPU is" if rip is None else
+                 f"the vCPU is in {'the firmware' if in_firmware(regs) else 'the kernel'} "
+                 f"(RIP={rip:016x})")
+        raise TestFailure(f"{exc}; {where}") from exc
     run.timings["v3_crash_to_watchdog_reset_s"] = round(time.monotonic() - t_crash, 1)
     run.check("a hung box (version 3's kernel crashed) is reset by its hardware watchdog",
               bool(crashed and reset) and "Rebooting in" not in reset,

@@ -216,6 +216,8 @@ def test_the_vcpu_is_in_the_firmware_below_4_gib_and_in_the_kernel_above() -> No
     assert boottest.in_firmware(firmware)
     assert not boottest.in_firmware(kernel)
     assert not boottest.in_firmware("")  # QEMU did not answer: nothing to judge by
+    assert boottest.instruction_pointer(kernel) == 0xffffffff81c3b5d4
+    assert boottest.instruction_pointer("") is None
 
 
 def test_a_crashed_kernel_that_no_reset_took_away_is_left_to_the_boot_test(

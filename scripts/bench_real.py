@@ -10,12 +10,12 @@ scratch (random weights) -- runs exactly what a site engineer runs:
     spoke finetune start --wait                      (every default)
 
 (and the foundation model again with the site adaptation, ``spoke finetune start --adapt
-STEPS --wait`` for ``--adapt-steps``; 0 leaves that row out), then scores the model the
-appliance serves afterwards (the candidate if the gate promotes it, else the parent), and the
-candidate itself, on the held-out photos through the serving pipeline (tiles, ONNX Runtime,
-``models.decide``). A ridge classifier on 32x32 pixels, trained on the same photos, is the
-same-run baseline. Balanced accuracy of the defect label, and how many held-out background
-photos get any defect reported (with and without the background rule of
+STEPS --wait`` for ``--adapt-steps``, 0 leaving that row out, and with each ``--method``),
+then scores the model the appliance serves afterwards (the candidate if the gate promotes it,
+else the parent), and the candidate itself, on the held-out photos through the serving
+pipeline (tiles, ONNX Runtime, ``models.decide``). A ridge classifier on 32x32 pixels, trained
+on the same photos, is the same-run baseline. Balanced accuracy of the defect label, and how
+many held-out background photos get any defect reported (with and without the background rule of
 ``models.finetune.quiet`` where the card says it raised a label); the seed is printed. To choose
 between methods without touching the test photos, score a validation split: ``--skip N``
 with N the test run's ``--held-out`` leaves those photos out.
@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from appliance.finetune import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,6 +196,9 @@ def main() -> None:
                              "(neither trained on nor tested), for choosing a method")
     parser.add_argument("--adapt-steps", type=int, default=150, metavar="N",
                         help="the site-adaptation row's steps (0: no such row)")
+    parser.add_argument("--method", action="append", default=[], choices=METHODS,
+                        help="also a row for the foundation model fine-tuned with this method "
+                             "(`spoke finetune start --method`; repeatable)")
     parser.add_argument("--no-scratch", action="store_true",
                         help="leave out the row from scratch (a job's time less)")
     parser.add_argument("--json", type=Path)
@@ -226,6 +231,8 @@ def main() -> None:
         if args.adapt_steps:
             runs.append((f"foundation, adapt {args.adapt_steps}", args.parent,
                          ("--adapt", str(args.adapt_steps))))
+        runs += [(f"foundation, {method}", args.parent, ("--method", method))
+                 for method in args.method]
         if not args.no_scratch:
             runs.append(("scratch", scratch_twin(args.parent, root / "scratch-parent",
                                                  args.seed), ()))
